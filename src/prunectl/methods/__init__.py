@@ -1,0 +1,1 @@
+"""Pruning methods: one module (or package) per method, found by name through ``registry``."""

@@ -1,0 +1,214 @@
+"""Architecture adapters: the one place that knows where a model family keeps its modules.
+
+Every method asks the same questions (where are the layers, which modules form the attention and
+MLP residual blocks, how do heads and KV groups map to weight rows) and asks them here, never
+through ``model.model.layers[i].self_attn`` directly.  A family is a row in ``FAMILIES``; a
+family with fused projections (Phi-3's ``qkv_proj`` and ``gate_up_proj``) is described by flags
+rather than a subclass.
+
+An adapter is bound to one model instance.  It reads per-layer shapes from the weights, not from
+the config, so it also describes a pruned model whose layers differ (a layer whose attention or
+MLP block was removed reports ``None`` for that block).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunectl.errors import UserError
+
+
+@dataclass(frozen=True)
+class Family:
+    """Module names of one model family, relative to a decoder layer."""
+
+    name: str
+    model_types: tuple[str, ...]
+    fused_qkv: bool = False  # q, k and v rows stacked in one ``qkv_proj`` (Phi-3)
+    fused_gate_up: bool = False  # gate and up rows stacked in one ``gate_up_proj`` (Phi-3)
+    qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3)
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("llama", ("llama",)),
+    Family("mistral", ("mistral",)),
+    Family("qwen2", ("qwen2",)),
+    Family("qwen3", ("qwen3",), qk_norm=True),
+    Family("phi3", ("phi3",), fused_qkv=True, fused_gate_up=True),
+)
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for f in FAMILIES for t in f.model_types)
+
+
+def family_for(model_type: str) -> Family:
+    """The family of a ``config.model_type``; an unsupported one is a user error listing the rest."""
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    raise UserError(
+        f"architecture '{model_type}' is not supported; supported model types: "
+        f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+    )
+
+
+@dataclass(frozen=True)
+class AttentionWeights:
+    """Views of one layer's attention weights, split per projection (views share storage)."""
+
+    q: torch.Tensor  # [n_heads * head_dim, hidden]
+    k: torch.Tensor  # [n_kv_heads * head_dim, hidden]
+    v: torch.Tensor  # [n_kv_heads * head_dim, hidden]
+    o: torch.Tensor  # [hidden, n_heads * head_dim]
+
+
+@dataclass(frozen=True)
+class MlpWeights:
+    """Views of one layer's MLP weights."""
+
+    gate: torch.Tensor  # [intermediate, hidden]
+    up: torch.Tensor  # [intermediate, hidden]
+    down: torch.Tensor  # [hidden, intermediate]
+
+
+class Adapter:
+    """A model of one supported family, seen through the questions pruning methods ask."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+        self.family = family_for(getattr(model.config, "model_type", "?"))
+        self.decoder = model.model  # LlamaModel and its siblings
+        self.head_dim: int = getattr(self.config, "head_dim", None) or (
+            self.config.hidden_size // self.config.num_attention_heads
+        )
+
+    # --- where things are -------------------------------------------------------------------
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.decoder.layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.decoder.embed_tokens.weight.shape[1]
+
+    @property
+    def embed_tokens(self) -> nn.Module:
+        return self.decoder.embed_tokens
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.decoder.norm
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.lm_head
+
+    def attention(self, i: int) -> nn.Module | None:
+        """The attention module of layer ``i``, or None when that block was removed."""
+        return getattr(self.layers[i], "self_attn", None)
+
+    def mlp(self, i: int) -> nn.Module | None:
+        return getattr(self.layers[i], "mlp", None)
+
+    def input_norm(self, i: int) -> nn.Module | None:
+        return getattr(self.layers[i], "input_layernorm", None)
+
+    def post_attention_norm(self, i: int) -> nn.Module | None:
+        return getattr(self.layers[i], "post_attention_layernorm", None)
+
+    def o_proj(self, i: int) -> nn.Linear:
+        """The attention output projection: its input holds one channel per (head, head_dim)."""
+        return self.attention(i).o_proj
+
+    def down_proj(self, i: int) -> nn.Linear:
+        """The MLP output projection: its input holds one channel per intermediate unit."""
+        return self.mlp(i).down_proj
+
+    # --- shapes (read from the weights, so pruned layers report their own) -------------------
+    def num_heads(self, i: int) -> int:
+        attn = self.attention(i)
+        return 0 if attn is None else attn.o_proj.in_features // self.head_dim
+
+    def num_kv_heads(self, i: int) -> int:
+        attn = self.attention(i)
+        if attn is None:
+            return 0
+        if self.family.fused_qkv:
+            q_rows = self.num_heads(i) * self.head_dim
+            return (attn.qkv_proj.out_features - q_rows) // (2 * self.head_dim)
+        return attn.k_proj.out_features // self.head_dim
+
+    def intermediate_size(self, i: int) -> int:
+        mlp = self.mlp(i)
+        return 0 if mlp is None else mlp.down_proj.in_features
+
+    # --- weights ----------------------------------------------------------------------------
+    def attention_weights(self, i: int) -> AttentionWeights:
+        attn = self.attention(i)
+        if self.family.fused_qkv:
+            nq = self.num_heads(i) * self.head_dim
+            nkv = self.num_kv_heads(i) * self.head_dim
+            w = attn.qkv_proj.weight
+            return AttentionWeights(w[:nq], w[nq : nq + nkv], w[nq + nkv :], attn.o_proj.weight)
+        return AttentionWeights(
+            attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, attn.o_proj.weight
+        )
+
+    def mlp_weights(self, i: int) -> MlpWeights:
+        mlp = self.mlp(i)
+        if self.family.fused_gate_up:
+            n = self.intermediate_size(i)
+            w = mlp.gate_up_proj.weight
+            return MlpWeights(w[:n], w[n:], mlp.down_proj.weight)
+        return MlpWeights(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
+
+    # --- running single residual blocks (block search, layer-wise calibration) ---------------
+    def block_inputs(self, hidden: torch.Tensor) -> dict[str, Any]:
+        """Keyword arguments every block of this model needs for ``hidden`` ([batch, seq, dim]):
+        rotary position embeddings and the causal mask, computed once per batch shape."""
+        from transformers.masking_utils import create_causal_mask
+
+        seq = hidden.shape[1]
+        position_ids = torch.arange(seq, device=hidden.device).unsqueeze(0)
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden,
+            attention_mask=None,
+            past_key_values=None,
+            position_ids=position_ids,
+        )
+        return {
+            "attention_mask": mask,
+            "position_ids": position_ids,
+            "position_embeddings": self.decoder.rotary_emb(hidden, position_ids=position_ids),
+        }
+
+    def attention_block(self, i: int, hidden: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        """``hidden`` after layer ``i``'s attention residual block (unchanged when it is removed)."""
+        attn = self.attention(i)
+        if attn is None:
+            return hidden
+        out, _ = attn(hidden_states=self.input_norm(i)(hidden), **inputs)
+        return hidden + out
+
+    def mlp_block(self, i: int, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` after layer ``i``'s MLP residual block (unchanged when it is removed)."""
+        mlp = self.mlp(i)
+        if mlp is None:
+            return hidden
+        return hidden + mlp(self.post_attention_norm(i)(hidden))
+
+    def layer_forward(self, i: int, hidden: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        return self.mlp_block(i, self.attention_block(i, hidden, inputs))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head on the last hidden states."""
+        return self.lm_head(self.final_norm(hidden))
