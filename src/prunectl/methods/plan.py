@@ -38,3 +38,36 @@ class Plan(BaseModel):
 
     def layer(self, i: int) -> LayerPlan:
         return self.layers.get(i, LayerPlan())
+
+
+def parse_block_name(name: str, num_layers: int) -> tuple[int, str]:
+    """``layers.N.attn`` / ``layers.N.mlp`` / ``layers.N`` → (N, "attn" | "mlp" | "layer")."""
+    from prunectl.errors import UserError
+
+    parts = name.split(".")
+    valid = len(parts) in (2, 3) and parts[0] == "layers" and parts[1].isdigit()
+    if valid and len(parts) == 3:
+        valid = parts[2] in ("attn", "mlp")
+    if not valid:
+        raise UserError(
+            f"block '{name}' is not a block name; use layers.N.attn, layers.N.mlp or layers.N"
+        )
+    index = int(parts[1])
+    if index >= num_layers:
+        raise UserError(f"block '{name}' is out of range; the model has layers 0..{num_layers - 1}")
+    return index, parts[2] if len(parts) == 3 else "layer"
+
+
+def plan_from_removals(method: str, removed: list[str], num_layers: int, **fields: Any) -> Plan:
+    """A plan that removes the named residual blocks (or whole layers), e.g. a search's prefix."""
+    layers: dict[int, LayerPlan] = {}
+    for name in removed:
+        index, kind = parse_block_name(name, num_layers)
+        current = layers.get(index, LayerPlan())
+        layers[index] = current.model_copy(
+            update={
+                "attention": current.attention and kind == "mlp",
+                "mlp": current.mlp and kind == "attn",
+            }
+        )
+    return Plan(method=method, layers=layers, **fields)
