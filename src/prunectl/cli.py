@@ -1,0 +1,367 @@
+"""The ``prunectl`` command: one thin function per step, no algorithm code.
+
+Results go to stdout (a table, or one JSON object with ``--json``); progress and hints go to
+stderr.  Exit codes: 0 done, 1 internal failure (traceback in the step's log), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from prunectl import __version__
+from prunectl.errors import UserError
+from prunectl.ui import UI
+
+app = typer.Typer(
+    name="prunectl",
+    help="Structured pruning of large language models: calibrate, score, search, apply, "
+    "recover, eval, export.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# --- options shared by every step -----------------------------------------------------------
+ProjectOpt = Annotated[
+    Path,
+    typer.Option("-p", "--project", envvar="PRUNECTL_PROJECT", help="Project directory.",
+                 file_okay=False),
+]
+RecipeOpt = Annotated[
+    Path | None,
+    typer.Option("-r", "--recipe", help="Recipe YAML; pinned into the project at first use.",
+                 dir_okay=False),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a recipe key: key.path=value, or ~key.path to delete."),
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
+DtypeOpt = Annotated[
+    str | None, typer.Option("--dtype", help="Model dtype: auto, bfloat16, float16, float32.")
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Re-run even when up to date.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON result object on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or hints.")]
+MethodOpt = Annotated[
+    str | None, typer.Option("--method", "-m", help="Pruning method (replaces method section).")
+]
+BlocksOpt = Annotated[int | None, typer.Option("--blocks", help="Number of blocks to remove.")]
+RatioOpt = Annotated[
+    float | None, typer.Option("--ratio", help="Fraction of parameters to remove (0-1).")
+]
+
+
+class Common:
+    """The options every step takes, gathered so commands stay one line each."""
+
+    def __init__(self, project, recipe, sets, device, dtype, force, json_output, quiet):
+        self.project = project
+        self.recipe = recipe
+        self.sets = list(sets or [])
+        self.device = device
+        self.dtype = dtype
+        self.force = force
+        self.json_output = json_output
+        self.quiet = quiet
+
+    def with_step_flags(self, method: str | None = None, blocks=None, ratio=None) -> Common:
+        """Step flags are recipe overrides: ``--method block --blocks 12`` and the like."""
+        if method is not None:
+            self.sets.append(f"method={{name: {method}}}")
+        if blocks is not None and ratio is not None:
+            raise UserError("--blocks and --ratio are alternatives; give one of them")
+        if blocks is not None:
+            self.sets += ["~target", f"target.blocks={blocks}"]
+        if ratio is not None:
+            self.sets += ["~target", f"target.params_ratio={ratio}"]
+        return self
+
+
+def _common(project, recipe, sets, device, dtype, force, json_output, quiet) -> Common:
+    return Common(project, recipe, sets, device, dtype, force, json_output, quiet)
+
+
+@contextmanager
+def session(opts: Common) -> Iterator[Any]:
+    """Lock the project, resolve and pin the recipe, pick device and dtype: the run context."""
+    from prunectl.context import RunContext
+    from prunectl.modeling.loading import resolve_device, resolve_dtype
+    from prunectl.project import Project
+    from prunectl.recipe import load_recipe
+
+    ui = UI(quiet=opts.quiet, json_output=opts.json_output)
+    project = Project(opts.project)
+    with project.lock():
+        pinned = project.pinned_recipe()
+        if opts.recipe is None and pinned is None:
+            raise UserError(
+                f"{opts.project} has no recipe yet; pass one with -r/--recipe (see recipes/)"
+            )
+        sets = opts.sets + ([f"model.dtype={opts.dtype}"] if opts.dtype else [])
+        recipe, resolved = load_recipe(opts.recipe, sets, pinned=pinned)
+        changed = project.pin_recipe(resolved)
+        if changed and pinned is not None:
+            ui.warn(f"recipe changed ({', '.join(changed)}); steps that read it will re-run")
+        device = resolve_device(opts.device or recipe.model.device)
+        dtype = resolve_dtype(recipe.model.dtype, device)
+        yield RunContext(project, recipe, device, dtype, ui=ui, force=opts.force)
+
+
+def _emit(opts: Common, results: list) -> None:
+    """Print the results: one JSON object with ``--json``, else a summary table."""
+    if opts.json_output:
+        payload = [{"step": r.step, "status": r.status, "seconds": round(r.seconds, 3),
+                    "summary": r.summary} for r in results]
+        typer.echo(jsonlib.dumps(payload[0] if len(payload) == 1 else {"steps": payload}, default=str))
+        return
+    if opts.quiet:
+        return
+    from rich.table import Table
+
+    table = Table(title="prunectl", title_justify="left")
+    for column in ("step", "status", "time", "figures"):
+        table.add_column(column)
+    for r in results:
+        figures = ", ".join(f"{k}={_fmt(v)}" for k, v in r.summary.items())
+        table.add_row(r.step, r.status, f"{r.seconds:.1f}s" if r.seconds else "", figures)
+    UI().out.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={_fmt(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def handles_errors(command: Callable) -> Callable:
+    """Turn user errors into one line and exit 2, internal ones into exit 1 with a log pointer."""
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            typer.echo("interrupted; re-run the same command to resume", err=True)
+            raise typer.Exit(130) from None
+        except Exception as error:
+            if os.environ.get("PRUNECTL_DEBUG"):
+                raise
+            traceback.print_exc(file=sys.stderr) if os.environ.get("PRUNECTL_TRACEBACK") else None
+            typer.echo(
+                f"internal error: {type(error).__name__}: {error} "
+                "(traceback in the project's logs/ directory; PRUNECTL_DEBUG=1 to raise)",
+                err=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+# --- steps ----------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def calibrate(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
+              device: DeviceOpt = None, dtype: DtypeOpt = None, method: MethodOpt = None,
+              force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False):
+    """Tokenize calibration text and collect activation statistics.
+
+    Example: prunectl calibrate -p runs/exp1 -r recipes/smollm2-demo.yaml
+    """
+    from prunectl.steps.calibrate import calibrate as step
+
+    opts = _common(project, recipe, set, device, dtype, force, json, quiet).with_step_flags(method)
+    with session(opts) as run:
+        _emit(opts, [step(run)])
+
+
+@app.command()
+@handles_errors
+def score(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
+          device: DeviceOpt = None, dtype: DtypeOpt = None, method: MethodOpt = None,
+          force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False):
+    """Score the importance of blocks, heads or channels.
+
+    Example: prunectl score -p runs/exp1
+    """
+    from prunectl.steps.score import score as step
+
+    opts = _common(project, recipe, set, device, dtype, force, json, quiet).with_step_flags(method)
+    with session(opts) as run:
+        _emit(opts, [step(run)])
+
+
+@app.command()
+@handles_errors
+def search(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
+           device: DeviceOpt = None, dtype: DtypeOpt = None, method: MethodOpt = None,
+           blocks: BlocksOpt = None, ratio: RatioOpt = None, force: ForceOpt = False,
+           json: JsonOpt = False, quiet: QuietOpt = False):
+    """Decide what to remove and write the plan (runs calibrate and score first if needed).
+
+    Example: prunectl search -p runs/exp1 --method block --blocks 12
+    """
+    from prunectl.steps.calibrate import calibrate as calibrate_step
+    from prunectl.steps.score import score as score_step
+    from prunectl.steps.search import search as step
+
+    opts = _common(project, recipe, set, device, dtype, force, json, quiet)
+    opts.with_step_flags(method, blocks, ratio)
+    with session(opts) as run:
+        run.force = False  # --force re-runs the search itself, not its inputs
+        results = [calibrate_step(run), score_step(run)]
+        run.force = opts.force
+        results.append(step(run))
+        _emit(opts, results)
+
+
+@app.command()
+@handles_errors
+def apply(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
+          device: DeviceOpt = None, dtype: DtypeOpt = None,
+          blocks: Annotated[int | None, typer.Option(
+              "--blocks", help="Apply only the first K removals of the searched order.")] = None,
+          force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False):
+    """Remove the planned blocks, heads or channels physically and save the pruned model.
+
+    Example: prunectl apply -p runs/exp1 --blocks 8
+    """
+    from prunectl.steps.apply import apply as step
+
+    opts = _common(project, recipe, set, device, dtype, force, json, quiet)
+    with session(opts) as run:
+        _emit(opts, [step(run, blocks)])
+
+
+@app.command()
+@handles_errors
+def recover(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
+            device: DeviceOpt = None, dtype: DtypeOpt = None, force: ForceOpt = False,
+            json: JsonOpt = False, quiet: QuietOpt = False):
+    """Fine-tune the pruned model with LoRA, merge it, save it (resumes from checkpoints).
+
+    Example: prunectl recover -p runs/exp1 --set recover.max_steps=200
+    """
+    from prunectl.steps.recover import recover as step
+
+    opts = _common(project, recipe, set, device, dtype, force, json, quiet)
+    with session(opts) as run:
+        _emit(opts, [step(run)])
+
+
+@app.command("eval")
+@handles_errors
+def evaluate(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
+             device: DeviceOpt = None, dtype: DtypeOpt = None,
+             tasks: Annotated[str | None, typer.Option(
+                 "--tasks", help="Comma-separated lm-eval tasks (overrides eval.tasks).")] = None,
+             speed: Annotated[bool | None, typer.Option(
+                 "--speed/--no-speed", help="Measure throughput and memory.")] = None,
+             force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False):
+    """Perplexity, zero-shot tasks and speed of the dense, pruned and recovered models.
+
+    Example: prunectl eval -p runs/exp1 --tasks piqa,hellaswag --speed
+    """
+    from prunectl.steps.evaluate import evaluate as step
+
+    opts = _common(project, recipe, set, device, dtype, force, json, quiet)
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None
+    with session(opts) as run:
+        _emit(opts, [step(run, task_list, speed)])
+
+
+@app.command()
+@handles_errors
+def export(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
+           device: DeviceOpt = None, dtype: DtypeOpt = None,
+           output: Annotated[Path | None, typer.Option(
+               "--output", "-o", help="Directory to write (default: PROJECT/export).",
+               file_okay=False)] = None,
+           force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False):
+    """Write the shareable model directory with its model card.
+
+    Example: prunectl export -p runs/exp1 -o models/llama2-pruned
+    """
+    from prunectl.steps.export import export as step
+
+    opts = _common(project, recipe, set, device, dtype, force, json, quiet)
+    with session(opts) as run:
+        _emit(opts, [step(run, output)])
+
+
+@app.command("run")
+@handles_errors
+def run_all(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
+            device: DeviceOpt = None, dtype: DtypeOpt = None, method: MethodOpt = None,
+            blocks: BlocksOpt = None, ratio: RatioOpt = None, force: ForceOpt = False,
+            json: JsonOpt = False, quiet: QuietOpt = False):
+    """Run every step in order, skipping those already up to date.
+
+    Example: prunectl run -p runs/exp1 -r recipes/smollm2-demo.yaml
+    """
+    from prunectl.steps.pipeline import run_pipeline
+
+    opts = _common(project, recipe, set, device, dtype, force, json, quiet)
+    opts.with_step_flags(method, blocks, ratio)
+    with session(opts) as run:
+        _emit(opts, run_pipeline(run))
+
+
+@app.command()
+@handles_errors
+def status(project: ProjectOpt, json: JsonOpt = False):
+    """Show each step's state, timing, key figures and whether an input changed since.
+
+    Example: prunectl status -p runs/exp1
+    """
+    from prunectl.steps.pipeline import status_rows
+
+    rows = status_rows(project)
+    if json:
+        typer.echo(jsonlib.dumps(rows, default=str))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"prunectl status: {project}", title_justify="left")
+    for column in ("step", "state", "finished", "time", "figures"):
+        table.add_column(column)
+    for row in rows:
+        state = row["status"] + (" [yellow](stale)[/]" if row.get("stale") else "")
+        figures = ", ".join(f"{k}={_fmt(v)}" for k, v in (row.get("summary") or {}).items())
+        seconds = row.get("duration_s")
+        table.add_row(row["step"], state, row.get("finished") or "",
+                      f"{seconds:.1f}s" if seconds else "", figures)
+    UI().out.print(table)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"prunectl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version,
+                                                is_eager=True, help="Show the version.")] = False):
+    """Structured pruning of LLMs: BlockPruner, FLAP, LLM-Pruner and magnitude width pruning."""
+
+
+def main() -> None:
+    app()

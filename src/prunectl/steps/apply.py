@@ -1,0 +1,110 @@
+"""``apply``: remove what the plan says, physically, and save the pruned model in the project."""
+
+from __future__ import annotations
+
+from prunectl.context import RunContext
+from prunectl.errors import UserError
+from prunectl.io import write_json
+from prunectl.methods.plan import Plan, plan_from_removals
+from prunectl.methods.registry import create_method
+from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.params import count_parameters
+from prunectl.modeling.pruned_format import save_model
+from prunectl.steps import artifacts
+from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections
+
+
+def plan_prefix(plan: Plan, blocks: int, num_layers: int) -> Plan:
+    """The first ``blocks`` removals of a nested removal order: one search serves every K."""
+    if not plan.removal_order:
+        raise UserError(
+            f"--blocks needs a block-removal plan; the '{plan.method}' plan removes heads/channels"
+        )
+    if blocks > len(plan.removal_order):
+        raise UserError(
+            f"--blocks {blocks} exceeds the {len(plan.removal_order)} removals searched; "
+            f"re-run `prunectl search --blocks {blocks}` to search further"
+        )
+    return plan_from_removals(
+        plan.method,
+        plan.removal_order[:blocks],
+        num_layers,
+        removal_order=plan.removal_order,
+        curve=plan.curve,
+        notes=plan.notes,
+    )
+
+
+def layer_structure(adapter: Adapter, plan: Plan) -> list[dict]:
+    """What each dense layer keeps, in dense numbering (for reports and the model card)."""
+    rows = []
+    for i in range(adapter.num_layers):
+        layer = plan.layer(i)
+        rows.append(
+            {
+                "layer": i,
+                "attention": layer.attention,
+                "mlp": layer.mlp,
+                "heads": (len(layer.q_heads) if layer.q_heads is not None else adapter.num_heads(i))
+                if layer.attention
+                else 0,
+                "kv_heads": (
+                    len(layer.kv_heads) if layer.kv_heads is not None else adapter.num_kv_heads(i)
+                )
+                if layer.attention
+                else 0,
+                "intermediate": (
+                    len(layer.mlp_channels)
+                    if layer.mlp_channels is not None
+                    else adapter.intermediate_size(i)
+                )
+                if layer.mlp
+                else 0,
+            }
+        )
+    return rows
+
+
+def key(run: RunContext, blocks: int | None = None) -> tuple[dict, list]:
+    """The plan file is hashed, not only the search fingerprint: a hand-edited plan re-applies."""
+    sections = recipe_sections(run, "model", "method", "target")
+    sections["apply"] = {"blocks": blocks}
+    return sections, [artifacts.require(run, artifacts.PLAN, "search")]
+
+
+def apply(run: RunContext, blocks: int | None = None) -> StepResult:
+    method = create_method(run.recipe.method)
+
+    def body() -> StepOutcome:
+        plan = artifacts.plan(run)
+        model, tokenizer = artifacts.dense_model(run)
+        adapter = Adapter(model)
+        if blocks is not None:
+            plan = plan_prefix(plan, blocks, adapter.num_layers)
+        dense = count_parameters(model)
+        structure = layer_structure(adapter, plan)
+        pruned = method.apply(run, model, plan, artifacts.statistics(run))
+        artifacts.forget_dense(run)  # sliced in place: no longer the dense model
+        directory = artifacts.path(run, artifacts.PRUNED)
+        save_model(pruned, tokenizer, directory)
+        after = count_parameters(pruned)
+        summary = {
+            "params_dense": dense["total"],
+            "params_pruned": after["total"],
+            "params_ratio_removed": round(1 - after["total"] / dense["total"], 6),
+            "non_embedding_ratio_removed": round(
+                1 - after["non_embedding"] / dense["non_embedding"], 6
+            ),
+        }
+        if blocks is not None or plan.removal_order:
+            summary["blocks_removed"] = sum(
+                (not row["attention"]) + (not row["mlp"]) for row in structure
+            )
+        write_json(
+            directory / "prunectl.json",
+            {"dense": dense, "pruned": after, "per_layer": structure, "plan": plan.model_dump(mode="json"), **summary},
+        )
+        run.models["pruned"] = (pruned, tokenizer)
+        return StepOutcome([directory], summary)
+
+    return execute(run, "apply", key, {"blocks": blocks} if blocks is not None else {}, body)

@@ -1,0 +1,95 @@
+"""Where each step's files live, and loading them (once per process) for the steps after it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunectl.context import RunContext
+from prunectl.errors import UserError
+from prunectl.io import load_tensors, read_json
+from prunectl.methods.plan import Plan
+
+TOKENS = ("calibration", "tokens.safetensors")
+STATS = ("calibration", "stats.safetensors")
+SCORES = ("scores", "scores.safetensors")
+PROGRESS = ("search", "progress.jsonl")
+PLAN = ("search", "plan.json")
+PRUNED = ("pruned",)
+RECOVERED_MODEL = ("recovered", "model")
+EXPORT = ("export",)
+
+#: model roles in the order a pipeline produces them, with the directory each one lives in
+MODEL_DIRS: dict[str, tuple[str, ...]] = {"pruned": PRUNED, "recovered": RECOVERED_MODEL}
+
+
+def path(run: RunContext, parts: tuple[str, ...]) -> Path:
+    return run.project.path(*parts)
+
+
+def require(run: RunContext, parts: tuple[str, ...], step: str) -> Path:
+    """The file an earlier step wrote, or a clear error naming the step to run first."""
+    target = path(run, parts)
+    if not target.exists():
+        raise UserError(
+            f"{target} does not exist; run `prunectl {step} -p {run.project.root}` first"
+        )
+    return target
+
+
+def dense_model(run: RunContext) -> tuple[Any, Any]:
+    """The recipe's model and tokenizer, loaded once per process."""
+    if "dense" not in run.models:
+        from prunectl.modeling.loading import load_model
+
+        run.ui.info(f"loading {run.recipe.model.path} ({run.dtype}, {run.device})")
+        run.models["dense"] = load_model(run.recipe.model, run.device, run.dtype)
+    return run.models["dense"]
+
+
+def tokenizer(run: RunContext) -> Any:
+    return dense_model(run)[1]
+
+
+def project_model(run: RunContext, role: str) -> Any:
+    """A model and tokenizer saved in the project (``pruned`` or ``recovered``), loaded once."""
+    if role not in run.models:
+        from prunectl.modeling.loading import load_project_model
+
+        from transformers import AutoTokenizer
+
+        directory = require(run, MODEL_DIRS[role], "apply" if role == "pruned" else "recover")
+        model = load_project_model(directory, run.device, run.dtype)
+        run.models[role] = (model, AutoTokenizer.from_pretrained(directory))
+    return run.models[role]
+
+
+def forget_dense(run: RunContext) -> None:
+    """Drop the cached dense model after a step changed it in place (``apply`` slices it)."""
+    run.models.pop("dense", None)
+
+
+def calibration_tokens(run: RunContext) -> torch.Tensor:
+    if not path(run, TOKENS).exists():
+        return torch.empty(0, 0, dtype=torch.long)
+    return load_tensors(path(run, TOKENS))["input_ids"]
+
+
+def statistics(run: RunContext) -> dict[str, torch.Tensor]:
+    stats_file = path(run, STATS)
+    return load_tensors(stats_file) if stats_file.exists() else {}
+
+
+def scores(run: RunContext) -> dict[str, torch.Tensor]:
+    return load_tensors(require(run, SCORES, "score"))
+
+
+def plan(run: RunContext) -> Plan:
+    plan_file = require(run, PLAN, "search")
+    try:
+        return Plan.model_validate(read_json(plan_file))
+    except ValueError as error:
+        first = str(error).splitlines()[0]
+        raise UserError(f"{plan_file} is not a valid plan ({first}); re-run `prunectl search --force`")

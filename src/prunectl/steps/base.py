@@ -1,0 +1,106 @@
+"""Running one step: skip it when up to date, record what it did, never lose finished work.
+
+A step is up to date when the fingerprint of exactly what it reads (its recipe sections, the
+files of earlier steps, the prunectl version) equals the one recorded in ``state.json`` after it
+last finished (the DVC rule).  The step body writes its own files atomically; this module only
+decides whether to run it and records the outcome.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunectl.context import RunContext
+from prunectl.errors import UserError
+
+
+@dataclass
+class StepOutcome:
+    """What a step body returns: the files it wrote and the figures worth showing."""
+
+    outputs: list[Path]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepResult:
+    step: str
+    status: str  # "done" | "skipped" | "up-to-date"
+    summary: dict[str, Any]
+    seconds: float = 0.0
+
+
+def execute(
+    run: RunContext,
+    step: str,
+    key: Callable[..., tuple[dict[str, Any], list[Path]]],
+    options: dict[str, Any],
+    body: Callable[[], StepOutcome],
+) -> StepResult:
+    """Run ``body`` unless the step is up to date; record the result in ``state.json``.
+
+    ``key(run, **options)`` gives the recipe sections and input files the result depends on;
+    the options (step flags such as ``apply --blocks``) are recorded so ``status`` can tell
+    later whether the step is stale.
+    """
+    project = run.project
+    fingerprint = project.fingerprint(step, *key(run, **options))
+    if not run.force and project.is_up_to_date(step, fingerprint):
+        record = project.record(step) or {}
+        run.ui.info(f"[dim]{step}: up to date, skipped (use --force to re-run)[/]")
+        return StepResult(step, "up-to-date", record.get("summary", {}))
+    run.ui.info(f"[bold]{step}[/] …")
+    project.start(step, fingerprint)
+    started = time.perf_counter()
+    try:
+        outcome = body()
+    except UserError as error:
+        project.fail(step, str(error))
+        raise
+    except BaseException as error:  # KeyboardInterrupt too: the record must say it stopped
+        log = project.path("logs", f"{step}.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc())
+        project.fail(step, f"{type(error).__name__}: {error} (traceback in {log})")
+        raise
+    seconds = time.perf_counter() - started
+    summary = {**outcome.summary, "options": options} if options else outcome.summary
+    project.finish(step, fingerprint, outcome.outputs, summary, seconds)
+    run.ui.info(f"[green]{step}: done[/] in {seconds:.1f}s")
+    return StepResult(step, "done", outcome.summary, seconds)
+
+
+def skip(run: RunContext, step: str, reason: str) -> StepResult:
+    """Mark a step that does not apply to this recipe (e.g. ``recover`` without its section)."""
+    run.project.mark_skipped(step, reason)
+    run.ui.info(f"[dim]{step}: skipped ({reason})[/]")
+    return StepResult(step, "skipped", {"reason": reason})
+
+
+#: recipe keys that change where a step runs, not what it computes
+RUNTIME_ONLY_KEYS = {"model": ("device", "device_map")}
+
+
+def recipe_sections(run: RunContext, *names: str) -> dict[str, Any]:
+    """The recipe sections a step's result depends on, as plain data for its fingerprint."""
+    chosen: dict[str, Any] = {}
+    for name in names:
+        section = run.recipe.section_dict(name)
+        if isinstance(section, dict):
+            section = {k: v for k, v in section.items() if k not in RUNTIME_ONLY_KEYS.get(name, ())}
+        chosen[name] = section
+    return chosen
+
+
+def upstream(run: RunContext, step: str) -> str:
+    """The fingerprint an earlier step finished with: identifies its (large) outputs without
+    hashing gigabytes of weights."""
+    record = run.project.record(step)
+    if not record or record.get("status") != "done":
+        raise UserError(f"step '{step}' has not finished in {run.project.root}; run `prunectl {step}` first")
+    return record["fingerprint"]

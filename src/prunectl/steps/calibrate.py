@@ -1,0 +1,48 @@
+"""``calibrate``: tokenize calibration text and collect the method's activation statistics."""
+
+from __future__ import annotations
+
+from prunectl.context import RunContext
+from prunectl.data import calibration_tokens
+from prunectl.io import save_tensors, write_json
+from prunectl.methods.registry import create_method
+from prunectl.steps import artifacts
+from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections
+
+
+def key(run: RunContext) -> tuple[dict, list]:
+    """What calibration depends on: the model, the text settings and which statistics."""
+    method = create_method(run.recipe.method)
+    sections = recipe_sections(run, "model", "calibration")
+    sections["method"] = {"name": method.name, "statistics": method.uses_statistics}
+    return sections, []
+
+
+def calibrate(run: RunContext) -> StepResult:
+    method = create_method(run.recipe.method)
+
+    def body() -> StepOutcome:
+        cfg = run.recipe.calibration
+        outputs = []
+        summary = {"method": method.name}
+        if method.uses_calibration:
+            model, tokenizer = artifacts.dense_model(run)
+            tokens = calibration_tokens(
+                tokenizer, cfg.dataset, cfg.split, cfg.nsamples, cfg.seqlen, cfg.seed
+            )
+            save_tensors(artifacts.path(run, artifacts.TOKENS), {"input_ids": tokens})
+            outputs.append(artifacts.path(run, artifacts.TOKENS))
+            summary.update(windows=tokens.shape[0], seqlen=tokens.shape[1], seed=cfg.seed)
+            if method.uses_statistics:
+                stats = method.statistics(run, model, tokens.to(run.device))
+                save_tensors(artifacts.path(run, artifacts.STATS), stats)
+                outputs.append(artifacts.path(run, artifacts.STATS))
+                summary["statistics"] = len(stats)
+        else:
+            summary["note"] = f"{method.name} needs no calibration data"
+        meta = artifacts.path(run, ("calibration", "meta.json"))
+        write_json(meta, {"dataset": cfg.dataset, "split": cfg.split, **summary})
+        outputs.append(meta)
+        return StepOutcome(outputs, summary)
+
+    return execute(run, "calibrate", key, {}, body)

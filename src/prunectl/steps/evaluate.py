@@ -1,0 +1,165 @@
+"""``eval``: perplexity, zero-shot tasks and speed for the dense, pruned and recovered models.
+
+Every result is its own JSON file that records the settings and the fingerprint of the model it
+measured, so a re-run computes only what is missing or out of date.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunectl.context import RunContext
+from prunectl.io import load_tensors, read_json, save_tensors, write_json
+from prunectl.steps import artifacts
+from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections
+
+PRODUCED_BY = {"pruned": "apply", "recovered": "recover"}
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _slug(dataset: str) -> str:
+    name = Path(dataset).stem if ("/" in dataset or "." in dataset) else dataset
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+
+
+def model_fingerprints(run: RunContext) -> dict[str, str]:
+    """The models this project has, each identified by what produced it."""
+    found: dict[str, str] = {}
+    for role in run.recipe.eval.models:
+        if role == "dense":
+            found[role] = _digest(recipe_sections(run, "model"))
+            continue
+        record = run.project.record(PRODUCED_BY[role]) or {}
+        if record.get("status") == "done":
+            found[role] = record["fingerprint"]
+    return found
+
+
+def _evaluation_tokens(run: RunContext, tokenizer, dataset: str) -> torch.Tensor:
+    """Evaluation text tokenized once per project and cached beside the results."""
+    from prunectl.data import evaluation_tokens
+
+    cfg = run.recipe.eval.perplexity
+    key = _digest([dataset, cfg.split, cfg.add_bos, tokenizer.name_or_path, len(tokenizer)])
+    cache = run.project.path("eval", "tokens", f"{_slug(dataset)}-{key}.safetensors")
+    if cache.exists():
+        return load_tensors(cache)["input_ids"]
+    tokens = evaluation_tokens(tokenizer, dataset, cfg.split, add_bos=cfg.add_bos)
+    save_tensors(cache, {"input_ids": tokens})
+    return tokens
+
+
+def _perplexities(run: RunContext, role: str, fingerprint: str, model, tokenizer) -> dict:
+    from prunectl.evaluation.perplexity import perplexity
+
+    cfg = run.recipe.eval.perplexity
+    results = {}
+    for dataset in cfg.datasets:
+        settings = {
+            "dataset": dataset,
+            "split": cfg.split,
+            "seqlen": cfg.seqlen,
+            "max_windows": cfg.max_windows,
+            "add_bos": cfg.add_bos,
+            "dtype": str(run.dtype).removeprefix("torch."),
+        }
+        out = run.project.path("eval", role, f"perplexity-{_slug(dataset)}.json")
+        if out.exists() and not run.force:
+            cached = read_json(out)
+            if cached.get("model_fingerprint") == fingerprint and cached.get("settings") == settings:
+                results[dataset] = cached["perplexity"]
+                continue
+        tokens = _evaluation_tokens(run, tokenizer, dataset)
+        result = perplexity(
+            model, tokens, cfg.seqlen, cfg.batch_size, max_windows=cfg.max_windows, ui=run.ui
+        )
+        write_json(
+            out,
+            {**result, "model": role, "model_fingerprint": fingerprint, "settings": settings,
+             "device": str(run.device)},
+        )
+        run.ui.info(f"{role} perplexity on {dataset}: {result['perplexity']:.3f}")
+        results[dataset] = result["perplexity"]
+    return results
+
+
+def _tasks(run: RunContext, role: str, fingerprint: str, model, tokenizer, tasks: list[str]) -> dict:
+    from prunectl.evaluation.tasks import run_tasks
+
+    cfg = run.recipe.eval
+    return run_tasks(
+        model,
+        tokenizer,
+        tasks,
+        task_paths=cfg.task_paths,
+        num_fewshot=cfg.num_fewshot,
+        limit=cfg.limit,
+        batch_size=cfg.task_batch_size,
+        out_dir=run.project.path("eval", role, "tasks"),
+        model_label=role,
+        dtype=str(run.dtype).removeprefix("torch."),
+        model_fingerprint=fingerprint,
+        ui=run.ui,
+    )
+
+
+def _speed(run: RunContext, role: str, model, tokenizer) -> dict:
+    from prunectl.evaluation.speed import measure_speed
+
+    model_dir = None if role == "dense" else run.project.path(*artifacts.MODEL_DIRS[role])
+    result = measure_speed(model, tokenizer, device=run.device, model_dir=model_dir)
+    write_json(run.project.path("eval", role, "speed.json"), result)
+    return result
+
+
+def key(run: RunContext, tasks: list[str] | None = None, speed: bool | None = None) -> tuple[dict, list]:
+    tasks = run.recipe.eval.tasks if tasks is None else tasks
+    speed = run.recipe.eval.speed if speed is None else speed
+    sections = recipe_sections(run, "eval")
+    sections["run"] = {"models": model_fingerprints(run), "tasks": tasks, "speed": speed}
+    return sections, []
+
+
+def evaluate(run: RunContext, tasks: list[str] | None = None, speed: bool | None = None) -> StepResult:
+    fingerprints = model_fingerprints(run)
+
+    def body() -> StepOutcome:
+        chosen_tasks = run.recipe.eval.tasks if tasks is None else tasks
+        measure = run.recipe.eval.speed if speed is None else speed
+        summary: dict[str, Any] = {}
+        speeds: dict[str, dict] = {}
+        for role, fingerprint in fingerprints.items():
+            model, tokenizer = (
+                artifacts.dense_model(run) if role == "dense" else artifacts.project_model(run, role)
+            )
+            figures: dict[str, Any] = {}
+            for dataset, value in _perplexities(run, role, fingerprint, model, tokenizer).items():
+                figures[f"ppl_{_slug(dataset)}"] = round(value, 4)
+            if chosen_tasks:
+                figures.update(_tasks(run, role, fingerprint, model, tokenizer, chosen_tasks))
+            if measure:
+                speeds[role] = _speed(run, role, model, tokenizer)
+            summary[role] = figures
+            if role != "dense":
+                run.models.pop(role, None)  # one model in memory at a time
+        if measure and "dense" in speeds:
+            from prunectl.evaluation.speed import speed_ratios
+
+            for role, result in speeds.items():
+                if role != "dense":
+                    ratios = speed_ratios(result, speeds["dense"])
+                    write_json(run.project.path("eval", role, "speed.json"), {**result, "vs_dense": ratios})
+                    summary[role]["speed_vs_dense"] = ratios
+        return StepOutcome([run.project.path("eval")], summary)
+
+    options = {k: v for k, v in (("tasks", tasks), ("speed", speed)) if v is not None}
+    return execute(run, "eval", key, options, body)

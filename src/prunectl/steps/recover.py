@@ -1,0 +1,37 @@
+"""``recover``: LoRA fine-tuning of the pruned model, merged and saved in the project."""
+
+from __future__ import annotations
+
+from prunectl.context import RunContext
+from prunectl.steps import artifacts
+from prunectl.steps.base import (
+    StepOutcome,
+    StepResult,
+    execute,
+    recipe_sections,
+    skip,
+    upstream,
+)
+
+
+def key(run: RunContext) -> tuple[dict, list]:
+    sections = recipe_sections(run, "recover")
+    sections["pruned"] = upstream(run, "apply")
+    return sections, []
+
+
+def recover(run: RunContext) -> StepResult:
+    if run.recipe.recover is None:
+        return skip(run, "recover", "the recipe has no `recover` section")
+    source = artifacts.require(run, artifacts.PRUNED, "apply")
+
+    def body() -> StepOutcome:
+        from prunectl.recovery import run_recovery
+
+        out_dir = run.project.path("recovered")
+        artifacts.forget_dense(run)  # training needs the memory more than the cache
+        summary = run_recovery(run, source, out_dir)
+        run.models.pop("recovered", None)
+        return StepOutcome([artifacts.path(run, artifacts.RECOVERED_MODEL)], summary)
+
+    return execute(run, "recover", key, {}, body)

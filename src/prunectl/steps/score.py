@@ -1,0 +1,40 @@
+"""``score``: importance of every prunable unit, from the calibration files."""
+
+from __future__ import annotations
+
+from prunectl.context import RunContext
+from prunectl.io import save_tensors, write_json
+from prunectl.methods.registry import create_method
+from prunectl.steps import artifacts
+from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections, upstream
+
+
+def _summarise(scores: dict) -> dict:
+    return {
+        name: {"shape": list(t.shape), "min": float(t.min()), "max": float(t.max())}
+        for name, t in scores.items()
+        if t.numel()
+    }
+
+
+def key(run: RunContext) -> tuple[dict, list]:
+    sections = recipe_sections(run, "model", "calibration", "method")
+    sections["calibration_step"] = upstream(run, "calibrate")
+    return sections, []
+
+
+def score(run: RunContext) -> StepResult:
+    method = create_method(run.recipe.method)
+
+    def body() -> StepOutcome:
+        model, _ = artifacts.dense_model(run)
+        tokens = artifacts.calibration_tokens(run).to(run.device)
+        scores = method.score(run, model, tokens, artifacts.statistics(run))
+        save_tensors(artifacts.path(run, artifacts.SCORES), scores)
+        summary_file = artifacts.path(run, ("scores", "summary.json"))
+        write_json(summary_file, _summarise(scores))
+        return StepOutcome(
+            [artifacts.path(run, artifacts.SCORES), summary_file], {"scored": len(scores)}
+        )
+
+    return execute(run, "score", key, {}, body)

@@ -1,0 +1,59 @@
+"""``search``: decide what to remove; the plan is plain JSON that ``apply`` reads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+from prunectl.context import RunContext
+from prunectl.io import write_json, write_text
+from prunectl.methods.registry import create_method
+from prunectl.steps import artifacts
+from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections, upstream
+
+
+def key(run: RunContext) -> tuple[dict, list]:
+    sections = recipe_sections(run, "model", "calibration", "method", "target")
+    sections["score_step"] = upstream(run, "score")
+    return sections, []
+
+
+def _retire_foreign_progress(run: RunContext) -> None:
+    """Keep recorded decisions only for the inputs they were made with.
+
+    The key leaves out ``target``: a nested removal order stays valid when the target grows, so
+    a larger target resumes the search instead of restarting it.  A progress file made for other
+    inputs is renamed aside, never deleted.
+    """
+    sections, _ = key(run)
+    sections.pop("target")
+    progress_key = hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
+    progress = artifacts.path(run, artifacts.PROGRESS)
+    key_file = progress.with_name("progress.key")
+    if progress.exists() and (not key_file.exists() or key_file.read_text().strip() != progress_key):
+        aside = progress.with_name(f"progress.{int(time.time())}.stale.jsonl")
+        progress.rename(aside)
+        run.ui.warn(f"search inputs changed: earlier decisions kept in {aside}, searching afresh")
+    write_text(key_file, progress_key + "\n")
+
+
+def search(run: RunContext) -> StepResult:
+    method = create_method(run.recipe.method)
+
+    def body() -> StepOutcome:
+        _retire_foreign_progress(run)
+        model, _ = artifacts.dense_model(run)
+        tokens = artifacts.calibration_tokens(run).to(run.device)
+        plan = method.search(run, model, tokens, artifacts.scores(run))
+        plan_file = artifacts.path(run, artifacts.PLAN)
+        write_json(plan_file, plan.model_dump(mode="json"))
+        outputs = [plan_file]
+        if artifacts.path(run, artifacts.PROGRESS).exists():
+            outputs.append(artifacts.path(run, artifacts.PROGRESS))
+        summary = {"removed": len(plan.removal_order) or None, **plan.achieved}
+        for note in plan.notes:
+            run.ui.warn(note)
+        return StepOutcome(outputs, {k: v for k, v in summary.items() if v is not None})
+
+    return execute(run, "search", key, {}, body)
