@@ -1,0 +1,110 @@
+"""Shared fixtures: tiny random models of every supported family, a byte-level tokenizer and
+small local text files.  Everything is built in-process in seconds; nothing is downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+VOCAB = 260  # 256 bytes + 4 specials
+
+FAMILY_CONFIGS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 0}),
+}
+
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. Pruning removes what a model does not need.\n"
+    "Structured pruning removes whole heads, channels or blocks, so the model gets faster.\n"
+    "A calibration set is a small sample of text used to measure what matters.\n"
+)
+
+
+def tiny_config(family: str = "llama", **overrides):
+    """A few layers, hidden 64, GQA 4/2 heads: small enough for seconds, shaped like the real thing."""
+    import transformers
+
+    config_name, _, extra = FAMILY_CONFIGS[family]
+    values = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    values.update(extra)
+    values.update(overrides)
+    return getattr(transformers, config_name)(**values)
+
+
+def tiny_model(family: str = "llama", seed: int = 0, **overrides):
+    import transformers
+
+    _, model_name, _ = FAMILY_CONFIGS[family]
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(tiny_config(family, **overrides))
+    # random init keeps logits nearly flat; scale so pruning decisions differ between blocks
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and "embed" not in name:
+                param.mul_(4.0)
+    return model.eval()
+
+
+def byte_tokenizer():
+    """A byte-level fast tokenizer (vocab 260) built offline with the `tokenizers` library."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    for symbol in alphabet:
+        vocab[symbol] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+         pre_tokenizers.Split("", behavior="isolated")]
+    )
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        unk_token="<unk>",
+    )
+
+
+@pytest.fixture
+def tokenizer():
+    return byte_tokenizer()
+
+
+def save_tiny(directory: Path, family: str = "llama", seed: int = 0, **overrides) -> Path:
+    """Save a tiny model with its tokenizer as a local Hugging Face directory."""
+    model = tiny_model(family, seed, **overrides)
+    model.save_pretrained(directory)
+    byte_tokenizer().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path) -> Path:
+    return save_tiny(tmp_path / "tiny-llama")
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    """About 20k characters of plain text, paragraphs separated by blank lines."""
+    path = tmp_path / "text.txt"
+    paragraphs = [f"Paragraph {i}. " + TEXT * (1 + i % 3) for i in range(60)]
+    path.write_text("\n\n".join(paragraphs))
+    return path
