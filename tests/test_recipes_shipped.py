@@ -1,0 +1,24 @@
+"""Every shipped recipe validates and opens with the command that runs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from prunectl.recipe import load_recipe
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+
+
+def test_there_are_recipes():
+    assert len(RECIPES) >= 4
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_validates_and_documents_its_command(path):
+    recipe, resolved = load_recipe(path, [])
+    assert resolved["model"]["path"]
+    assert recipe.method.name
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    assert any(f"recipes/{path.name}" in line or "scripts/demo.sh" in line for line in header)
