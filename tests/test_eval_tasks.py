@@ -1,0 +1,121 @@
+"""lm-eval zero-shot tasks on a tiny random model through a local task YAML (no downloads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import byte_tokenizer, tiny_model
+
+from prunectl.errors import UserError
+from prunectl.evaluation.tasks import PAPER_METRIC, PAPER_TASKS, average_metric, run_tasks
+
+TASKS_DIR = Path(__file__).parent / "fixtures" / "lm_eval_tasks"
+TASK = "prunectl_tiny_mc"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _run(model, out_dir, tasks=(TASK,), fingerprint="fp-1", limit=None):
+    return run_tasks(
+        model,
+        byte_tokenizer(),
+        list(tasks),
+        task_paths=[str(TASKS_DIR)],
+        num_fewshot=0,
+        limit=limit,
+        batch_size=2,
+        out_dir=out_dir,
+        model_label="dense",
+        dtype="float32",
+        model_fingerprint=fingerprint,
+    )
+
+
+def _direct_accuracy(model, tokenizer) -> tuple[float, float]:
+    """Score every choice's log-likelihood with the model itself: the answer lm-eval must give."""
+    rows = [json.loads(line) for line in (TASKS_DIR / "tiny_mc.jsonl").read_text().splitlines()]
+    hits, hits_norm = [], []
+    for row in rows:
+        context = tokenizer(row["question"]).input_ids
+        scores = []
+        for choice in row["choices"]:
+            ids = tokenizer(row["question"] + " " + choice).input_ids
+            with torch.no_grad():
+                logp = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+            scores.append(
+                sum(logp[pos - 1, ids[pos]].item() for pos in range(len(context), len(ids)))
+            )
+        normed = [s / len(c) for s, c in zip(scores, row["choices"])]
+        hits.append(max(range(len(scores)), key=scores.__getitem__) == row["answer"])
+        hits_norm.append(max(range(len(normed)), key=normed.__getitem__) == row["answer"])
+    return sum(hits) / len(rows), sum(hits_norm) / len(rows)
+
+
+def test_accuracy_matches_direct_loglikelihood_scoring(tmp_path):
+    model = tiny_model("llama")
+    figures = _run(model, tmp_path)
+
+    saved = json.loads((tmp_path / f"{TASK}.json").read_text())
+    acc, acc_norm = _direct_accuracy(model, byte_tokenizer())
+    assert saved["acc"] == pytest.approx(acc)
+    assert saved["acc_norm"] == pytest.approx(acc_norm)
+    assert saved["acc_stderr"] is not None and saved["acc_norm_stderr"] is not None
+    assert saved["n_samples"] == {"original": 4, "effective": 4}
+    assert saved["average_metric"] == "acc" and saved["score"] == saved["acc"]
+    assert (saved["num_fewshot"], saved["limit"], saved["batch_size"]) == (0, None, 2)
+    assert (saved["dtype"], saved["model"], saved["model_fingerprint"]) == ("float32", "dense", "fp-1")
+    import lm_eval
+
+    assert saved["lm_eval_version"] == lm_eval.__version__
+    assert figures == {TASK: saved["acc"], "task_average": pytest.approx(saved["acc"])}
+
+
+def test_finished_task_is_not_run_again(tmp_path, monkeypatch):
+    model = tiny_model("llama")
+    first = _run(model, tmp_path, limit=3)
+    before = (tmp_path / f"{TASK}.json").read_text()
+
+    import lm_eval.evaluator
+
+    class Ran(Exception):
+        pass
+
+    def must_not_run(*args, **kwargs):
+        raise Ran
+
+    monkeypatch.setattr(lm_eval.evaluator, "simple_evaluate", must_not_run)
+    assert _run(model, tmp_path, limit=3) == first
+    assert (tmp_path / f"{TASK}.json").read_text() == before
+    with pytest.raises(Ran):  # another model or limit is evaluated afresh
+        _run(model, tmp_path, limit=3, fingerprint="fp-2")
+    with pytest.raises(Ran):
+        _run(model, tmp_path, limit=2)
+
+
+def test_unloadable_task_is_named_and_finished_tasks_are_kept(tmp_path):
+    with pytest.raises(UserError, match="'prunectl_tiny_unreachable' could not be loaded"):
+        _run(tiny_model("llama"), tmp_path, tasks=("prunectl_tiny_unreachable", TASK))
+    assert json.loads((tmp_path / f"{TASK}.json").read_text())["acc"] is not None
+    assert not (tmp_path / "prunectl_tiny_unreachable.json").exists()
+
+
+@pytest.mark.slow  # indexes lm-eval's ~15k built-in tasks to know the name is unknown
+def test_unknown_task_suggests_the_closest_name(tmp_path):
+    with pytest.raises(UserError, match=r"unknown lm-eval task 'prunectl_tiny_mcq' \(did you mean 'prunectl_tiny_mc'"):
+        _run(tiny_model("llama"), tmp_path, tasks=(TASK, "prunectl_tiny_mcq"))
+    assert (tmp_path / f"{TASK}.json").exists()
+
+
+def test_paper_metric_choice():
+    assert PAPER_TASKS == ["boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
+    both = {"acc": 0.5, "acc_norm": 0.6}
+    chosen = {t: average_metric(t, both) for t in PAPER_TASKS}
+    assert [t for t, m in chosen.items() if m == "acc_norm"] == sorted(PAPER_METRIC, key=PAPER_TASKS.index)
+    assert average_metric("hellaswag", {"acc": 0.5}) == "acc"  # falls back to what exists
