@@ -1,0 +1,120 @@
+"""The prefix cache: the residual stream at every unit boundary of the current model.
+
+A candidate at unit ``s`` leaves units ``0 .. s-1`` unchanged, so its forward starts from the
+cached boundary ``s``.  After a removal at ``s`` only boundaries after ``s`` change, so the cache
+is rebuilt from ``s`` on, never from the embedding.  When the whole cache does not fit the
+memory budget it spills to CPU memory or keeps every ``stride``-th boundary and recomputes the
+ones in between from the nearest kept one (still exact, only slower).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from prunectl.methods.block.runner import UnitRunner
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    location: torch.device
+    stride: int  # keep boundaries 0, stride, 2*stride, ...
+    bytes_needed: int  # the whole cache at stride 1
+
+
+def _host_available_bytes() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _default_budget(device: torch.device) -> float:
+    """Half of what is free where the cache would live."""
+    if device.type == "cuda":
+        return 0.5 * torch.cuda.mem_get_info(device)[0]
+    return 0.5 * _host_available_bytes()
+
+
+def plan_cache(
+    mode: str, budget_gb: float | None, runner: UnitRunner, dtype: torch.dtype
+) -> CachePlan:
+    """Where the cache lives and how sparse it is.
+
+    ``auto``: on the device when it fits ``budget_gb`` (default: half the free device memory),
+    else in host memory when the device is an accelerator and half the free host memory holds it,
+    else sparse on the device, keeping as many boundaries as the budget holds.
+    """
+    device = runner.device
+    windows = sum(b.shape[0] for b in runner.batches)
+    per_boundary = windows * runner.batches[0].shape[1] * runner.adapter.hidden_size
+    per_boundary *= torch.empty(0, dtype=dtype).element_size()
+    needed = per_boundary * runner.num_units
+    budget = budget_gb * 1e9 if budget_gb is not None else _default_budget(device)
+    cpu = torch.device("cpu")
+
+    def sparse(minimum: int) -> CachePlan:
+        fitting = max(1, int(budget // per_boundary))
+        return CachePlan(device, max(minimum, math.ceil(runner.num_units / fitting)), needed)
+
+    if mode == "device":
+        return CachePlan(device, 1, needed)
+    if mode == "cpu":
+        return CachePlan(cpu, 1, needed)
+    if mode == "sparse":
+        return sparse(2)
+    if needed <= budget:
+        return CachePlan(device, 1, needed)
+    if device.type != "cpu" and needed <= 0.5 * _host_available_bytes():
+        return CachePlan(cpu, 1, needed)
+    return sparse(1)
+
+
+class BoundaryCache:
+    """Boundary hidden states of the current model, per batch of windows."""
+
+    def __init__(self, runner: UnitRunner, plan: CachePlan):
+        self.runner = runner
+        self.plan = plan
+        self.store: list[dict[int, torch.Tensor]] = [{} for _ in runner.batches]
+
+    def _kept(self, unit: int) -> bool:
+        return unit % self.plan.stride == 0
+
+    def _put(self, b: int, unit: int, hidden: torch.Tensor) -> None:
+        self.store[b][unit] = hidden.to(self.plan.location)
+
+    def hidden(self, b: int, unit: int, removed: set[int]) -> torch.Tensor:
+        """Boundary ``unit`` of batch ``b``, recomputed from the nearest kept one if needed."""
+        kept = unit - unit % self.plan.stride
+        hidden = self.store[b][kept].to(self.runner.device)
+        return self.runner.run(hidden, kept, unit, removed)
+
+    def rebuild(self, removed: set[int], start: int = 0, final: bool = False) -> float | None:
+        """Recompute boundaries after ``start`` for the model without ``removed``.
+
+        With ``final`` it also runs the last units and the head and returns the model's summed
+        NLL (the dense perplexity at the first step); otherwise it stops at the last kept
+        boundary, since nothing reads the ones after it.
+        """
+        runner = self.runner
+        last = runner.num_units if final else max(
+            u for u in range(runner.num_units) if self._kept(u)
+        )
+        total = 0.0
+        for b in range(len(runner.batches)):
+            hidden = runner.embed(b) if start == 0 else self.hidden(b, start, removed)
+            if start == 0:
+                self._put(b, 0, hidden)
+            for unit in range(start + 1, last + 1):
+                hidden = runner.run(hidden, unit - 1, unit, removed)
+                if unit < runner.num_units and self._kept(unit):
+                    self._put(b, unit, hidden)
+            if final:
+                total += float(runner.nll(hidden, b).sum())
+        return total if final else None

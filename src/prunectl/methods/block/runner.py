@@ -1,0 +1,86 @@
+"""Running a model unit by unit on batches of calibration windows, counting what it runs.
+
+The search never edits the model: a bypassed block is simply not run.  Every residual unit
+(attention or MLP block, see ``candidates``) goes through the architecture adapter, so any
+supported family works, and a model whose blocks were already removed physically is searched
+further without special cases (the adapter passes a removed block's input through).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+
+from prunectl.modeling.adapters import Adapter
+
+#: tokens per LM-head chunk: bounds the logits held at once (vocab x chunk floats)
+DEFAULT_CHUNK_TOKENS = 2048
+
+
+class UnitRunner:
+    """One model and its calibration windows, split into batches of ``batch_size`` windows."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokens: torch.Tensor,
+        batch_size: int,
+        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    ):
+        self.adapter = Adapter(model)
+        self.num_units = 2 * self.adapter.num_layers
+        device = self.adapter.embed_tokens.weight.device
+        self.batches = [b.to(device) for b in tokens.split(max(1, batch_size))]
+        self.predicted_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
+        self.chunk_tokens = chunk_tokens
+        #: rows (windows) pushed through each kind of unit, and through the LM head
+        self.counts: Counter[str] = Counter()
+        self._inputs: dict[tuple[int, int], dict[str, Any]] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.batches[0].device
+
+    def embed(self, b: int) -> torch.Tensor:
+        return self.adapter.embed_tokens(self.batches[b])
+
+    def _block_inputs(self, hidden: torch.Tensor) -> dict[str, Any]:
+        """Rotary embeddings and mask depend only on the batch shape: computed once per shape."""
+        shape = (hidden.shape[0], hidden.shape[1])
+        if shape not in self._inputs:
+            self._inputs[shape] = self.adapter.block_inputs(hidden)
+        return self._inputs[shape]
+
+    def run(self, hidden: torch.Tensor, start: int, stop: int, skip: set[int]) -> torch.Tensor:
+        """Residual units ``start .. stop-1`` on ``hidden``, leaving out the units in ``skip``."""
+        inputs = None
+        rows = hidden.shape[0]
+        for unit in range(start, stop):
+            if unit in skip:
+                continue
+            layer = unit // 2
+            if unit % 2 == 0:
+                if inputs is None:
+                    inputs = self._block_inputs(hidden)
+                hidden = self.adapter.attention_block(layer, hidden, inputs)
+                self.counts["attn"] += rows
+            else:
+                hidden = self.adapter.mlp_block(layer, hidden)
+                self.counts["mlp"] += rows
+        return hidden
+
+    def nll(self, hidden: torch.Tensor, b: int) -> torch.Tensor:
+        """Summed next-token NLL of each window of batch ``b`` (float64, one value per row)."""
+        from prunectl.evaluation.perplexity import token_nll_sum
+
+        self.counts["head"] += hidden.shape[0]
+        nll = token_nll_sum(
+            hidden,
+            self.adapter.final_norm,
+            self.adapter.lm_head,
+            self.batches[b],
+            self.chunk_tokens,
+        )
+        return nll.double()

@@ -1,0 +1,221 @@
+"""Greedy block search (BlockPruner, arXiv 2406.10594; reference ``block_search.py`` of
+MrGGLS/BlockPruner): at each step bypass every remaining candidate in turn, measure calibration
+perplexity, remove the one that hurts least.  The removal order is nested.
+
+Pure engine: a model and calibration tokens in, decision records out through ``on_decision``;
+no files.  Two ways to score a step, both exact:
+
+* ``mode="naive"`` runs the whole model for every candidate, as the reference does;
+* ``mode="fast"`` starts each candidate from the cached input of its first block (see
+  ``cache``) and, with ``early_stop``, abandons a candidate once its partial NLL sum exceeds the
+  best finished candidate's total (NLL is never negative, so it cannot win).  Candidates go in
+  the order of their previous-step scores so a good one finishes early.  An abandoned
+  candidate's score is a lower bound and is flagged as such.
+
+Deviations from the reference: perplexity is exp(total NLL / total predicted tokens) over all
+windows (the reference averages per-window mean NLLs, the same for equal-length windows, but it
+also drops tokens equal to the pad id, which we do not); ties resolve to the first candidate in
+the canonical order (see ``candidates``) whatever order they were evaluated in; whole decoder
+layers (``layer``) are an extra unit type, as in SLEB / Shortened LLaMA.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from prunectl.errors import UserError
+from prunectl.methods.block.cache import BoundaryCache, CachePlan, plan_cache
+from prunectl.methods.block.candidates import unit_span
+from prunectl.methods.block.runner import DEFAULT_CHUNK_TOKENS, UnitRunner
+
+Progress = Callable[..., Iterable]
+
+
+@dataclass
+class SearchSettings:
+    batch_size: int = 4
+    early_stop: bool = True
+    cache: str = "auto"
+    cache_budget_gb: float | None = None
+    candidates_order: str = "previous"  # or "index"
+    mode: str = "fast"  # or "naive"
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+
+
+@dataclass
+class Target:
+    """When to stop: after ``blocks`` removals, or once ``params_ratio`` of all params is gone."""
+
+    blocks: int | None = None
+    params_ratio: float | None = None
+
+    def reached(self, decisions: list[dict]) -> bool:
+        if self.blocks is not None:
+            return len(decisions) >= self.blocks
+        if self.params_ratio is not None:
+            return bool(decisions) and decisions[-1]["params_ratio"] >= self.params_ratio
+        return False
+
+
+@dataclass
+class ParameterCounts:
+    total: int
+    non_embedding: int
+    per_candidate: dict[str, int]
+
+
+@dataclass
+class SearchResult:
+    decisions: list[dict]  # every decision, replayed ones first
+    counts: dict[str, int]  # rows pushed through attention/MLP units and the head
+    evaluations: int  # candidate evaluations started in this call (replays cost none)
+    cache: CachePlan | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_previous(previous: list[dict], candidates: list[str]) -> list[str]:
+    removed: list[str] = []
+    for k, record in enumerate(previous, 1):
+        name = record.get("removed")
+        if record.get("step") != k or name not in candidates or name in removed:
+            raise UserError(
+                f"recorded decision {k} ({name!r}) does not fit this model and block_type; "
+                "move search/progress.jsonl aside to search afresh"
+            )
+        removed.append(name)
+    return removed
+
+
+class _Step:
+    """Scores one greedy step: every remaining candidate against the current model."""
+
+    def __init__(self, runner: UnitRunner, cache: BoundaryCache | None, removed: set[int]):
+        self.runner, self.cache, self.removed = runner, cache, removed
+
+    def nll_of(self, name: str, early_limit: float | None) -> tuple[float, bool]:
+        """Summed NLL with ``name`` bypassed; stops early (lower bound) past ``early_limit``."""
+        runner = self.runner
+        start, end = unit_span(name, runner.adapter.num_layers)
+        skip = self.removed | set(range(start, end))
+        total = 0.0
+        for b in range(len(runner.batches)):
+            if self.cache is None:
+                hidden = runner.run(runner.embed(b), 0, runner.num_units, skip)
+            else:
+                hidden = self.cache.hidden(b, start, self.removed)
+                hidden = runner.run(hidden, end, runner.num_units, skip)
+            total += float(runner.nll(hidden, b).sum())
+            if early_limit is not None and total > early_limit and b + 1 < len(runner.batches):
+                return total, True
+        return total, False
+
+
+def block_search(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    candidates: list[str],
+    target: Target,
+    params: ParameterCounts,
+    settings: SearchSettings | None = None,
+    previous: list[dict] | None = None,
+    on_decision: Callable[[dict], None] | None = None,
+    progress: Progress | None = None,
+    max_steps: int | None = None,
+) -> SearchResult:
+    """Greedy search until ``target`` (or ``max_steps`` new decisions, or no candidate left).
+
+    ``previous`` decisions are replayed, not recomputed: their blocks are removed and the search
+    continues after them.  Each new decision is passed to ``on_decision`` as soon as it is made.
+    The first decision record also carries ``dense_perplexity``.
+    """
+    settings = settings or SearchSettings()
+    decisions = [dict(r) for r in previous or []]
+    removed_names = _check_previous(decisions, candidates)
+    runner = UnitRunner(model, tokens, settings.batch_size, settings.chunk_tokens)
+    num_layers = runner.adapter.num_layers
+    result = SearchResult(decisions, runner.counts, 0)
+    remaining = [c for c in candidates if c not in removed_names]
+    if target.reached(decisions) or not remaining or max_steps == 0:
+        return result
+
+    removed: set[int] = set()
+    for name in removed_names:
+        removed.update(range(*unit_span(name, num_layers)))
+    cache = None
+    dense_nll = None
+    with torch.inference_mode():
+        if settings.mode == "fast":
+            result.cache = plan_cache(settings.cache, settings.cache_budget_gb, runner, model.dtype)
+            cache = BoundaryCache(runner, result.cache)
+            dense_nll = cache.rebuild(removed, 0, final=not decisions)
+        elif not decisions:
+            dense_nll = sum(
+                float(runner.nll(runner.run(runner.embed(b), 0, runner.num_units, removed), b).sum())
+                for b in range(len(runner.batches))
+            )
+        steps = 0
+        while remaining and not target.reached(decisions) and steps != max_steps:
+            record = _search_step(runner, cache, removed, remaining, candidates, decisions,
+                                  settings, params, progress)
+            result.evaluations += len(remaining)
+            if dense_nll is not None:
+                record["dense_perplexity"] = math.exp(dense_nll / runner.predicted_tokens)
+                dense_nll = None
+            decisions.append(record)
+            if on_decision is not None:
+                on_decision(record)
+            remaining.remove(record["removed"])
+            start, end = unit_span(record["removed"], num_layers)
+            removed.update(range(start, end))
+            steps += 1
+            if cache is not None and remaining and not target.reached(decisions):
+                cache.rebuild(removed, start)
+    if not target.reached(decisions) and not remaining and max_steps is None:
+        result.notes.append(
+            f"every candidate was removed after {len(decisions)} steps; the target was not reached"
+        )
+    return result
+
+
+def _order(remaining: list[str], candidates: list[str], decisions: list[dict], how: str):
+    """Previous-step scores first (best first), then canonical order for the unscored."""
+    index = {c: i for i, c in enumerate(candidates)}
+    last = decisions[-1]["scores"] if decisions and how == "previous" else {}
+    return sorted(remaining, key=lambda c: (last[c]["ppl"] if c in last else math.inf, index[c]))
+
+
+def _search_step(runner, cache, removed, remaining, candidates, decisions, settings, params,
+                 progress) -> dict[str, Any]:
+    started = time.perf_counter()
+    step = _Step(runner, cache, removed)
+    index = {c: i for i, c in enumerate(candidates)}
+    ordered = _order(remaining, candidates, decisions, settings.candidates_order)
+    if progress is not None:
+        ordered = progress(ordered, total=len(ordered), description=f"step {len(decisions) + 1}")
+    best: tuple[float, int, str] | None = None
+    scores: dict[str, dict[str, Any]] = {}
+    for name in ordered:
+        limit = best[0] if settings.early_stop and best is not None else None
+        total, stopped = step.nll_of(name, limit)
+        scores[name] = {"ppl": math.exp(total / runner.predicted_tokens), "lower_bound": stopped}
+        if not stopped and (best is None or (total, index[name]) < best[:2]):
+            best = (total, index[name], name)
+    chosen = best[2]
+    removed_params = sum(params.per_candidate[d["removed"]] for d in decisions)
+    removed_params += params.per_candidate[chosen]
+    return {
+        "step": len(decisions) + 1,
+        "removed": chosen,
+        "perplexity": scores[chosen]["ppl"],
+        "params_removed": removed_params,
+        "params_ratio": removed_params / params.total,
+        "params_ratio_non_embedding": removed_params / params.non_embedding,
+        "scores": {c: scores[c] for c in sorted(scores, key=index.__getitem__)},
+        "seconds": time.perf_counter() - started,
+    }
