@@ -1,0 +1,69 @@
+"""Speed and memory measurement on a tiny model: every field present, consistent and re-checked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import byte_tokenizer, save_tiny, tiny_model
+
+from prunectl.errors import UserError
+from prunectl.evaluation.speed import measure_speed, speed_ratios
+
+SMALL = dict(prefill_lengths=(16, 64, 1024), decode_tokens=4, decode_batches=(1, 2), warmup=1, repeats=2)
+
+
+@pytest.fixture(scope="module")
+def dense_and_pruned(tmp_path_factory):
+    dense_dir = save_tiny(tmp_path_factory.mktemp("dense"))
+    pruned_dir = save_tiny(tmp_path_factory.mktemp("pruned"), num_hidden_layers=2)
+    dense = measure_speed(tiny_model("llama"), byte_tokenizer(), device="cpu", model_dir=dense_dir, **SMALL)
+    pruned_model = tiny_model("llama", num_hidden_layers=2).train()
+    pruned = measure_speed(pruned_model, 260, model_dir=pruned_dir, **SMALL)
+    assert pruned_model.training  # the caller's mode is restored
+    return dense, pruned, dense_dir
+
+
+def _rate_fields_ok(row):
+    return 0 < row["tokens_per_s_min"] <= row["tokens_per_s"] <= row["tokens_per_s_max"] and row["repeats"] == 2
+
+
+def test_every_field_is_measured(dense_and_pruned):
+    dense, _, dense_dir = dense_and_pruned
+    model = tiny_model("llama")
+    # prefill: lengths past max_position_embeddings (512) are clipped, and the clipping is noted
+    assert [r["seq_len"] for r in dense["prefill"]] == [16, 64, 512]
+    assert any("512" in note for note in dense["notes"])
+    assert all(_rate_fields_ok(r) and r["batch"] == 1 for r in dense["prefill"])
+    for row in dense["prefill"]:
+        assert row["tokens_per_s"] == pytest.approx(row["seq_len"] / row["seconds_median"], rel=0.5)
+    assert [(r["batch"], r["new_tokens"]) for r in dense["decode"]] == [(1, 4), (2, 4)]
+    assert all(_rate_fields_ok(r) for r in dense["decode"])
+
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers())
+    assert dense["memory"]["weights_bytes"] == weights
+    assert dense["memory"]["source"] in {"cpu_peak_rss", "cpu_ru_maxrss_process_lifetime"}
+    assert dense["memory"]["peak_bytes"] > weights  # resident memory holds at least the weights
+    assert dense["parameters"]["total"] == sum(p.numel() for p in model.parameters())
+    assert dense["disk_bytes"] == sum(p.stat().st_size for p in dense_dir.rglob("*") if p.is_file())
+    assert dense["device"]["type"] == "cpu" and dense["device"]["name"]
+    assert dense["versions"]["torch"] == torch.__version__ and dense["dtype"] == "float32"
+    assert dense["settings"]["repeats"] == 2 and dense["settings"]["warmup"] == 1
+
+
+def test_ratios_pruned_over_dense(dense_and_pruned):
+    dense, pruned, _ = dense_and_pruned
+    ratios = speed_ratios(pruned, dense)
+    for row, base in zip(pruned["prefill"], dense["prefill"]):
+        assert ratios[f"prefill_{row['seq_len']}"] == round(row["tokens_per_s"] / base["tokens_per_s"], 4)
+    for row, base in zip(pruned["decode"], dense["decode"]):
+        assert ratios[f"decode_b{row['batch']}"] == round(row["tokens_per_s"] / base["tokens_per_s"], 4)
+    assert ratios["parameters"] == round(pruned["parameters"]["total"] / dense["parameters"]["total"], 4)
+    assert ratios["parameters"] < 1 and ratios["disk"] < 1
+    assert ratios["same_device"] is True
+    assert speed_ratios(pruned, {**dense, "dtype": "bfloat16"})["same_device"] is False
+
+
+def test_decode_needs_two_tokens():
+    with pytest.raises(UserError, match="decode_tokens=1"):
+        measure_speed(tiny_model("llama"), 260, decode_tokens=1)
