@@ -1,0 +1,208 @@
+"""Loading models: a hub id, a local Hugging Face directory, a ``.gguf`` file, or a model prunectl saved.
+
+The architecture is checked from the config before any weight is read, so an unsupported model is
+refused in a second rather than after a multi-gigabyte load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunectl.errors import UserError
+from prunectl.modeling.adapters import family_for
+
+DTYPES: dict[str, torch.dtype] = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+}
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` is CUDA when present, else CPU; anything else must name a device this machine has."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise UserError(f"device '{spec}' is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device '{spec}' was asked for but CUDA is not available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(
+                f"device '{spec}' does not exist; this machine has {torch.cuda.device_count()} GPU(s)"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device '{spec}' is not available here; use auto or cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"device '{spec}' is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bfloat16 on CUDA and float32 elsewhere (CPU half precision is slow and lossy)."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if spec not in DTYPES:
+        raise UserError(f"dtype '{spec}' is not supported; use auto, bfloat16, float16 or float32")
+    return DTYPES[spec]
+
+
+def _source(cfg: Any) -> tuple[str, str | None]:
+    """(what to pass to ``from_pretrained``, gguf file name or None), with clear errors for bad paths."""
+    path = str(cfg.path)
+    gguf_file = getattr(cfg, "gguf_file", None)
+    local = Path(path).expanduser()
+    if path.endswith(".gguf"):
+        if not local.is_file():
+            raise UserError(f"model.path '{path}' does not exist; give an existing .gguf file")
+        return str(local.parent), local.name
+    if local.exists():
+        if not local.is_dir():
+            raise UserError(
+                f"model.path '{path}' is a file but not a .gguf; give a model directory, a hub id or a .gguf file"
+            )
+        if gguf_file is not None and not (local / gguf_file).is_file():
+            raise UserError(f"model.gguf_file '{gguf_file}' is not in {local}; check the file name")
+        if gguf_file is None and not (local / "config.json").is_file():
+            raise UserError(
+                f"model.path '{path}' has no config.json; give a Hugging Face model directory or a .gguf file"
+            )
+        return str(local), gguf_file
+    if path.startswith(("/", "./", "../", "~")) or path.count("/") > 1:
+        raise UserError(f"model.path '{path}' does not exist; give a model directory, hub id or .gguf file")
+    return path, gguf_file  # a hub id
+
+
+def _load_config(source: str, gguf_file: str | None, cfg: Any):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(
+            source,
+            gguf_file=gguf_file,
+            revision=getattr(cfg, "revision", None),
+            trust_remote_code=bool(getattr(cfg, "trust_remote_code", False)),
+        )
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"could not read the model config of '{cfg.path}' ({first}); check model.path") from None
+
+
+def load_model(cfg: Any, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    """The recipe's model (eval mode, on ``device`` in ``dtype``) and its tokenizer.
+
+    ``cfg`` is the recipe's ``model`` section (``path``, optional ``gguf_file``, ``revision``,
+    ``trust_remote_code``).  A GGUF checkpoint is dequantized by transformers; its gguf
+    ``quantization_config`` is dropped so the model saves as a plain checkpoint.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, gguf_file = _source(cfg)
+    config = _load_config(source, gguf_file, cfg)
+    family_for(getattr(config, "model_type", "?"))  # refuse before reading any weight
+    common = {
+        "gguf_file": gguf_file,
+        "revision": getattr(cfg, "revision", None),
+        "trust_remote_code": bool(getattr(cfg, "trust_remote_code", False)),
+    }
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **common)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise UserError(f"could not load the weights of '{cfg.path}' ({first}); check model.path") from None
+    if gguf_file is not None:
+        model = _without_quantization_config(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise UserError(f"'{cfg.path}' has no usable tokenizer ({first}); add the tokenizer files") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer  # .to(dtype) would also cast fp32 rotary buffers
+
+
+def _without_quantization_config(model: nn.Module) -> nn.Module:
+    """A fresh model of the same class and weights whose config no longer says "gguf-quantized".
+
+    ``save_pretrained`` refuses a model loaded from GGUF because of that key; the weights themselves
+    are already dequantized, so rebuilding without it loses nothing.
+    """
+    config = model.config
+    config_dict = config.to_dict()
+    config_dict.pop("quantization_config", None)
+    clean_config = type(config).from_dict(config_dict)
+    clean = rebuild_model(type(model), clean_config, model.state_dict(), model)
+    clean.generation_config = model.generation_config
+    return clean
+
+
+def rebuild_model(
+    model_cls: type, config: Any, tensors: dict[str, torch.Tensor], reference: nn.Module
+) -> nn.Module:
+    """An instance of ``model_cls`` built on the meta device and given ``tensors`` (no extra copy).
+
+    Non-persistent buffers (rotary ``inv_freq``) are not in a state dict: they are taken from
+    ``reference`` by name, which holds the same ones whenever ``head_dim`` and rope settings agree.
+    Tied embeddings are re-tied after assignment.
+    """
+    config._attn_implementation = reference.config._attn_implementation
+    with torch.device("meta"):
+        model = model_cls(config)
+    if getattr(config, "tie_word_embeddings", False):
+        tensors = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    if unexpected:
+        raise RuntimeError(f"tensors not in {model_cls.__name__}: {unexpected[:5]}")
+    reference_buffers = dict(reference.named_buffers())
+    for name, buffer in list(model.named_buffers()):
+        if buffer.is_meta:
+            owner_name, _, attr = name.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            owner._buffers[attr] = reference_buffers[name]
+    if getattr(config, "tie_word_embeddings", False):
+        model.lm_head.weight = model.get_input_embeddings().weight
+    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if still_meta:
+        raise RuntimeError(f"{model_cls.__name__} left without weights: {still_meta[:5]}")
+    model.generation_config = reference.generation_config
+    return model.eval()
+
+
+def project_config(directory: Path) -> dict:
+    """``config.json`` of a model directory prunectl wrote, or a clear error."""
+    config_file = Path(directory) / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"{directory} holds no model (config.json missing); re-run the step that wrote it")
+    return json.loads(config_file.read_text())
+
+
+def load_project_model(directory: Path, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A model prunectl saved (plain or pruned format), without asking for ``trust_remote_code``:
+    the pruned classes are imported from this package, not from the copy in the directory."""
+    from transformers import AutoModelForCausalLM
+
+    config = project_config(directory)
+    family_for(config.get("model_type", "?"))
+    if config.get("per_layer_config"):
+        from prunectl.modeling.modeling_prunectl import pruned_class_for
+
+        model_cls = pruned_class_for(config["model_type"])
+    else:
+        model_cls = AutoModelForCausalLM
+    model = model_cls.from_pretrained(directory, dtype=dtype)
+    return model.to(device).eval()
