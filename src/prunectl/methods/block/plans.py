@@ -1,0 +1,130 @@
+"""From a nested removal order to a plan: targets, parameter counts, curve, prefixes.
+
+Shared by ``block`` (greedy search) and ``shortgpt`` (one-shot order): both produce an ordered
+list of removed blocks, and any prefix of it is a valid plan, so ``apply --blocks K`` never
+searches again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prunectl.errors import UserError
+from prunectl.methods.block.candidates import candidate_parameters
+from prunectl.methods.block.search import ParameterCounts, Target
+from prunectl.methods.plan import Plan, parse_block_name, plan_from_removals
+
+
+def parameter_counts(model, adapter, names: list[str]) -> ParameterCounts:
+    from prunectl.modeling.params import count_parameters
+
+    counts = count_parameters(model)
+    return ParameterCounts(
+        total=counts["total"],
+        non_embedding=counts["non_embedding"],
+        per_candidate={name: candidate_parameters(adapter, name) for name in names},
+    )
+
+
+def resolve_target(target_config: Any, names: list[str], params: ParameterCounts, unit: str) -> Target:
+    """The recipe's ``target`` as a stop rule, refusing targets the candidates cannot reach."""
+    blocks = getattr(target_config, "blocks", None)
+    ratio = getattr(target_config, "params_ratio", None)
+    if blocks is None and ratio is None:
+        raise UserError(
+            f"target.blocks or target.params_ratio is required to remove {unit}s; "
+            "set one, e.g. --blocks 8"
+        )
+    if blocks is not None and blocks > len(names):
+        raise UserError(
+            f"target.blocks={blocks} exceeds the {len(names)} candidate {unit}s; "
+            f"lower it to at most {len(names)}"
+        )
+    reachable = sum(params.per_candidate.values()) / params.total
+    if ratio is not None and ratio > reachable:
+        raise UserError(
+            f"target.params_ratio={ratio} is out of reach: removing every candidate {unit} "
+            f"removes {reachable:.4f} of the parameters; lower it"
+        )
+    return Target(blocks=blocks, params_ratio=ratio)
+
+
+def prefix_length(decisions: list[dict], target: Target) -> int:
+    """How many leading decisions the target asks for (all of them when it was not reached)."""
+    for k in range(1, len(decisions) + 1):
+        if target.reached(decisions[:k]):
+            return k
+    return len(decisions)
+
+
+def _curve_point(k: int, record: dict) -> dict[str, Any]:
+    point = {"blocks": k}
+    for key in ("perplexity", "params_removed", "params_ratio", "params_ratio_non_embedding"):
+        if key in record:
+            point[key] = record[key]
+    return point
+
+
+def plan_from_decisions(
+    method: str,
+    decisions: list[dict],
+    target: Target,
+    num_layers: int,
+    params: ParameterCounts,
+    dense: dict[str, Any],
+    notes: list[str] | None = None,
+) -> Plan:
+    """A plan removing the first K decisions (K from ``target``), carrying the whole order."""
+    notes = list(notes or [])
+    order = [d["removed"] for d in decisions]
+    curve = [_curve_point(0, {**dense, "params_removed": 0, "params_ratio": 0.0,
+                              "params_ratio_non_embedding": 0.0})]
+    curve += [_curve_point(k, d) for k, d in enumerate(decisions, 1)]
+    k = prefix_length(decisions, target)
+    if target.params_ratio is not None and k and decisions[k - 1]["params_ratio"] > target.params_ratio:
+        notes.append(
+            f"whole blocks remove {decisions[k - 1]['params_ratio']:.4f} of the parameters "
+            f"(target {target.params_ratio}): the first block count reaching the target"
+        )
+    plan = plan_from_removals(method, order, num_layers, removal_order=order, curve=curve,
+                              notes=notes)
+    return _with_prefix(plan, k, num_layers, params.total, params.non_embedding)
+
+
+def _with_prefix(plan: Plan, k: int, num_layers: int, total: int, non_embedding: int) -> Plan:
+    prefix = plan_from_removals(
+        plan.method, plan.removal_order[:k], num_layers,
+        removal_order=plan.removal_order, curve=plan.curve, notes=plan.notes,
+    )
+    point = plan.curve[k] if k < len(plan.curve) else {}
+    prefix.achieved = {
+        **{key: value for key, value in point.items() if key != "blocks"},
+        "blocks": k,
+        "params_total": total,
+        "params_non_embedding": non_embedding,
+    }
+    return prefix
+
+
+def plan_for_k(plan: Plan, k: int) -> Plan:
+    """The plan removing only the first ``k`` blocks of ``plan``'s searched order.
+
+    ``k`` beyond the searched length is a user error: the order must be searched further.
+    """
+    searched = len(plan.removal_order)
+    if not searched:
+        raise UserError(
+            f"--blocks needs a block-removal order; the '{plan.method}' plan has none"
+        )
+    if k < 0:
+        raise UserError(f"--blocks {k} is negative; give the number of blocks to remove")
+    if k > searched:
+        raise UserError(
+            f"--blocks {k} exceeds the {searched} removals searched; run `prunectl search "
+            f"--blocks {k}` to search further (recorded decisions are kept)"
+        )
+    num_layers = 1 + max(parse_block_name(n, 1 << 30)[0] for n in plan.removal_order)
+    return _with_prefix(
+        plan, k, num_layers,
+        plan.achieved.get("params_total", 0), plan.achieved.get("params_non_embedding", 0),
+    )

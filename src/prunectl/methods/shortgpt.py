@@ -1,0 +1,85 @@
+"""``method: shortgpt``: one-shot layer removal by Block Influence (ShortGPT, arXiv 2403.03853).
+
+BI_i = 1 - mean over calibration tokens of cos(x_i, x_{i+1}), where x_i enters layer i and
+x_{i+1} leaves it.  A layer that barely turns the residual stream matters little; the layers are
+removed in ascending BI order, so like BlockPruner's search the order is nested and
+``apply --blocks K`` takes any prefix.
+
+Deviation from implementations that read ``output_hidden_states``: their last entry is taken
+after the final norm, so the last layer's BI compares against a normalised state; here every
+layer compares its raw input and output.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from prunectl.errors import UserError
+from prunectl.methods.base import Method, MethodConfig
+from prunectl.methods.block.candidates import candidate_names
+from prunectl.methods.block.plans import parameter_counts, plan_from_decisions, resolve_target
+from prunectl.methods.block.runner import UnitRunner
+from prunectl.methods.plan import Plan
+from prunectl.modeling.adapters import Adapter
+
+
+def block_influence(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """BI of every decoder layer (float64 [num_layers]), averaged over all calibration tokens."""
+    runner = UnitRunner(model, tokens, batch_size)
+    layers = runner.adapter.num_layers
+    cos_sum = torch.zeros(layers, dtype=torch.float64)
+    with torch.inference_mode():
+        for b in range(len(runner.batches)):
+            hidden = runner.embed(b)
+            for i in range(layers):
+                out = runner.run(hidden, 2 * i, 2 * i + 2, set())
+                cos = torch.nn.functional.cosine_similarity(hidden.float(), out.float(), dim=-1)
+                cos_sum[i] += cos.double().sum().cpu()
+                hidden = out
+    return 1.0 - cos_sum / tokens.numel()
+
+
+class ShortGPTConfig(MethodConfig):
+    name: Literal["shortgpt"] = "shortgpt"
+    #: calibration windows per forward
+    batch_size: int = Field(4, ge=1)
+
+
+class ShortGPTMethod(Method):
+    """Remove the decoder layers with the lowest Block Influence."""
+
+    name = "shortgpt"
+    Config = ShortGPTConfig
+
+    def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
+        if tokens.numel() == 0:
+            raise UserError("shortgpt needs calibration tokens; run `prunectl calibrate` first")
+        return {"block_influence": block_influence(model, tokens, self.config.batch_size)}
+
+    def search(self, run, model, tokens, scores) -> Plan:
+        adapter = Adapter(model)
+        bi = scores.get("block_influence")
+        if bi is None or bi.shape != (adapter.num_layers,):
+            raise UserError(
+                "scores/scores.safetensors holds no block influence for this model; "
+                "run `prunectl score --force`"
+            )
+        names = candidate_names(adapter.num_layers, "layer")
+        params = parameter_counts(model, adapter, names)
+        target = resolve_target(run.recipe.target, names, params, "layer")
+        order = sorted(range(adapter.num_layers), key=lambda i: (float(bi[i]), i))
+        decisions, removed = [], 0
+        for step, i in enumerate(order, 1):
+            removed += params.per_candidate[names[i]]
+            decisions.append({
+                "step": step,
+                "removed": names[i],
+                "block_influence": float(bi[i]),
+                "params_removed": removed,
+                "params_ratio": removed / params.total,
+                "params_ratio_non_embedding": removed / params.non_embedding,
+            })
+        return plan_from_decisions("shortgpt", decisions, target, adapter.num_layers, params, {})

@@ -1,0 +1,60 @@
+"""ShortGPT's Block Influence against a direct computation from ``output_hidden_states``, and its
+plan: lowest-BI layers first, a nested order that ``plan_for_k`` cuts."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from prunectl.errors import UserError
+from prunectl.methods.block import plan_for_k
+from prunectl.methods.registry import create_method, parse_method_config
+from prunectl.methods.shortgpt import block_influence
+from prunectl.ui import SILENT
+
+
+def direct_bi(model, ids: torch.Tensor) -> torch.Tensor:
+    """hidden_states[i] enters layer i; the last entry is after the final norm, so the last
+    layer's output is caught by a hook instead."""
+    last = {}
+    hook = model.model.layers[-1].register_forward_hook(
+        lambda m, a, out: last.setdefault("out", out[0] if isinstance(out, tuple) else out))
+    with torch.no_grad():
+        states = list(model(ids, output_hidden_states=True).hidden_states)
+    hook.remove()
+    states[-1] = last["out"]
+    cos = torch.nn.functional.cosine_similarity
+    return torch.stack([1 - cos(states[i], states[i + 1], dim=-1).mean()
+                        for i in range(len(states) - 1)]).double()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_block_influence_matches_hidden_states(family):
+    model = tiny_model(family, seed=7, num_hidden_layers=5)
+    ids = torch.randint(4, 260, (5, 16), generator=torch.Generator().manual_seed(7))
+    bi = block_influence(model, ids, batch_size=2)
+    assert bi.shape == (5,)
+    torch.testing.assert_close(bi, direct_bi(model, ids), rtol=1e-5, atol=1e-6)
+
+
+def test_plan_removes_lowest_influence_layers_in_order():
+    model = tiny_model("llama", seed=8, num_hidden_layers=5)
+    ids = torch.randint(4, 260, (4, 16), generator=torch.Generator().manual_seed(8))
+    shortgpt = create_method(parse_method_config({"name": "shortgpt", "batch_size": 3}))
+    run = SimpleNamespace(recipe=SimpleNamespace(target=SimpleNamespace(blocks=2, params_ratio=None)),
+                          ui=SILENT)
+    scores = shortgpt.score(run, model, ids, {})
+    plan = shortgpt.search(run, model, ids, scores)
+
+    ascending = torch.argsort(direct_bi(model, ids), stable=True).tolist()
+    assert plan.removal_order == [f"layers.{i}" for i in ascending]
+    assert set(plan.layers) == set(ascending[:2])
+    assert all(not (p.attention or p.mlp) for p in plan.layers.values())
+    assert plan.achieved["blocks"] == 2
+    assert set(plan_for_k(plan, 4).layers) == set(ascending[:4])
+
+    with pytest.raises(UserError, match="no block influence"):
+        shortgpt.search(run, model, ids, {"perplexity": torch.ones(3)})
