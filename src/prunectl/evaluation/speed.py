@@ -50,6 +50,7 @@ def _summary(seconds: list[float], tokens: int) -> dict[str, float]:
         "tokens_per_s_min": min(rates),
         "tokens_per_s_max": max(rates),
         "seconds_median": statistics.median(seconds),
+        "seconds": seconds,
         "repeats": len(seconds),
     }
 

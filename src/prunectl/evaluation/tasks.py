@@ -73,9 +73,10 @@ def _metrics(results: dict[str, Any]) -> tuple[dict[str, float], dict[str, float
 
 
 def _reusable(path: Path, settings: dict[str, Any]) -> dict | None:
-    if not path.exists():
+    try:
+        saved = read_json(path)
+    except (OSError, ValueError):  # missing, or torn by a crash: evaluate again
         return None
-    saved = read_json(path)
     if all(saved.get(k) == settings[k] for k in RESUME_KEYS):
         return saved
     return None
@@ -183,6 +184,7 @@ def run_tasks(
                 limit=limit,
                 task_manager=manager,
                 log_samples=False,
+                verbosity="ERROR" if ui.quiet else None,
             )
             record = _record(task, output, settings, lm_eval.__version__, lm)
             record["duration_s"] = round(time.perf_counter() - started, 3)
