@@ -1,0 +1,153 @@
+"""``method: taylor`` — LLM-Pruner (Ma et al., NeurIPS 2023; code horseee/LLM-Pruner ``hf_prune.py``).
+
+``score`` takes gradients of the LM loss on the calibration tokens (the recipe's ``calibration``
+section governs how many samples of how many tokens; ``recipes/llama2-7b-llm-pruner.yaml`` mirrors
+the reference's 10 samples of 64 tokens) and scores every coupled structure; ``search`` turns the
+scores into a plan removing ``target.params_ratio`` of the parameters; ``apply`` is the default
+surgery.  ``scope: block`` prunes attention heads and MLP channels of layers
+``[layer_start, layer_end)`` (reference: 4 to 30 of Llama's 32, i.e. ``layer_end = num_layers - 2``);
+``scope: channel`` prunes hidden dimensions of the whole model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from pydantic import Field
+
+from prunectl.errors import UserError
+from prunectl.methods.base import Method, MethodConfig
+from prunectl.methods.plan import Plan
+from prunectl.methods.taylor import groups, selection
+from prunectl.methods.taylor.gradients import GradientStore, accumulate_gradients
+from prunectl.methods.taylor.importance import GRADIENT_KINDS, random_importance
+from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.params import count_parameters
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from prunectl.context import RunContext
+
+
+class TaylorConfig(MethodConfig):
+    name: Literal["taylor"] = "taylor"
+    scope: Literal["block", "channel"] = "block"
+    layer_start: int = Field(4, ge=0)
+    layer_end: int | None = Field(None, ge=1)  # None: num_layers - 2
+    importance: Literal["element1", "element2", "vector", "l1", "l2", "random"] = "element1"
+    aggregation: Literal["sum", "mean", "max", "prod"] = "sum"
+    ranking: Literal["local", "global"] = "local"
+    head_unit: Literal["kv_group", "query_head"] = "query_head"
+    grad_batch_size: int = Field(1, ge=1)  # calibration samples per backward pass
+    gradient_checkpointing: bool = False
+    seed: int = 42  # for importance: random
+
+
+class TaylorMethod(Method):
+    name = "taylor"
+    Config = TaylorConfig
+
+    def layers(self, adapter: Adapter) -> range:
+        """The pruned layers; a range outside the model is a user error naming the keys."""
+        cfg = self.config
+        n = adapter.num_layers
+        end = n - 2 if cfg.layer_end is None else cfg.layer_end
+        if not 0 <= cfg.layer_start < end <= n:
+            raise UserError(
+                f"method.layer_start={cfg.layer_start} / layer_end={end} select no layers of a "
+                f"{n}-layer model; use 0 <= layer_start < layer_end <= {n}"
+            )
+        return range(cfg.layer_start, end)
+
+    def score(
+        self, run: RunContext, model: nn.Module, tokens: torch.Tensor, stats: dict
+    ) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        adapter = Adapter(model)
+        layers = self.layers(adapter) if cfg.scope == "block" else range(0)
+        if cfg.importance == "random":
+            return self._random_scores(adapter, layers)
+        store = None
+        if cfg.importance in GRADIENT_KINDS:
+            if tokens.numel() == 0:
+                raise UserError("method taylor needs calibration tokens; run `prunectl calibrate` first")
+            weights = groups.scored_parameters(adapter, cfg.scope, layers)
+            store = GradientStore(model, weights, fisher=cfg.importance == "element2")
+            device = next(model.parameters()).device
+            loss = accumulate_gradients(
+                model, tokens.to(device), store, cfg.grad_batch_size, cfg.gradient_checkpointing, run.ui
+            )
+            run.ui.info(f"taylor: calibration loss {loss:.4f} over {tokens.shape[0]} samples")
+        score = groups.scorer(cfg.importance, store)
+        with torch.no_grad():
+            if cfg.scope == "channel":
+                return {"hidden": groups.hidden_scores(adapter, score, cfg.aggregation).cpu()}
+            scores = {}
+            for i in layers:
+                scores[f"layers.{i}.heads"] = groups.head_scores(
+                    adapter, i, score, cfg.head_unit, cfg.aggregation
+                ).cpu()
+                scores[f"layers.{i}.channels"] = groups.channel_scores(
+                    adapter, i, score, cfg.aggregation
+                ).cpu()
+        return scores
+
+    def _random_scores(self, adapter: Adapter, layers: range) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.config.seed)
+        if self.config.scope == "channel":
+            return {"hidden": random_importance(adapter.hidden_size, generator)}
+        scores = {}
+        for i in layers:
+            costs = selection.LayerCosts(adapter, i)
+            scores[f"layers.{i}.heads"] = random_importance(costs.units(self.config.head_unit), generator)
+            scores[f"layers.{i}.channels"] = random_importance(costs.intermediate, generator)
+        return scores
+
+    def search(
+        self, run: RunContext, model: nn.Module, tokens: torch.Tensor, scores: dict[str, torch.Tensor]
+    ) -> Plan:
+        cfg = self.config
+        ratio = getattr(run.recipe.target, "params_ratio", None)
+        if ratio is None or not 0 < ratio < 1:
+            raise UserError(
+                "method taylor needs target.params_ratio between 0 and 1 (the fraction of "
+                "parameters to remove); set it, e.g. --set target.params_ratio=0.2"
+            )
+        adapter = Adapter(model)
+        total = count_parameters(model)["total"]
+        target = round(ratio * total)
+        achieved = {"params_total": total, "target_ratio": ratio}
+        if cfg.scope == "channel":
+            per_channel = sum(w.numel() // w.shape[dim] for w, dim in groups.hidden_weights(adapter))
+            kept = selection.hidden_plan(adapter, scores["hidden"], per_channel, target)
+            removed = (adapter.hidden_size - len(kept)) * per_channel
+            achieved.update(hidden_kept=len(kept), hidden=adapter.hidden_size)
+            layer_plans, notes = {}, []
+        else:
+            layers = self.layers(adapter)
+            choices, how = selection.block_plan(
+                adapter, scores, layers, cfg.head_unit, cfg.ranking, target
+            )
+            removed = sum(c.removed for c in choices.values())
+            layer_plans, notes = selection.layer_plans(adapter, choices)
+            achieved.update(
+                how,
+                heads_kept={i: len(c.q_heads) for i, c in choices.items()},
+                kv_heads_kept={i: len(c.kv_heads) for i, c in choices.items()},
+                channels_kept={i: len(c.channels) for i, c in choices.items()},
+            )
+        achieved.update(params_removed_estimate=removed, ratio_estimate=removed / total)
+        if abs(removed - target) > 0.01 * total:
+            notes.append(
+                f"removes about {removed / total:.1%} of the parameters, not {ratio:.1%}: the pruned "
+                "layers cannot give more (widen layer_start/layer_end) or the units are coarse"
+            )
+        return Plan(
+            method="taylor",
+            layers=layer_plans,
+            hidden_channels=kept if cfg.scope == "channel" else None,
+            achieved=achieved,
+            notes=notes,
+        )
