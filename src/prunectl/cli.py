@@ -326,6 +326,40 @@ def run_all(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
 
 @app.command()
 @handles_errors
+def report(project: ProjectOpt):
+    """Write eval/report.md with plots: perplexity vs blocks, per-layer structure, comparison.
+
+    Example: prunectl report -p runs/exp1
+    """
+    from prunectl.evaluation.report import write_report
+
+    if not (project / "state.json").exists():
+        raise UserError(f"{project} is not a prunectl project (no state.json)")
+    typer.echo(str(write_report(project)))
+
+
+@app.command()
+@handles_errors
+def compare(projects: Annotated[list[Path], typer.Argument(help="Project directories.")],
+            json: JsonOpt = False):
+    """One table across several projects: which recipe won.
+
+    Example: prunectl compare runs/mix12 runs/flap20 runs/taylor20
+    """
+    from prunectl.evaluation.compare import compare_projects, compare_table
+
+    missing = [str(p) for p in projects if not (p / "state.json").exists()]
+    if missing:
+        raise UserError(f"not prunectl projects (no state.json): {', '.join(missing)}")
+    rows = compare_projects(projects)
+    if json:
+        typer.echo(jsonlib.dumps(rows, default=str))
+    else:
+        UI().out.print(compare_table(rows))
+
+
+@app.command()
+@handles_errors
 def status(project: ProjectOpt, json: JsonOpt = False):
     """Show each step's state, timing, key figures and whether an input changed since.
 
