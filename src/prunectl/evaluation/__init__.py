@@ -1,0 +1,1 @@
+"""Measuring models: perplexity, zero-shot tasks, speed, and the reports built from them."""
