@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import re
 import time
 from datetime import datetime, timezone
@@ -82,20 +83,26 @@ def _reusable(path: Path, settings: dict[str, Any]) -> dict | None:
     return None
 
 
+@functools.lru_cache(maxsize=4)
+def _index(paths: tuple[str, ...], defaults: bool):
+    """lm-eval's task index, built once per process for the dense, pruned and recovered runs."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(paths) or None, include_defaults=defaults)
+
+
 def _task_manager(tasks: list[str], task_paths: list[str]):
     """A TaskManager that knows ``tasks``.  Indexing lm-eval's ~15k built-in tasks takes seconds,
     so when every task is one of the user's own YAMLs only ``task_paths`` is indexed."""
-    from lm_eval.tasks import TaskManager
-
-    paths = [str(Path(p).expanduser()) for p in task_paths]
+    paths = tuple(str(Path(p).expanduser().resolve()) for p in task_paths)
     for p in paths:
         if not Path(p).exists():
             raise UserError(f"eval.task_paths entry {p} does not exist; fix the path or remove it")
     if paths:
-        own = TaskManager(include_path=paths, include_defaults=False)
+        own = _index(paths, False)
         if all(t in own.all_tasks for t in tasks):
             return own
-    return TaskManager(include_path=paths or None)
+    return _index(paths, True)
 
 
 def _unknown(task: str, manager) -> str:
