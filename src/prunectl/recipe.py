@@ -1,0 +1,339 @@
+"""The recipe: one YAML file that says what to prune, how, and how to judge the result.
+
+Loading follows three rules: ``extends: base.yaml`` (relative to the including file) is merged
+first, recursively (mappings merge, lists and scalars replace; a ``method`` section naming another
+method replaces the base's instead, since options of one method mean nothing to another); then ``--set key.path=value`` /
+``~key.path`` overrides apply in order (torchtune's grammar, values parsed as YAML); then the
+schema below validates the result.  Every model forbids unknown keys, and every error becomes one
+line naming the file, the dotted key, what was wrong and what is allowed
+(:mod:`prunectl.recipe_errors`).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from prunectl.errors import UserError
+from prunectl.methods.base import MethodConfig
+
+PINNED_LABEL = "the project's pinned recipe.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(Section):
+    #: hub id, local Hugging Face directory, or a .gguf file
+    path: str
+    #: the .gguf file inside ``path`` when ``path`` is a directory or hub id
+    gguf_file: str | None = None
+    #: auto = bfloat16 on CUDA, float32 on CPU
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    #: auto | cpu | cuda | cuda:N | mps
+    device: str = "auto"
+    trust_remote_code: bool = False
+    revision: str | None = None
+    #: spread one model over several devices (layer-wise execution, later)
+    device_map: None | Literal["auto", "balanced", "sequential"] | dict[str, Any] = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError(f"got {value!r}, expected auto, cpu, cuda, cuda:N or mps")
+        return value
+
+
+class CalibrationConfig(Section):
+    #: wikitext2 | c4 | ptb | alpaca, or a local .txt/.jsonl/.json/.parquet file or directory
+    dataset: str = "wikitext2"
+    #: dataset split (default: the dataset's own training split)
+    split: str | None = None
+    nsamples: int = Field(128, gt=0)
+    seqlen: int = Field(2048, gt=0)
+    seed: int = 42
+    batch_size: int = Field(8, gt=0)
+
+
+class TargetConfig(Section):
+    """How much to remove: a number of blocks, or a fraction of the parameters (not both)."""
+
+    blocks: int | None = Field(None, ge=0)
+    params_ratio: float | None = Field(None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> TargetConfig:
+        if self.blocks is not None and self.params_ratio is not None:
+            raise ValueError(
+                f"got blocks={self.blocks} and params_ratio={self.params_ratio}, "
+                "expected at most one of them"
+            )
+        return self
+
+
+class RecoverConfig(Section):
+    """LoRA recovery fine-tuning; defaults follow LLM-Pruner's post-training script."""
+
+    dataset: str = "yahma/alpaca-cleaned"
+    format: Literal["alpaca", "text"] = "alpaca"
+    lora_r: int = Field(8, gt=0)
+    lora_alpha: int = Field(16, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    cutoff_len: int = Field(256, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
+    num_epochs: float = Field(2, gt=0)
+    batch_size: int = Field(64, gt=0)
+    micro_batch_size: int = Field(4, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    val_set_size: int = Field(2000, ge=0)
+    save_steps: int = Field(100, gt=0)
+    seed: int = 42
+    gradient_checkpointing: bool = False
+    max_samples: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _micro_batch(self) -> RecoverConfig:
+        if self.micro_batch_size > self.batch_size:
+            raise ValueError(
+                f"got micro_batch_size={self.micro_batch_size} > batch_size={self.batch_size}, "
+                "expected micro_batch_size <= batch_size"
+            )
+        return self
+
+
+class PerplexityConfig(Section):
+    datasets: list[str] = Field(default_factory=lambda: ["wikitext2"])
+    split: str | None = None
+    seqlen: int = Field(2048, gt=0)
+    batch_size: int = Field(4, gt=0)
+    max_windows: int | None = Field(None, gt=0)
+    add_bos: bool = False
+
+
+class EvalConfig(Section):
+    perplexity: PerplexityConfig = Field(default_factory=PerplexityConfig)
+    #: lm-eval task names; the papers' list is piqa, hellaswag, winogrande, arc_easy,
+    #: arc_challenge, boolq, openbookqa (empty by default so offline runs work)
+    tasks: list[str] = Field(default_factory=list)
+    #: extra lm-eval task directories (YAML task definitions)
+    task_paths: list[str] = Field(default_factory=list)
+    num_fewshot: int = Field(0, ge=0)
+    limit: int | float | None = Field(None, gt=0)
+    task_batch_size: int | str = 1
+    speed: bool = False
+    #: which models to evaluate (those that exist)
+    models: list[Literal["dense", "pruned", "recovered"]] = Field(
+        default_factory=lambda: ["dense", "pruned", "recovered"]
+    )
+
+
+class ExportConfig(Section):
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = "auto"
+    #: auto = the recovered model when it exists, else the pruned one
+    source: Literal["auto", "pruned", "recovered"] = "auto"
+
+
+class ExecutionConfig(Section):
+    mode: Literal["model", "layerwise"] = "model"
+    offload: Literal["cpu", "disk"] = "cpu"
+    memory_budget_gb: float | None = Field(None, gt=0)
+
+
+class Recipe(Section):
+    model: ModelConfig
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    #: validated by the named method's own ``Config`` (see ``methods/registry.py``)
+    method: SerializeAsAny[MethodConfig]
+    target: TargetConfig = Field(default_factory=TargetConfig)
+    recover: RecoverConfig | None = None
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, value: Any) -> Any:
+        from prunectl.methods.registry import METHODS, parse_method_config
+
+        if isinstance(value, MethodConfig):
+            return value
+        if not isinstance(value, dict) or "name" not in value:
+            raise ValueError(
+                f"got {value!r}, expected a mapping with a name, e.g. "
+                f"{{name: manual, remove: [layers.3.mlp]}}; methods: {', '.join(METHODS)}"
+            )
+        return parse_method_config(value)
+
+    def section_dict(self, name: str) -> dict[str, Any] | None:
+        """One section as plain JSON data (``None`` for an absent optional section)."""
+        if name not in type(self).model_fields:
+            raise KeyError(f"recipe has no section {name!r}")
+        section = getattr(self, name)
+        return None if section is None else section.model_dump(mode="json")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole recipe, defaults filled in, as plain data (what the project pins)."""
+        return self.model_dump(mode="json")
+
+
+# --- loading ------------------------------------------------------------------------------------
+Origins = dict[tuple[str, ...], str]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"recipe file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of sections (model:, method:, ...), "
+                        f"got {type(data).__name__}")
+    return data
+
+
+def _leaves(data: Any, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
+    if isinstance(data, dict) and data:
+        return [leaf for k, v in data.items() for leaf in _leaves(v, (*prefix, str(k)))]
+    return [prefix]
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; anything else in ``top`` replaces what ``base`` had."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _names_other_method(base: dict[str, Any], own: dict[str, Any]) -> bool:
+    mine, theirs = own.get("method"), base.get("method")
+    return (isinstance(mine, dict) and isinstance(theirs, dict) and "name" in mine
+            and mine["name"] != theirs.get("name"))
+
+
+def _resolve(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Origins]:
+    """The file merged over everything it extends, and which file set each key."""
+    real = path.resolve()
+    if real in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, real))
+        raise UserError(f"{chain[0]}: 'extends' forms a cycle ({cycle}); remove one of them")
+    own = _read_yaml(path)
+    base_name = own.pop("extends", None)
+    data, origins = own, {}
+    if base_name is not None:
+        if not isinstance(base_name, str) or not base_name:
+            raise UserError(f"{path}: extends: got {base_name!r}, expected a recipe file name")
+        base_path = Path(base_name) if Path(base_name).is_absolute() else path.parent / base_name
+        if not base_path.is_file():
+            raise UserError(f"{path}: extends: recipe file {base_path} does not exist")
+        base, origins = _resolve(base_path, (*chain, real))
+        if _names_other_method(base, own):  # options of one method mean nothing to another
+            base.pop("method")
+            origins = {k: v for k, v in origins.items() if k[0] != "method"}
+        data = _merge(base, own)
+    origins.update({leaf: str(path) for leaf in _leaves(own, ())})
+    return data, origins
+
+
+def _parse_value(override: str, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or "not valid YAML"
+        raise UserError(f"--set {override}: the value is not valid YAML ({problem}); "
+                        "quote it or write a YAML scalar, list [a, b] or mapping {k: v}") from None
+
+
+def apply_override(data: dict[str, Any], override: str, origins: Origins | None = None) -> None:
+    """Apply one ``key.path=value`` or ``~key.path`` override in place."""
+    delete = override.startswith("~")
+    key, sep, value_text = override[1:].partition("=") if delete else override.partition("=")
+    parts = key.strip().split(".")
+    if (delete and sep) or (not delete and not sep) or not all(parts):
+        raise UserError(f"--set {override}: expected key.path=value, or ~key.path to delete a key")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            if delete:
+                return
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            if delete:
+                return
+            where = ".".join(parts[: i + 1])
+            raise UserError(f"--set {override}: {where} is {child!r}, not a section with keys")
+        node = child
+    path = tuple(parts)
+    if origins is not None:
+        for leaf in [k for k in origins if k[: len(path)] == path]:
+            del origins[leaf]
+    if delete:
+        node.pop(parts[-1], None)
+        return
+    value = _parse_value(override, value_text.strip())
+    node[parts[-1]] = value
+    if origins is not None:
+        origins.update({leaf: f"--set {override}" for leaf in _leaves(value, path)})
+
+
+def load_recipe(
+    path: Path | str | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    pinned: dict[str, Any] | None = None,
+) -> tuple[Recipe, dict[str, Any]]:
+    """Read, merge, override and validate a recipe; returns it and its resolved plain dict.
+
+    With no ``path``, start from ``pinned`` (the project's pinned recipe).  The resolved dict
+    has every default filled in, so pinning it records exactly what ran.
+    """
+    from prunectl.recipe_errors import describe_validation_error
+
+    if path is not None:
+        label = str(path)
+        data, origins = _resolve(Path(path))
+    elif pinned is not None:
+        label = PINNED_LABEL
+        data, origins = copy.deepcopy(pinned), {}
+    else:
+        raise UserError("no recipe given; pass one with -r/--recipe (see recipes/)")
+    for override in overrides:
+        apply_override(data, override, origins)
+    if "extends" in data:
+        raise UserError(f"{label}: extends: only a recipe file may extend another; "
+                        "use --set key.path=value to change keys")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as error:
+        raise UserError(describe_validation_error(error, data, label, origins)) from None
+    except UserError as error:  # an unknown method name, from the registry
+        source = origins.get(("method", "name"), label)
+        suffix = f" (from {source})" if source != label else ""
+        raise UserError(f"{label}: method.name: {error}{suffix}") from None
+    return recipe, recipe.to_dict()
