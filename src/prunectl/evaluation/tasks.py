@@ -140,9 +140,6 @@ def run_tasks(
     read back instead of run.  A task that cannot be loaded (unknown name, dataset unreachable
     offline) raises :class:`UserError` naming it, after every other task has run and been saved.
     """
-    import lm_eval
-    import lm_eval.evaluator
-
     ui = ui or SILENT
     out_dir = Path(out_dir)
     tasks = list(dict.fromkeys(t.strip() for t in tasks if t.strip()))
@@ -180,23 +177,10 @@ def run_tasks(
                     f"lm-eval task '{task}' could not be loaded ({type(error).__name__}: {first})"
                 )
                 continue
-            if lm is None:
-                lm = _wrap(model, tokenizer, batch_size)
+            lm = lm or _wrap(model, tokenizer, batch_size)
             ui.info(f"{model_label}: evaluating {task}")
-            started = time.perf_counter()
-            output = lm_eval.evaluator.simple_evaluate(
-                model=lm,
-                tasks=specs,
-                num_fewshot=num_fewshot,
-                limit=limit,
-                task_manager=manager,
-                log_samples=False,
-                verbosity="ERROR" if ui.quiet else None,
-            )
-            record = _record(task, output, settings, lm_eval.__version__, lm)
-            record["duration_s"] = round(time.perf_counter() - started, 3)
-            write_json(task_file(out_dir, task), record)
-            records[task] = record
+            records[task] = _evaluate(lm, task, specs, manager, settings, ui)
+            write_json(task_file(out_dir, task), records[task])
     if failures:
         raise UserError(
             "; ".join(failures) + "; check the name, add its YAML directory to eval.task_paths, "
@@ -215,6 +199,26 @@ def _wrap(model, tokenizer, batch_size: int | str):
     from lm_eval.models.huggingface import HFLM
 
     return HFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size)
+
+
+def _evaluate(lm, task: str, specs: list, manager, settings: dict, ui: UI) -> dict:
+    """Run one task (already loaded into ``specs``) and return its record."""
+    import lm_eval
+    import lm_eval.evaluator
+
+    started = time.perf_counter()
+    output = lm_eval.evaluator.simple_evaluate(
+        model=lm,
+        tasks=specs,
+        num_fewshot=settings["num_fewshot"],
+        limit=settings["limit"],
+        task_manager=manager,
+        log_samples=False,
+        verbosity="ERROR" if ui.quiet else None,
+    )
+    record = _record(task, output, settings, lm_eval.__version__, lm)
+    record["duration_s"] = round(time.perf_counter() - started, 3)
+    return record
 
 
 def _record(task: str, output: dict, settings: dict, version: str, lm) -> dict:
