@@ -1,0 +1,62 @@
+"""Layer-by-layer calibration pass that records the o_proj and down_proj input moments.
+
+Every window is embedded once; then each decoder layer runs over the cached hidden states in
+batches, with forward pre-hooks on its ``o_proj`` and ``down_proj`` feeding
+:class:`RunningMoments`, and its outputs become the next layer's inputs.  Only one layer's work is
+in flight at a time, as in the reference's ``prune_flap`` loop, so the activations kept are one
+``[windows, seqlen, hidden]`` buffer whatever the depth.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prunectl.methods.flap.statistics import RunningMoments
+from prunectl.modeling.adapters import Adapter
+from prunectl.ui import SILENT, UI
+
+
+def stat_key(i: int, module: str) -> str:
+    """Prefix of a statistic: ``layers.3.o_proj`` / ``layers.3.down_proj``."""
+    return f"layers.{i}.{module}"
+
+
+@torch.inference_mode()
+def collect_statistics(
+    adapter: Adapter, tokens: torch.Tensor, batch_size: int, ui: UI = SILENT
+) -> dict[str, torch.Tensor]:
+    """Moments of every layer's ``o_proj`` and ``down_proj`` inputs over all calibration tokens."""
+    batches = [slice(s, s + batch_size) for s in range(0, tokens.shape[0], batch_size)]
+    hidden = torch.cat([adapter.embed_tokens(tokens[b]) for b in batches])
+    block_inputs: dict[tuple, dict] = {}  # rotary tables and mask, once per batch shape
+    stats: dict[str, torch.Tensor] = {}
+    for i in ui.progress(range(adapter.num_layers), total=adapter.num_layers,
+                         description="layer statistics"):
+        moments, handles = {}, []
+        for name in ("o_proj", "down_proj"):
+            block = adapter.attention(i) if name == "o_proj" else adapter.mlp(i)
+            if block is None:
+                continue
+            linear = getattr(adapter, name)(i)
+            moments[name] = RunningMoments(linear.in_features, hidden.device)
+            handles.append(linear.register_forward_pre_hook(_recorder(moments[name])))
+        try:
+            for b in batches:
+                chunk = hidden[b]
+                inputs = block_inputs.get(tuple(chunk.shape))
+                if inputs is None:
+                    inputs = block_inputs[tuple(chunk.shape)] = adapter.block_inputs(chunk)
+                hidden[b] = adapter.layer_forward(i, chunk, inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name, m in moments.items():
+            stats.update(m.as_dict(stat_key(i, name)))
+    return stats
+
+
+def _recorder(moments: RunningMoments):
+    def hook(_module, args):
+        moments.update(args[0])
+
+    return hook

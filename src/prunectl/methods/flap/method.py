@@ -1,0 +1,256 @@
+"""Wiring of ``flap``, ``wanda-sp`` and ``mag-sp``: recipe config, the four step hooks, the plan.
+
+The three share one pipeline and differ in the metric, the default structure and whether the
+removed channels' mean is folded into a bias, exactly as the reference's ``prune_flap``,
+``prune_wanda_sp`` and ``prune_magnitude_sp`` differ.  Deviation: the reference's wanda-sp prunes
+layer by layer and feeds the *pruned* layer's outputs to the next; here every method calibrates the
+dense model once, so one calibration serves every target and structure.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from prunectl.errors import UserError
+from prunectl.methods.base import Method, MethodConfig
+from prunectl.methods.flap.collect import collect_statistics, stat_key
+from prunectl.methods.flap.compensation import compensation_bias
+from prunectl.methods.flap.metrics import channel_metric, layer_scores
+from prunectl.methods.flap.structure import LayerScores, Selection, select
+from prunectl.methods.plan import Plan
+from prunectl.methods.width_common import layer_plan, layer_shape, removed_o_channels
+from prunectl.modeling.adapters import Adapter
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from prunectl.context import RunContext
+
+Structure = Literal["UL-UM", "UL-MM", "AL-MM", "AL-AM"]
+HeadUnitOpt = Literal["kv_group", "query_head"]
+
+
+class _WidthConfig(MethodConfig):
+    #: which units go: per-layer uniform (UL-*) or model-wide adaptive (AL-*) heads / channels
+    structure: Structure = "AL-AM"
+    #: a KV head with its query heads, or one query head from every KV group at once
+    head_unit: HeadUnitOpt = "kv_group"
+    #: head units removed model-wide by UL-MM / AL-MM (default: the same parameter share as MLPs)
+    remove_heads: int | None = Field(None, ge=0)
+    #: head units and channels every layer keeps (the reference can empty a module)
+    min_kept: int = Field(1, ge=1)
+
+
+class FlapConfig(_WidthConfig):
+    name: Literal["flap"] = "flap"
+    metric: Literal["IFV", "WIFV", "WIFN"] = "WIFV"
+    bias_compensation: bool = True
+
+
+class WandaSPConfig(_WidthConfig):
+    name: Literal["wanda-sp"] = "wanda-sp"
+    structure: Structure = "UL-UM"
+    bias_compensation: bool = False
+
+
+class MagSPConfig(_WidthConfig):
+    name: Literal["mag-sp"] = "mag-sp"
+    structure: Structure = "UL-UM"
+
+
+class _WidthMethod(Method):
+    """The shared hooks; subclasses set the metric and what calibration they need."""
+
+    uses_statistics = True
+    #: FLAP squares the attention metric before aggregating it per head; the baselines do not
+    square_attention: ClassVar[bool] = False
+
+    @property
+    def metric(self) -> str:
+        return self.name
+
+    @property
+    def bias_compensation(self) -> bool:
+        return bool(getattr(self.config, "bias_compensation", False))
+
+    # --- calibrate --------------------------------------------------------------------------
+    def statistics(self, run: RunContext, model: nn.Module, tokens: torch.Tensor):
+        return collect_statistics(Adapter(model), tokens, run.recipe.calibration.batch_size, run.ui)
+
+    # --- score ------------------------------------------------------------------------------
+    def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
+        adapter = Adapter(model)
+        adaptive = self.config.structure.startswith("AL")
+        scores = {}
+        for i in range(adapter.num_layers):
+            attn = self._channel_metric(adapter.o_proj(i).weight, stats, stat_key(i, "o_proj"))
+            mlp = self._channel_metric(adapter.down_proj(i).weight, stats, stat_key(i, "down_proj"))
+            heads, channels = layer_scores(
+                attn, mlp, adapter.head_dim,
+                square_attention=self.square_attention, adaptive=adaptive,
+            )
+            scores[f"layers.{i}.heads"] = heads
+            scores[f"layers.{i}.channels"] = channels
+        return scores
+
+    def _channel_metric(self, weight, stats, prefix) -> torch.Tensor:
+        needs = {"IFV": "var", "WIFV": "var", "WIFN": "sumsq", "wanda-sp": "sumsq"}.get(self.metric)
+        if needs and f"{prefix}.{needs}" not in stats:
+            raise UserError(
+                f"calibration statistics lack {prefix}.{needs}; re-run `prunectl calibrate --force`"
+            )
+        return channel_metric(
+            self.metric, weight,
+            var=stats.get(f"{prefix}.var"), sumsq=stats.get(f"{prefix}.sumsq"),
+        )
+
+    # --- search -----------------------------------------------------------------------------
+    def search(self, run, model, tokens, scores) -> Plan:
+        from prunectl.modeling.params import count_parameters
+
+        ratio = run.recipe.target.params_ratio
+        if ratio is None:
+            raise UserError(
+                f"{self.name} needs target.params_ratio (a fraction of parameters to remove, "
+                "e.g. --ratio 0.2), not target.blocks"
+            )
+        adapter = Adapter(model)
+        counts = count_parameters(model)
+        layers = self._layer_scores(adapter, scores)
+        target = ratio * counts["total"]
+        added = 0  # compensation biases the pruned modules gain count against the removal
+        for _ in range(3):  # settles at once unless the added biases shift the cut
+            selection = select(self.config.structure, layers, target + added,
+                               self.config.remove_heads, self.config.min_kept)
+            plan = self._plan(layers, selection)
+            if self._added_bias(adapter, plan) == added:
+                break
+            added = self._added_bias(adapter, plan)
+        self._report(plan, layers, selection, counts, ratio, added)
+        return plan
+
+    def _plan(self, layers: dict[int, LayerScores], selection: Selection) -> Plan:
+        plan = Plan(method=self.name)
+        for i, layer in layers.items():
+            lp = layer_plan(layer.shape, layer.heads, selection.heads.get(i, []),
+                            selection.channels.get(i, []))
+            if lp.q_heads is not None or lp.mlp_channels is not None:
+                plan.layers[i] = lp
+        return plan
+
+    def _added_bias(self, adapter: Adapter, plan: Plan) -> int:
+        """Parameters compensation adds: a bias on each pruned o_proj / down_proj lacking one."""
+        if not self.bias_compensation:
+            return 0
+        return adapter.hidden_size * sum(
+            (lp.q_heads is not None and adapter.o_proj(i).bias is None)
+            + (lp.mlp_channels is not None and adapter.down_proj(i).bias is None)
+            for i, lp in plan.layers.items()
+        )
+
+    def _layer_scores(self, adapter: Adapter, scores) -> dict[int, LayerScores]:
+        layers = {}
+        for i in range(adapter.num_layers):
+            if f"layers.{i}.heads" not in scores or f"layers.{i}.channels" not in scores:
+                raise UserError(
+                    f"scores lack layer {i}; re-run `prunectl score --force` for this model"
+                )
+            shape = layer_shape(adapter, i, self.config.head_unit)
+            layers[i] = LayerScores(shape, scores[f"layers.{i}.heads"], scores[f"layers.{i}.channels"])
+        return layers
+
+    def _report(self, plan: Plan, layers, selection: Selection, counts, ratio, added) -> None:
+        removed = selection.params - added
+        heads = sum(len(lp.q_heads) for lp in plan.layers.values() if lp.q_heads is not None)
+        dense_heads = sum(layers[i].shape.num_heads for i in plan.layers if plan.layers[i].q_heads)
+        kv = sum(len(lp.kv_heads) for lp in plan.layers.values() if lp.kv_heads is not None)
+        dense_kv = sum(layers[i].shape.num_kv_heads for i in plan.layers if plan.layers[i].kv_heads)
+        plan.achieved = {
+            "params_total": counts["total"],
+            "params_non_embedding": counts["non_embedding"],
+            "params_removed": removed,
+            "params_ratio": removed / counts["total"],
+            "params_ratio_non_embedding": removed / counts["non_embedding"],
+            "target_params_ratio": ratio,
+            "structure": self.config.structure,
+            "head_unit": self.config.head_unit,
+            "head_units_removed": sum(len(v) for v in selection.heads.values()),
+            "query_heads_removed": dense_heads - heads,
+            "kv_heads_removed": dense_kv - kv,
+            "mlp_channels_removed": sum(len(v) for v in selection.channels.values()),
+            "bias_params_added": added,
+        }
+        units = {l.shape.head_unit for l in layers.values()}
+        if self.config.head_unit == "query_head" and "kv_group" in units:
+            plan.notes.append(
+                "head_unit query_head: layers with one query head per KV group prune whole KV "
+                "groups (a query head cannot leave its KV head there)"
+            )
+        largest = max(l.shape.head_unit_cost for l in layers.values())
+        finest = max(l.shape.channel_cost for l in layers.values())
+        if abs(removed - ratio * counts["total"]) > finest:
+            plan.notes.append(
+                f"removed {removed / counts['total']:.4f} of the parameters for target {ratio}: "
+                f"{self.config.structure} moves in head units of up to {largest:,} parameters and "
+                "keeps at least one unit per module"
+            )
+
+    # --- apply ------------------------------------------------------------------------------
+    def apply(self, run, model, plan: Plan, stats) -> nn.Module:
+        from prunectl.modeling.surgery import apply_plan
+
+        biases = self.compensation(Adapter(model), plan, stats) if self.bias_compensation else None
+        return apply_plan(model, plan, biases=biases)
+
+    def compensation(self, adapter: Adapter, plan: Plan, stats) -> dict[str, torch.Tensor]:
+        """``layers.N.o_proj`` / ``layers.N.down_proj`` → bias to add, from the dense weights."""
+        biases = {}
+        for i, lp in plan.layers.items():
+            o_removed = removed_o_channels(lp.q_heads, adapter.num_heads(i), adapter.head_dim)
+            mlp_removed = []
+            if lp.mlp_channels is not None:
+                kept = set(lp.mlp_channels)
+                mlp_removed = [c for c in range(adapter.intermediate_size(i)) if c not in kept]
+            for module, removed, linear in (("o_proj", o_removed, adapter.o_proj(i)),
+                                            ("down_proj", mlp_removed, adapter.down_proj(i))):
+                if not removed:
+                    continue
+                key = f"{stat_key(i, module)}.mean"
+                if key not in stats:
+                    raise UserError(
+                        f"calibration statistics lack {key} for bias compensation; "
+                        "re-run `prunectl calibrate --force`"
+                    )
+                biases[stat_key(i, module)] = compensation_bias(linear.weight, stats[key], removed)
+        return biases
+
+
+class FlapMethod(_WidthMethod):
+    """FLAP: fluctuation-based metric, adaptive structure, bias compensation (An et al., 2024)."""
+
+    name = "flap"
+    Config = FlapConfig
+    square_attention = True
+
+    @property
+    def metric(self) -> str:
+        return self.config.metric
+
+
+class WandaSPMethod(_WidthMethod):
+    """Structured Wanda, FLAP's baseline: ``|W| x input norm`` per channel, per-layer uniform."""
+
+    name = "wanda-sp"
+    Config = WandaSPConfig
+
+
+class MagSPMethod(_WidthMethod):
+    """Structured magnitude, FLAP's baseline: the weight column norm, no data."""
+
+    name = "mag-sp"
+    Config = MagSPConfig
+    uses_statistics = False
+    uses_calibration = False

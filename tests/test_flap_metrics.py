@@ -1,0 +1,86 @@
+"""Each scoring metric against a direct computation on captured o_proj / down_proj inputs."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import tiny_model
+from test_flap_statistics import captured_inputs
+
+from prunectl.errors import UserError
+from prunectl.methods.registry import create_method, parse_method_config
+from prunectl.modeling.adapters import Adapter
+from prunectl.ui import SILENT
+
+
+def z(x):
+    return (x - x.mean()) / x.std()
+
+
+def direct_channel_metric(metric, w, x):
+    """Written out from the FLAP paper / reference formulas, on raw activations ``x`` [tokens, in]."""
+    w = w.detach().double()
+    if metric == "IFV":
+        return x.var(0)
+    if metric == "WIFV":
+        return x.var(0) * (w * w).sum(0)
+    if metric in ("WIFN", "wanda-sp"):
+        norm = x.pow(2).sum(0).sqrt()
+        return torch.stack([(w[:, j].abs() * norm[j]).mean() for j in range(w.shape[1])])
+    return torch.stack([w[:, j].pow(2).sum().sqrt() for j in range(w.shape[1])])  # mag-sp
+
+
+CASES = [
+    ("flap", {"metric": "WIFV"}),
+    ("flap", {"metric": "IFV"}),
+    ("flap", {"metric": "WIFN"}),
+    ("flap", {"metric": "WIFV", "structure": "UL-UM"}),
+    ("wanda-sp", {}),
+    ("mag-sp", {}),
+    ("wanda-sp", {"structure": "AL-AM"}),
+]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_scores_match_direct_computation(family, name, options):
+    model = tiny_model(family)
+    tokens = torch.randint(4, 260, (4, 16), generator=torch.Generator().manual_seed(2))
+    method = create_method(parse_method_config({"name": name, **options}))
+    run = SimpleNamespace(recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=3)), ui=SILENT)
+    stats = method.statistics(run, model, tokens) if method.uses_statistics else {}
+    scores = method.score(run, model, tokens, stats)
+    acts = captured_inputs(model, tokens)
+    adapter = Adapter(model)
+    metric = options.get("metric", name)
+    adaptive = method.config.structure.startswith("AL")
+    for i in range(adapter.num_layers):
+        attn = direct_channel_metric(metric, adapter.o_proj(i).weight, acts[f"layers.{i}.o_proj"])
+        mlp = direct_channel_metric(metric, adapter.down_proj(i).weight, acts[f"layers.{i}.down_proj"])
+        if name == "flap":
+            attn = attn**2  # FLAP squares the attention metric
+        if adaptive:
+            heads = z(attn).reshape(adapter.num_heads(i), -1).mean(1)
+            mlp = z(mlp)
+        else:
+            heads = attn.reshape(adapter.num_heads(i), -1).sum(1)
+        torch.testing.assert_close(scores[f"layers.{i}.heads"].double(), heads, rtol=2e-3, atol=2e-4)
+        torch.testing.assert_close(scores[f"layers.{i}.channels"].double(), mlp, rtol=2e-3, atol=2e-4)
+
+
+def test_missing_statistics_is_a_user_error():
+    model = tiny_model("llama")
+    method = create_method(parse_method_config({"name": "flap"}))
+    with pytest.raises(UserError, match=r"lack layers\.0\.o_proj\.var; re-run `prunectl calibrate"):
+        method.score(None, model, None, {})
+
+
+def test_baselines_declare_what_calibration_they_need():
+    assert create_method(parse_method_config({"name": "mag-sp"})).uses_calibration is False
+    assert create_method(parse_method_config({"name": "wanda-sp"})).uses_statistics is True
+    assert parse_method_config({"name": "wanda_sp"}).bias_compensation is False
+    assert parse_method_config({"name": "flap"}).bias_compensation is True
+    with pytest.raises(ValueError, match="bias_compensation"):
+        parse_method_config({"name": "mag-sp", "bias_compensation": True})
