@@ -31,6 +31,9 @@ def test_json_round_trip_creates_parents_and_leaves_no_temp_files(tmp_path):
     assert read_json(target) == {**obj, "p": str(tmp_path), "t": [1.5, 2.0]}
     assert json.loads(target.read_text()) == read_json(target)
     assert os.listdir(target.parent) == ["x.json"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not private like a mkstemp file
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,9 +47,9 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     onto ``path``.  On error the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # os.open honours the umask (mkstemp would leave the final file private to its owner)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -105,7 +105,8 @@ def _standalone(tensor: Any, seen: set[int]) -> Any:
     views and aliases)."""
     tensor = tensor.detach().to("cpu")
     storage = tensor.untyped_storage()
-    whole = tensor.storage_offset() == 0 and storage.nbytes() == tensor.numel() * tensor.element_size()
+    size = tensor.numel() * tensor.element_size()
+    whole = tensor.storage_offset() == 0 and storage.nbytes() == size
     if not tensor.is_contiguous() or not whole or storage.data_ptr() in seen:
         tensor = tensor.contiguous().clone()
     if tensor.numel():

@@ -158,7 +158,7 @@ class Project:
                     )
                 if self._holder(lock_file) == held:  # nobody took it over in the meantime
                     lock_file.unlink(missing_ok=True)
-                note = f"recovered the stale lock of process {pid} (started {started}), which is gone"
+                note = f"recovered the stale lock of process {pid} (started {started}): it is gone"
                 continue
             with os.fdopen(fd, "w") as handle:
                 handle.write(text)
@@ -177,7 +177,8 @@ class Project:
             return None
         lines = text.splitlines() + ["", "", "", ""]
         pid = int(lines[0]) if lines[0].strip().isdigit() else 0
-        return pid, lines[1].strip() or socket.gethostname(), lines[2].strip(), lines[3].strip() or None, text
+        host = lines[1].strip() or socket.gethostname()
+        return pid, host, lines[2].strip(), lines[3].strip() or None, text
 
     def _release(self, text: str) -> None:
         lock_file = self.path(LOCK_NAME)
@@ -297,7 +298,7 @@ class Project:
         )
 
     def status_rows(self) -> list[dict[str, Any]]:
-        """Each recorded step as stored, in the order steps first ran (staleness is the caller's)."""
+        """Each recorded step as stored, in the order steps first ran (staleness: the caller's)."""
         return [{"step": name, **record} for name, record in self.state["steps"].items()]
 
     # --- pinned recipe ----------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 Loading follows three rules: ``extends: base.yaml`` (relative to the including file) is merged
 first, recursively (mappings merge, lists and scalars replace; a ``method`` section naming another
-method replaces the base's instead, since options of one method mean nothing to another); then ``--set key.path=value`` /
-``~key.path`` overrides apply in order (torchtune's grammar, values parsed as YAML); then the
-schema below validates the result.  Every model forbids unknown keys, and every error becomes one
+method replaces the base's instead, since options of one method mean nothing to another); then
+``--set key.path=value`` / ``~key.path`` overrides apply in order (torchtune's grammar, values
+parsed as YAML); then the schema below validates the result.  Every model forbids unknown keys, and every error becomes one
 line naming the file, the dotted key, what was wrong and what is allowed
 (:mod:`prunectl.recipe_errors`).
 """
