@@ -198,7 +198,7 @@ def load_project_model(directory: Path, device: torch.device, dtype: torch.dtype
 
     config = project_config(directory)
     family_for(config.get("model_type", "?"))
-    if config.get("per_layer_config"):
+    if "per_layer_config" in config:
         from prunectl.modeling.modeling_prunectl import pruned_class_for
 
         model_cls = pruned_class_for(config["model_type"])

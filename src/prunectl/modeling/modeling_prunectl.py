@@ -1,0 +1,351 @@
+"""Modeling code for structurally pruned Llama-family models whose layers differ from each other.
+
+This file is copied next to every non-uniform checkpoint prunectl writes and is named in its
+``config.json`` ``auto_map``, so ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``
+loads the checkpoint without prunectl installed.  It therefore imports only torch and transformers.
+
+The config is the family's own config (``model_type`` unchanged) with ``per_layer_config`` in the
+format of transformers' heterogeneous configs (``transformers.integrations.heterogeneity``):
+per-layer overrides of ``num_attention_heads``, ``num_key_value_heads`` and ``intermediate_size``,
+and ``skip: ["attention"]`` / ``skip: ["mlp"]`` for a removed residual block.  Two per-layer keys
+are ours, since that format has nothing for them: ``o_proj_bias`` and ``down_proj_bias`` (true
+when the layer's attention / MLP output projection carries a bias, e.g. FLAP's compensation).
+Upstream transformers modeling does not read ``per_layer_config`` yet; once it does, the same
+config should load natively.  ``auto_map`` also names a config subclass per family: the stock
+configs' rules derive ``head_dim`` from the head count and read per-layer head counts from the
+global config, which transformers forbids under ``per_layer_config`` (see ``PrunedConfigMixin``).
+
+Each decoder layer is built from the family's own attention, MLP and norm classes with that
+layer's config.  A layer without attention holds no weights for it and stores nothing in the KV
+cache: its cache slot is a ``DummyLayer``, which transformers skips when it reads the cache length,
+so positions stay right even when layer 0 has no attention.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from transformers.cache_utils import DummyLayer, DynamicCache, DynamicLayer
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.models.llama import modeling_llama as llama
+from transformers.models.mistral import modeling_mistral as mistral
+from transformers.models.phi3 import modeling_phi3 as phi3
+from transformers.models.qwen2 import modeling_qwen2 as qwen2
+from transformers.models.qwen3 import modeling_qwen3 as qwen3
+
+SKIP_ATTENTION = "attention"
+SKIP_MLP = "mlp"
+O_PROJ_BIAS = "o_proj_bias"
+DOWN_PROJ_BIAS = "down_proj_bias"
+
+MASK_FUNCTIONS = {
+    "full_attention": create_causal_mask,
+    "sliding_attention": create_sliding_window_causal_mask,
+}
+
+
+def layer_type(config, index: int) -> str:
+    """The attention type of layer ``index``: ``layer_types`` when the family has it (Qwen), else
+    sliding when a ``sliding_window`` is set (Mistral, Phi-3), as the stock models decide."""
+    types = getattr(config, "layer_types", None)
+    if types:
+        return types[index]
+    return "sliding_attention" if getattr(config, "sliding_window", None) is not None else "full_attention"
+
+
+def with_bias(linear: nn.Linear) -> nn.Linear:
+    """The same projection with a (zero) bias, for layers whose saved output projection has one."""
+    if linear.bias is not None:
+        return linear
+    new = nn.Linear(linear.in_features, linear.out_features, bias=True,
+                    device=linear.weight.device, dtype=linear.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(linear.weight)
+        new.bias.zero_()
+    return new
+
+
+class PrunedDecoderLayer(GradientCheckpointingLayer):
+    """A decoder layer of one family whose attention and/or MLP residual block may be absent."""
+
+    def __init__(self, parts: dict, config, layer_idx: int):
+        super().__init__()
+        skip = set(getattr(config, "skip", None) or ())
+        self.attention_type = layer_type(config, layer_idx)
+        dropout = getattr(config, "resid_pdrop", 0.0)  # Phi-3 only; zero elsewhere
+        if SKIP_ATTENTION not in skip:
+            self.input_layernorm = parts["norm"](config.hidden_size, eps=config.rms_norm_eps)
+            self.self_attn = parts["attention"](config=config, layer_idx=layer_idx)
+            if getattr(config, O_PROJ_BIAS, False):
+                self.self_attn.o_proj = with_bias(self.self_attn.o_proj)
+            self.resid_attn_dropout = nn.Dropout(dropout)
+        if SKIP_MLP not in skip:
+            self.post_attention_layernorm = parts["norm"](config.hidden_size, eps=config.rms_norm_eps)
+            self.mlp = parts["mlp"](config)
+            if getattr(config, DOWN_PROJ_BIAS, False):
+                self.mlp.down_proj = with_bias(self.mlp.down_proj)
+            self.resid_mlp_dropout = nn.Dropout(dropout)
+
+    @property
+    def has_attention(self) -> bool:
+        return hasattr(self, "self_attn")
+
+    @property
+    def has_mlp(self) -> bool:
+        return hasattr(self, "mlp")
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache=False, position_embeddings=None, **kwargs):
+        if self.has_attention:
+            attn_out, _ = self.self_attn(
+                hidden_states=self.input_layernorm(hidden_states),
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                position_embeddings=position_embeddings,
+                **kwargs,
+            )
+            hidden_states = hidden_states + self.resid_attn_dropout(attn_out)
+        if self.has_mlp:
+            mlp_out = self.mlp(self.post_attention_layernorm(hidden_states))
+            hidden_states = hidden_states + self.resid_mlp_dropout(mlp_out)
+        return hidden_states
+
+
+class PrunedDecoderMixin:
+    """The decoder stack (embeddings, per-layer-configured layers, norm, rotary) and its forward,
+    written once for every family; ``parts`` names the family's building blocks."""
+
+    parts: dict
+    _no_split_modules = ["PrunedDecoderLayer"]
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [PrunedDecoderLayer(self.parts, config.per_layer_config[i], i)
+             for i in range(config.num_hidden_layers)]
+        )
+        self.norm = self.parts["norm"](config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = self.parts["rotary"](config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def _cache_skips_attention_free_layers(self, cache) -> None:
+        """Give layers without attention a ``DummyLayer`` slot, whatever built the cache."""
+        if not isinstance(cache, DynamicCache):
+            return
+        for i, layer in enumerate(self.layers):
+            if layer.has_attention:
+                continue
+            while len(cache.layers) <= i:
+                cache.layers.append(DynamicLayer())
+            if not isinstance(cache.layers[i], DummyLayer):
+                cache.layers[i] = DummyLayer()
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, use_cache=None, **kwargs) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if past_key_values is not None:
+            self._cache_skips_attention_free_layers(past_key_values)
+        if position_ids is None:
+            seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + seen
+            position_ids = position_ids.unsqueeze(0)
+        masks = attention_mask
+        if not isinstance(masks, dict):  # ``generate`` may have prepared them already
+            arguments = {
+                "config": self.config,
+                "inputs_embeds": inputs_embeds,
+                "attention_mask": attention_mask,
+                "past_key_values": past_key_values,
+                "position_ids": position_ids,
+            }
+            types = {layer.attention_type for layer in self.layers if layer.has_attention}
+            masks = {kind: MASK_FUNCTIONS[kind](**arguments) for kind in types}
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                attention_mask=masks.get(layer.attention_type),
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                **kwargs,
+            )
+        return BaseModelOutputWithPast(
+            last_hidden_state=self.norm(hidden_states),
+            past_key_values=past_key_values if use_cache else None,
+        )
+
+
+class PrunedCausalLMMixin:
+    """The family's ``*ForCausalLM`` (forward, generation, tied head) over the pruned decoder."""
+
+    decoder_class: type
+
+    def __init__(self, config):
+        # skip the stock ``*ForCausalLM.__init__``: it would build a uniform decoder
+        super(self.causal_lm_class, self).__init__(config)
+        self.model = self.decoder_class(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+
+def _heads_for_rules(hidden_size: int, head_dim: int) -> int:
+    """The head count stock config rules assume (``hidden_size == heads * head_dim``)."""
+    return hidden_size // head_dim if hidden_size % head_dim == 0 else 1
+
+
+class PrunedConfigMixin:
+    """A family config that accepts any head count next to an explicit ``head_dim``.
+
+    Stock rules derive ``head_dim`` as ``hidden_size // num_attention_heads`` (Llama refuses a
+    count that does not divide, Phi-3 checks its rope factors with it) and, under
+    ``per_layer_config``, read the per-layer head count from the global config, which transformers
+    forbids.  Pruned checkpoints always state ``head_dim``, so the rules run on a view whose head
+    count is ``hidden_size // head_dim``; everything else is the family's own config.
+    """
+
+    def __init__(self, **kwargs):
+        per_layer = kwargs.pop("per_layer_config", None)
+        heads = kwargs.get("num_attention_heads")
+        if heads is not None and kwargs.get("head_dim"):
+            if kwargs.get("num_key_value_heads") is None:
+                kwargs["num_key_value_heads"] = heads
+            kwargs["num_attention_heads"] = _heads_for_rules(kwargs["hidden_size"], kwargs["head_dim"])
+            super().__init__(**kwargs)
+            self.num_attention_heads = heads
+        else:
+            super().__init__(**kwargs)
+        if per_layer is not None:
+            self.per_layer_config = per_layer
+
+    def validate(self):
+        view = copy.copy(self)
+        view.__dict__.pop("_heterogeneity_spec", None)
+        view.num_attention_heads = _heads_for_rules(self.hidden_size, self.head_dim)
+        for validator in type(self).__class_validators__:
+            validator(view)
+
+
+def _parts(module, prefix: str) -> dict:
+    return {
+        "attention": getattr(module, f"{prefix}Attention"),
+        "mlp": getattr(module, f"{prefix}MLP"),
+        "norm": getattr(module, f"{prefix}RMSNorm"),
+        "rotary": getattr(module, f"{prefix}RotaryEmbedding"),
+    }
+
+
+class PrunedLlamaConfig(PrunedConfigMixin, llama.LlamaConfig):
+    pass
+
+
+class PrunedLlamaModel(PrunedDecoderMixin, llama.LlamaPreTrainedModel):
+    config_class = PrunedLlamaConfig
+    parts = _parts(llama, "Llama")
+
+
+class PrunedLlamaForCausalLM(PrunedCausalLMMixin, llama.LlamaForCausalLM):
+    config_class = PrunedLlamaConfig
+    decoder_class = PrunedLlamaModel
+    causal_lm_class = llama.LlamaForCausalLM
+
+
+class PrunedMistralConfig(PrunedConfigMixin, mistral.MistralConfig):
+    pass
+
+
+class PrunedMistralModel(PrunedDecoderMixin, mistral.MistralPreTrainedModel):
+    config_class = PrunedMistralConfig
+    parts = _parts(mistral, "Mistral")
+
+
+class PrunedMistralForCausalLM(PrunedCausalLMMixin, mistral.MistralForCausalLM):
+    config_class = PrunedMistralConfig
+    decoder_class = PrunedMistralModel
+    causal_lm_class = mistral.MistralForCausalLM
+
+
+class PrunedQwen2Config(PrunedConfigMixin, qwen2.Qwen2Config):
+    pass
+
+
+class PrunedQwen2Model(PrunedDecoderMixin, qwen2.Qwen2PreTrainedModel):
+    config_class = PrunedQwen2Config
+    parts = _parts(qwen2, "Qwen2")
+
+
+class PrunedQwen2ForCausalLM(PrunedCausalLMMixin, qwen2.Qwen2ForCausalLM):
+    config_class = PrunedQwen2Config
+    decoder_class = PrunedQwen2Model
+    causal_lm_class = qwen2.Qwen2ForCausalLM
+
+
+class PrunedQwen3Config(PrunedConfigMixin, qwen3.Qwen3Config):
+    pass
+
+
+class PrunedQwen3Model(PrunedDecoderMixin, qwen3.Qwen3PreTrainedModel):
+    config_class = PrunedQwen3Config
+    parts = _parts(qwen3, "Qwen3")
+
+
+class PrunedQwen3ForCausalLM(PrunedCausalLMMixin, qwen3.Qwen3ForCausalLM):
+    config_class = PrunedQwen3Config
+    decoder_class = PrunedQwen3Model
+    causal_lm_class = qwen3.Qwen3ForCausalLM
+
+
+class PrunedPhi3Config(PrunedConfigMixin, phi3.Phi3Config):
+    pass
+
+
+class PrunedPhi3Model(PrunedDecoderMixin, phi3.Phi3PreTrainedModel):
+    config_class = PrunedPhi3Config
+    parts = _parts(phi3, "Phi3")
+
+
+class PrunedPhi3ForCausalLM(PrunedCausalLMMixin, phi3.Phi3ForCausalLM):
+    config_class = PrunedPhi3Config
+    decoder_class = PrunedPhi3Model
+    causal_lm_class = phi3.Phi3ForCausalLM
+
+
+PRUNED_CLASSES = {
+    "llama": PrunedLlamaForCausalLM,
+    "mistral": PrunedMistralForCausalLM,
+    "qwen2": PrunedQwen2ForCausalLM,
+    "qwen3": PrunedQwen3ForCausalLM,
+    "phi3": PrunedPhi3ForCausalLM,
+}
+
+
+def pruned_config_class_for(model_type: str) -> type:
+    """The config class the pruned model of ``model_type`` is built with."""
+    return pruned_class_for(model_type).config_class
+
+
+def pruned_class_for(model_type: str) -> type:
+    """The pruned ``*ForCausalLM`` class of a ``config.model_type``."""
+    if model_type not in PRUNED_CLASSES:
+        raise ValueError(f"no pruned model class for model_type '{model_type}'")
+    return PRUNED_CLASSES[model_type]
