@@ -10,16 +10,24 @@ from conftest import byte_tokenizer, save_tiny, tiny_model
 
 from prunectl.errors import UserError
 from prunectl.evaluation.speed import measure_speed, speed_ratios
+from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.modeling.pruned_format import save_model
+from prunectl.modeling.surgery import apply_plan
 
 SMALL = dict(prefill_lengths=(16, 64, 1024), decode_tokens=4, decode_batches=(1, 2), warmup=1, repeats=2)
 
 
 @pytest.fixture(scope="module")
 def dense_and_pruned(tmp_path_factory):
+    """The dense tiny model and a non-uniform pruned one (our own modeling class: a removed
+    attention block, fewer heads and channels in another layer), each saved to disk."""
     dense_dir = save_tiny(tmp_path_factory.mktemp("dense"))
-    pruned_dir = save_tiny(tmp_path_factory.mktemp("pruned"), num_hidden_layers=2)
     dense = measure_speed(tiny_model("llama"), byte_tokenizer(), device="cpu", model_dir=dense_dir, **SMALL)
-    pruned_model = tiny_model("llama", num_hidden_layers=2).train()
+    plan = Plan(method="manual", layers={
+        1: LayerPlan(attention=False), 2: LayerPlan(q_heads=[0, 2], kv_heads=[0, 1], mlp_channels=list(range(40)))})
+    pruned_model = apply_plan(tiny_model("llama"), plan)
+    pruned_dir = save_model(pruned_model, byte_tokenizer(), tmp_path_factory.mktemp("pruned") / "model")
+    pruned_model.train()
     pruned = measure_speed(pruned_model, 260, model_dir=pruned_dir, **SMALL)
     assert pruned_model.training  # the caller's mode is restored
     return dense, pruned, dense_dir

@@ -11,6 +11,8 @@ from conftest import byte_tokenizer, tiny_model
 
 from prunectl.errors import UserError
 from prunectl.evaluation.tasks import PAPER_METRIC, PAPER_TASKS, average_metric, run_tasks
+from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.modeling.surgery import apply_plan
 
 TASKS_DIR = Path(__file__).parent / "fixtures" / "lm_eval_tasks"
 TASK = "prunectl_tiny_mc"
@@ -75,6 +77,18 @@ def test_accuracy_matches_direct_loglikelihood_scoring(tmp_path):
 
     assert saved["lm_eval_version"] == lm_eval.__version__
     assert figures == {TASK: saved["acc"], "task_average": pytest.approx(saved["acc"])}
+
+
+def test_non_uniform_pruned_model(tmp_path):
+    """Our own pruned class (a removed attention block, fewer heads and channels elsewhere) runs
+    through lm-eval like a stock model."""
+    plan = Plan(method="manual", layers={
+        1: LayerPlan(attention=False), 2: LayerPlan(q_heads=[0, 2], kv_heads=[0, 1], mlp_channels=list(range(40)))})
+    pruned = apply_plan(tiny_model("llama", seed=1), plan)
+    assert type(pruned).__name__ == "PrunedLlamaForCausalLM"
+    _run(pruned, tmp_path)
+    saved = json.loads((tmp_path / f"{TASK}.json").read_text())
+    assert (saved["acc"], saved["acc_norm"]) == pytest.approx(_direct_accuracy(pruned, byte_tokenizer()))
 
 
 def test_finished_task_is_not_run_again(tmp_path, monkeypatch):
