@@ -19,6 +19,7 @@ reference unties them), so the embedding and LM head share one sliced matrix.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -69,14 +70,15 @@ def group_importance(adapter: Adapter) -> dict[str, torch.Tensor]:
     return scores
 
 
-def kept_count(n: int, ratio: float, round_to: int) -> int:
+def kept_count(n: int, ratio: float, multiple: int) -> int:
     """Channels kept out of ``n`` at ``ratio``: ``n - int(ratio * n)`` rounded to a multiple of
-    ``round_to`` (at least one multiple), or ``n`` when nothing is removed."""
+    ``multiple`` (at least one multiple, at most the largest one in ``n``), or ``n`` when nothing
+    is removed."""
     removed = int(ratio * n)
     if removed == 0:
         return n
-    kept = round_to * round((n - removed) / round_to)
-    return min(max(kept, round_to), n)
+    kept = multiple * round((n - removed) / multiple)
+    return min(max(kept, multiple), n // multiple * multiple)
 
 
 class MagnitudeMethod(Method):
@@ -91,12 +93,16 @@ class MagnitudeMethod(Method):
 
     # --- how many of each unit a ratio keeps, and what that costs ---------------------------
     def _counts(self, adapter: Adapter, shapes, ratio: float) -> dict:
-        cfg = self.config
-        hidden = kept_count(adapter.hidden_size, ratio, cfg.round_to) if cfg.prune_hidden \
+        """Kept head units, MLP channels and hidden size at ``ratio``.  The hidden size is a
+        multiple of ``round_to`` and of the kept query heads: Llama-family configs refuse a
+        ``hidden_size`` that the head count does not divide, even with an explicit ``head_dim``."""
+        cfg, s = self.config, shapes[0]
+        units = s.num_head_units - min(int(ratio * s.num_head_units), s.num_head_units - 1)
+        per_unit = s.num_heads // s.num_head_units
+        multiple = math.lcm(cfg.round_to, units * per_unit)
+        hidden = kept_count(adapter.hidden_size, ratio, multiple) if cfg.prune_hidden \
             else adapter.hidden_size
-        shape = shapes[0]
-        units = shape.num_head_units - min(int(ratio * shape.num_head_units), shape.num_head_units - 1)
-        channels = kept_count(shape.intermediate, ratio, cfg.round_to)
+        channels = kept_count(s.intermediate, ratio, cfg.round_to)
         return {"hidden": hidden, "head_units": units, "channels": channels}
 
     def _params(self, adapter: Adapter, shapes, counts: dict) -> int:
