@@ -63,6 +63,8 @@ def test_fail_and_skip_are_recorded_and_never_up_to_date(project):
     ('{"hello": "world"}', "is not a prunectl state file"),
     ("[1, 2]", "is not a prunectl state file"),
     ('{"format": "prunectl-state", "version": 99, "steps": {}}', "state version 99"),
+    ('{"format": "prunectl-state", "version": 1, "steps": {"score": {"status": "ok"}}}',
+     "the record of step 'score' is damaged"),
 ])
 def test_corrupt_or_foreign_state_is_an_error_and_left_untouched(project, content, fragment):
     project.root.mkdir(parents=True)

@@ -32,6 +32,7 @@ from prunectl.io import CorruptFileError, file_digest, read_json, write_json, wr
 STATE_FORMAT = "prunectl-state"
 STATE_VERSION = 1
 LOCK_NAME = ".prunectl.lock"
+STATUSES = ("running", "done", "failed", "skipped")
 #: first directory of a project file -> the step that writes it (for "run X first" hints)
 PRODUCERS = {
     "calibration": "calibrate", "scores": "score", "search": "search", "pruned": "apply",
@@ -218,6 +219,13 @@ class Project:
             raise UserError(
                 f"{file} has state version {state.get('version')!r}, this prunectl reads "
                 f"version {STATE_VERSION}; use a matching prunectl or a new project directory"
+            )
+        bad = [name for name, record in state["steps"].items()
+               if not isinstance(record, dict) or record.get("status") not in STATUSES]
+        if bad:
+            raise UserError(
+                f"{file}: the record of step '{bad[0]}' is damaged (status must be one of "
+                f"{', '.join(STATUSES)}); fix it, or remove that step's entry to re-run it"
             )
         return state
 
