@@ -94,7 +94,7 @@ def test_wrong_architecture_is_refused_with_the_supported_list(tmp_path, text_fi
         model_dir
     )
     recipe = write_recipe(tmp_path / "r.yaml", model_dir, text_file)
-    result = invoke("calibrate", "-p", tmp_path / "p", "-r", recipe, "--quiet")
+    result = invoke("search", "-p", tmp_path / "p", "-r", recipe, "--quiet")
     assert result.exit_code == 2
     assert "gpt2" in result.stderr and "llama" in result.stderr and "qwen2" in result.stderr
 

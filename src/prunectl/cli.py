@@ -96,13 +96,18 @@ def _common(project, recipe, sets, device, dtype, force, json_output, quiet) -> 
 def session(opts: Common) -> Iterator[Any]:
     """Lock the project, resolve and pin the recipe, pick device and dtype: the run context."""
     from prunectl.context import RunContext
+    from prunectl.io import restore, snapshot
     from prunectl.modeling.loading import resolve_device, resolve_dtype
     from prunectl.project import Project
     from prunectl.recipe import load_recipe
 
     ui = UI(quiet=opts.quiet, json_output=opts.json_output)
+    if opts.quiet:
+        _silence_libraries()
     project = Project(opts.project)
-    with project.lock():
+    with project.lock() as note:
+        if note:
+            ui.warn(note)
         pinned = project.pinned_recipe()
         if opts.recipe is None and pinned is None:
             raise UserError(
@@ -110,12 +115,41 @@ def session(opts: Common) -> Iterator[Any]:
             )
         sets = opts.sets + ([f"model.dtype={opts.dtype}"] if opts.dtype else [])
         recipe, resolved = load_recipe(opts.recipe, sets, pinned=pinned)
+        if resolved != pinned:
+            _preflight(recipe)
+        before = snapshot([project.path("recipe.yaml"), project.path("recipe.previous.yaml"),
+                           project.state_file])
         changed = project.pin_recipe(resolved)
         if changed and pinned is not None:
             ui.warn(f"recipe changed ({', '.join(changed)}); steps that read it will re-run")
         device = resolve_device(opts.device or recipe.model.device)
         dtype = resolve_dtype(recipe.model.dtype, device)
-        yield RunContext(project, recipe, device, dtype, ui=ui, force=opts.force)
+        try:
+            yield RunContext(project, recipe, device, dtype, ui=ui, force=opts.force)
+        except UserError:
+            if snapshot([project.state_file]) == {project.state_file: before[project.state_file]}:
+                restore(before)  # nothing ran with the new recipe: keep the old one pinned
+            raise
+
+
+def _preflight(recipe) -> None:
+    """Check a new recipe against the model's config before pinning it or computing anything:
+    a missing model, an unsupported architecture or a block past the last layer fail here."""
+    from prunectl.methods.registry import create_method
+    from prunectl.modeling.loading import load_config
+
+    create_method(recipe.method).check(load_config(recipe.model))
+
+
+def _silence_libraries() -> None:
+    """``--quiet`` means quiet: no progress bars or warnings from the libraries underneath."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
 
 
 def _emit(opts: Common, results: list) -> None:

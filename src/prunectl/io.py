@@ -218,3 +218,20 @@ def file_digest(path: Path | str) -> str:
         relative = file.relative_to(path).as_posix()
         digest.update(f"{relative}\0{_hash_file(file)}\n".encode())
     return digest.hexdigest()
+
+
+def snapshot(paths: list[Path]) -> dict[Path, bytes | None]:
+    """The current bytes of small bookkeeping files (``None``: absent), to undo a failed command."""
+    return {Path(p): Path(p).read_bytes() if Path(p).exists() else None for p in paths}
+
+
+def restore(saved: dict[Path, bytes | None]) -> None:
+    """Put files back as :func:`snapshot` found them, atomically, touching only those that differ."""
+    for path, content in saved.items():
+        current = path.read_bytes() if path.exists() else None
+        if current == content:
+            continue
+        if content is None:
+            path.unlink()
+        else:
+            _write_bytes(path, content)

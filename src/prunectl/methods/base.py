@@ -9,14 +9,14 @@ tests exercise.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import BaseModel, ConfigDict
 
 from prunectl.methods.plan import Plan
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from prunectl.context import RunContext
@@ -42,6 +42,10 @@ class Method:
 
     def __init__(self, config: MethodConfig):
         self.config = config
+
+    def check(self, config: Any) -> None:
+        """Refuse settings this model cannot take (a block index past its last layer, say)
+        before anything is computed; ``config`` is the model's Hugging Face config."""
 
     def statistics(
         self, run: RunContext, model: nn.Module, tokens: torch.Tensor

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from prunectl.methods.base import Method, MethodConfig
-from prunectl.methods.plan import Plan, plan_from_removals
+from prunectl.methods.plan import Plan, parse_block_name, plan_from_removals
 from prunectl.modeling.adapters import Adapter
 
 
@@ -23,6 +23,10 @@ class ManualMethod(Method):
     name = "manual"
     Config = ManualConfig
     uses_calibration = False
+
+    def check(self, config) -> None:
+        for name in self.config.remove:
+            parse_block_name(name, config.num_hidden_layers)
 
     def search(self, run, model, tokens, scores) -> Plan:
         removed = list(dict.fromkeys(self.config.remove))  # keep order, drop repeats

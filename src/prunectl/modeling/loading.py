@@ -102,6 +102,14 @@ def _load_config(source: str, gguf_file: str | None, cfg: Any):
         raise UserError(f"could not read the model config of '{cfg.path}' ({first}); check model.path") from None
 
 
+def load_config(cfg: Any):
+    """The model's config alone (no weights), refusing unsupported architectures: the cheap
+    check a command makes before it pins a new recipe or computes anything."""
+    config = _load_config(*_source(cfg), cfg)
+    family_for(getattr(config, "model_type", "?"))
+    return config
+
+
 def load_model(cfg: Any, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     """The recipe's model (eval mode, on ``device`` in ``dtype``) and its tokenizer.
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from prunectl.context import RunContext
 from prunectl.errors import UserError
+from prunectl.io import restore, snapshot
 
 
 @dataclass
@@ -55,12 +56,13 @@ def execute(
         run.ui.info(f"[dim]{step}: up to date, skipped (use --force to re-run)[/]")
         return StepResult(step, "up-to-date", record.get("summary", {}))
     run.ui.info(f"[bold]{step}[/] …")
+    before = snapshot([project.state_file])
     project.start(step, fingerprint)
     started = time.perf_counter()
     try:
         outcome = body()
-    except UserError as error:
-        project.fail(step, str(error))
+    except UserError:
+        restore(before)  # bad input: the step's last good record still stands
         raise
     except BaseException as error:  # KeyboardInterrupt too: the record must say it stopped
         log = project.path("logs", f"{step}.log")
