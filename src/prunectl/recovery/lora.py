@@ -1,0 +1,163 @@
+"""LoRA training with peft and the transformers Trainer, checkpointed and resumable.
+
+Hyper-parameters follow LLM-Pruner's ``post_training.py`` as run in its README (r 8, alpha 16,
+dropout 0.05, every linear projection, lr 1e-4, 2 epochs, batch 64 in micro-batches of 4, AdamW,
+linear decay, evaluation and selection of the best checkpoint by validation loss).  Deviations:
+the warm-up is the reference's 100 steps capped at a tenth of the run, so short runs are not all
+warm-up; mixed precision follows the model dtype (bf16 or fp16 on CUDA, none on CPU) instead of
+always fp16; checkpoints every ``save_steps`` with evaluation at the same steps (the reference
+evaluates every 100 and saves every 200 steps).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunectl.recovery.data import IGNORE
+from prunectl.ui import SILENT, UI
+
+REFERENCE_WARMUP = 100
+SHOWN = ("loss", "eval_loss", "learning_rate", "train_loss")  # log keys worth a line on stderr
+
+
+def total_steps(cfg, n_train: int) -> int:
+    """Optimizer steps of the run: ``max_steps`` or the epochs over the training examples."""
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    per_epoch = math.ceil(n_train / cfg.micro_batch_size) // accumulation(cfg)
+    return max(1, math.ceil(max(per_epoch, 1) * cfg.num_epochs))
+
+
+def accumulation(cfg) -> int:
+    return max(1, cfg.batch_size // cfg.micro_batch_size)
+
+
+def lora_model(model: nn.Module, cfg) -> nn.Module:
+    """The model wrapped with LoRA adapters on ``target_modules`` (``all-linear``: every linear
+    layer but the LM head, found by peft on any class, pruned ones included)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
+
+    config = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model.config.use_cache = False
+    set_seed(cfg.seed)  # the adapters' random init: a resumed and a straight run start alike
+    return get_peft_model(model, config)
+
+
+def training_arguments(cfg, output_dir: Path, device: torch.device, dtype: torch.dtype, n_train: int, has_eval: bool):
+    from transformers import TrainingArguments
+
+    cuda = device.type == "cuda"
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=cfg.micro_batch_size,
+        per_device_eval_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=accumulation(cfg),
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps or -1,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=min(REFERENCE_WARMUP, total_steps(cfg, n_train) // 10),
+        optim="adamw_torch",
+        bf16=cuda and dtype == torch.bfloat16,
+        fp16=cuda and dtype == torch.float16,
+        logging_steps=10,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.save_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=3,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=not cuda,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+    )
+
+
+def _ui_callback(ui: UI):
+    """Training logs to the UI (stderr) instead of the Trainer's printer on stdout."""
+    from transformers import TrainerCallback
+
+    class Report(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            shown = ", ".join(f"{k} {logs[k]:.4g}" for k in SHOWN if k in (logs or {}))
+            if shown:
+                ui.info(f"recover: step {state.global_step}/{state.max_steps}: {shown}")
+
+    return Report()
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+
+def make_trainer(
+    model: nn.Module,
+    tokenizer,
+    train_set: list[dict],
+    val_set: list[dict],
+    cfg,
+    output_dir: Path,
+    ui: UI = SILENT,
+    callbacks: Sequence[Any] = (),
+):
+    """A Trainer of LoRA adapters on ``model`` that checkpoints to ``output_dir``."""
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, ProgressCallback, Trainer
+
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    args = training_arguments(cfg, output_dir, device, dtype, len(train_set), bool(val_set))
+    trainer = Trainer(
+        model=lora_model(model, cfg),
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set or None,
+        data_collator=DataCollatorForSeq2Seq(
+            tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True, label_pad_token_id=IGNORE
+        ),
+        callbacks=[_ui_callback(ui), *callbacks],
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def train(trainer, ui: UI = SILENT) -> dict:
+    """Train, resuming from the last checkpoint when there is one; the model ends with the best
+    checkpoint by validation loss loaded (when there is a validation set).  Returns figures."""
+    resume = last_checkpoint(Path(trainer.args.output_dir))
+    if resume:
+        ui.info(f"recover: resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+    state = trainer.state
+    has_eval = trainer.eval_dataset is not None
+    return {
+        "train_loss": result.training_loss,
+        "eval_loss_after": state.best_metric if has_eval else None,
+        "eval_losses": [log["eval_loss"] for log in state.log_history if "eval_loss" in log],
+        "steps": state.global_step,
+        "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else None,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+    }
