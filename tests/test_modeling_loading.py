@@ -229,3 +229,18 @@ def test_gguf_loads_and_saves_as_plain_checkpoint(tmp_path):
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     with torch.inference_mode():
         assert torch.allclose(model(ids).logits, again(ids).logits, atol=1e-5)
+
+
+def test_a_pruned_directory_loads_as_a_recipe_model(tmp_path):
+    """A model prunectl pruned can be the input of the next recipe, without trust_remote_code."""
+    from conftest import byte_tokenizer
+    from prunectl.methods.plan import LayerPlan, Plan
+    from prunectl.modeling.pruned_format import save_model
+    from prunectl.modeling.surgery import apply_plan
+
+    pruned = apply_plan(tiny_model("qwen3"), Plan(method="t", layers={0: LayerPlan(attention=False)}))
+    directory = save_model(pruned, byte_tokenizer(), tmp_path / "pruned")
+    model, _ = load_model(model_cfg(directory), CPU, torch.float32)
+    ids = torch.randint(4, 260, (1, 7))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids).logits, pruned(ids).logits)

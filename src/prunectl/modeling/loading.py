@@ -87,10 +87,22 @@ def _source(cfg: Any) -> tuple[str, str | None]:
     return path, gguf_file  # a hub id
 
 
+def _is_pruned_directory(source: str) -> bool:
+    """A directory in prunectl's pruned format (its config needs our config class)."""
+    config_file = Path(source) / "config.json"
+    return config_file.is_file() and "per_layer_config" in json.loads(config_file.read_text())
+
+
 def _load_config(source: str, gguf_file: str | None, cfg: Any):
     from transformers import AutoConfig
 
     try:
+        if gguf_file is None and _is_pruned_directory(source):
+            from prunectl.modeling.modeling_prunectl import pruned_config_class_for
+
+            model_type = json.loads((Path(source) / "config.json").read_text()).get("model_type", "?")
+            family_for(model_type)
+            return pruned_config_class_for(model_type).from_pretrained(source)
         return AutoConfig.from_pretrained(
             source,
             gguf_file=gguf_file,
@@ -128,7 +140,10 @@ def load_model(cfg: Any, device: torch.device, dtype: torch.dtype) -> tuple[nn.M
         "trust_remote_code": bool(getattr(cfg, "trust_remote_code", False)),
     }
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **common)
+        if gguf_file is None and _is_pruned_directory(source):  # e.g. pruning a pruned model again
+            model = load_project_model(Path(source), device, dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **common)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0]
         raise UserError(f"could not load the weights of '{cfg.path}' ({first}); check model.path") from None
