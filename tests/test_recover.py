@@ -145,3 +145,17 @@ def test_alpaca_file_split_and_too_small_datasets(tmp_path):
         plain = tmp_path / "plain.jsonl"
         plain.write_text(json.dumps({"text": "hello"}))
         build_examples(cfg.model_copy(update={"dataset": str(plain)}), byte_tokenizer())
+
+
+def test_a_torn_checkpoint_is_dropped_and_the_one_before_resumed(tmp_path):
+    from prunectl.recovery.lora import last_checkpoint
+
+    for step, state in ((2, '{"global_step": 2}'), (4, '{"global_st'), (6, None)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"x")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
+    assert last_checkpoint(tmp_path / "missing") is None

@@ -11,7 +11,9 @@ evaluates every 100 and saves every 200 steps).
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -108,9 +110,25 @@ def _ui_callback(ui: UI):
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint in ``output_dir``, or None.
 
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    The Trainer writes a checkpoint in place and its ``trainer_state.json`` last, so a process
+    killed while saving leaves a torn directory that ``get_last_checkpoint`` would pick; such
+    directories (no readable state) are removed, and the one before them is resumed.
+    """
+    if not output_dir.is_dir():
+        return None
+    steps = {}
+    for path in output_dir.glob("checkpoint-*"):
+        if path.is_dir() and path.name.split("-")[-1].isdigit():
+            steps[int(path.name.split("-")[-1])] = path
+    for step in sorted(steps, reverse=True):
+        try:
+            json.loads((steps[step] / "trainer_state.json").read_text())
+            return str(steps[step])
+        except (OSError, ValueError):
+            shutil.rmtree(steps[step])
+    return None
 
 
 def make_trainer(

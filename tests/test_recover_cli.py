@@ -1,0 +1,88 @@
+"""Taylor pruning then LoRA recovery through the CLI, and a recovery killed with SIGKILL resuming."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from conftest import save_tiny
+from typer.testing import CliRunner
+
+from prunectl.cli import app
+from prunectl.modeling.loading import load_project_model
+
+runner = CliRunner()
+
+
+def write_recipe(path: Path, model_dir: Path, text: Path, max_steps: int) -> Path:
+    recipe = {
+        "model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
+        "calibration": {"dataset": str(text), "nsamples": 4, "seqlen": 32, "seed": 1},
+        "method": {"name": "taylor", "layer_start": 1, "layer_end": 3},
+        "target": {"params_ratio": 0.2},
+        "recover": {"dataset": str(text), "format": "text", "cutoff_len": 32, "batch_size": 8,
+                    "micro_batch_size": 8, "max_steps": max_steps, "save_steps": 2,
+                    "val_set_size": 4, "learning_rate": 5e-3},
+        "eval": {"perplexity": {"datasets": [str(text)], "seqlen": 32, "max_windows": 2}},
+        "export": {"dtype": "float32"},
+    }
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def pruned_project(tmp_path: Path, text: Path, max_steps: int) -> Path:
+    model_dir = save_tiny(tmp_path / "tiny", "llama")
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text, max_steps)
+    project = tmp_path / "proj"
+    for step in ("calibrate", "score", "search", "apply"):
+        result = runner.invoke(app, [step, "-p", str(project), "-r", str(recipe), "--quiet"])
+        assert result.exit_code == 0, result.output
+    return project
+
+
+def recover_record(project: Path) -> dict:
+    return json.loads((project / "state.json").read_text())["steps"]["recover"]
+
+
+def test_taylor_prune_then_recover_through_the_cli(tmp_path, text_file):
+    project = pruned_project(tmp_path, text_file, max_steps=6)
+    plan = json.loads((project / "search" / "plan.json").read_text())
+    assert plan["method"] == "taylor" and plan["achieved"]["ratio_estimate"] > 0.1
+
+    result = runner.invoke(app, ["recover", "-p", str(project), "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = recover_record(project)
+    assert record["status"] == "done"
+    summary = record["summary"]
+    assert summary["steps"] == 6 and summary["eval_loss_after"] < summary["eval_loss_before"]
+    model = load_project_model(project / "recovered" / "model", torch.device("cpu"), torch.float32)
+    pruned = load_project_model(project / "pruned", torch.device("cpu"), torch.float32)
+    assert [p.shape for p in model.parameters()] == [p.shape for p in pruned.parameters()]
+    assert (project / "recovered" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_recover_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path, text_file):
+    project = pruned_project(tmp_path, text_file, max_steps=12)
+    cli = Path(sys.executable).parent / "prunectl"
+    process = subprocess.Popen([str(cli), "recover", "-p", str(project), "--quiet"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = project / "recovered" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert first.exists() and not (project / "recovered" / "model").exists()
+    assert recover_record(project)["status"] != "done"
+
+    result = runner.invoke(app, ["recover", "-p", str(project), "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = recover_record(project)["summary"]
+    assert 2 <= summary["resumed_from_step"] < 12 and summary["steps"] == 12
