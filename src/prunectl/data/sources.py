@@ -14,6 +14,8 @@ what the ``text`` field of ``tatsu-lab/alpaca`` holds.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -117,7 +119,8 @@ def load_texts(dataset: str, split: str | None = None, *, kind: Kind = "calibrat
 
     builder = LOCAL_SUFFIXES[path.suffix.lower()]
     try:
-        rows = load_dataset(builder, data_files=str(path), split="train")
+        with _quiet_datasets():
+            rows = load_dataset(builder, data_files=str(path), split="train")
     except Exception as error:  # datasets raises many types for a malformed file
         raise UserError(f"could not read dataset file {path}: {_first_line(error)}") from error
     texts = _rows_to_texts(rows, str(path))
@@ -137,7 +140,8 @@ def _named_texts(name: str, split: str | None, kind: Kind) -> list[str]:
     hub_split = "train" if spec.derived_splits else split
     files = {hub_split: spec.data_files[hub_split]} if spec.data_files else None
     try:
-        rows = datasets.load_dataset(spec.path, spec.config, data_files=files, split=hub_split)
+        with _quiet_datasets():
+            rows = datasets.load_dataset(spec.path, spec.config, data_files=files, split=hub_split)
     except ConnectionError as error:
         raise UserError(
             f"could not reach the Hugging Face hub to load {name} ({spec.path}); "
@@ -150,6 +154,20 @@ def _named_texts(name: str, split: str | None, kind: Kind) -> list[str]:
     if kind == "evaluation" and spec.eval_rows is not None:
         rows = rows.select(range(min(spec.eval_rows, len(rows))))
     return _non_empty(_rows_to_texts(rows, name), name)
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No ``datasets`` progress bars: prunectl's own UI decides what the terminal shows."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def _derive_split(rows, split: str):
