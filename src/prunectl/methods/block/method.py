@@ -92,7 +92,6 @@ class BlockMethod(Method):
         adapter, names, params, settings = self._setup(model)
         target = resolve_target(run.recipe.target, names, params, "block")
         progress_file = run.project.path("search", "progress.jsonl")
-        progress_file.parent.mkdir(parents=True, exist_ok=True)
         previous = read_jsonl(progress_file) if progress_file.exists() else []
         if not previous:
             first = first_decision(scores, names, params)
