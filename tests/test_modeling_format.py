@@ -185,3 +185,22 @@ def test_a_pruned_model_can_be_pruned_again(tmp_path):
     assert again.model.layers[1].self_attn.o_proj.in_features == 32
     assert not hasattr(again.model.layers[0], "self_attn")  # what the first surgery removed stays gone
     close(logits(again), logits(reference))
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3"])
+def test_pruned_class_with_nothing_removed_equals_the_stock_model(family):
+    """The shipped modeling code itself, apart from any removal: same logits and hidden states."""
+    from prunectl.modeling.loading import rebuild_model
+
+    dense = tiny_model(family)
+    cls = modeling_prunectl.pruned_class_for(family)
+    config = cls.config_class.from_dict({**dense.config.to_dict(), "head_dim": 16, "per_layer_config": {}})
+    with torch.inference_mode():
+        expected = dense(IDS, output_hidden_states=True)
+    ours = rebuild_model(cls, config, dict(dense.state_dict()), dense)
+    with torch.inference_mode():
+        got = ours(IDS, output_hidden_states=True)
+    close(got.logits, expected.logits)
+    assert len(got.hidden_states) == len(expected.hidden_states) == 5
+    for a, b in zip(got.hidden_states, expected.hidden_states):
+        close(a, b)

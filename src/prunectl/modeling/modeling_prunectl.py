@@ -177,9 +177,15 @@ class PrunedDecoderMixin:
             }
             types = {layer.attention_type for layer in self.layers if layer.has_attention}
             masks = {kind: MASK_FUNCTIONS[kind](**arguments) for kind in types}
+        kwargs.pop("output_attentions", None)  # not recorded by this decoder
+        record = kwargs.pop("output_hidden_states", None)
+        record = self.config.output_hidden_states if record is None else record
+        recorded = []  # as the stock models: each layer's input, then the final normed output
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
         for layer in self.layers:
+            if record:
+                recorded.append(hidden_states)
             hidden_states = layer(
                 hidden_states,
                 attention_mask=masks.get(layer.attention_type),
@@ -189,9 +195,11 @@ class PrunedDecoderMixin:
                 use_cache=use_cache,
                 **kwargs,
             )
+        hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(
-            last_hidden_state=self.norm(hidden_states),
+            last_hidden_state=hidden_states,
             past_key_values=past_key_values if use_cache else None,
+            hidden_states=(*recorded, hidden_states) if record else None,
         )
 
 
