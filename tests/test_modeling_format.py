@@ -204,3 +204,34 @@ def test_pruned_class_with_nothing_removed_equals_the_stock_model(family):
     assert len(got.hidden_states) == len(expected.hidden_states) == 5
     for a, b in zip(got.hidden_states, expected.hidden_states):
         close(a, b)
+
+
+@pytest.mark.parametrize(
+    ("family", "window"),
+    [("qwen2", {"use_sliding_window": True, "max_window_layers": 2, "sliding_window": 4}),
+     ("mistral", {"sliding_window": 4})],
+)
+def test_sliding_window_layers_keep_their_masks_and_caches(family, window):
+    """Removing a block equals zeroing its output projection (no bias here), so the stock dense
+    model, with its own sliding-window masks, is the reference; decoding token by token through
+    the cache must then give the same logits."""
+    plan = Plan(method="t", layers={0: LayerPlan(attention=False),
+                                    1: LayerPlan(attention=False, mlp=False),
+                                    3: LayerPlan(q_heads=[0, 2])})
+    dense = tiny_model(family, **window)
+    with torch.no_grad():
+        dense.model.layers[0].self_attn.o_proj.weight.zero_()
+        dense.model.layers[1].self_attn.o_proj.weight.zero_()
+        dense.model.layers[1].mlp.down_proj.weight.zero_()
+        dense.model.layers[3].self_attn.o_proj.weight[:, 16:32] = 0
+        dense.model.layers[3].self_attn.o_proj.weight[:, 48:64] = 0
+    pruned = apply_plan(tiny_model(family, **window), plan)
+    full = logits(pruned)
+    close(full, logits(dense))
+    if family == "qwen2":
+        assert pruned.config.layer_types == ["full_attention", "sliding_attention", "sliding_attention"]
+    with torch.inference_mode():
+        out = pruned(IDS[:, :3], use_cache=True)
+        for t in range(3, IDS.shape[1]):
+            out = pruned(IDS[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            close(out.logits[:, -1], full[:, t])
