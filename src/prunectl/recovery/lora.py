@@ -59,7 +59,9 @@ def lora_model(model: nn.Module, cfg) -> nn.Module:
     return get_peft_model(model, config)
 
 
-def training_arguments(cfg, output_dir: Path, device: torch.device, dtype: torch.dtype, n_train: int, has_eval: bool):
+def training_arguments(
+    cfg, output_dir: Path, device: torch.device, dtype: torch.dtype, n_train: int, has_eval: bool
+):
     from transformers import TrainingArguments
 
     cuda = device.type == "cuda"
@@ -86,7 +88,9 @@ def training_arguments(cfg, output_dir: Path, device: torch.device, dtype: torch
         metric_for_best_model="eval_loss" if has_eval else None,
         greater_is_better=False if has_eval else None,
         activation_checkpointing=cfg.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        activation_checkpointing_kwargs=(
+            {"use_reentrant": False} if cfg.gradient_checkpointing else None
+        ),
         seed=cfg.seed,
         data_seed=cfg.seed,
         use_cpu=not cuda,
@@ -153,7 +157,8 @@ def make_trainer(
         train_dataset=train_set,
         eval_dataset=val_set or None,
         data_collator=DataCollatorForSeq2Seq(
-            tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True, label_pad_token_id=IGNORE
+            tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True,
+            label_pad_token_id=IGNORE,
         ),
         callbacks=[_ui_callback(ui), *callbacks],
     )

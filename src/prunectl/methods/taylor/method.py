@@ -1,11 +1,11 @@
-"""``method: taylor`` — LLM-Pruner (Ma et al., NeurIPS 2023; code horseee/LLM-Pruner ``hf_prune.py``).
+"""``method: taylor`` — LLM-Pruner (Ma et al., NeurIPS 2023; horseee/LLM-Pruner ``hf_prune.py``).
 
 ``score`` takes gradients of the LM loss on the calibration tokens (the recipe's ``calibration``
 section governs how many samples of how many tokens; ``recipes/llama2-7b-llm-pruner.yaml`` mirrors
 the reference's 10 samples of 64 tokens) and scores every coupled structure; ``search`` turns the
 scores into a plan removing ``target.params_ratio`` of the parameters; ``apply`` is the default
 surgery.  ``scope: block`` prunes attention heads and MLP channels of layers
-``[layer_start, layer_end)`` (reference: 4 to 30 of Llama's 32, i.e. ``layer_end = num_layers - 2``);
+``[layer_start, layer_end)`` (reference: 4 to 30 of Llama's 32: ``layer_end = num_layers - 2``);
 ``scope: channel`` prunes hidden dimensions of the whole model.
 """
 
@@ -72,12 +72,15 @@ class TaylorMethod(Method):
         store = None
         if cfg.importance in GRADIENT_KINDS:
             if tokens.numel() == 0:
-                raise UserError("method taylor needs calibration tokens; run `prunectl calibrate` first")
+                raise UserError(
+                    "method taylor needs calibration tokens; run `prunectl calibrate` first"
+                )
             weights = groups.scored_parameters(adapter, cfg.scope, layers)
             store = GradientStore(model, weights, fisher=cfg.importance == "element2")
             device = next(model.parameters()).device
             loss = accumulate_gradients(
-                model, tokens.to(device), store, cfg.grad_batch_size, cfg.gradient_checkpointing, run.ui
+                model, tokens.to(device), store, cfg.grad_batch_size,
+                cfg.gradient_checkpointing, run.ui,
             )
             run.ui.info(f"taylor: calibration loss {loss:.4f} over {tokens.shape[0]} samples")
         score = groups.scorer(cfg.importance, store)
@@ -101,12 +104,17 @@ class TaylorMethod(Method):
         scores = {}
         for i in layers:
             costs = selection.LayerCosts(adapter, i)
-            scores[f"layers.{i}.heads"] = random_importance(costs.units(self.config.head_unit), generator)
+            units = costs.units(self.config.head_unit)
+            scores[f"layers.{i}.heads"] = random_importance(units, generator)
             scores[f"layers.{i}.channels"] = random_importance(costs.intermediate, generator)
         return scores
 
     def search(
-        self, run: RunContext, model: nn.Module, tokens: torch.Tensor, scores: dict[str, torch.Tensor]
+        self,
+        run: RunContext,
+        model: nn.Module,
+        tokens: torch.Tensor,
+        scores: dict[str, torch.Tensor],
     ) -> Plan:
         cfg = self.config
         ratio = getattr(run.recipe.target, "params_ratio", None)
@@ -120,7 +128,8 @@ class TaylorMethod(Method):
         target = round(ratio * total)
         achieved = {"params_total": total, "target_ratio": ratio}
         if cfg.scope == "channel":
-            per_channel = sum(w.numel() // w.shape[dim] for w, dim in groups.hidden_weights(adapter))
+            weights = groups.hidden_weights(adapter)
+            per_channel = sum(w.numel() // w.shape[dim] for w, dim in weights)
             kept = selection.hidden_plan(adapter, scores["hidden"], per_channel, target)
             removed = (adapter.hidden_size - len(kept)) * per_channel
             achieved.update(hidden_kept=len(kept), hidden=adapter.hidden_size)

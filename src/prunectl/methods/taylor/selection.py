@@ -156,7 +156,9 @@ def hidden_plan(adapter: Adapter, scores: torch.Tensor, per_channel: int, target
     return sorted(torch.argsort(scores.float(), descending=True)[:keep].tolist())
 
 
-def layer_plans(adapter: Adapter, choices: dict[int, LayerChoice]) -> tuple[dict[int, LayerPlan], list[str]]:
+def layer_plans(
+    adapter: Adapter, choices: dict[int, LayerChoice]
+) -> tuple[dict[int, LayerPlan], list[str]]:
     """LayerPlans (``None`` where everything is kept) and notes on GQA rounding."""
     plans, notes = {}, []
     for i, choice in choices.items():
