@@ -44,8 +44,8 @@ def test_plan_removes_lowest_influence_layers_in_order():
     model = tiny_model("llama", seed=8, num_hidden_layers=5)
     ids = torch.randint(4, 260, (4, 16), generator=torch.Generator().manual_seed(8))
     shortgpt = create_method(parse_method_config({"name": "shortgpt", "batch_size": 3}))
-    run = SimpleNamespace(recipe=SimpleNamespace(target=SimpleNamespace(blocks=2, params_ratio=None)),
-                          ui=SILENT)
+    target = SimpleNamespace(blocks=2, params_ratio=None)
+    run = SimpleNamespace(recipe=SimpleNamespace(target=target), ui=SILENT)
     scores = shortgpt.score(run, model, ids, {})
     plan = shortgpt.search(run, model, ids, scores)
 

@@ -26,7 +26,9 @@ def parameter_counts(model, adapter, names: list[str]) -> ParameterCounts:
     )
 
 
-def resolve_target(target_config: Any, names: list[str], params: ParameterCounts, unit: str) -> Target:
+def resolve_target(
+    target_config: Any, names: list[str], params: ParameterCounts, unit: str
+) -> Target:
     """The recipe's ``target`` as a stop rule, refusing targets the candidates cannot reach."""
     blocks = getattr(target_config, "blocks", None)
     ratio = getattr(target_config, "params_ratio", None)
@@ -81,9 +83,10 @@ def plan_from_decisions(
                               "params_ratio_non_embedding": 0.0})]
     curve += [_curve_point(k, d) for k, d in enumerate(decisions, 1)]
     k = prefix_length(decisions, target)
-    if target.params_ratio is not None and k and decisions[k - 1]["params_ratio"] > target.params_ratio:
+    reached = decisions[k - 1]["params_ratio"] if k else 0.0
+    if target.params_ratio is not None and reached > target.params_ratio:
         notes.append(
-            f"whole blocks remove {decisions[k - 1]['params_ratio']:.4f} of the parameters "
+            f"whole blocks remove {reached:.4f} of the parameters "
             f"(target {target.params_ratio}): the first block count reaching the target"
         )
     plan = plan_from_removals(method, order, num_layers, removal_order=order, curve=curve,

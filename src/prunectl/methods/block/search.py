@@ -155,10 +155,10 @@ def block_search(
             cache = BoundaryCache(runner, result.cache)
             dense_nll = cache.rebuild(removed, 0, final=not decisions)
         elif not decisions:
-            dense_nll = sum(
-                float(runner.nll(runner.run(runner.embed(b), 0, runner.num_units, removed), b).sum())
-                for b in range(len(runner.batches))
-            )
+            dense_nll = 0.0
+            for b in range(len(runner.batches)):
+                hidden = runner.run(runner.embed(b), 0, runner.num_units, removed)
+                dense_nll += float(runner.nll(hidden, b).sum())
         steps = 0
         while remaining and not target.reached(decisions) and steps != max_steps:
             record = _search_step(runner, cache, removed, remaining, candidates, decisions,
