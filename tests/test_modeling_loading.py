@@ -186,14 +186,19 @@ def write_tiny_gguf(path: Path, model, tokenizer) -> Path:
     return path
 
 
-def test_gguf_file_loads_dequantized_and_saves_as_plain_checkpoint(tmp_path):
+@pytest.mark.parametrize("as_directory", [False, True])
+def test_gguf_file_loads_dequantized_and_saves_as_plain_checkpoint(tmp_path, as_directory):
     from transformers import AutoModelForCausalLM
 
     from conftest import byte_tokenizer
 
     reference, reference_tokenizer = tiny_model("llama"), byte_tokenizer()
     path = write_tiny_gguf(tmp_path / "tiny.gguf", reference, reference_tokenizer)
-    model, tokenizer = load_model(model_cfg(path), CPU, torch.float32)
+    cfg = model_cfg(path)
+    if as_directory:  # model.path a directory, model.gguf_file the file in it
+        cfg = model_cfg(tmp_path)
+        cfg.gguf_file = "tiny.gguf"
+    model, tokenizer = load_model(cfg, CPU, torch.float32)
     ids = torch.randint(4, 260, (2, 9))
     with torch.inference_mode():
         torch.testing.assert_close(model(ids).logits, reference(ids).logits)

@@ -205,3 +205,15 @@ def test_plan_for_a_missing_layer_is_a_user_error():
 def test_empty_head_list_removes_the_attention_block():
     pruned = apply_plan(tiny_model("llama"), Plan(method="t", layers={2: LayerPlan(q_heads=[])}))
     close(logits(pruned), bypass_logits(tiny_model("llama"), {2}, set()))
+
+
+def test_surgery_consumes_the_input_instead_of_copying_it():
+    """Every input parameter ends either emptied or shared with the result: never two copies."""
+    model = tiny_model("phi3")
+    before = list(model.parameters())
+    plan = Plan(method="t", hidden_channels=list(range(48)),
+                layers={0: LayerPlan(attention=False), 2: LayerPlan(q_heads=[0, 1])})
+    pruned = apply_plan(model, plan)
+    kept = {p.data_ptr() for p in pruned.parameters()}
+    assert all(p.numel() == 0 or p.data_ptr() in kept for p in before)
+    assert any(p.numel() == 0 for p in before)

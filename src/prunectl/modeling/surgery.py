@@ -289,6 +289,10 @@ def apply_plan(model: nn.Module, plan: Plan, biases: dict[str, torch.Tensor] | N
     if not getattr(config, "tie_word_embeddings", False):
         slicer.linear("lm_head", adapter.lm_head, None, hidden)
     slicer.put("model.embed_tokens.weight", embed, None, hidden)
+    kept_storage = {t.data_ptr() for t in slicer.tensors.values()}
+    for param in model.parameters():  # removed blocks go now, not when the caller drops the model
+        if param.data_ptr() not in kept_storage:
+            param.data = torch.empty(0, dtype=param.dtype, device=param.device)
     if uniform:
         model_cls = AutoModelForCausalLM._model_mapping[type(config)]
     else:
