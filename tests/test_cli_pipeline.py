@@ -136,3 +136,19 @@ def test_apply_blocks_takes_a_prefix_of_the_order(tmp_path, tiny_model_dir, text
     too_many = invoke("apply", "-p", project, "--blocks", "9", "--quiet")
     assert too_many.exit_code == 2
     assert "exceeds the 3 removals searched" in too_many.stderr
+
+
+def test_each_step_in_its_own_invocation_reads_the_saved_pruned_model(
+    tmp_path, tiny_model_dir, text_file
+):
+    """A fresh process finds the non-uniform pruned model and its tokenizer on disk."""
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, text_file)
+    project = tmp_path / "proj"
+    for step in ("calibrate", "score", "search", "apply", "eval", "export"):
+        args = ["-r", recipe] if step == "calibrate" else []
+        result = invoke(step, "-p", project, *args, "--quiet")
+        assert result.exit_code == 0, (step, result.output)
+    pruned = json.loads((project / "eval" / "pruned" / f"perplexity-{text_file.stem}.json").read_text())
+    dense = json.loads((project / "eval" / "dense" / f"perplexity-{text_file.stem}.json").read_text())
+    assert pruned["model_fingerprint"] != dense["model_fingerprint"]
+    assert (project / "export" / "tokenizer.json").exists()

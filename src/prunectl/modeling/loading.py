@@ -229,3 +229,16 @@ def load_project_model(directory: Path, device: torch.device, dtype: torch.dtype
         model_cls = AutoModelForCausalLM
     model = model_cls.from_pretrained(directory, dtype=dtype)
     return model.to(device).eval()
+
+
+def load_project_tokenizer(directory: Path):
+    """The tokenizer saved with a project model.  ``AutoTokenizer`` would read the pruned
+    format's ``config.json`` and refuse its per-layer attributes, so a stock config of the same
+    model type is handed over; the tokenizer files alone decide the result."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    model_type = project_config(directory)["model_type"]
+    tokenizer = AutoTokenizer.from_pretrained(directory, config=AutoConfig.for_model(model_type))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

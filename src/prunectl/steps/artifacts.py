@@ -49,20 +49,14 @@ def dense_model(run: RunContext) -> tuple[Any, Any]:
     return run.models["dense"]
 
 
-def tokenizer(run: RunContext) -> Any:
-    return dense_model(run)[1]
-
-
 def project_model(run: RunContext, role: str) -> Any:
     """A model and tokenizer saved in the project (``pruned`` or ``recovered``), loaded once."""
     if role not in run.models:
-        from prunectl.modeling.loading import load_project_model
-
-        from transformers import AutoTokenizer
+        from prunectl.modeling.loading import load_project_model, load_project_tokenizer
 
         directory = require(run, MODEL_DIRS[role], "apply" if role == "pruned" else "recover")
         model = load_project_model(directory, run.device, run.dtype)
-        run.models[role] = (model, AutoTokenizer.from_pretrained(directory))
+        run.models[role] = (model, load_project_tokenizer(directory))
     return run.models[role]
 
 
