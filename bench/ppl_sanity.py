@@ -47,7 +47,8 @@ def main() -> None:
                  f"{args.data} (from ../shared/data); pass --gguf / --data")
 
     start = time.perf_counter()
-    model, tokenizer = load_model(SimpleNamespace(path=str(args.gguf)), torch.device("cpu"), torch.float32)
+    cfg = SimpleNamespace(path=str(args.gguf))
+    model, tokenizer = load_model(cfg, torch.device("cpu"), torch.float32)
     loaded = time.perf_counter()
     tokens = evaluation_tokens(tokenizer, str(args.data))
     tokenized = time.perf_counter()

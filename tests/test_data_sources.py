@@ -71,7 +71,8 @@ def test_save_to_disk_dataset_and_dataset_dict(tmp_path):
         ("wikitext3", None, r"unknown dataset 'wikitext3'; use one of wikitext2, ptb, c4, alpaca"),
         ("missing.jsonl", None, r"missing.jsonl does not exist; use one of wikitext2"),
         ("plain_dir", "dir", r"plain_dir is not a dataset saved with save_to_disk"),
-        ("bad.jsonl", '{"body": "x"}\n', r"bad.jsonl has no text field \(columns: body\); expected 'text'"),
+        ("bad.jsonl", '{"body": "x"}\n',
+         r"bad.jsonl has no text field \(columns: body\); expected 'text'"),
         ("empty.txt", "\n\n  \n", r"empty.txt holds no text"),
         ("broken.json", "{not json", r"could not read dataset file .*broken.json"),
     ],
@@ -101,7 +102,8 @@ def test_named_dataset_without_hub_suggests_a_local_file(monkeypatch):
 
 
 def test_named_dataset_rejects_unknown_split():
-    with pytest.raises(UserError, match="dataset c4 has no split 'test'; use one of: train, validation"):
+    message = "dataset c4 has no split 'test'; use one of: train, validation"
+    with pytest.raises(UserError, match=message):
         load_texts("c4", "test")
 
 
@@ -125,7 +127,8 @@ def test_named_requests_match_the_references(monkeypatch):
     assert len(load_texts("c4")) == 1500
     assert hub.calls == [
         ("wikitext", "wikitext-2-raw-v1", None, "test"),
-        ("allenai/c4", None, {"validation": "en/c4-validation.00000-of-00008.json.gz"}, "validation"),
+        ("allenai/c4", None, {"validation": "en/c4-validation.00000-of-00008.json.gz"},
+         "validation"),
         ("allenai/c4", None, {"train": "en/c4-train.00000-of-01024.json.gz"}, "train"),
     ]
     hub.dataset = datasets.Dataset.from_dict({"sentence": ["a sentence"]})

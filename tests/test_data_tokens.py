@@ -42,7 +42,8 @@ def test_stream_windows_are_seeded_slices_of_the_joined_text(tokenizer, text_fil
 
 
 def test_document_windows_come_from_one_long_enough_document(tokenizer, tmp_path):
-    docs = [f"short {i}" for i in range(20)] + [f"long document {i}: " + "word " * 30 for i in range(3)]
+    docs = [f"short {i}" for i in range(20)]
+    docs += [f"long document {i}: " + "word " * 30 for i in range(3)]
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     windows = calibration_tokens(tokenizer, str(path), None, 8, 50, 0, style="documents")
@@ -50,7 +51,8 @@ def test_document_windows_come_from_one_long_enough_document(tokenizer, tmp_path
     for row in windows:
         assert any(_decode(tokenizer, row) in doc for doc in docs[20:])
     longest = max(len(d) for d in docs)  # one byte token per character
-    with pytest.raises(UserError, match=rf"no document of .*docs.jsonl has seqlen=500 tokens \(the longest has {longest}\)"):
+    message = rf"no document of .*docs.jsonl has seqlen=500 tokens \(the longest has {longest}\)"
+    with pytest.raises(UserError, match=message):
         calibration_tokens(tokenizer, str(path), None, 2, 500, 0, style="documents")
 
 
@@ -64,7 +66,9 @@ def _alpaca_like(tmp_path, rows: int, length: int):
 
 def test_rows_style_joins_sampled_rows_and_cuts_whole_windows(tokenizer, tmp_path):
     path, texts = _alpaca_like(tmp_path, rows=50, length=30)
-    windows = calibration_tokens(tokenizer, str(path), None, nsamples=10, seqlen=64, seed=5, style="rows")
+    windows = calibration_tokens(
+        tokenizer, str(path), None, nsamples=10, seqlen=64, seed=5, style="rows"
+    )
     total = 10 * 30 + 9 * 2  # ten rows and nine "\n\n" separators, one byte token each
     assert windows.shape == (total // 64, 64)
     text = _decode(tokenizer, windows.flatten())
@@ -77,9 +81,12 @@ def test_rows_style_joins_sampled_rows_and_cuts_whole_windows(tokenizer, tmp_pat
 
 def test_too_little_text_is_a_user_error_saying_how_much(tokenizer, tmp_path):
     path, _ = _alpaca_like(tmp_path, rows=5, length=10)
-    with pytest.raises(UserError, match=r"nsamples=9 but .*rows.jsonl has 5 rows in this split; use at most 5"):
+    too_many = r"nsamples=9 but .*rows.jsonl has 5 rows in this split; use at most 5"
+    with pytest.raises(UserError, match=too_many):
         calibration_tokens(tokenizer, str(path), None, 9, 8, 0, style="rows")
-    with pytest.raises(UserError, match=r"the 2 sampled rows of .* give 22 tokens, fewer than one window of seqlen=64"):
+    short_rows = r"the 2 sampled rows of .* give 22 tokens, fewer than one window of seqlen=64"
+    with pytest.raises(UserError, match=short_rows):
         calibration_tokens(tokenizer, str(path), None, 2, 64, 0, style="rows")
-    with pytest.raises(UserError, match=r"calibration text .*rows.jsonl has 58 tokens, fewer than seqlen=100"):
+    short_text = r"calibration text .*rows.jsonl has 58 tokens, fewer than seqlen=100"
+    with pytest.raises(UserError, match=short_text):
         calibration_tokens(tokenizer, str(path), None, 2, 100, 0)

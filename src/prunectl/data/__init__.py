@@ -1,4 +1,4 @@
-"""Calibration and evaluation text: named datasets and local files, and the token ids drawn from them."""
+"""Calibration and evaluation text (named datasets, local files) and the token ids drawn from it."""
 
 from prunectl.data.sources import NAMED, calibration_style, load_texts, render_alpaca
 from prunectl.data.tokens import calibration_tokens, encode, evaluation_tokens

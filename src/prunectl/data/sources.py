@@ -114,7 +114,9 @@ def load_texts(dataset: str, split: str | None = None, *, kind: Kind = "calibrat
     if not path.is_file():
         raise UserError(f"dataset file {path} does not exist; use {ACCEPTED}")
     if split not in (None, "train"):
-        raise UserError(f"dataset file {path} has a single split; leave split unset (got '{split}')")
+        raise UserError(
+            f"dataset file {path} has a single split; leave split unset (got '{split}')"
+        )
     from datasets import load_dataset
 
     builder = LOCAL_SUFFIXES[path.suffix.lower()]
@@ -209,7 +211,8 @@ def _rows_to_texts(rows, source: str) -> list[str]:
             return [t for t in rows[name] if t is not None]
     if all(name in columns for name in ALPACA_FIELDS):
         inputs = rows["input"] if "input" in columns else [None] * len(rows)
-        return [render_alpaca(i, x, o) for i, x, o in zip(rows["instruction"], inputs, rows["output"])]
+        records = zip(rows["instruction"], inputs, rows["output"])
+        return [render_alpaca(i, x, o) for i, x, o in records]
     raise UserError(
         f"{source} has no text field (columns: {', '.join(columns) or 'none'}); "
         f"expected 'text', 'sentence', or alpaca 'instruction'/'input'/'output'"

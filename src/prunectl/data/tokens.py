@@ -55,7 +55,9 @@ def calibration_tokens(
     sampled rows fill.  ``style`` overrides the dataset's convention.
     """
     if nsamples < 1 or seqlen < 1:
-        raise UserError(f"calibration needs nsamples >= 1 and seqlen >= 1, got {nsamples}, {seqlen}")
+        raise UserError(
+            f"calibration needs nsamples >= 1 and seqlen >= 1, got {nsamples} and {seqlen}"
+        )
     style = style or calibration_style(dataset)
     texts = load_texts(dataset, split, kind="calibration")
     if style == "rows":

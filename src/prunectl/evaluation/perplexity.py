@@ -40,7 +40,9 @@ def token_nll_sum(
     as transformers' loss does.  Labels equal to -100 are ignored.  Returns float64 [b].
     """
     if hidden.shape[:2] != labels.shape:
-        raise ValueError(f"hidden {tuple(hidden.shape)} does not match labels {tuple(labels.shape)}")
+        raise ValueError(
+            f"hidden {tuple(hidden.shape)} does not match labels {tuple(labels.shape)}"
+        )
     rows, length = labels.shape
     sums = torch.zeros(rows, dtype=torch.float64, device=hidden.device)
     targets = labels[:, 1:].to(hidden.device)
