@@ -122,13 +122,14 @@ def test_unknown_importance_is_rejected_by_the_schema():
         parse_method_config({"name": "taylor", "importance": "element3"})
 
 
-@pytest.mark.parametrize("family", ["llama", "phi3"])
-def test_plan_applies_and_removes_the_estimated_parameters(family):
+@pytest.mark.parametrize(("family", "scope"), [("llama", "block"), ("phi3", "block"),
+                                             ("qwen2", "channel")])
+def test_plan_applies_and_removes_the_estimated_parameters(family, scope):
     from prunectl.modeling.surgery import apply_plan
 
     model = tiny_model(family, num_hidden_layers=5)
     x = torch.randint(4, 260, (4, 16), generator=torch.Generator().manual_seed(0))
-    m = method(importance="element1", layer_start=1, layer_end=4)
+    m = method(importance="element1", layer_start=1, layer_end=4, scope=scope)
     plan = m.search(run_with(0.2), model, x, m.score(run_with(0.2), model, x, {}))
     before = count_parameters(model)["total"]
     pruned = apply_plan(model, plan)
