@@ -47,7 +47,7 @@ def corpus(tmp_path) -> Path:
 def recover_run(**cfg) -> SimpleNamespace:
     config = RecoverConfig(**cfg)
     return SimpleNamespace(recipe=SimpleNamespace(recover=config), device=torch.device("cpu"),
-                           dtype=torch.float32, ui=SILENT)
+                           dtype=torch.float32, ui=SILENT, force=False)
 
 
 def text_run(corpus: Path, **overrides) -> SimpleNamespace:
@@ -115,6 +115,12 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(pruned_dir, corpus, tmp_
     straight_adapter = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
     for name, tensor in straight_adapter.items():
         torch.testing.assert_close(resumed_adapter[name], tensor, rtol=1e-4, atol=1e-6)
+
+    # other inputs: the old checkpoints are not resumed but replaced
+    changed = text_run(corpus, max_steps=2, save_steps=2, learning_rate=1e-3)
+    again = run_recovery(changed, pruned_dir, out)
+    assert again["resumed_from_step"] is None and again["steps"] == 2
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2"]
 
 
 def test_alpaca_examples_mask_the_prompt_and_end_with_eos():

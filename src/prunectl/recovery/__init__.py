@@ -5,6 +5,8 @@ under ``out_dir`` (``recovered/`` of the project):
 
 - ``checkpoints/``: the Trainer's checkpoints every ``save_steps``; a killed run resumes from the
   last one (global step, optimizer, scheduler and data order continue);
+- ``inputs.json``: the ``recover`` section and the source model's files (name, size, mtime) the
+  checkpoints were made from; when they differ (or with ``--force``) training starts afresh;
 - ``eval_before.json``: validation loss of the pruned model, measured once;
 - ``adapter/``: the LoRA adapter alone (peft format), for users who keep it separate;
 - ``model/``: the merged model (``merge_and_unload``), saved with ``save_model``;
@@ -54,6 +56,28 @@ def _tokenizer(directory: Path):
     return tokenizer
 
 
+def _inputs(run: RunContext, source_dir: Path) -> dict:
+    files = sorted(p for p in Path(source_dir).rglob("*") if p.is_file())
+    return {
+        "recover": run.recipe.recover.model_dump(mode="json"),
+        "source": [[p.relative_to(source_dir).as_posix(), p.stat().st_size, p.stat().st_mtime_ns]
+                   for p in files],
+    }
+
+
+def _start_or_resume(run: RunContext, source_dir: Path, out_dir: Path) -> None:
+    """Keep the checkpoints only if they were made from the same inputs, and not under --force."""
+    inputs, record = _inputs(run, source_dir), out_dir / "inputs.json"
+    stale = record.exists() and read_json(record) != inputs
+    if (run.force or stale) and (out_dir / "checkpoints").exists():
+        run.ui.warn(f"recover: {'--force' if run.force else 'inputs changed'}: training afresh, "
+                    f"removing {out_dir / 'checkpoints'}")
+        shutil.rmtree(out_dir / "checkpoints")
+    if run.force or stale:
+        (out_dir / "eval_before.json").unlink(missing_ok=True)
+    write_json(record, inputs)
+
+
 def run_recovery(
     run: RunContext, source_dir: Path, out_dir: Path, callbacks: Sequence[Any] = ()
 ) -> dict:
@@ -71,6 +95,7 @@ def run_recovery(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _start_or_resume(run, Path(source_dir), out_dir)
     tokenizer = _tokenizer(source_dir)
     train_set, val_set = build_examples(cfg, tokenizer)
     run.ui.info(f"recover: {len(train_set)} training and {len(val_set)} validation examples")
