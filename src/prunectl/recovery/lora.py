@@ -176,11 +176,13 @@ def train(trainer, ui: UI = SILENT) -> dict:
     result = trainer.train(resume_from_checkpoint=resume)
     state = trainer.state
     has_eval = trainer.eval_dataset is not None
+    resumed_step = int(Path(resume).name.split("-")[-1]) if resume else None
     return {
-        "train_loss": result.training_loss,
+        # mean over the steps this process trained; None when a finished run was only reloaded
+        "train_loss": result.training_loss if state.global_step > (resumed_step or 0) else None,
         "eval_loss_after": state.best_metric if has_eval else None,
         "eval_losses": [log["eval_loss"] for log in state.log_history if "eval_loss" in log],
         "steps": state.global_step,
-        "resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else None,
+        "resumed_from_step": resumed_step,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
     }
