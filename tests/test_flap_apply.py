@@ -51,3 +51,26 @@ def test_width_plan_applies_saves_and_reloads(tmp_path, family, name, options):
     reloaded = load_project_model(tmp_path / "pruned", torch.device("cpu"), torch.float32)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(tokens).logits, pruned(tokens).logits)
+
+
+def test_min_kept_zero_may_empty_a_module_and_counts_what_goes(tmp_path):
+    model = tiny_model("llama", num_attention_heads=8, num_key_value_heads=4)
+    tokens = torch.randint(4, 260, (6, 32), generator=torch.Generator().manual_seed(4))
+    method = create_method(parse_method_config({"name": "flap", "min_kept": 0}))
+    run = SimpleNamespace(
+        recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=4),
+                               target=SimpleNamespace(params_ratio=0.7, blocks=None)),
+        ui=SILENT,
+    )
+    stats = method.statistics(run, model, tokens)
+    scores = method.score(run, model, tokens, stats)
+    scores["layers.2.heads"] -= 100.0  # make layer 2's heads the weakest by far
+    plan = method.search(run, model, tokens, scores)
+    assert plan.layers[2].attention is False and plan.layers[2].q_heads is None
+    assert plan.achieved["query_heads_removed"] >= 8
+    total = count_parameters(model)["total"]
+    pruned = method.apply(run, model, plan, stats)
+    assert total - count_parameters(pruned)["total"] == plan.achieved["params_removed"]
+    assert Adapter(pruned).attention(2) is None and Adapter(pruned).mlp(2) is not None
+    with torch.no_grad():
+        assert torch.isfinite(pruned(tokens).logits).all()

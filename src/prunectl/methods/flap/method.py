@@ -20,7 +20,7 @@ from prunectl.methods.flap.collect import collect_statistics, stat_key
 from prunectl.methods.flap.compensation import compensation_bias
 from prunectl.methods.flap.metrics import channel_metric, layer_scores
 from prunectl.methods.flap.structure import LayerScores, Selection, select
-from prunectl.methods.plan import Plan
+from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.methods.width_common import layer_plan, layer_shape, removed_o_channels
 from prunectl.modeling.adapters import Adapter
 
@@ -40,8 +40,9 @@ class _WidthConfig(MethodConfig):
     head_unit: HeadUnitOpt = "kv_group"
     #: head units removed model-wide by UL-MM / AL-MM (default: the same parameter share as MLPs)
     remove_heads: int | None = Field(None, ge=0)
-    #: head units and channels every layer keeps (the reference can empty a module)
-    min_kept: int = Field(1, ge=1)
+    #: head units and channels every layer keeps; 0 lets a module empty, which removes that
+    #: residual block (and its norm) as the reference's masking effectively does
+    min_kept: int = Field(1, ge=0)
 
 
 class FlapConfig(_WidthConfig):
@@ -121,15 +122,16 @@ class _WidthMethod(Method):
         counts = count_parameters(model)
         layers = self._layer_scores(adapter, scores)
         target = ratio * counts["total"]
-        added = 0  # compensation biases the pruned modules gain count against the removal
-        for _ in range(3):  # settles at once unless the added biases shift the cut
-            selection = select(self.config.structure, layers, target + added,
+        offset = 0  # compensation biases gained minus norms of emptied blocks, against the cut
+        for _ in range(3):  # settles at once unless those shift the cut
+            selection = select(self.config.structure, layers, target + offset,
                                self.config.remove_heads, self.config.min_kept)
             plan = self._plan(layers, selection)
-            if self._added_bias(adapter, plan) == added:
+            added, extra = self._added_bias(adapter, plan), self._emptied_extra(adapter, plan)
+            if added - extra == offset:
                 break
-            added = self._added_bias(adapter, plan)
-        self._report(plan, layers, selection, counts, ratio, added)
+            offset = added - extra
+        self._report(plan, layers, selection, counts, ratio, added, extra)
         return plan
 
     def _plan(self, layers: dict[int, LayerScores], selection: Selection) -> Plan:
@@ -137,9 +139,26 @@ class _WidthMethod(Method):
         for i, layer in layers.items():
             lp = layer_plan(layer.shape, layer.heads, selection.heads.get(i, []),
                             selection.channels.get(i, []))
-            if lp.q_heads is not None or lp.mlp_channels is not None:
+            if lp.q_heads == []:  # emptied (min_kept 0): the whole attention block goes
+                lp = lp.model_copy(update={"attention": False, "q_heads": None, "kv_heads": None})
+            if lp.mlp_channels == []:
+                lp = lp.model_copy(update={"mlp": False, "mlp_channels": None})
+            if lp != LayerPlan():
                 plan.layers[i] = lp
         return plan
+
+    @staticmethod
+    def _emptied_extra(adapter: Adapter, plan: Plan) -> int:
+        """Parameters an emptied block takes with it beyond its units: its norm and output bias."""
+        extra = 0
+        for i, lp in plan.layers.items():
+            for gone, norm, out in ((not lp.attention, adapter.input_norm(i), adapter.o_proj(i)),
+                                    (not lp.mlp, adapter.post_attention_norm(i),
+                                     adapter.down_proj(i))):
+                if gone:
+                    extra += sum(p.numel() for p in norm.parameters())
+                    extra += 0 if out.bias is None else out.bias.numel()
+        return extra
 
     def _added_bias(self, adapter: Adapter, plan: Plan) -> int:
         """Parameters compensation adds: a bias on each pruned o_proj / down_proj lacking one."""
@@ -162,12 +181,17 @@ class _WidthMethod(Method):
             layers[i] = LayerScores(shape, scores[f"layers.{i}.heads"], scores[f"layers.{i}.channels"])
         return layers
 
-    def _report(self, plan: Plan, layers, selection: Selection, counts, ratio, added) -> None:
-        removed = selection.params - added
-        heads = sum(len(lp.q_heads) for lp in plan.layers.values() if lp.q_heads is not None)
-        dense_heads = sum(layers[i].shape.num_heads for i in plan.layers if plan.layers[i].q_heads)
-        kv = sum(len(lp.kv_heads) for lp in plan.layers.values() if lp.kv_heads is not None)
-        dense_kv = sum(layers[i].shape.num_kv_heads for i in plan.layers if plan.layers[i].kv_heads)
+    def _report(self, plan: Plan, layers, selection: Selection, counts, ratio, added,
+                extra) -> None:
+        removed = selection.params - added + extra
+        q_gone = kv_gone = 0
+        for i, lp in plan.layers.items():
+            shape = layers[i].shape
+            q_kept = 0 if not lp.attention else shape.num_heads if lp.q_heads is None else len(lp.q_heads)
+            kv_kept = 0 if not lp.attention else (
+                shape.num_kv_heads if lp.kv_heads is None else len(lp.kv_heads))
+            q_gone += shape.num_heads - q_kept
+            kv_gone += shape.num_kv_heads - kv_kept
         plan.achieved = {
             "params_total": counts["total"],
             "params_non_embedding": counts["non_embedding"],
@@ -178,8 +202,8 @@ class _WidthMethod(Method):
             "structure": self.config.structure,
             "head_unit": self.config.head_unit,
             "head_units_removed": sum(len(v) for v in selection.heads.values()),
-            "query_heads_removed": dense_heads - heads,
-            "kv_heads_removed": dense_kv - kv,
+            "query_heads_removed": q_gone,
+            "kv_heads_removed": kv_gone,
             "mlp_channels_removed": sum(len(v) for v in selection.channels.values()),
             "bias_params_added": added,
         }
@@ -195,7 +219,7 @@ class _WidthMethod(Method):
             plan.notes.append(
                 f"removed {removed / counts['total']:.4f} of the parameters for target {ratio}: "
                 f"{self.config.structure} moves in head units of up to {largest:,} parameters and "
-                "keeps at least one unit per module"
+                f"keeps at least {self.config.min_kept} unit(s) per module"
             )
 
     # --- apply ------------------------------------------------------------------------------
