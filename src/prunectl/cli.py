@@ -11,7 +11,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +20,7 @@ import typer
 
 from prunectl import __version__
 from prunectl.errors import UserError
+from prunectl.io import restore, snapshot
 from prunectl.ui import UI
 
 app = typer.Typer(
@@ -95,41 +96,56 @@ def _common(project, recipe, sets, device, dtype, force, json_output, quiet) -> 
 @contextmanager
 def session(opts: Common) -> Iterator[Any]:
     """Lock the project, resolve and pin the recipe, pick device and dtype: the run context."""
+    from prunectl import distributed
     from prunectl.context import RunContext
-    from prunectl.io import restore, snapshot
     from prunectl.modeling.loading import resolve_device, resolve_dtype
     from prunectl.project import Project
     from prunectl.recipe import load_recipe
 
-    ui = UI(quiet=opts.quiet, json_output=opts.json_output)
-    if opts.quiet:
+    dist = distributed.current()
+    quiet = opts.quiet or not dist.is_main  # one voice under torchrun
+    ui = UI(quiet=quiet, json_output=opts.json_output)
+    if quiet:
         _silence_libraries()
     project = Project(opts.project)
-    with project.lock() as note:
+    with project.lock() if dist.is_main else nullcontext() as note:
         if note:
             ui.warn(note)
-        pinned = project.pinned_recipe()
-        if opts.recipe is None and pinned is None:
-            raise UserError(
-                f"{opts.project} has no recipe yet; pass one with -r/--recipe (see recipes/)"
-            )
-        sets = opts.sets + ([f"model.dtype={opts.dtype}"] if opts.dtype else [])
-        recipe, resolved = load_recipe(opts.recipe, sets, pinned=pinned)
-        if resolved != pinned:
-            _preflight(recipe)
-        before = snapshot([project.path("recipe.yaml"), project.path("recipe.previous.yaml"),
-                           project.state_file])
-        changed = project.pin_recipe(resolved)
-        if changed and pinned is not None:
-            ui.warn(f"recipe changed ({', '.join(changed)}); steps that read it will re-run")
+        if dist.is_main:
+            recipe, rollback = _pin(project, opts, ui)
+        dist.barrier()
+        if not dist.is_main:  # the other ranks take the recipe rank 0 pinned
+            recipe, _ = load_recipe(None, [], pinned=project.pinned_recipe())
+            rollback = {}
         device = resolve_device(opts.device or recipe.model.device)
         dtype = resolve_dtype(recipe.model.dtype, device)
         try:
-            yield RunContext(project, recipe, device, dtype, ui=ui, force=opts.force)
+            yield RunContext(project, recipe, device, dtype, ui=ui, force=opts.force, dist=dist)
         except UserError:
-            if snapshot([project.state_file]) == {project.state_file: before[project.state_file]}:
-                restore(before)  # nothing ran with the new recipe: keep the old one pinned
+            state = project.state_file
+            if rollback and snapshot([state]) == {state: rollback[state]}:
+                restore(rollback)  # nothing ran with the new recipe: keep the old one pinned
             raise
+
+
+def _pin(project, opts: Common, ui: UI):
+    """Resolve the recipe (file or pinned copy, plus overrides), check it, pin it; returns it
+    with the bookkeeping files as they were, to put back if the command then fails."""
+    from prunectl.recipe import load_recipe
+
+    pinned = project.pinned_recipe()
+    if opts.recipe is None and pinned is None:
+        raise UserError(f"{opts.project} has no recipe yet; pass one with -r/--recipe (see recipes/)")
+    sets = opts.sets + ([f"model.dtype={opts.dtype}"] if opts.dtype else [])
+    recipe, resolved = load_recipe(opts.recipe, sets, pinned=pinned)
+    if resolved != pinned:
+        _preflight(recipe)
+    before = snapshot([project.path("recipe.yaml"), project.path("recipe.previous.yaml"),
+                       project.state_file])
+    changed = project.pin_recipe(resolved)
+    if changed and pinned is not None:
+        ui.warn(f"recipe changed ({', '.join(changed)}); steps that read it will re-run")
+    return recipe, before
 
 
 def _preflight(recipe) -> None:

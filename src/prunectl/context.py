@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from prunectl.distributed import Distributed
 from prunectl.ui import SILENT, UI
 
 if TYPE_CHECKING:
@@ -26,3 +27,5 @@ class RunContext:
     force: bool = False
     #: models loaded in this process, by role ("dense", "pruned", ...), so `run` loads each once
     models: dict[str, Any] = field(default_factory=dict)
+    #: this process's rank under torchrun; only rank 0 writes project files
+    dist: Distributed = field(default_factory=Distributed)

@@ -171,22 +171,28 @@ class Adapter:
         return MlpWeights(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
 
     # --- running single residual blocks (block search, layer-wise calibration) ---------------
+    def attention_type(self, i: int) -> str:
+        """``full_attention`` or ``sliding_attention``, as the family's own model decides."""
+        from prunectl.modeling.modeling_prunectl import layer_type
+
+        return getattr(self.layers[i], "attention_type", None) or layer_type(self.config, i)
+
     def block_inputs(self, hidden: torch.Tensor) -> dict[str, Any]:
-        """Keyword arguments every block of this model needs for ``hidden`` ([batch, seq, dim]):
-        rotary position embeddings and the causal mask, computed once per batch shape."""
-        from transformers.masking_utils import create_causal_mask
+        """What every block of this model needs for ``hidden`` ([batch, seq, dim]): rotary
+        position embeddings and the causal masks (full and, where layers use one, sliding),
+        computed once per batch shape."""
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
         seq = hidden.shape[1]
         position_ids = torch.arange(seq, device=hidden.device).unsqueeze(0)
-        mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=hidden,
-            attention_mask=None,
-            past_key_values=None,
-            position_ids=position_ids,
-        )
+        mask_args = dict(config=self.config, inputs_embeds=hidden, attention_mask=None,
+                         past_key_values=None, position_ids=position_ids)
+        types = {self.attention_type(i) for i in range(self.num_layers)}
+        masks = {"full_attention": create_causal_mask(**mask_args)}
+        if "sliding_attention" in types:
+            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
         return {
-            "attention_mask": mask,
+            "masks": masks,
             "position_ids": position_ids,
             "position_embeddings": self.decoder.rotary_emb(hidden, position_ids=position_ids),
         }
@@ -196,7 +202,12 @@ class Adapter:
         attn = self.attention(i)
         if attn is None:
             return hidden
-        out, _ = attn(hidden_states=self.input_norm(i)(hidden), **inputs)
+        out, _ = attn(
+            hidden_states=self.input_norm(i)(hidden),
+            attention_mask=inputs["masks"][self.attention_type(i)],
+            position_ids=inputs["position_ids"],
+            position_embeddings=inputs["position_embeddings"],
+        )
         return hidden + out
 
     def mlp_block(self, i: int, hidden: torch.Tensor) -> torch.Tensor:

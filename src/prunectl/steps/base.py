@@ -50,6 +50,8 @@ def execute(
     later whether the step is stale.
     """
     project = run.project
+    main = run.dist.is_main
+    run.dist.barrier()  # every rank sees the state rank 0 left
     fingerprint = project.fingerprint(step, *key(run, **options))
     if not run.force and project.is_up_to_date(step, fingerprint):
         record = project.record(step) or {}
@@ -57,14 +59,18 @@ def execute(
         return StepResult(step, "up-to-date", record.get("summary", {}))
     run.ui.info(f"[bold]{step}[/] …")
     before = snapshot([project.state_file])
-    project.start(step, fingerprint)
+    if main:
+        project.start(step, fingerprint)
     started = time.perf_counter()
     try:
         outcome = body()
     except UserError:
-        restore(before)  # bad input: the step's last good record still stands
+        if main:
+            restore(before)  # bad input: the step's last good record still stands
         raise
     except BaseException as error:  # KeyboardInterrupt too: the record must say it stopped
+        if not main:
+            raise
         log = project.path("logs", f"{step}.log")
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(traceback.format_exc())
@@ -72,14 +78,17 @@ def execute(
         raise
     seconds = time.perf_counter() - started
     summary = {**outcome.summary, "options": options} if options else outcome.summary
-    project.finish(step, fingerprint, outcome.outputs, summary, seconds)
+    run.dist.barrier()  # rank 0's files are complete before anyone reads them
+    if main:
+        project.finish(step, fingerprint, outcome.outputs, summary, seconds)
     run.ui.info(f"[green]{step}: done[/] in {seconds:.1f}s")
     return StepResult(step, "done", outcome.summary, seconds)
 
 
 def skip(run: RunContext, step: str, reason: str) -> StepResult:
     """Mark a step that does not apply to this recipe (e.g. ``recover`` without its section)."""
-    run.project.mark_skipped(step, reason)
+    if run.dist.is_main:
+        run.project.mark_skipped(step, reason)
     run.ui.info(f"[dim]{step}: skipped ({reason})[/]")
     return StepResult(step, "skipped", {"reason": reason})
 

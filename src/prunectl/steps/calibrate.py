@@ -30,18 +30,21 @@ def calibrate(run: RunContext) -> StepResult:
             tokens = calibration_tokens(
                 tokenizer, cfg.dataset, cfg.split, cfg.nsamples, cfg.seqlen, cfg.seed
             )
-            save_tensors(artifacts.path(run, artifacts.TOKENS), {"input_ids": tokens})
+            if run.dist.is_main:
+                save_tensors(artifacts.path(run, artifacts.TOKENS), {"input_ids": tokens})
             outputs.append(artifacts.path(run, artifacts.TOKENS))
             summary.update(windows=tokens.shape[0], seqlen=tokens.shape[1], seed=cfg.seed)
             if method.uses_statistics:
                 stats = method.statistics(run, model, tokens.to(run.device))
-                save_tensors(artifacts.path(run, artifacts.STATS), stats)
+                if run.dist.is_main:
+                    save_tensors(artifacts.path(run, artifacts.STATS), stats)
                 outputs.append(artifacts.path(run, artifacts.STATS))
                 summary["statistics"] = len(stats)
         else:
             summary["note"] = f"{method.name} needs no calibration data"
         meta = artifacts.path(run, ("calibration", "meta.json"))
-        write_json(meta, {"dataset": cfg.dataset, "split": cfg.split, **summary})
+        if run.dist.is_main:
+            write_json(meta, {"dataset": cfg.dataset, "split": cfg.split, **summary})
         outputs.append(meta)
         return StepOutcome(outputs, summary)
 

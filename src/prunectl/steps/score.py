@@ -30,9 +30,10 @@ def score(run: RunContext) -> StepResult:
         model, _ = artifacts.dense_model(run)
         tokens = artifacts.calibration_tokens(run).to(run.device)
         scores = method.score(run, model, tokens, artifacts.statistics(run))
-        save_tensors(artifacts.path(run, artifacts.SCORES), scores)
         summary_file = artifacts.path(run, ("scores", "summary.json"))
-        write_json(summary_file, _summarise(scores))
+        if run.dist.is_main:
+            save_tensors(artifacts.path(run, artifacts.SCORES), scores)
+            write_json(summary_file, _summarise(scores))
         return StepOutcome(
             [artifacts.path(run, artifacts.SCORES), summary_file], {"scored": len(scores)}
         )

@@ -42,12 +42,15 @@ def search(run: RunContext) -> StepResult:
     method = create_method(run.recipe.method)
 
     def body() -> StepOutcome:
-        _retire_foreign_progress(run)
+        if run.dist.is_main:
+            _retire_foreign_progress(run)
+        run.dist.barrier()
         model, _ = artifacts.dense_model(run)
         tokens = artifacts.calibration_tokens(run).to(run.device)
         plan = method.search(run, model, tokens, artifacts.scores(run))
         plan_file = artifacts.path(run, artifacts.PLAN)
-        write_json(plan_file, plan.model_dump(mode="json"))
+        if run.dist.is_main:
+            write_json(plan_file, plan.model_dump(mode="json"))
         outputs = [plan_file]
         if artifacts.path(run, artifacts.PROGRESS).exists():
             outputs.append(artifacts.path(run, artifacts.PROGRESS))
