@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from prunectl import distributed
 from prunectl.errors import UserError
 from prunectl.ui import SILENT
 
@@ -79,7 +80,9 @@ def perplexity(
 
     ``model`` is any causal LM with ``.model`` (the decoder, returning normed last hidden
     states) and ``.lm_head``: every supported family and the pruned classes.  ``max_windows``
-    keeps the first windows only (a quick figure, recorded as such).
+    keeps the first windows only (a quick figure, recorded as such).  Under ``torchrun`` each
+    rank scores every ``world_size``-th batch and the float64 NLL sums are added over ranks, so
+    every rank returns the dict a single process computes (up to float64 summation order).
     """
     if tokens.dim() != 1:
         raise ValueError(f"expected a 1-D token stream, got shape {tuple(tokens.shape)}")
@@ -94,7 +97,8 @@ def perplexity(
     windows = available if max_windows is None else min(available, max_windows)
     stream = tokens[: windows * seqlen].view(windows, seqlen)
     device = _device(model)
-    batches = [stream[i : i + batch_size] for i in range(0, windows, batch_size)]
+    group = distributed.current()
+    batches = group.shard([stream[i : i + batch_size] for i in range(0, windows, batch_size)])
     total = torch.zeros((), dtype=torch.float64, device=device)
     ui = ui or SILENT
     with torch.inference_mode():
@@ -103,7 +107,7 @@ def perplexity(
             hidden = model.model(input_ids=batch, use_cache=False).last_hidden_state
             total += token_nll_sum(hidden, None, model.lm_head, batch, chunk_tokens).sum()
     scored = windows * (seqlen - 1)
-    nll = total.item() / scored
+    nll = group.sum(total).item() / scored
     return {
         "perplexity": math.exp(nll),
         "nll": nll,

@@ -3,7 +3,8 @@
 ``score`` computes the first greedy step (every candidate's single-removal perplexity and the
 dense perplexity); ``search`` reuses it as decision 1 instead of recomputing it, replays the
 decisions already in ``search/progress.jsonl`` and appends each new one as soon as it is made,
-so a killed search resumes where it stopped.
+so a killed search resumes where it stopped.  Under ``torchrun`` every rank searches (the
+engine splits each step's candidates) and only rank 0 reads and appends the progress file.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from prunectl import distributed
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.block.candidates import candidate_names
@@ -92,17 +94,24 @@ class BlockMethod(Method):
         adapter, names, params, settings = self._setup(model)
         target = resolve_target(run.recipe.target, names, params, "block")
         progress_file = run.project.path("search", "progress.jsonl")
-        previous = read_jsonl(progress_file) if progress_file.exists() else []
+        group = distributed.current()
+        # rank 0 reads and alone appends; the others take its records, so no rank sees a torn file
+        previous = read_jsonl(progress_file) if group.is_main and progress_file.exists() else []
+        previous = group.broadcast_object(previous)
         if not previous:
             first = first_decision(scores, names, params)
             if first is not None:
-                append_jsonl(progress_file, first)
+                if group.is_main:
+                    append_jsonl(progress_file, first)
                 previous = [first]
+
+        def record(decision: dict) -> None:
+            if group.is_main:
+                append_jsonl(progress_file, decision)
+
         result = block_search(
             model, tokens, names, target, params, settings,
-            previous=previous,
-            on_decision=lambda record: append_jsonl(progress_file, record),
-            progress=run.ui.progress,
+            previous=previous, on_decision=record, progress=run.ui.progress,
         )
         dense = {"perplexity": result.decisions[0].get("dense_perplexity")}
         return plan_from_decisions("block", result.decisions, target, adapter.num_layers, params,

@@ -17,6 +17,13 @@ windows (the reference averages per-window mean NLLs, the same for equal-length 
 also drops tokens equal to the pad id, which we do not); ties resolve to the first candidate in
 the canonical order (see ``candidates``) whatever order they were evaluated in; whole decoder
 layers (``layer``) are an extra unit type, as in SLEB / Shortened LLaMA.
+
+Under ``torchrun`` each step's candidates are split across ranks (the prefix cache is rebuilt on
+every rank, which all need it).  Early stopping stays exact: a candidate abandoned on rank r
+exceeded a finished candidate's total on rank r, so it cannot be the global minimum.  The ranks'
+scores are gathered and every rank picks the same winner by the same (total, canonical index)
+rule, so the decision records are identical; only which candidates carry ``lower_bound`` depends
+on the number of ranks, and ``seconds`` is the slowest rank's time.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any
 
 import torch
 
+from prunectl import distributed
 from prunectl.errors import UserError
 from prunectl.methods.block.cache import BoundaryCache, CachePlan, plan_cache
 from prunectl.methods.block.candidates import unit_span
@@ -174,7 +182,8 @@ def block_search(
             start, end = unit_span(record["removed"], num_layers)
             removed.update(range(start, end))
             steps += 1
-            if cache is not None and remaining and not target.reached(decisions):
+            more = remaining and not target.reached(decisions) and steps != max_steps
+            if cache is not None and more:
                 cache.rebuild(removed, start)
     if not target.reached(decisions) and not remaining and max_steps is None:
         result.notes.append(
@@ -195,7 +204,9 @@ def _search_step(runner, cache, removed, remaining, candidates, decisions, setti
     started = time.perf_counter()
     step = _Step(runner, cache, removed)
     index = {c: i for i, c in enumerate(candidates)}
-    ordered = _order(remaining, candidates, decisions, settings.candidates_order)
+    group = distributed.current()
+    # a strided share of the ordered list, so each rank starts with its most promising candidates
+    ordered = group.shard(_order(remaining, candidates, decisions, settings.candidates_order))
     if progress is not None:
         ordered = progress(ordered, total=len(ordered), description=f"step {len(decisions) + 1}")
     best: tuple[float, int, str] | None = None
@@ -206,6 +217,9 @@ def _search_step(runner, cache, removed, remaining, candidates, decisions, setti
         scores[name] = {"ppl": math.exp(total / runner.predicted_tokens), "lower_bound": stopped}
         if not stopped and (best is None or (total, index[name]) < best[:2]):
             best = (total, index[name], name)
+    shares = group.gather_objects((scores, best, time.perf_counter() - started))
+    scores = {name: score for share in shares for name, score in share[0].items()}
+    best = min(share[1] for share in shares if share[1] is not None)
     chosen = best[2]
     removed_params = sum(params.per_candidate[d["removed"]] for d in decisions)
     removed_params += params.per_candidate[chosen]
@@ -217,5 +231,5 @@ def _search_step(runner, cache, removed, remaining, candidates, decisions, setti
         "params_ratio": removed_params / params.total,
         "params_ratio_non_embedding": removed_params / params.non_embedding,
         "scores": {c: scores[c] for c in sorted(scores, key=index.__getitem__)},
-        "seconds": time.perf_counter() - started,
+        "seconds": max(share[2] for share in shares),
     }

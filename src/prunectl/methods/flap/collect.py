@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from prunectl import distributed
 from prunectl.methods.flap.statistics import RunningMoments
 from prunectl.modeling.adapters import Adapter
 from prunectl.ui import SILENT, UI
@@ -25,9 +26,15 @@ def stat_key(i: int, module: str) -> str:
 def collect_statistics(
     adapter: Adapter, tokens: torch.Tensor, batch_size: int, ui: UI = SILENT
 ) -> dict[str, torch.Tensor]:
-    """Moments of every layer's ``o_proj`` and ``down_proj`` inputs over all calibration tokens."""
+    """Moments of every layer's ``o_proj`` and ``down_proj`` inputs over all calibration tokens.
+
+    Under ``torchrun`` each rank runs every ``world_size``-th window and the moments are merged
+    across ranks after each layer (:meth:`RunningMoments.merge_ranks`).
+    """
+    group = distributed.current()
+    tokens = tokens[list(group.shard_range(tokens.shape[0]))]
     batches = [slice(s, s + batch_size) for s in range(0, tokens.shape[0], batch_size)]
-    hidden = torch.cat([adapter.embed_tokens(tokens[b]) for b in batches])
+    hidden = adapter.embed_tokens(tokens)  # a rank may hold no window; it still joins the merges
     block_inputs: dict[tuple, dict] = {}  # rotary tables and mask, once per batch shape
     stats: dict[str, torch.Tensor] = {}
     for i in ui.progress(range(adapter.num_layers), total=adapter.num_layers,
@@ -51,6 +58,7 @@ def collect_statistics(
             for handle in handles:
                 handle.remove()
         for name, m in moments.items():
+            m.merge_ranks(group)
             stats.update(m.as_dict(stat_key(i, name)))
     return stats
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from prunectl.distributed import Distributed
+
 
 class RunningMoments:
     """Count, mean, sum of squared deviations (M2) and sum of squares per channel."""
@@ -36,6 +38,24 @@ class RunningMoments:
         self.m2 += batch_m2 + delta.pow(2) * (self.count * n / total)
         self.sumsq += x.pow(2).sum(dim=0)
         self.count = total
+
+    def merge_ranks(self, group: Distributed) -> None:
+        """Combine every rank's moments in place (Chan's merge written as two float64 sums).
+
+        The global mean is ``sum(n_r * mean_r) / N``; the global M2 is ``sum(M2_r + n_r *
+        (mean_r - mean)**2)``, which is Chan's pairwise update unrolled over ranks: no
+        ``sumsq - N * mean**2`` cancellation.  Every rank gets bit-identical results (the same
+        all-reduce); against one process they differ only in float64 summation order.
+        """
+        if not group.enabled:
+            return
+        counts = group.sum(torch.tensor([float(self.count)], dtype=torch.float64,
+                                        device=self.mean.device))
+        total = int(counts.item())
+        mean = group.sum(self.mean * self.count) / max(total, 1)
+        self.m2 = group.sum(self.m2 + (self.mean - mean).pow(2) * self.count)
+        self.sumsq = group.sum(self.sumsq)
+        self.mean, self.count = mean, total
 
     @property
     def var(self) -> torch.Tensor:

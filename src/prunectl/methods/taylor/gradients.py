@@ -18,6 +18,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from prunectl import distributed
 from prunectl.ui import SILENT, UI
 
 
@@ -63,7 +64,10 @@ def accumulate_gradients(
     ``store.grad`` ends as the gradient of the mean loss over all samples; ``store.fisher`` as the
     mean over samples of the squared per-sample gradient.  Only the stored parameters require
     gradients during the passes; every ``requires_grad`` flag and the train/eval mode are restored.
+    Under ``torchrun`` each rank takes every ``world_size``-th micro-batch (scaled by the global
+    ``n``) and the fp32 accumulators are summed over ranks, so every rank ends with the totals.
     """
+    group = distributed.current()
     n = tokens.shape[0]
     if store.fisher is not None:
         batch_size = 1
@@ -89,7 +93,7 @@ def accumulate_gradients(
         model.train()  # Hugging Face models checkpoint only in training mode
     total = 0.0
     try:
-        starts = range(0, n, batch_size)
+        starts = group.shard(range(0, n, batch_size))
         for start in ui.progress(starts, total=len(starts), description="gradients"):
             batch = tokens[start : start + batch_size]
             scale["value"] = batch.shape[0] / n
@@ -105,4 +109,6 @@ def accumulate_gradients(
         for name, p in model.named_parameters():
             p.requires_grad_(flags[name])
             p.grad = None
-    return total / n
+    for acc in list(store.grad.values()) + list((store.fisher or {}).values()):
+        acc.copy_(group.sum(acc))
+    return float(group.sum(torch.tensor([total], dtype=torch.float64))) / n
