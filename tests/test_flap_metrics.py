@@ -20,7 +20,7 @@ def z(x):
 
 
 def direct_channel_metric(metric, w, x):
-    """Written out from the FLAP paper / reference formulas, on raw activations ``x`` [tokens, in]."""
+    """Written out from the FLAP paper / reference formulas, on activations ``x`` [tokens, in]."""
     w = w.detach().double()
     if metric == "IFV":
         return x.var(0)
@@ -49,7 +49,8 @@ def test_scores_match_direct_computation(family, name, options):
     model = tiny_model(family)
     tokens = torch.randint(4, 260, (4, 16), generator=torch.Generator().manual_seed(2))
     method = create_method(parse_method_config({"name": name, **options}))
-    run = SimpleNamespace(recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=3)), ui=SILENT)
+    run = SimpleNamespace(recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=3)),
+                          ui=SILENT)
     stats = method.statistics(run, model, tokens) if method.uses_statistics else {}
     scores = method.score(run, model, tokens, stats)
     acts = captured_inputs(model, tokens)
@@ -57,8 +58,9 @@ def test_scores_match_direct_computation(family, name, options):
     metric = options.get("metric", name)
     adaptive = method.config.structure.startswith("AL")
     for i in range(adapter.num_layers):
-        attn = direct_channel_metric(metric, adapter.o_proj(i).weight, acts[f"layers.{i}.o_proj"])
-        mlp = direct_channel_metric(metric, adapter.down_proj(i).weight, acts[f"layers.{i}.down_proj"])
+        o_w, down_w = adapter.o_proj(i).weight, adapter.down_proj(i).weight
+        attn = direct_channel_metric(metric, o_w, acts[f"layers.{i}.o_proj"])
+        mlp = direct_channel_metric(metric, down_w, acts[f"layers.{i}.down_proj"])
         if name == "flap":
             attn = attn**2  # FLAP squares the attention metric
         if adaptive:
@@ -66,8 +68,9 @@ def test_scores_match_direct_computation(family, name, options):
             mlp = z(mlp)
         else:
             heads = attn.reshape(adapter.num_heads(i), -1).sum(1)
-        torch.testing.assert_close(scores[f"layers.{i}.heads"].double(), heads, rtol=2e-3, atol=2e-4)
-        torch.testing.assert_close(scores[f"layers.{i}.channels"].double(), mlp, rtol=2e-3, atol=2e-4)
+        close = {"rtol": 2e-3, "atol": 2e-4}
+        torch.testing.assert_close(scores[f"layers.{i}.heads"].double(), heads, **close)
+        torch.testing.assert_close(scores[f"layers.{i}.channels"].double(), mlp, **close)
 
 
 def test_missing_statistics_is_a_user_error():

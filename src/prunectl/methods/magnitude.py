@@ -62,7 +62,8 @@ def group_importance(adapter: Adapter) -> dict[str, torch.Tensor]:
         for w in (a.o, m.down):  # these write them (rows)
             hidden_sum, members = hidden_sum + _sq_norms(w, 1), members + 1
         per_channel = (_sq_norms(a.q, 1) + _sq_norms(a.o, 0)) / 2
-        scores[f"layers.{i}.heads"] = per_channel.reshape(-1, adapter.head_dim).mean(1).float().cpu()
+        heads = per_channel.reshape(-1, adapter.head_dim).mean(1)
+        scores[f"layers.{i}.heads"] = heads.float().cpu()
         channels = (_sq_norms(m.gate, 1) + _sq_norms(m.up, 1) + _sq_norms(m.down, 0)) / 3
         scores[f"layers.{i}.channels"] = channels.float().cpu()
     hidden_sum, members = hidden_sum + _sq_norms(adapter.lm_head.weight, 0), members + 1
@@ -152,7 +153,8 @@ class MagnitudeMethod(Method):
         for i, s in enumerate(shapes):
             heads = scores[f"layers.{i}.heads"]
             unit_scores = torch.stack([heads[m].mean() for m in head_unit_members(s, heads)])
-            gone_units = sorted(unit_scores.argsort(stable=True)[: s.num_head_units - counts["head_units"]].tolist())
+            weakest = unit_scores.argsort(stable=True)[: s.num_head_units - counts["head_units"]]
+            gone_units = sorted(weakest.tolist())
             channel_scores = scores[f"layers.{i}.channels"]
             gone = channel_scores.argsort(stable=True)[: s.intermediate - counts["channels"]]
             lp = layer_plan(s, heads, gone_units, sorted(gone.tolist()))

@@ -178,7 +178,8 @@ class _WidthMethod(Method):
                     f"scores lack layer {i}; re-run `prunectl score --force` for this model"
                 )
             shape = layer_shape(adapter, i, self.config.head_unit)
-            layers[i] = LayerScores(shape, scores[f"layers.{i}.heads"], scores[f"layers.{i}.channels"])
+            layers[i] = LayerScores(
+                shape, scores[f"layers.{i}.heads"], scores[f"layers.{i}.channels"])
         return layers
 
     def _report(self, plan: Plan, layers, selection: Selection, counts, ratio, added,
@@ -187,9 +188,10 @@ class _WidthMethod(Method):
         q_gone = kv_gone = 0
         for i, lp in plan.layers.items():
             shape = layers[i].shape
-            q_kept = 0 if not lp.attention else shape.num_heads if lp.q_heads is None else len(lp.q_heads)
-            kv_kept = 0 if not lp.attention else (
-                shape.num_kv_heads if lp.kv_heads is None else len(lp.kv_heads))
+            q_kept = kv_kept = 0
+            if lp.attention:
+                q_kept = shape.num_heads if lp.q_heads is None else len(lp.q_heads)
+                kv_kept = shape.num_kv_heads if lp.kv_heads is None else len(lp.kv_heads)
             q_gone += shape.num_heads - q_kept
             kv_gone += shape.num_kv_heads - kv_kept
         plan.achieved = {

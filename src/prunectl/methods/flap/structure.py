@@ -10,7 +10,8 @@ removed parameters come closest to the budget, each unit weighted by its true pa
 ratio varies, so costs are computed per layer).
 
 Every budget is a parameter count.  Deviation from the reference: each layer keeps at least
-``min_kept`` head units and channels, so no module is emptied (the reference can empty one).
+``min_kept`` (by default 1) head units and channels, so no module is emptied unless asked (the
+reference can empty one).
 """
 
 from __future__ import annotations
@@ -83,9 +84,8 @@ def _selection(chosen) -> Selection:
     for _score, cost, i, kind, idx in chosen:
         (heads if kind == "heads" else channels).setdefault(i, []).append(idx)
         params += cost
-    return Selection(
-        {i: sorted(v) for i, v in heads.items()}, {i: sorted(v) for i, v in channels.items()}, params
-    )
+    return Selection({i: sorted(v) for i, v in heads.items()},
+                     {i: sorted(v) for i, v in channels.items()}, params)
 
 
 def _pooled_cut(cands, budget: float) -> Selection:
@@ -99,8 +99,9 @@ def check_reachable(layers: dict[int, LayerScores], budget: float, min_kept: int
     reachable = sum(c[1] for c in _candidates(layers, min_kept, heads, channels))
     if budget > reachable:
         raise UserError(
-            f"the target removes {budget:,.0f} parameters but heads and MLP channels can give at "
-            f"most {reachable:,.0f} (each layer keeps {min_kept} of each); lower target.params_ratio"
+            f"the target removes {budget:,.0f} parameters but heads and MLP channels can give "
+            f"at most {reachable:,.0f} (each layer keeps {min_kept} of each); "
+            "lower target.params_ratio"
         )
 
 
@@ -108,7 +109,8 @@ def al_am(layers: dict[int, LayerScores], budget: float, min_kept: int = 1) -> S
     return _pooled_cut(_candidates(layers, min_kept, True, True), budget)
 
 
-def al_mm(layers: dict[int, LayerScores], budget: float, remove_heads: int, min_kept: int = 1) -> Selection:
+def al_mm(layers: dict[int, LayerScores], budget: float, remove_heads: int,
+          min_kept: int = 1) -> Selection:
     heads = sorted(_candidates(layers, min_kept, True, False), key=lambda c: c[0])[:remove_heads]
     head_params = sum(c[1] for c in heads)
     channels = _pooled_cut(_candidates(layers, min_kept, False, True), budget - head_params)
@@ -128,7 +130,8 @@ def _per_layer(layers: dict[int, LayerScores], head_counts: dict[int, int],
     return Selection(chosen_heads, chosen_channels, params)
 
 
-def ul_mm(layers: dict[int, LayerScores], budget: float, remove_heads: int, min_kept: int = 1) -> Selection:
+def ul_mm(layers: dict[int, LayerScores], budget: float, remove_heads: int,
+          min_kept: int = 1) -> Selection:
     per_layer = remove_heads // max(len(layers), 1)
     heads = {i: min(per_layer, l.shape.num_head_units - min_kept) for i, l in layers.items()}
     head_params = sum(h * layers[i].shape.head_unit_cost for i, h in heads.items())
