@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
 from conftest import byte_tokenizer, tiny_model
+from fixtures.tiny_task import TASK, TASKS_DIR, direct_accuracy
 
 from prunectl.errors import UserError
 from prunectl.evaluation.tasks import PAPER_METRIC, PAPER_TASKS, average_metric, run_tasks
 from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.modeling.surgery import apply_plan
-
-TASKS_DIR = Path(__file__).parent / "fixtures" / "lm_eval_tasks"
-TASK = "prunectl_tiny_mc"
 
 
 @pytest.fixture(autouse=True)
@@ -40,32 +36,12 @@ def _run(model, out_dir, tasks=(TASK,), fingerprint="fp-1", limit=None):
     )
 
 
-def _direct_accuracy(model, tokenizer) -> tuple[float, float]:
-    """Score every choice's log-likelihood with the model itself: the answer lm-eval must give."""
-    rows = [json.loads(line) for line in (TASKS_DIR / "tiny_mc.jsonl").read_text().splitlines()]
-    hits, hits_norm = [], []
-    for row in rows:
-        context = tokenizer(row["question"]).input_ids
-        scores = []
-        for choice in row["choices"]:
-            ids = tokenizer(row["question"] + " " + choice).input_ids
-            with torch.no_grad():
-                logp = model(torch.tensor([ids])).logits[0].log_softmax(-1)
-            scores.append(
-                sum(logp[pos - 1, ids[pos]].item() for pos in range(len(context), len(ids)))
-            )
-        normed = [s / len(c) for s, c in zip(scores, row["choices"])]
-        hits.append(max(range(len(scores)), key=scores.__getitem__) == row["answer"])
-        hits_norm.append(max(range(len(normed)), key=normed.__getitem__) == row["answer"])
-    return sum(hits) / len(rows), sum(hits_norm) / len(rows)
-
-
 def test_accuracy_matches_direct_loglikelihood_scoring(tmp_path):
     model = tiny_model("llama")
     figures = _run(model, tmp_path)
 
     saved = json.loads((tmp_path / f"{TASK}.json").read_text())
-    acc, acc_norm = _direct_accuracy(model, byte_tokenizer())
+    acc, acc_norm = direct_accuracy(model, byte_tokenizer())
     assert saved["acc"] == pytest.approx(acc)
     assert saved["acc_norm"] == pytest.approx(acc_norm)
     assert saved["acc_stderr"] is not None and saved["acc_norm_stderr"] is not None
@@ -88,7 +64,7 @@ def test_non_uniform_pruned_model(tmp_path):
     assert type(pruned).__name__ == "PrunedLlamaForCausalLM"
     _run(pruned, tmp_path)
     saved = json.loads((tmp_path / f"{TASK}.json").read_text())
-    assert (saved["acc"], saved["acc_norm"]) == pytest.approx(_direct_accuracy(pruned, byte_tokenizer()))
+    assert (saved["acc"], saved["acc_norm"]) == pytest.approx(direct_accuracy(pruned, byte_tokenizer()))
 
 
 def test_finished_task_is_not_run_again(tmp_path, monkeypatch):

@@ -97,11 +97,13 @@ def _cell(key: str, value: Any) -> str:
 
 
 def compare_table(rows: list[dict[str, Any]]) -> Table:
-    """The rows as a rich table; columns are every figure any project has."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
+    """The rows as a rich table, one column per project (a few projects with many figures fit a
+    terminal that one row per project would truncate); every figure any project has is a row."""
+    fields = [k for k in dict.fromkeys(k for row in rows for k in row) if k != "project"]
     table = Table(title="prunectl compare", title_justify="left")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("project", "method", "target", "model") else "right")
+    table.add_column("")
     for row in rows:
-        table.add_row(*(_cell(c, row.get(c)) for c in columns))
+        table.add_column(Path(row["project"]).name or row["project"], justify="right")
+    for name in fields:
+        table.add_row(name, *(_cell(name, row.get(name)) for row in rows))
     return table

@@ -77,7 +77,7 @@ def summary_rows(results: ProjectResults) -> list[dict]:
                          {n: (m.tasks.get(task) or {}).get("score") for n, m in models.items()}))
     common = _common_tasks(results)
     if common:
-        rows.append(_row(f"task average ({len(common)} tasks)", "task_average", "accuracy", {
+        rows.append(_row(f"task average ({len(common)} task{'s' if len(common) > 1 else ''})", "task_average", "accuracy", {
             n: sum(m.tasks[t]["score"] for t in common) / len(common)
             for n, m in models.items() if m.tasks and all(m.tasks[t].get("score") is not None for t in common)}))
     rows += _speed_rows(results)

@@ -1,0 +1,73 @@
+"""eval, report and compare through the CLI on a tiny model with the local lm-eval task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import byte_tokenizer, save_tiny
+from fixtures.tiny_task import TASK, TASKS_DIR, direct_accuracy
+from matplotlib.image import imread
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from prunectl.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.mark.slow  # the whole pipeline, then eval, report and compare on its project
+def test_tasks_report_and_compare_through_the_cli(tmp_path, text_file):
+    model_dir = save_tiny(tmp_path / "tiny")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
+        "method": {"name": "manual", "remove": ["layers.0.attn", "layers.1.mlp", "layers.2"]},
+        "eval": {"perplexity": {"datasets": [str(text_file)], "seqlen": 64, "max_windows": 2},
+                 "tasks": [TASK], "task_paths": [str(TASKS_DIR)], "task_batch_size": 2},
+        "export": {"dtype": "float32"},
+    }))
+    project = tmp_path / "proj"
+    result = invoke("run", "-p", project, "-r", recipe, "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+
+    # accuracies re-read from the files and recomputed with each model directly
+    dense = json.loads((project / "eval" / "dense" / "tasks" / f"{TASK}.json").read_text())
+    pruned = json.loads((project / "eval" / "pruned" / "tasks" / f"{TASK}.json").read_text())
+    dense_model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    pruned_model = AutoModelForCausalLM.from_pretrained(project / "export", trust_remote_code=True).eval()
+    assert (dense["acc"], dense["acc_norm"]) == pytest.approx(direct_accuracy(dense_model, byte_tokenizer()))
+    assert (pruned["acc"], pruned["acc_norm"]) == pytest.approx(direct_accuracy(pruned_model, byte_tokenizer()))
+    steps = {s["step"]: s for s in json.loads(result.stdout)["steps"]}
+    assert steps["eval"]["summary"]["pruned"][TASK] == pruned["score"]
+
+    # a task that cannot be loaded: exit 2 naming it, the finished results untouched
+    before = (project / "eval" / "pruned" / "tasks" / f"{TASK}.json").read_text()
+    result = invoke("eval", "-p", project, "--tasks", f"{TASK},prunectl_tiny_unreachable", "--quiet")
+    assert result.exit_code == 2
+    assert "'prunectl_tiny_unreachable' could not be loaded" in result.output
+    assert (project / "eval" / "pruned" / "tasks" / f"{TASK}.json").read_text() == before
+
+    result = invoke("report", "-p", project)
+    assert result.exit_code == 0, result.output
+    report = (project / "eval" / "report.md").read_text()
+    assert (f"| {TASK} (acc) | {100 * dense['acc']:.2f} | {100 * pruned['acc']:.2f} |") in report
+    assert "| 2 | removed | 0 | 0 | removed | 0 |" in report
+    assert imread(project / "eval" / "pruned_structure.png").shape[0] > 200
+
+    result = invoke("compare", project, "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert (row["method"], row["model"]) == ("manual", "pruned")
+    assert row["task_average"] == pytest.approx(pruned["score"])
