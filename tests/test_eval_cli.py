@@ -31,13 +31,24 @@ def offline(monkeypatch):
 def test_tasks_report_and_compare_through_the_cli(tmp_path, text_file):
     model_dir = save_tiny(tmp_path / "tiny")
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
-        "method": {"name": "manual", "remove": ["layers.0.attn", "layers.1.mlp", "layers.2"]},
-        "eval": {"perplexity": {"datasets": [str(text_file)], "seqlen": 64, "max_windows": 2},
-                 "tasks": [TASK], "task_paths": [str(TASKS_DIR)], "task_batch_size": 2},
-        "export": {"dtype": "float32"},
-    }))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
+                "method": {
+                    "name": "manual",
+                    "remove": ["layers.0.attn", "layers.1.mlp", "layers.2"],
+                },
+                "eval": {
+                    "perplexity": {"datasets": [str(text_file)], "seqlen": 64, "max_windows": 2},
+                    "tasks": [TASK],
+                    "task_paths": [str(TASKS_DIR)],
+                    "task_batch_size": 2,
+                },
+                "export": {"dtype": "float32"},
+            }
+        )
+    )
     project = tmp_path / "proj"
     result = invoke("run", "-p", project, "-r", recipe, "--json", "--quiet")
     assert result.exit_code == 0, result.output
@@ -46,15 +57,23 @@ def test_tasks_report_and_compare_through_the_cli(tmp_path, text_file):
     dense = json.loads((project / "eval" / "dense" / "tasks" / f"{TASK}.json").read_text())
     pruned = json.loads((project / "eval" / "pruned" / "tasks" / f"{TASK}.json").read_text())
     dense_model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    pruned_model = AutoModelForCausalLM.from_pretrained(project / "export", trust_remote_code=True).eval()
-    assert (dense["acc"], dense["acc_norm"]) == pytest.approx(direct_accuracy(dense_model, byte_tokenizer()))
-    assert (pruned["acc"], pruned["acc_norm"]) == pytest.approx(direct_accuracy(pruned_model, byte_tokenizer()))
+    pruned_model = AutoModelForCausalLM.from_pretrained(
+        project / "export", trust_remote_code=True
+    ).eval()
+    assert (dense["acc"], dense["acc_norm"]) == pytest.approx(
+        direct_accuracy(dense_model, byte_tokenizer())
+    )
+    assert (pruned["acc"], pruned["acc_norm"]) == pytest.approx(
+        direct_accuracy(pruned_model, byte_tokenizer())
+    )
     steps = {s["step"]: s for s in json.loads(result.stdout)["steps"]}
     assert steps["eval"]["summary"]["pruned"][TASK] == pruned["score"]
 
     # a task that cannot be loaded: exit 2 naming it, the finished results untouched
     before = (project / "eval" / "pruned" / "tasks" / f"{TASK}.json").read_text()
-    result = invoke("eval", "-p", project, "--tasks", f"{TASK},prunectl_tiny_unreachable", "--quiet")
+    result = invoke(
+        "eval", "-p", project, "--tasks", f"{TASK},prunectl_tiny_unreachable", "--quiet"
+    )
     assert result.exit_code == 2
     assert "'prunectl_tiny_unreachable' could not be loaded" in result.output
     assert (project / "eval" / "pruned" / "tasks" / f"{TASK}.json").read_text() == before

@@ -16,7 +16,12 @@ def test_one_row_per_project(tmp_path):
     rows = compare_projects([finished, unrecovered])
 
     a, b = rows
-    assert (a["project"], a["method"], a["target"], a["model"]) == (str(finished), "block", "blocks=3", "recovered")
+    assert (a["project"], a["method"], a["target"], a["model"]) == (
+        str(finished),
+        "block",
+        "blocks=3",
+        "recovered",
+    )
     assert a["params_kept"] == 0.75 and a["blocks_removed"] == 3
     ppl, boolq, hella = FIGURES["recovered"]
     assert a["ppl_wikitext2"] == ppl

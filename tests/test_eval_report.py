@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from matplotlib.image import imread
-
 from fixtures.eval_project import CURVE, ORDER, make_project, write
+from matplotlib.image import imread
 
 from prunectl.evaluation.report import summary_table_markdown, write_report
 from prunectl.methods.plan import plan_from_removals
@@ -48,7 +47,9 @@ def test_report_plots_and_tables(project):
     rows = {row["key"]: row["values"] for row in summary["rows"]}
     assert rows["ppl_wikitext2"] == {"dense": 20.5, "pruned": 31.0625, "recovered": 25.25}
     assert rows["hellaswag"] == {"dense": 0.4, "pruned": 0.3, "recovered": 0.35}  # acc_norm
-    assert rows["task_average"] == pytest.approx({"dense": 0.5, "pruned": 0.425, "recovered": 0.465})
+    assert rows["task_average"] == pytest.approx(
+        {"dense": 0.5, "pruned": 0.425, "recovered": 0.465}
+    )
     assert rows["params"] == {"dense": 1000, "pruned": 750, "recovered": 750}
     assert rows["prefill_512"] == {"dense": 1000.0, "pruned": 1400.0}
     assert rows["decode_b1"] == {"dense": 50.0, "pruned": 70.0}

@@ -48,7 +48,11 @@ def test_accuracy_matches_direct_loglikelihood_scoring(tmp_path):
     assert saved["n_samples"] == {"original": 4, "effective": 4}
     assert saved["average_metric"] == "acc" and saved["score"] == saved["acc"]
     assert (saved["num_fewshot"], saved["limit"], saved["batch_size"]) == (0, None, 2)
-    assert (saved["dtype"], saved["model"], saved["model_fingerprint"]) == ("float32", "dense", "fp-1")
+    assert (saved["dtype"], saved["model"], saved["model_fingerprint"]) == (
+        "float32",
+        "dense",
+        "fp-1",
+    )
     import lm_eval
 
     assert saved["lm_eval_version"] == lm_eval.__version__
@@ -58,13 +62,20 @@ def test_accuracy_matches_direct_loglikelihood_scoring(tmp_path):
 def test_non_uniform_pruned_model(tmp_path):
     """Our own pruned class (a removed attention block, fewer heads and channels elsewhere) runs
     through lm-eval like a stock model."""
-    plan = Plan(method="manual", layers={
-        1: LayerPlan(attention=False), 2: LayerPlan(q_heads=[0, 2], kv_heads=[0, 1], mlp_channels=list(range(40)))})
+    plan = Plan(
+        method="manual",
+        layers={
+            1: LayerPlan(attention=False),
+            2: LayerPlan(q_heads=[0, 2], kv_heads=[0, 1], mlp_channels=list(range(40))),
+        },
+    )
     pruned = apply_plan(tiny_model("llama", seed=1), plan)
     assert type(pruned).__name__ == "PrunedLlamaForCausalLM"
     _run(pruned, tmp_path)
     saved = json.loads((tmp_path / f"{TASK}.json").read_text())
-    assert (saved["acc"], saved["acc_norm"]) == pytest.approx(direct_accuracy(pruned, byte_tokenizer()))
+    assert (saved["acc"], saved["acc_norm"]) == pytest.approx(
+        direct_accuracy(pruned, byte_tokenizer())
+    )
 
 
 def test_finished_task_is_not_run_again(tmp_path, monkeypatch):
@@ -98,14 +109,27 @@ def test_unloadable_task_is_named_and_finished_tasks_are_kept(tmp_path):
 
 @pytest.mark.slow  # indexes lm-eval's ~15k built-in tasks to know the name is unknown
 def test_unknown_task_suggests_the_closest_name(tmp_path):
-    with pytest.raises(UserError, match=r"unknown lm-eval task 'prunectl_tiny_mcq' \(did you mean 'prunectl_tiny_mc'"):
+    with pytest.raises(
+        UserError,
+        match=r"unknown lm-eval task 'prunectl_tiny_mcq' \(did you mean 'prunectl_tiny_mc'",
+    ):
         _run(tiny_model("llama"), tmp_path, tasks=(TASK, "prunectl_tiny_mcq"))
     assert (tmp_path / f"{TASK}.json").exists()
 
 
 def test_paper_metric_choice():
-    assert PAPER_TASKS == ["boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
+    assert PAPER_TASKS == [
+        "boolq",
+        "piqa",
+        "hellaswag",
+        "winogrande",
+        "arc_easy",
+        "arc_challenge",
+        "openbookqa",
+    ]
     both = {"acc": 0.5, "acc_norm": 0.6}
     chosen = {t: average_metric(t, both) for t in PAPER_TASKS}
-    assert [t for t, m in chosen.items() if m == "acc_norm"] == sorted(PAPER_METRIC, key=PAPER_TASKS.index)
+    assert [t for t, m in chosen.items() if m == "acc_norm"] == sorted(
+        PAPER_METRIC, key=PAPER_TASKS.index
+    )
     assert average_metric("hellaswag", {"acc": 0.5}) == "acc"  # falls back to what exists

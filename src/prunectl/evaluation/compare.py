@@ -49,14 +49,17 @@ def project_row(directory: Path) -> dict[str, Any]:
     """The comparison row of one project directory."""
     directory = Path(directory)
     if not (directory / "recipe.yaml").exists() and not (directory / "state.json").exists():
-        raise UserError(f"{directory} is not a prunectl project (no recipe.yaml or state.json); "
-                        "pass project directories made by `prunectl run -p DIR`")
+        raise UserError(
+            f"{directory} is not a prunectl project (no recipe.yaml or state.json); "
+            "pass project directories made by `prunectl run -p DIR`"
+        )
     results = load_results(directory)
     recipe = results.recipe or {}
     info = results.pruned_info or {}
     row: dict[str, Any] = {
         "project": str(directory),
-        "method": (recipe.get("method") or {}).get("name") or (results.plan.method if results.plan else None),
+        "method": (recipe.get("method") or {}).get("name")
+        or (results.plan.method if results.plan else None),
         "target": _target(recipe),
     }
     if info.get("dense", {}).get("total") and info.get("pruned", {}).get("total"):

@@ -45,7 +45,7 @@ def perplexity_curve(curve: list[dict], chosen: int | None, path: Path, title: s
     ratios = [(p["blocks"], p["params_ratio"]) for p in points if p.get("params_ratio") is not None]
     if ratios:
         twin = axes.twinx()
-        twin.plot(*zip(*ratios), linestyle="--", color="tab:gray")
+        twin.plot(*zip(*ratios, strict=True), linestyle="--", color="tab:gray")
         twin.set_ylabel("share of parameters removed", color="tab:gray")
     if chosen is not None:
         axes.axvline(chosen, color="tab:red", alpha=0.6, label=f"chosen: {chosen} blocks")
@@ -71,8 +71,15 @@ def layer_structure(rows: list[dict], untouched: set[int], path: Path, title: st
     for axes, flag, key in ((top, "attention", "heads"), (bottom, "mlp", "intermediate")):
         removed = [r["layer"] for r in rows if not r[flag]]
         if removed:
-            axes.scatter(removed, [0] * len(removed), marker="x", color="tab:red", s=60, zorder=3,
-                         label=f"{flag} block removed")
+            axes.scatter(
+                removed,
+                [0] * len(removed),
+                marker="x",
+                color="tab:red",
+                s=60,
+                zorder=3,
+                label=f"{flag} block removed",
+            )
         dense = _dense_reference(rows, key, untouched)
         if dense is not None:
             axes.axhline(dense, linestyle="--", color="gray", linewidth=1, label="dense")

@@ -1,4 +1,4 @@
-"""``prunectl report``: one page with the figures a pruning paper would show, from the project's files.
+"""``prunectl report``: one page with the figures a pruning paper shows, from the project's files.
 
 ``eval/report.md`` holds the comparison table (dense / pruned / recovered: parameters,
 perplexity, task accuracies and their average, speed and memory), the perplexity-vs-blocks
@@ -41,52 +41,116 @@ def _speed_rows(results: ProjectResults) -> list[dict]:
     if not speeds:
         return []
     rows = []
-    lengths = set.intersection(*({r["seq_len"] for r in s.get("prefill", [])} for s in speeds.values()))
+    lengths = set.intersection(
+        *({r["seq_len"] for r in s.get("prefill", [])} for s in speeds.values())
+    )
     if lengths:
         longest = max(lengths)
-        rows.append(_row(f"prefill tokens/s (seq {longest})", f"prefill_{longest}", "rate", {
-            n: next(r["tokens_per_s"] for r in s["prefill"] if r["seq_len"] == longest)
-            for n, s in speeds.items()}))
-    batches = set.intersection(*({r["batch"] for r in s.get("decode", [])} for s in speeds.values()))
+        rows.append(
+            _row(
+                f"prefill tokens/s (seq {longest})",
+                f"prefill_{longest}",
+                "rate",
+                {
+                    n: next(r["tokens_per_s"] for r in s["prefill"] if r["seq_len"] == longest)
+                    for n, s in speeds.items()
+                },
+            )
+        )
+    batches = set.intersection(
+        *({r["batch"] for r in s.get("decode", [])} for s in speeds.values())
+    )
     for batch in sorted(batches):
-        rows.append(_row(f"decode tokens/s (batch {batch})", f"decode_b{batch}", "rate", {
-            n: next(r["tokens_per_s"] for r in s["decode"] if r["batch"] == batch)
-            for n, s in speeds.items()}))
+        rows.append(
+            _row(
+                f"decode tokens/s (batch {batch})",
+                f"decode_b{batch}",
+                "rate",
+                {
+                    n: next(r["tokens_per_s"] for r in s["decode"] if r["batch"] == batch)
+                    for n, s in speeds.items()
+                },
+            )
+        )
     sources = {s.get("memory", {}).get("source") for s in speeds.values()}
-    rows.append(_row(f"peak memory GiB ({'/'.join(sorted(filter(None, sources)))})", "peak_memory",
-                     "memory", {n: s.get("memory", {}).get("peak_bytes") for n, s in speeds.items()}))
+    rows.append(
+        _row(
+            f"peak memory GiB ({'/'.join(sorted(filter(None, sources)))})",
+            "peak_memory",
+            "memory",
+            {n: s.get("memory", {}).get("peak_bytes") for n, s in speeds.items()},
+        )
+    )
     return rows
 
 
 def _row(metric: str, key: str, kind: str, values: dict[str, Any]) -> dict:
-    return {"metric": metric, "key": key, "kind": kind,
-            "values": {k: v for k, v in values.items() if v is not None}}
+    return {
+        "metric": metric,
+        "key": key,
+        "kind": kind,
+        "values": {k: v for k, v in values.items() if v is not None},
+    }
 
 
 def summary_rows(results: ProjectResults) -> list[dict]:
     """The comparison table as data: one row per figure, one value per model."""
     models = results.models
-    rows = [_row("parameters", "params", "count",
-                 {n: (m.parameters or {}).get("total") for n, m in models.items()})]
+    rows = [
+        _row(
+            "parameters",
+            "params",
+            "count",
+            {n: (m.parameters or {}).get("total") for n, m in models.items()},
+        )
+    ]
     datasets = sorted({d for m in models.values() for d in m.perplexity})
-    rows += [_row(f"perplexity ({d})", f"ppl_{d}", "ppl",
-                  {n: m.perplexity.get(d) for n, m in models.items()}) for d in datasets]
+    rows += [
+        _row(
+            f"perplexity ({d})",
+            f"ppl_{d}",
+            "ppl",
+            {n: m.perplexity.get(d) for n, m in models.items()},
+        )
+        for d in datasets
+    ]
     for task in _task_order(results):
         record = next(m.tasks[task] for m in models.values() if task in m.tasks)
-        rows.append(_row(f"{task} ({record.get('average_metric')})", task, "accuracy",
-                         {n: (m.tasks.get(task) or {}).get("score") for n, m in models.items()}))
+        rows.append(
+            _row(
+                f"{task} ({record.get('average_metric')})",
+                task,
+                "accuracy",
+                {n: (m.tasks.get(task) or {}).get("score") for n, m in models.items()},
+            )
+        )
     common = _common_tasks(results)
     if common:
-        rows.append(_row(f"task average ({len(common)} task{'s' if len(common) > 1 else ''})", "task_average", "accuracy", {
-            n: sum(m.tasks[t]["score"] for t in common) / len(common)
-            for n, m in models.items() if m.tasks and all(m.tasks[t].get("score") is not None for t in common)}))
+        rows.append(
+            _row(
+                f"task average ({len(common)} task{'s' if len(common) > 1 else ''})",
+                "task_average",
+                "accuracy",
+                {
+                    n: sum(m.tasks[t]["score"] for t in common) / len(common)
+                    for n, m in models.items()
+                    if m.tasks and all(m.tasks[t].get("score") is not None for t in common)
+                },
+            )
+        )
     rows += _speed_rows(results)
     return [r for r in rows if r["values"]]
 
 
 def _format(kind: str, value: float, dense: float | None) -> str:
     if kind == "count":
-        text = f"{value / 1e9:.2f}B" if value >= 1e9 else f"{value / 1e6:.1f}M" if value >= 1e6 else f"{value:,}"
+        text = (
+            f"{value / 1e9:.2f}B"
+            if value >= 1e9
+            else f"{value / 1e6:.1f}M"
+            if value >= 1e6
+            else f"{value:,}"
+        )
         return text + (f" ({value / dense:.1%})" if dense else "")
     if kind == "ppl":
         return f"{value:.2f}"
@@ -103,7 +167,8 @@ def table_markdown(rows: list[dict], models: list[str]) -> str:
         dense = row["values"].get("dense")
         cells = [
             _format(row["kind"], row["values"][m], dense if m != "dense" else None)
-            if m in row["values"] else "–"
+            if m in row["values"]
+            else "–"
             for m in models
         ]
         lines.append(f"| {row['metric']} | " + " | ".join(cells) + " |")
@@ -125,20 +190,30 @@ def _legend(results: ProjectResults) -> str:
         shots = sorted({r.get("num_fewshot") or 0 for r in records})
         limits = sorted({str(r["limit"]) for r in records if r.get("limit") is not None})
         parts.append(
-            "Accuracies in %, " + ("zero-shot" if shots == [0] else f"{'/'.join(map(str, shots))}-shot")
-            + (f", limited to {'/'.join(limits)} examples per task (not comparable to papers)" if limits else "")
+            "Accuracies in %, "
+            + ("zero-shot" if shots == [0] else f"{'/'.join(map(str, shots))}-shot")
+            + (
+                f", limited to {'/'.join(limits)} examples per task (not comparable to papers)"
+                if limits
+                else ""
+            )
             + "; the metric of each task follows the pruning papers (acc_norm for HellaSwag, "
-            "ARC-c and OpenBookQA, acc otherwise).")
+            "ARC-c and OpenBookQA, acc otherwise)."
+        )
     speeds = [m.speed for m in results.models.values() if m.speed]
     if speeds:
         devices = sorted({f"{s['device'].get('name')} ({s.get('dtype')})" for s in speeds})
-        parts.append("Speed measured on " + ", ".join(devices) + "; (×r) is the ratio to dense."
-                     + (" Devices differ: speed ratios are not comparable." if len(devices) > 1 else ""))
+        parts.append(
+            "Speed measured on "
+            + ", ".join(devices)
+            + "; (×r) is the ratio to dense."
+            + (" Devices differ: speed ratios are not comparable." if len(devices) > 1 else "")
+        )
     return " ".join(parts)
 
 
 def _applied_plan(results: ProjectResults) -> Plan | None:
-    """The plan apply actually used (``--blocks`` may cut the searched one), else the searched one."""
+    """The plan apply used (``--blocks`` may cut the searched one), else the searched one."""
     data = (results.pruned_info or {}).get("plan")
     if isinstance(data, dict):
         try:
@@ -164,8 +239,14 @@ def _curve_section(results: ProjectResults, eval_dir: Path) -> tuple[list[str], 
     chosen = _chosen_blocks(results)
     perplexity_curve(curve, chosen, eval_dir / CURVE_PNG)
     order = results.plan.removal_order
-    lines = ["## Perplexity vs blocks removed", "", f"![perplexity vs blocks removed]({CURVE_PNG})", "",
-             "| blocks | removed | perplexity | parameters removed |", "| ---: | --- | ---: | ---: |"]
+    lines = [
+        "## Perplexity vs blocks removed",
+        "",
+        f"![perplexity vs blocks removed]({CURVE_PNG})",
+        "",
+        "| blocks | removed | perplexity | parameters removed |",
+        "| ---: | --- | ---: | ---: |",
+    ]
     for p in curve:
         k = p.get("blocks", 0)
         name = order[k - 1] if 0 < k <= len(order) else ""
@@ -184,12 +265,19 @@ def _structure_section(results: ProjectResults, eval_dir: Path) -> tuple[list[st
     plan = _applied_plan(results)
     untouched = {r["layer"] for r in rows if plan is None or plan.layer(r["layer"]) == LayerPlan()}
     layer_structure(rows, untouched, eval_dir / STRUCTURE_PNG)
-    lines = ["## Structure of the pruned model", "", f"![per-layer structure]({STRUCTURE_PNG})", "",
-             "| layer | attention | heads | KV heads | MLP | MLP channels |",
-             "| ---: | --- | ---: | ---: | --- | ---: |"]
+    lines = [
+        "## Structure of the pruned model",
+        "",
+        f"![per-layer structure]({STRUCTURE_PNG})",
+        "",
+        "| layer | attention | heads | KV heads | MLP | MLP channels |",
+        "| ---: | --- | ---: | ---: | --- | ---: |",
+    ]
     for r in rows:
-        lines.append(f"| {r['layer']} | {'kept' if r['attention'] else 'removed'} | {r['heads']} | "
-                     f"{r['kv_heads']} | {'kept' if r['mlp'] else 'removed'} | {r['intermediate']} |")
+        lines.append(
+            f"| {r['layer']} | {'kept' if r['attention'] else 'removed'} | {r['heads']} | "
+            f"{r['kv_heads']} | {'kept' if r['mlp'] else 'removed'} | {r['intermediate']} |"
+        )
     return lines + [""], STRUCTURE_PNG
 
 
@@ -198,15 +286,27 @@ def write_report(project_root: Path) -> Path:
     results = load_results(project_root)
     eval_dir = Path(project_root) / "eval"
     recipe = results.recipe or {}
-    method = (recipe.get("method") or {}).get("name") or (results.plan.method if results.plan else "?")
+    method = (recipe.get("method") or {}).get("name") or (
+        results.plan.method if results.plan else "?"
+    )
     model_path = (recipe.get("model") or {}).get("path", "?")
-    lines = [f"# prunectl report: {model_path}, {method}", "",
-             f"Project `{Path(project_root).resolve()}`, written "
-             f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}.", ""]
+    lines = [
+        f"# prunectl report: {model_path}, {method}",
+        "",
+        f"Project `{Path(project_root).resolve()}`, written "
+        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}.",
+        "",
+    ]
     rows = summary_rows(results)
     if results.models:
-        lines += ["## Dense, pruned and recovered", "", table_markdown(rows, list(results.models)), "",
-                  _legend(results), ""]
+        lines += [
+            "## Dense, pruned and recovered",
+            "",
+            table_markdown(rows, list(results.models)),
+            "",
+            _legend(results),
+            "",
+        ]
     else:
         lines += ["No evaluation results yet: run `prunectl eval` to add the comparison table.", ""]
     curve_lines, curve_png = _curve_section(results, eval_dir)
@@ -215,14 +315,17 @@ def write_report(project_root: Path) -> Path:
     notes = results.plan.notes if results.plan else []
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
-    write_json(eval_dir / "summary.json", {
-        "models": list(results.models),
-        "rows": rows,
-        "curve": results.plan.curve if results.plan else [],
-        "chosen_blocks": _chosen_blocks(results),
-        "structure": results.structure,
-        "plots": [p for p in (curve_png, structure_png) if p],
-    })
+    write_json(
+        eval_dir / "summary.json",
+        {
+            "models": list(results.models),
+            "rows": rows,
+            "curve": results.plan.curve if results.plan else [],
+            "chosen_blocks": _chosen_blocks(results),
+            "structure": results.structure,
+            "plots": [p for p in (curve_png, structure_png) if p],
+        },
+    )
     report = eval_dir / "report.md"
     write_text(report, "\n".join(lines))
     return report

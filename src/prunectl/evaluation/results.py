@@ -94,9 +94,15 @@ def load_results(root: Path) -> ProjectResults:
     info = _json(root / "pruned" / "prunectl.json")
     results.pruned_info = info if isinstance(info, dict) else None
     names = [n for n in MODEL_ORDER if (root / "eval" / n).is_dir()]
-    names += sorted(
-        p.name for p in (root / "eval").glob("*") if p.is_dir() and p.name not in (*MODEL_ORDER, "tokens")
-    ) if (root / "eval").is_dir() else []
+    names += (
+        sorted(
+            p.name
+            for p in (root / "eval").glob("*")
+            if p.is_dir() and p.name not in (*MODEL_ORDER, "tokens")
+        )
+        if (root / "eval").is_dir()
+        else []
+    )
     for name in names:
         model = _model(root, name, results.pruned_info)
         if model.perplexity or model.tasks or model.speed:

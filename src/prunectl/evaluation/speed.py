@@ -192,7 +192,9 @@ def measure_speed(
     from prunectl.modeling.params import count_parameters
 
     if decode_tokens < 2:
-        raise UserError(f"decode_tokens={decode_tokens}: decoding is timed between tokens, use 2 or more")
+        raise UserError(
+            f"decode_tokens={decode_tokens}: decoding is timed between tokens, use 2 or more"
+        )
     device = torch.device(device) if device is not None else next(model.parameters()).device
     vocab = tokenizer_or_vocab if isinstance(tokenizer_or_vocab, int) else len(tokenizer_or_vocab)
     vocab = min(vocab, model.get_input_embeddings().num_embeddings)
@@ -218,14 +220,20 @@ def measure_speed(
     with torch.inference_mode():
         for length in lengths:
             x = ids(1, length)
-            seconds = _repeat(lambda: _prefill(model, x, device), warmup, repeats)
+            seconds = _repeat(lambda x=x: _prefill(model, x, device), warmup, repeats)
             prefill.append({"seq_len": length, "batch": 1, **_summary(seconds, length)})
         for batch in decode_batches:
             x = ids(batch, prompt)
-            seconds = _repeat(lambda: _decode(model, x, decode_tokens, pad_id, device), warmup, repeats)
+            seconds = _repeat(
+                lambda x=x: _decode(model, x, decode_tokens, pad_id, device), warmup, repeats
+            )
             decode.append(
-                {"batch": batch, "new_tokens": decode_tokens, "prompt_len": prompt,
-                 **_summary(seconds, batch * (decode_tokens - 1))}
+                {
+                    "batch": batch,
+                    "new_tokens": decode_tokens,
+                    "prompt_len": prompt,
+                    **_summary(seconds, batch * (decode_tokens - 1)),
+                }
             )
     peak = _peak(device, source)
     model.train(was_training)
@@ -268,9 +276,19 @@ def speed_ratios(pruned: dict, dense: dict) -> dict[str, float | bool]:
     dense_decode = {r["batch"]: r["tokens_per_s"] for r in dense.get("decode", [])}
     for row in pruned.get("decode", []):
         put(f"decode_b{row['batch']}", row["tokens_per_s"], dense_decode.get(row["batch"]))
-    put("peak_memory", pruned.get("memory", {}).get("peak_bytes"), dense.get("memory", {}).get("peak_bytes"))
-    put("parameters", pruned.get("parameters", {}).get("total"), dense.get("parameters", {}).get("total"))
+    put(
+        "peak_memory",
+        pruned.get("memory", {}).get("peak_bytes"),
+        dense.get("memory", {}).get("peak_bytes"),
+    )
+    put(
+        "parameters",
+        pruned.get("parameters", {}).get("total"),
+        dense.get("parameters", {}).get("total"),
+    )
     put("disk", pruned.get("disk_bytes"), dense.get("disk_bytes"))
     ratios["same_device"] = (pruned.get("device"), pruned.get("dtype")) == (
-        dense.get("device"), dense.get("dtype"))
+        dense.get("device"),
+        dense.get("dtype"),
+    )
     return ratios

@@ -29,7 +29,15 @@ from prunectl.io import read_json, write_json
 from prunectl.ui import SILENT, UI
 
 #: the seven zero-shot tasks of LLM-Pruner / FLAP / BlockPruner tables
-PAPER_TASKS = ["boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
+PAPER_TASKS = [
+    "boolq",
+    "piqa",
+    "hellaswag",
+    "winogrande",
+    "arc_easy",
+    "arc_challenge",
+    "openbookqa",
+]
 
 #: tasks whose paper tables report length-normalised accuracy; every other task uses ``acc``
 PAPER_METRIC = {"hellaswag": "acc_norm", "arc_challenge": "acc_norm", "openbookqa": "acc_norm"}
@@ -226,9 +234,7 @@ def _record(task: str, output: dict, settings: dict, version: str, lm) -> dict:
     results = output["results"]
     metrics, stderr = _metrics(results.get(task) or next(iter(results.values()), {}))
     chosen = average_metric(task, metrics)
-    subtasks = {
-        name: _metrics(values)[0] for name, values in results.items() if name != task
-    }
+    subtasks = {name: _metrics(values)[0] for name, values in results.items() if name != task}
     return {
         "task": task,
         **settings,
