@@ -6,6 +6,8 @@ refused in a second rather than after a multi-gigabyte load.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -103,15 +105,25 @@ def _load_config(source: str, gguf_file: str | None, cfg: Any):
             model_type = json.loads((Path(source) / "config.json").read_text()).get("model_type", "?")
             family_for(model_type)
             return pruned_config_class_for(model_type).from_pretrained(source)
+        if gguf_file is not None:
+            return copy.deepcopy(_gguf_config(source, gguf_file))
         return AutoConfig.from_pretrained(
             source,
-            gguf_file=gguf_file,
             revision=getattr(cfg, "revision", None),
             trust_remote_code=bool(getattr(cfg, "trust_remote_code", False)),
         )
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"could not read the model config of '{cfg.path}' ({first}); check model.path") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _gguf_config(source: str, gguf_file: str):
+    """A GGUF file's config, read once per process: transformers parses the whole metadata
+    (the vocabulary included) for it, tens of seconds on a small CPU."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source, gguf_file=gguf_file)
 
 
 def load_config(cfg: Any):
@@ -143,7 +155,9 @@ def load_model(cfg: Any, device: torch.device, dtype: torch.dtype) -> tuple[nn.M
         if gguf_file is None and _is_pruned_directory(source):  # e.g. pruning a pruned model again
             model = load_project_model(Path(source), device, dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **common)
+            device_map = getattr(cfg, "device_map", None)
+            placement = {"device_map": device_map} if device_map is not None else {}
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **common, **placement)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0]
         raise UserError(f"could not load the weights of '{cfg.path}' ({first}); check model.path") from None
@@ -156,7 +170,9 @@ def load_model(cfg: Any, device: torch.device, dtype: torch.dtype) -> tuple[nn.M
         raise UserError(f"'{cfg.path}' has no usable tokenizer ({first}); add the tokenizer files") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device).eval(), tokenizer  # .to(dtype) would also cast fp32 rotary buffers
+    if getattr(model, "hf_device_map", None) is None:  # accelerate placed a device-mapped model
+        model = model.to(device)
+    return model.eval(), tokenizer  # .to(dtype) would also cast fp32 rotary buffers
 
 
 def _without_quantization_config(model: nn.Module) -> nn.Module:

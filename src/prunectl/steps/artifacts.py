@@ -39,13 +39,34 @@ def require(run: RunContext, parts: tuple[str, ...], step: str) -> Path:
     return target
 
 
+def check_memory(run: RunContext, step: str) -> None:
+    """Say what the step will need, and refuse before loading anything if it cannot fit."""
+    from prunectl import resources
+    from prunectl.modeling.loading import load_config
+
+    if run.recipe.model.device_map is not None:
+        return  # accelerate spreads the model over the devices it was given
+    need = resources.estimate(step, load_config(run.recipe.model), run.recipe, run.dtype)
+    run.ui.info(f"[dim]{need.describe()}[/]")
+    resources.check(need, run.device)
+
+
 def dense_model(run: RunContext) -> tuple[Any, Any]:
-    """The recipe's model and tokenizer, loaded once per process."""
+    """The recipe's model and tokenizer, loaded once per process; with ``execution.mode:
+    layerwise`` the weights stay in host memory and stream to the device layer by layer."""
     if "dense" not in run.models:
         from prunectl.modeling.loading import load_model
 
-        run.ui.info(f"loading {run.recipe.model.path} ({run.dtype}, {run.device})")
-        run.models["dense"] = load_model(run.recipe.model, run.device, run.dtype)
+        layerwise = run.recipe.execution.mode == "layerwise"
+        run.ui.info(f"loading {run.recipe.model.path} ({run.dtype}, {run.device}"
+                    f"{', layer-wise' if layerwise else ''})")
+        device = torch.device("cpu") if layerwise else run.device
+        model, tokenizer = load_model(run.recipe.model, device, run.dtype)
+        if layerwise:
+            from prunectl.modeling.placement import stream_layers
+
+            model = stream_layers(model, run.device)
+        run.models["dense"] = (model, tokenizer)
     return run.models["dense"]
 
 

@@ -26,6 +26,7 @@ def calibrate(run: RunContext) -> StepResult:
         outputs = []
         summary = {"method": method.name}
         if method.uses_calibration:
+            artifacts.check_memory(run, "calibrate")
             model, tokenizer = artifacts.dense_model(run)
             tokens = calibration_tokens(
                 tokenizer, cfg.dataset, cfg.split, cfg.nsamples, cfg.seqlen, cfg.seed

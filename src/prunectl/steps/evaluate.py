@@ -133,6 +133,7 @@ def evaluate(run: RunContext, tasks: list[str] | None = None, speed: bool | None
     fingerprints = model_fingerprints(run)
 
     def body() -> StepOutcome:
+        artifacts.check_memory(run, "eval")
         chosen_tasks = run.recipe.eval.tasks if tasks is None else tasks
         measure = run.recipe.eval.speed if speed is None else speed
         summary: dict[str, Any] = {}

@@ -28,6 +28,7 @@ def recover(run: RunContext) -> StepResult:
     def body() -> StepOutcome:
         from prunectl.recovery import run_recovery
 
+        artifacts.check_memory(run, "recover")
         out_dir = run.project.path("recovered")
         artifacts.forget_dense(run)  # training needs the memory more than the cache
         summary = run_recovery(run, source, out_dir)

@@ -27,6 +27,7 @@ def score(run: RunContext) -> StepResult:
     method = create_method(run.recipe.method)
 
     def body() -> StepOutcome:
+        artifacts.check_memory(run, "score")
         model, _ = artifacts.dense_model(run)
         tokens = artifacts.calibration_tokens(run).to(run.device)
         scores = method.score(run, model, tokens, artifacts.statistics(run))

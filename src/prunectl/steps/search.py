@@ -45,6 +45,7 @@ def search(run: RunContext) -> StepResult:
         if run.dist.is_main:
             _retire_foreign_progress(run)
         run.dist.barrier()
+        artifacts.check_memory(run, "search")
         model, _ = artifacts.dense_model(run)
         tokens = artifacts.calibration_tokens(run).to(run.device)
         plan = method.search(run, model, tokens, artifacts.scores(run))
