@@ -18,7 +18,7 @@ import sys
 from transformers import AutoModelForCausalLM, AutoTokenizer
 path = sys.argv[1]
 model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained(path)
+tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
 ids = tokenizer("The assert statement", return_tensors="pt").input_ids
 out = model.generate(ids, max_new_tokens=16, do_sample=False)
 print(f"reloaded {path}: {sum(p.numel() for p in model.parameters()):,} parameters")

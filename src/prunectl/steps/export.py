@@ -65,10 +65,12 @@ def model_card(run: RunContext, role: str, directory: Path) -> str:
         lines += [
             "## Loading",
             "",
-            "Layers differ in shape, so this model ships its modeling code:",
+            "Layers differ in shape, so this model ships its modeling code (the tokenizer reads",
+            "the same config, so it needs the flag too):",
             "",
             "```python",
-            "AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)",
+            "model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)",
+            "tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)",
             "```",
             "",
         ]
