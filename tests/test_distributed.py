@@ -8,8 +8,12 @@ with each other bit for bit.  Shares are deliberately uneven (odd window and can
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -170,3 +174,43 @@ def test_taylor_scores_equal_one_process(runs, importance):
         assert rank[key].keys() == single[key].keys()
         for name, value in single[key].items():
             torch.testing.assert_close(rank[key][name], value, rtol=1e-5, atol=1e-8)
+
+
+def test_torchrun_search_writes_once_and_equals_one_process(tmp_path, text_file):
+    """`torchrun --nproc_per_node 2 prunectl search`: one progress line per decision (rank 0
+    alone appends), the state recorded, and the order a single in-process search finds."""
+    from conftest import save_tiny
+    from test_block_cli import write_recipe
+
+    from prunectl.io import load_tensors
+    from prunectl.methods.block.candidates import candidate_names
+    from prunectl.methods.block.plans import parameter_counts
+    from prunectl.methods.block.search import SearchSettings, Target, block_search
+    from prunectl.modeling.loading import load_project_model
+
+    model_dir = save_tiny(tmp_path / "tiny", "llama", num_hidden_layers=4)
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
+    project = tmp_path / "project"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", str(WORLD), "--no-python",
+                str(Path(sys.executable).with_name("prunectl"))]
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*launcher, "search", "-p", str(project), "-r", str(recipe), "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    lines = (project / "search" / "progress.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5]
+    state = json.loads((project / "state.json").read_text())
+    assert state["steps"]["search"]["status"] == "done"
+    plan = json.loads((project / "search" / "plan.json").read_text())
+
+    model = load_project_model(model_dir, torch.device("cpu"), torch.float32)
+    tokens = load_tensors(project / "calibration" / "tokens.safetensors")["input_ids"]
+    names = candidate_names(4, "mix")
+    alone = block_search(model, tokens, names, Target(blocks=5),
+                         parameter_counts(model, Adapter(model), names),
+                         SearchSettings(batch_size=2))
+    assert plan["removal_order"] == [d["removed"] for d in alone.decisions]
+    assert [json.loads(line)["perplexity"] for line in lines] == pytest.approx(
+        [d["perplexity"] for d in alone.decisions], rel=1e-6)
