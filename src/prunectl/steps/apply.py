@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 from prunectl.context import RunContext
-from prunectl.errors import UserError
 from prunectl.io import write_json
-from prunectl.methods.plan import Plan, plan_from_removals
+from prunectl.methods.block import plan_for_k
+from prunectl.methods.plan import Plan
 from prunectl.methods.registry import create_method
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.params import count_parameters
 from prunectl.modeling.pruned_format import save_model
 from prunectl.steps import artifacts
 from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections
-
-
-def plan_prefix(plan: Plan, blocks: int, num_layers: int) -> Plan:
-    """The first ``blocks`` removals of a nested removal order: one search serves every K."""
-    if not plan.removal_order:
-        raise UserError(
-            f"--blocks needs a block-removal plan; the '{plan.method}' plan removes heads/channels"
-        )
-    if blocks > len(plan.removal_order):
-        raise UserError(
-            f"--blocks {blocks} exceeds the {len(plan.removal_order)} removals searched; "
-            f"re-run `prunectl search --blocks {blocks}` to search further"
-        )
-    return plan_from_removals(
-        plan.method,
-        plan.removal_order[:blocks],
-        num_layers,
-        removal_order=plan.removal_order,
-        curve=plan.curve,
-        notes=plan.notes,
-    )
 
 
 def layer_structure(adapter: Adapter, plan: Plan) -> list[dict]:
@@ -80,7 +59,7 @@ def apply(run: RunContext, blocks: int | None = None) -> StepResult:
         model, tokenizer = artifacts.dense_model(run)
         adapter = Adapter(model)
         if blocks is not None:
-            plan = plan_prefix(plan, blocks, adapter.num_layers)
+            plan = plan_for_k(plan, blocks)
         dense = count_parameters(model)
         structure = layer_structure(adapter, plan)
         pruned = method.apply(run, model, plan, artifacts.statistics(run))
