@@ -27,13 +27,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from block_search import DATA, calibration_tokens, default_gguf  # noqa: E402
+from block_search import DATA, calibration_tokens, default_gguf
 
-from prunectl import distributed  # noqa: E402
-from prunectl.methods.block.candidates import candidate_names  # noqa: E402
-from prunectl.methods.block.plans import parameter_counts  # noqa: E402
-from prunectl.methods.block.search import SearchSettings, Target, block_search  # noqa: E402
-from prunectl.modeling.adapters import Adapter  # noqa: E402
+from prunectl import distributed
+from prunectl.methods.block.candidates import candidate_names
+from prunectl.methods.block.plans import parameter_counts
+from prunectl.methods.block.search import SearchSettings, Target, block_search
+from prunectl.modeling.adapters import Adapter
 
 
 def timed_search(args: argparse.Namespace, gguf: Path) -> dict:
