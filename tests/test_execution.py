@@ -58,3 +58,40 @@ def test_estimate_counts_weights_exactly(tiny_model_dir):
 
     need = resources.estimate("calibrate", config, recipe, torch.float32)
     assert need.parts["weights"] == sum(p.numel() for p in model.parameters()) * 4
+
+
+def test_streaming_hooks_cover_every_weight_and_fire_on_the_adapter_path(monkeypatch):
+    """On a GPU each piece must reach the device before it runs, however it is called."""
+    import torch
+    from conftest import tiny_model
+
+    from prunectl.modeling import placement
+    from prunectl.modeling.adapters import Adapter
+
+    moved: list[torch.nn.Module] = []
+    original = placement._to_device
+
+    def recording(device):
+        hook = original(device)
+
+        def wrapper(module, args, kwargs):
+            moved.append(module)
+            return hook(module, args, kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(placement, "_to_device", recording)
+    model = tiny_model("llama")
+    covered = {id(p) for piece in placement.pieces(model) for p in piece.parameters()}
+    assert covered == {id(p) for p in model.parameters()}
+
+    placement.stream_layers(model, torch.device("cpu"))
+    adapter = Adapter(model)
+    with torch.inference_mode():
+        hidden = adapter.embed_tokens(torch.randint(4, 260, (1, 8)))
+        inputs = adapter.block_inputs(hidden)
+        for i in range(adapter.num_layers):
+            hidden = adapter.layer_forward(i, hidden, inputs)
+        adapter.logits(hidden)
+    with_weights = [p for p in placement.pieces(model) if any(True for _ in p.parameters())]
+    assert all(any(m is piece for m in moved) for piece in with_weights)

@@ -1,8 +1,8 @@
 """Where a model's weights live while a step runs: whole on the device, or one layer at a time.
 
 ``execution.mode: layerwise`` keeps the weights in host memory and moves each top-level piece
-(the embeddings, one decoder layer, the final norm and LM head) to the device just before it runs
-and back right after, so peak device memory is about one layer plus activations.  The math is
+(the embeddings, one attention or MLP block, the final norm and LM head) to the device just
+before it runs and back right after, so peak device memory is about one block plus activations.  The math is
 unchanged, so results equal whole-model execution.
 
 Why hooks of our own rather than ``accelerate.cpu_offload``: accelerate's offload replaces the
@@ -20,9 +20,13 @@ from torch import nn
 from prunectl.modeling.adapters import Adapter
 
 
-def _pieces(model: nn.Module) -> list[nn.Module]:
+def pieces(model: nn.Module) -> list[nn.Module]:
+    """What streams as one unit: the embeddings, each residual block's modules (attention, MLP
+    and their norms: the adapter runs them one by one, not through the layer's own forward), the
+    final norm, the LM head and the rotary table."""
     adapter = Adapter(model)
-    return [adapter.embed_tokens, *adapter.layers, adapter.final_norm, adapter.lm_head,
+    blocks = [child for layer in adapter.layers for child in layer.children()]
+    return [adapter.embed_tokens, *blocks, adapter.final_norm, adapter.lm_head,
             adapter.decoder.rotary_emb]
 
 
@@ -33,7 +37,7 @@ def stream_layers(model: nn.Module, device: torch.device) -> nn.Module:
     tensors (the layer inputs a search caches on the CPU, say).
     """
     model.to("cpu")
-    for piece in _pieces(model):
+    for piece in pieces(model):
         piece.register_forward_pre_hook(_to_device(device), with_kwargs=True)
         piece.register_forward_hook(_to_host)
     return model
