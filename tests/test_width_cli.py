@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
 import torch
 import yaml
 from conftest import save_tiny
@@ -50,9 +51,9 @@ def in_process(model_dir, method_section, plan, stats):
     return method.apply(SimpleNamespace(), dense, plan, stats).eval()
 
 
-def test_flap_through_the_cli(tmp_path, text_file):
-    # Phi-3 here fails in export (AutoTokenizer reads the heterogeneous config): reported
-    model_dir = save_tiny(tmp_path / "qwen2", "qwen2", num_attention_heads=8, num_key_value_heads=4)
+@pytest.mark.parametrize("family", ["qwen2", "phi3"])
+def test_flap_through_the_cli(tmp_path, text_file, family):
+    model_dir = save_tiny(tmp_path / family, family, num_attention_heads=8, num_key_value_heads=4)
     section = {"name": "flap", "metric": "WIFV", "structure": "AL-AM"}
     project = tmp_path / "proj"
     steps(project, recipe_file(tmp_path, model_dir, text_file, section))
