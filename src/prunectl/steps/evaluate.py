@@ -115,7 +115,11 @@ def _tasks(run: RunContext, role: str, fingerprint: str, model, tokenizer, tasks
 def _speed(run: RunContext, role: str, model, tokenizer) -> dict:
     from prunectl.evaluation.speed import measure_speed
 
-    model_dir = None if role == "dense" else run.project.path(*artifacts.MODEL_DIRS[role])
+    if role == "dense":  # a local checkpoint has an on-disk size to compare with; a hub id not
+        local = Path(run.recipe.model.path)
+        model_dir = local if local.is_dir() else None
+    else:
+        model_dir = run.project.path(*artifacts.MODEL_DIRS[role])
     result = measure_speed(model, tokenizer, device=run.device, model_dir=model_dir)
     write_json(run.project.path("eval", role, "speed.json"), result)
     return result
@@ -160,6 +164,10 @@ def evaluate(run: RunContext, tasks: list[str] | None = None, speed: bool | None
                     ratios = speed_ratios(result, speeds["dense"])
                     write_json(run.project.path("eval", role, "speed.json"), {**result, "vs_dense": ratios})
                     summary[role]["speed_vs_dense"] = ratios
+        if run.dist.is_main:  # the report (and so the model card) follows every evaluation
+            from prunectl.evaluation.report import write_report
+
+            write_report(run.project.root)
         return StepOutcome([run.project.path("eval")], summary)
 
     options = {k: v for k, v in (("tasks", tasks), ("speed", speed)) if v is not None}
