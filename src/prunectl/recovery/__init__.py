@@ -41,21 +41,6 @@ def _save_adapter(peft_model, directory: Path) -> None:
         raise
 
 
-def _tokenizer(directory: Path):
-    """The tokenizer saved with a project model.  A pruned-format ``config.json`` (per-layer
-    attributes) cannot be read by ``AutoTokenizer``'s config lookup, so a stock config of the
-    same model type is handed over instead; the tokenizer files alone decide the result."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from prunectl.modeling.loading import project_config
-
-    model_type = project_config(directory)["model_type"]
-    tokenizer = AutoTokenizer.from_pretrained(directory, config=AutoConfig.for_model(model_type))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def _inputs(run: RunContext, source_dir: Path) -> dict:
     files = sorted(p for p in Path(source_dir).rglob("*") if p.is_file())
     return {
@@ -86,7 +71,7 @@ def run_recovery(
 
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (progress, tests).
     """
-    from prunectl.modeling.loading import load_project_model
+    from prunectl.modeling.loading import load_project_model, load_project_tokenizer
     from prunectl.modeling.pruned_format import save_model
     from prunectl.recovery.data import build_examples
     from prunectl.recovery.lora import make_trainer, train
@@ -96,7 +81,7 @@ def run_recovery(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _start_or_resume(run, Path(source_dir), out_dir)
-    tokenizer = _tokenizer(source_dir)
+    tokenizer = load_project_tokenizer(source_dir)
     train_set, val_set = build_examples(cfg, tokenizer)
     run.ui.info(f"recover: {len(train_set)} training and {len(val_set)} validation examples")
     model = load_project_model(source_dir, run.device, run.dtype)
