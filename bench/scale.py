@@ -27,7 +27,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from block_search import DATA, calibration_tokens, default_gguf
+from block_search import DATA, calibration_tokens
+from common import default_gguf
 
 from prunectl import distributed
 from prunectl.methods.block.candidates import candidate_names

