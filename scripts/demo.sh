@@ -24,3 +24,13 @@ out = model.generate(ids, max_new_tokens=16, do_sample=False)
 print(f"reloaded {path}: {sum(p.numel() for p in model.parameters()):,} parameters")
 print("sample:", tokenizer.decode(out[0], skip_special_tokens=True))
 PY
+python - "$PROJECT" <<'PY'
+import json, pathlib, sys
+project = pathlib.Path(sys.argv[1])
+info = json.loads((project / "pruned" / "prunectl.json").read_text())
+for role in ("dense", "pruned"):
+    ppl = json.loads((project / "eval" / role / "perplexity-pydoc-topics.json").read_text())
+    print(f"{role:>6}: perplexity {ppl['perplexity']:.3f} on {ppl['tokens_scored']:,} held-out tokens, "
+          f"{info[role]['total']:,} parameters")
+print(f"removed {info['blocks_removed']} blocks: {', '.join(info['plan']['removal_order'][:info['blocks_removed']])}")
+PY
