@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json as jsonlib
 import os
-import sys
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from functools import wraps
@@ -214,7 +212,6 @@ def handles_errors(command: Callable) -> Callable:
         except Exception as error:
             if os.environ.get("PRUNECTL_DEBUG"):
                 raise
-            traceback.print_exc(file=sys.stderr) if os.environ.get("PRUNECTL_TRACEBACK") else None
             typer.echo(
                 f"internal error: {type(error).__name__}: {error} "
                 "(traceback in the project's logs/ directory; PRUNECTL_DEBUG=1 to raise)",
