@@ -52,11 +52,12 @@ def recover_record(project: Path) -> dict:
 
 
 def test_taylor_prune_then_recover_through_the_cli(tmp_path, text_file):
-    project = pruned_project(tmp_path, text_file, max_steps=6)
+    project = pruned_project(tmp_path, text_file, max_steps=3)
     plan = json.loads((project / "search" / "plan.json").read_text())
     assert plan["method"] == "taylor" and plan["achieved"]["ratio_estimate"] > 0.1
 
-    result = runner.invoke(app, ["recover", "-p", str(project), "--json", "--quiet"])
+    result = runner.invoke(app, ["recover", "-p", str(project), "--max-steps", "6", "--json",
+                                 "--quiet"])
     assert result.exit_code == 0, result.output
     record = recover_record(project)
     assert record["status"] == "done"

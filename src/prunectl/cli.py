@@ -300,15 +300,19 @@ def apply(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
 @app.command()
 @handles_errors
 def recover(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
-            device: DeviceOpt = None, dtype: DtypeOpt = None, force: ForceOpt = False,
-            json: JsonOpt = False, quiet: QuietOpt = False):
+            device: DeviceOpt = None, dtype: DtypeOpt = None,
+            max_steps: Annotated[int | None, typer.Option(
+                "--max-steps", help="Cap the optimizer steps (recover.max_steps).")] = None,
+            force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False):
     """Fine-tune the pruned model with LoRA, merge it, save it (resumes from checkpoints).
 
-    Example: prunectl recover -p runs/exp1 --set recover.max_steps=200
+    Example: prunectl recover -p runs/exp1 --max-steps 200
     """
     from prunectl.steps.recover import recover as step
 
     opts = _common(project, recipe, set, device, dtype, force, json, quiet)
+    if max_steps is not None:
+        opts.sets.append(f"recover.max_steps={max_steps}")
     with session(opts) as run:
         _emit(opts, [step(run)])
 
