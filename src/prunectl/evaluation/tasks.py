@@ -11,6 +11,10 @@ BlockPruner): ``acc_norm`` for HellaSwag, ARC-challenge and OpenBookQA, ``acc`` 
 WinoGrande and ARC-easy.  LLM-Pruner never wrote this down; it is what reproduces its Table 1
 (horseee/LLM-Pruner issue #25: the reproduced ``acc`` matches BoolQ/PIQA/WinoGrande/ARC-e and
 ``acc_norm`` matches HellaSwag/ARC-c/OBQA).  Both metrics are always saved.
+
+Under torchrun every rank evaluates a strided share of each task's documents through lm-eval's
+own data parallelism (:mod:`prunectl.evaluation.lm_eval_model`); rank 0 gets the complete
+metrics, writes the files, and hands every rank the same records.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from prunectl.distributed import Distributed, current
 from prunectl.errors import UserError
 from prunectl.io import read_json, write_json
 from prunectl.ui import SILENT, UI
@@ -119,12 +124,14 @@ def _unknown(task: str, manager) -> str:
     return f"unknown lm-eval task '{task}'{hint}"
 
 
-def _load(task: str, manager) -> list:
-    """Build ``task`` (downloads or reads its dataset): the specs to hand to ``simple_evaluate``."""
+def _load(task: str, manager) -> tuple[list, list]:
+    """Build ``task`` (downloads or reads its dataset): the specs to hand to ``simple_evaluate``
+    and its leaf tasks, whose instances tell how many requests this rank ran."""
     loaded = manager.load([task])
+    leaves = list(loaded["tasks"].values())
     if task in loaded["groups"]:
-        return [loaded["groups"][task]]
-    return list(loaded["tasks"].values())
+        return [loaded["groups"][task]], leaves
+    return leaves, leaves
 
 
 def run_tasks(
@@ -159,15 +166,16 @@ def run_tasks(
         "batch_size": batch_size,
         "dtype": dtype,
     }
+    group = current()
     records: dict[str, dict] = {}
-    pending = []
-    for task in tasks:
-        saved = _reusable(task_file(out_dir, task), settings)
-        if saved is not None:
-            ui.info(f"{model_label}: {task} already evaluated ({task_file(out_dir, task)})")
-            records[task] = saved
-        else:
-            pending.append(task)
+    if group.is_main:  # rank 0 decides what is done; every rank must run the same tasks
+        for task in tasks:
+            saved = _reusable(task_file(out_dir, task), settings)
+            if saved is not None:
+                ui.info(f"{model_label}: {task} already evaluated ({task_file(out_dir, task)})")
+                records[task] = saved
+    records = group.broadcast_object(records)
+    pending = [task for task in tasks if task not in records]
 
     failures: list[str] = []
     if pending:
@@ -177,18 +185,23 @@ def run_tasks(
             if task not in manager.all_tasks:
                 failures.append(_unknown(task, manager))
                 continue
+            specs, leaves, problem = [], [], None
             try:
-                specs = _load(task, manager)
+                specs, leaves = _load(task, manager)
             except Exception as error:  # dataset missing or unreachable: the user's to fix
                 first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                failures.append(
+                problem = (
                     f"lm-eval task '{task}' could not be loaded ({type(error).__name__}: {first})"
                 )
+            problems = [p for p in group.gather_objects(problem) if p]  # skipped by all or none
+            if problems:
+                failures.append(problems[0])
                 continue
-            lm = lm or _wrap(model, tokenizer, batch_size)
+            lm = lm or _wrap(model, tokenizer, batch_size, group)
             ui.info(f"{model_label}: evaluating {task}")
-            records[task] = _evaluate(lm, task, specs, manager, settings, ui)
-            write_json(task_file(out_dir, task), records[task])
+            records[task] = _evaluate(lm, group, task, specs, leaves, manager, settings, ui)
+            if group.is_main:
+                write_json(task_file(out_dir, task), records[task])
     if failures:
         raise UserError(
             "; ".join(failures) + "; check the name, add its YAML directory to eval.task_paths, "
@@ -201,19 +214,37 @@ def run_tasks(
     return figures
 
 
-def _wrap(model, tokenizer, batch_size: int | str):
+def _wrap(model, tokenizer, batch_size: int | str, group: Distributed):
     """lm-eval's wrapper around the in-memory model.  It may set a pad token on the tokenizer it
     gets, so it gets a copy: the caller's tokenizer is saved with the model later."""
-    from lm_eval.models.huggingface import HFLM
+    from prunectl.evaluation.lm_eval_model import GroupHFLM
 
-    return HFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size)
+    return GroupHFLM(model, copy.deepcopy(tokenizer), batch_size, group)
 
 
-def _evaluate(lm, task: str, specs: list, manager, settings: dict, ui: UI) -> dict:
-    """Run one task (already loaded into ``specs``) and return its record."""
+def _documents(leaves: list, limit: float | None) -> int:
+    """The fewest documents any leaf task evaluates under ``limit``."""
+    from lm_eval.evaluator_utils import get_sample_size
+
+    return min(min(len(t.eval_docs), get_sample_size(t, limit) or len(t.eval_docs)) for t in leaves)
+
+
+def _evaluate(
+    lm, group: Distributed, task: str, specs: list, leaves: list, manager, settings: dict, ui: UI
+) -> dict:
+    """Run one task (already loaded into ``specs``) on every rank; every rank returns rank 0's
+    record.  lm-eval stops a rank whose share has no documents ("did not find any docs"), so a
+    task with fewer documents than ranks runs on rank 0 alone while the others wait."""
     import lm_eval
     import lm_eval.evaluator
 
+    runs = group
+    if group.enabled and _documents(leaves, settings["limit"]) < group.world_size:
+        runs = Distributed()
+        ui.info(f"{settings['model']}: {task} has fewer documents than ranks, rank 0 runs it")
+        if not group.is_main:
+            return group.broadcast_object(None)
+    lm.join(runs)
     started = time.perf_counter()
     output = lm_eval.evaluator.simple_evaluate(
         model=lm,
@@ -224,9 +255,15 @@ def _evaluate(lm, task: str, specs: list, manager, settings: dict, ui: UI) -> di
         log_samples=False,
         verbosity="ERROR" if ui.quiet else None,
     )
-    record = _record(task, output, settings, lm_eval.__version__, lm)
-    record["duration_s"] = round(time.perf_counter() - started, 3)
-    return record
+    shares = runs.gather_objects(sum(len(t.instances) for t in leaves))
+    record = None
+    if group.is_main:
+        record = _record(task, output, settings, lm_eval.__version__, lm)
+        record["requests_per_rank"] = shares
+        record["duration_s"] = round(time.perf_counter() - started, 3)
+        if runs.enabled:
+            ui.info(f"{settings['model']}: {task} ran {sum(shares)} requests, per rank {shares}")
+    return group.broadcast_object(record)
 
 
 def _record(task: str, output: dict, settings: dict, version: str, lm) -> dict:

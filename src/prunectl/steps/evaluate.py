@@ -54,7 +54,8 @@ def _evaluation_tokens(run: RunContext, tokenizer, dataset: str) -> torch.Tensor
     if cache.exists():
         return load_tensors(cache)["input_ids"]
     tokens = evaluation_tokens(tokenizer, dataset, cfg.split, add_bos=cfg.add_bos)
-    save_tensors(cache, {"input_ids": tokens})
+    if run.dist.is_main:  # under torchrun every rank tokenizes; rank 0 alone writes files
+        save_tensors(cache, {"input_ids": tokens})
     return tokens
 
 
@@ -82,11 +83,12 @@ def _perplexities(run: RunContext, role: str, fingerprint: str, model, tokenizer
         result = perplexity(
             model, tokens, cfg.seqlen, cfg.batch_size, max_windows=cfg.max_windows, ui=run.ui
         )
-        write_json(
-            out,
-            {**result, "model": role, "model_fingerprint": fingerprint, "settings": settings,
-             "device": str(run.device)},
-        )
+        if run.dist.is_main:
+            write_json(
+                out,
+                {**result, "model": role, "model_fingerprint": fingerprint, "settings": settings,
+                 "device": str(run.device)},
+            )
         run.ui.info(f"{role} perplexity on {dataset}: {result['perplexity']:.3f}")
         results[dataset] = result["perplexity"]
     return results
@@ -121,7 +123,8 @@ def _speed(run: RunContext, role: str, model, tokenizer) -> dict:
     else:
         model_dir = run.project.path(*artifacts.MODEL_DIRS[role])
     result = measure_speed(model, tokenizer, device=run.device, model_dir=model_dir)
-    write_json(run.project.path("eval", role, "speed.json"), result)
+    if run.dist.is_main:  # every rank measures its own device; rank 0's figures are saved
+        write_json(run.project.path("eval", role, "speed.json"), result)
     return result
 
 
@@ -162,7 +165,9 @@ def evaluate(run: RunContext, tasks: list[str] | None = None, speed: bool | None
             for role, result in speeds.items():
                 if role != "dense":
                     ratios = speed_ratios(result, speeds["dense"])
-                    write_json(run.project.path("eval", role, "speed.json"), {**result, "vs_dense": ratios})
+                    if run.dist.is_main:
+                        write_json(run.project.path("eval", role, "speed.json"),
+                                   {**result, "vs_dense": ratios})
                     summary[role]["speed_vs_dense"] = ratios
         if run.dist.is_main:  # the report (and so the model card) follows every evaluation
             from prunectl.evaluation.report import write_report
