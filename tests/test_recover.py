@@ -12,6 +12,7 @@ from conftest import byte_tokenizer, tiny_model
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from prunectl.distributed import Distributed
 from prunectl.errors import UserError
 from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.modeling.loading import load_project_model
@@ -47,7 +48,7 @@ def corpus(tmp_path) -> Path:
 def recover_run(**cfg) -> SimpleNamespace:
     config = RecoverConfig(**cfg)
     return SimpleNamespace(recipe=SimpleNamespace(recover=config), device=torch.device("cpu"),
-                           dtype=torch.float32, ui=SILENT, force=False)
+                           dtype=torch.float32, ui=SILENT, force=False, dist=Distributed())
 
 
 def text_run(corpus: Path, **overrides) -> SimpleNamespace:

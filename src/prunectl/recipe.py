@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     SerializeAsAny,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -86,8 +87,39 @@ class TargetConfig(Section):
         return self
 
 
+class RecoverDistributedConfig(Section):
+    """FSDP or DeepSpeed for ``recover`` under a launcher (torchrun, accelerate launch); plain
+    data parallelism needs neither.  Each is a JSON/YAML file (relative to the recipe file that
+    names it) or an inline mapping; a file is read when the recipe loads, so the project pins
+    the options themselves.  ``fsdp`` holds the Trainer's ``fsdp_config`` options, ``deepspeed``
+    a DeepSpeed config (``"auto"`` values are filled from the recipe)."""
+
+    fsdp: dict[str, Any] | None = None
+    deepspeed: dict[str, Any] | None = None
+
+    @field_validator("fsdp", "deepspeed", mode="before")
+    @classmethod
+    def _read(cls, value: Any, info: ValidationInfo) -> Any:
+        from prunectl.recovery.parallel import fsdp_options, read_config
+
+        origin = ((info.context or {}).get("origins") or {}).get(
+            ("recover", "distributed", info.field_name), "")
+        base = Path(origin).parent if origin and Path(origin).is_file() else Path.cwd()
+        config = read_config(value, base)
+        return fsdp_options(config) if info.field_name == "fsdp" and config is not None else config
+
+    @model_validator(mode="after")
+    def _one(self) -> RecoverDistributedConfig:
+        if self.fsdp is not None and self.deepspeed is not None:
+            raise ValueError("got both fsdp and deepspeed, expected at most one of them")
+        return self
+
+
 class RecoverConfig(Section):
-    """LoRA recovery fine-tuning; defaults follow LLM-Pruner's post-training script."""
+    """LoRA recovery fine-tuning; defaults follow LLM-Pruner's post-training script.
+
+    ``batch_size`` is the global batch of one optimizer step, whatever the number of processes.
+    """
 
     dataset: str = "yahma/alpaca-cleaned"
     format: Literal["alpaca", "text"] = "alpaca"
@@ -106,14 +138,25 @@ class RecoverConfig(Section):
     seed: int = 42
     gradient_checkpointing: bool = False
     max_samples: int | None = Field(None, gt=0)
+    distributed: RecoverDistributedConfig = Field(default_factory=RecoverDistributedConfig)
 
     @model_validator(mode="after")
-    def _micro_batch(self) -> RecoverConfig:
-        if self.micro_batch_size > self.batch_size:
+    def _batches(self) -> RecoverConfig:
+        from prunectl.recovery.parallel import deepspeed_batch_problem
+
+        if self.batch_size % self.micro_batch_size:
             raise ValueError(
-                f"got micro_batch_size={self.micro_batch_size} > batch_size={self.batch_size}, "
-                "expected micro_batch_size <= batch_size"
+                f"got batch_size={self.batch_size}, micro_batch_size={self.micro_batch_size}, "
+                "expected batch_size a multiple of micro_batch_size"
             )
+        fsdp, deepspeed = self.distributed.fsdp, self.distributed.deepspeed
+        if fsdp and self.gradient_checkpointing and fsdp.get("activation_checkpointing"):
+            raise ValueError("got gradient_checkpointing and distributed.fsdp."
+                             "activation_checkpointing, expected one of them (FSDP's under FSDP)")
+        problem = deepspeed and deepspeed_batch_problem(
+            deepspeed, self.batch_size, self.micro_batch_size)
+        if problem:
+            raise ValueError(f"distributed.deepspeed: {problem}")
         return self
 
 
@@ -329,7 +372,7 @@ def load_recipe(
         raise UserError(f"{label}: extends: only a recipe file may extend another; "
                         "use --set key.path=value to change keys")
     try:
-        recipe = Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data, context={"origins": origins})
     except ValidationError as error:
         raise UserError(describe_validation_error(error, data, label, origins)) from None
     except UserError as error:  # an unknown method name, from the registry

@@ -11,12 +11,16 @@ under ``out_dir`` (``recovered/`` of the project):
 - ``adapter/``: the LoRA adapter alone (peft format), for users who keep it separate;
 - ``model/``: the merged model (``merge_and_unload``), saved with ``save_model``;
 - ``summary.json``: the figures ``run_recovery`` returns.
+
+Under torchrun / accelerate launch the Trainer trains data-parallel (or with the FSDP/DeepSpeed
+config of ``recover.distributed``, see :mod:`prunectl.recovery.parallel`); only rank 0 writes
+these files.
 """
 
 from __future__ import annotations
 
+import gc
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,19 +30,34 @@ from prunectl.io import read_json, write_json
 
 if TYPE_CHECKING:
     from prunectl.context import RunContext
+    from prunectl.distributed import Distributed
 
 
-def _save_adapter(peft_model, directory: Path) -> None:
-    """Write the adapter beside ``directory`` and rename it into place (no half-written adapter)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f"{directory.name}.tmp-", dir=directory.parent))
-    try:
-        peft_model.save_pretrained(tmp)
+def _save_adapter(trainer, directory: Path, dist: Distributed) -> None:
+    """Save the adapter through the Trainer (which gathers it under DDP, FSDP or DeepSpeed: every
+    rank calls this, rank 0 writes) beside ``directory``, then rename it into place."""
+    tmp = directory.with_name(f"{directory.name}.tmp")
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    if dist.is_main:
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # the Trainer's, not the adapter's
         if directory.exists():
             shutil.rmtree(directory)
         tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+
+def _merge(run: RunContext, source_dir: Path, adapter_dir: Path, tokenizer, model_dir: Path):
+    """The pruned model with the saved adapter merged in (``merge_and_unload``), saved: the
+    same on every strategy, since the adapter file holds the full (gathered) LoRA weights."""
+    from peft import PeftModel
+
+    from prunectl.modeling.loading import load_project_model
+    from prunectl.modeling.pruned_format import save_model
+
+    base = load_project_model(source_dir, run.device, run.dtype)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    save_model(merged, tokenizer, model_dir, run.dtype)
 
 
 def _inputs(run: RunContext, source_dir: Path) -> dict:
@@ -69,34 +88,54 @@ def run_recovery(
     """Train LoRA on the model in ``source_dir`` with the recipe's ``recover`` section, merge it and
     save the result to ``out_dir / "model"``; return the summary (losses, steps, seconds).
 
-    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (progress, tests).
+    Under a launcher every rank runs this: the Trainer splits each global batch over the ranks,
+    rank 0 alone writes the files above (the Trainer its checkpoints), and every rank returns
+    rank 0's summary.  ``callbacks`` are extra ``transformers.TrainerCallback`` objects.
     """
     from prunectl.modeling.loading import load_project_model, load_project_tokenizer
-    from prunectl.modeling.pruned_format import save_model
     from prunectl.recovery.data import build_examples
-    from prunectl.recovery.lora import make_trainer, train
+    from prunectl.recovery.lora import (
+        before_callback,
+        last_checkpoint,
+        make_trainer,
+        train,
+        training_arguments,
+    )
+    from prunectl.recovery.parallel import check
 
-    cfg = run.recipe.recover
+    cfg, dist = run.recipe.recover, run.dist
     started = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _start_or_resume(run, Path(source_dir), out_dir)
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    strategy = check(cfg, run.device, dist.world_size)
     tokenizer = load_project_tokenizer(source_dir)
     train_set, val_set = build_examples(cfg, tokenizer)
-    run.ui.info(f"recover: {len(train_set)} training and {len(val_set)} validation examples")
-    model = load_project_model(source_dir, run.device, run.dtype)
-    trainer = make_trainer(
-        model, tokenizer, train_set, val_set, cfg, out_dir / "checkpoints", run.ui, callbacks
-    )
     before_file = out_dir / "eval_before.json"
-    if val_set and not before_file.exists():  # LoRA starts as a no-op: this is the pruned model
-        write_json(before_file, {"eval_loss": trainer.evaluate()["eval_loss"]})
-    before = read_json(before_file)["eval_loss"] if val_set else None
-    summary = {"eval_loss_before": before, **train(trainer, run.ui)}
+    decided = None
+    if dist.is_main:  # inputs checked, checkpoints kept or dropped: one rank decides and writes
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _start_or_resume(run, source_dir, out_dir)
+        decided = last_checkpoint(out_dir / "checkpoints"), not before_file.exists()
+    resume, measure_before = dist.broadcast_object(decided)
+    run.ui.info(f"recover: {len(train_set)} training and {len(val_set)} validation examples, "
+                f"{dist.world_size} process(es), {strategy}")
+    # the pruned model's loss (LoRA starts as a no-op) is measured inside train(), once the
+    # Trainer has wrapped the model: a Trainer.evaluate() before train() would leave it
+    # unwrapped under DDP (accelerate marks it prepared), so the ranks would not sync gradients
+    measure = bool(val_set) and measure_before and resume is None
+    args = training_arguments(cfg, out_dir / "checkpoints", run.device, run.dtype,
+                              len(train_set), bool(val_set), dist.world_size, eval_on_start=measure)
+    model = load_project_model(source_dir, run.device, run.dtype)
+    callbacks = [*([before_callback(before_file)] if measure else []), *callbacks]
+    trainer = make_trainer(model, tokenizer, train_set, val_set, cfg, args, run.ui, callbacks)
+    summary = train(trainer, resume, dist, run.ui)
+    _save_adapter(trainer, out_dir / "adapter", dist)
+    del trainer, model  # rank 0 loads the pruned model again to merge: free this one first
+    gc.collect()
     summary.update(train_examples=len(train_set), val_examples=len(val_set))
-    _save_adapter(trainer.model, out_dir / "adapter")
-    merged = trainer.model.merge_and_unload()
-    save_model(merged, tokenizer, out_dir / "model", run.dtype)
-    summary["seconds"] = time.perf_counter() - started
-    write_json(out_dir / "summary.json", summary)
-    return summary
+    if dist.is_main:
+        before = read_json(before_file)["eval_loss"] if before_file.exists() else None
+        summary = {"eval_loss_before": before, **summary}
+        _merge(run, source_dir, out_dir / "adapter", tokenizer, out_dir / "model")
+        summary["seconds"] = time.perf_counter() - started
+        write_json(out_dir / "summary.json", summary)
+    return dist.broadcast_object(summary)

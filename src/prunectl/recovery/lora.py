@@ -6,7 +6,8 @@ linear decay, evaluation and selection of the best checkpoint by validation loss
 the warm-up is the reference's 100 steps capped at a tenth of the run, so short runs are not all
 warm-up; mixed precision follows the model dtype (bf16 or fp16 on CUDA, none on CPU) instead of
 always fp16; checkpoints every ``save_steps`` with evaluation at the same steps (the reference
-evaluates every 100 and saves every 200 steps).
+evaluates every 100 and saves every 200 steps).  Under a launcher the global batch stays
+``batch_size`` (see :mod:`prunectl.recovery.parallel`).
 """
 
 from __future__ import annotations
@@ -16,28 +17,30 @@ import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from prunectl.recovery.data import IGNORE
+from prunectl.recovery.parallel import accumulation, trainer_options
 from prunectl.ui import SILENT, UI
+
+if TYPE_CHECKING:
+    from prunectl.distributed import Distributed
 
 REFERENCE_WARMUP = 100
 SHOWN = ("loss", "eval_loss", "learning_rate", "train_loss")  # log keys worth a line on stderr
 
 
-def total_steps(cfg, n_train: int) -> int:
-    """Optimizer steps of the run: ``max_steps`` or the epochs over the training examples."""
+def total_steps(cfg, n_train: int, world_size: int = 1) -> int:
+    """Optimizer steps of the run: ``max_steps`` or the epochs over the training examples (each
+    process takes every ``world_size``-th micro-batch)."""
     if cfg.max_steps is not None:
         return cfg.max_steps
-    per_epoch = math.ceil(n_train / cfg.micro_batch_size) // accumulation(cfg)
+    batches = math.ceil(math.ceil(n_train / cfg.micro_batch_size) / world_size)
+    per_epoch = batches // accumulation(cfg, world_size)
     return max(1, math.ceil(max(per_epoch, 1) * cfg.num_epochs))
-
-
-def accumulation(cfg) -> int:
-    return max(1, cfg.batch_size // cfg.micro_batch_size)
 
 
 def lora_model(model: nn.Module, cfg) -> nn.Module:
@@ -60,8 +63,17 @@ def lora_model(model: nn.Module, cfg) -> nn.Module:
 
 
 def training_arguments(
-    cfg, output_dir: Path, device: torch.device, dtype: torch.dtype, n_train: int, has_eval: bool
+    cfg,
+    output_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    n_train: int,
+    has_eval: bool,
+    world_size: int = 1,
+    eval_on_start: bool = False,
 ):
+    """The Trainer's arguments; ``world_size`` processes share each global batch of
+    ``cfg.batch_size`` examples; ``eval_on_start`` evaluates before the first step."""
     from transformers import TrainingArguments
 
     cuda = device.type == "cuda"
@@ -69,17 +81,18 @@ def training_arguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=cfg.micro_batch_size,
         per_device_eval_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=accumulation(cfg),
+        gradient_accumulation_steps=accumulation(cfg, world_size),
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps or -1,
         learning_rate=cfg.learning_rate,
-        warmup_steps=min(REFERENCE_WARMUP, total_steps(cfg, n_train) // 10),
+        warmup_steps=min(REFERENCE_WARMUP, total_steps(cfg, n_train, world_size) // 10),
         optim="adamw_torch",
         bf16=cuda and dtype == torch.bfloat16,
         fp16=cuda and dtype == torch.float16,
         logging_steps=10,
         logging_first_step=True,
         eval_strategy="steps" if has_eval else "no",
+        eval_on_start=eval_on_start,
         eval_steps=cfg.save_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
@@ -97,6 +110,7 @@ def training_arguments(
         report_to="none",
         disable_tqdm=True,
         remove_unused_columns=False,
+        **trainer_options(cfg),
     )
 
 
@@ -111,6 +125,21 @@ def _ui_callback(ui: UI):
                 ui.info(f"recover: step {state.global_step}/{state.max_steps}: {shown}")
 
     return Report()
+
+
+def before_callback(path: Path):
+    """Writes the evaluation before the first step (``eval_on_start``) to ``path``, from the
+    main process, as soon as it is known: a resumed run must not measure again."""
+    from transformers import TrainerCallback
+
+    from prunectl.io import write_json
+
+    class Before(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if state.global_step == 0 and state.is_world_process_zero:
+                write_json(path, {"eval_loss": metrics["eval_loss"]})
+
+    return Before()
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
@@ -141,16 +170,18 @@ def make_trainer(
     train_set: list[dict],
     val_set: list[dict],
     cfg,
-    output_dir: Path,
+    args,
     ui: UI = SILENT,
     callbacks: Sequence[Any] = (),
 ):
-    """A Trainer of LoRA adapters on ``model`` that checkpoints to ``output_dir``."""
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, ProgressCallback, Trainer
+    """A Trainer of LoRA adapters on ``model`` with ``args`` (from :func:`training_arguments`)."""
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        PrinterCallback,
+        ProgressCallback,
+        Trainer,
+    )
 
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    args = training_arguments(cfg, output_dir, device, dtype, len(train_set), bool(val_set))
     trainer = Trainer(
         model=lora_model(model, cfg),
         args=args,
@@ -167,22 +198,29 @@ def make_trainer(
     return trainer
 
 
-def train(trainer, ui: UI = SILENT) -> dict:
-    """Train, resuming from the last checkpoint when there is one; the model ends with the best
-    checkpoint by validation loss loaded (when there is a validation set).  Returns figures."""
-    resume = last_checkpoint(Path(trainer.args.output_dir))
+def train(trainer, resume: str | None, dist: Distributed, ui: UI = SILENT) -> dict:
+    """Train, resuming from the checkpoint ``resume`` (every rank the same one); the model ends
+    with the best checkpoint by validation loss loaded (when there is a validation set).
+
+    Returns figures, equal on every rank: the training loss is the mean of the ranks' means
+    (equal shares of every step), the losses and steps are the Trainer's global ones.
+    """
     if resume:
         ui.info(f"recover: resuming from {resume}")
+    # counted before the Trainer wraps (and maybe shards) the model
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     result = trainer.train(resume_from_checkpoint=resume)
     state = trainer.state
     has_eval = trainer.eval_dataset is not None
     resumed_step = int(Path(resume).name.split("-")[-1]) if resume else None
+    trained = state.global_step > (resumed_step or 0)  # not when a finished run was only reloaded
+    losses = dist.gather_objects(result.training_loss)
     return {
-        # mean over the steps this process trained; None when a finished run was only reloaded
-        "train_loss": result.training_loss if state.global_step > (resumed_step or 0) else None,
+        "train_loss": sum(losses) / len(losses) if trained else None,
         "eval_loss_after": state.best_metric if has_eval else None,
-        "eval_losses": [log["eval_loss"] for log in state.log_history if "eval_loss" in log],
+        "eval_losses": [log["eval_loss"] for log in state.log_history
+                        if "eval_loss" in log and log["step"] > 0],
         "steps": state.global_step,
         "resumed_from_step": resumed_step,
-        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "trainable_parameters": trainable,
     }
