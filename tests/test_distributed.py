@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,6 +27,7 @@ from conftest import tiny_model
 from test_block_search import peaked_model, repeated_tokens, search
 
 from prunectl import distributed
+from prunectl.errors import UserError
 from prunectl.evaluation.perplexity import perplexity
 from prunectl.methods.flap.collect import collect_statistics
 from prunectl.methods.taylor import TaylorConfig, TaylorMethod
@@ -176,6 +180,16 @@ def test_taylor_scores_equal_one_process(runs, importance):
             torch.testing.assert_close(rank[key][name], value, rtol=1e-5, atol=1e-8)
 
 
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            str(WORLD), "--no-python", str(Path(sys.executable).with_name("prunectl")), *args]
+
+
+def _launch_env(**extra: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {
+        "OMP_NUM_THREADS": "1", **extra}
+
+
 def test_torchrun_search_writes_once_and_equals_one_process(tmp_path, text_file):
     """`torchrun --nproc_per_node 2 prunectl search`: one progress line per decision (rank 0
     alone appends), the state recorded, and the order a single in-process search finds."""
@@ -191,13 +205,9 @@ def test_torchrun_search_writes_once_and_equals_one_process(tmp_path, text_file)
     model_dir = save_tiny(tmp_path / "tiny", "llama", num_hidden_layers=4)
     recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
     project = tmp_path / "project"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node", str(WORLD), "--no-python",
-                str(Path(sys.executable).with_name("prunectl"))]
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"OMP_NUM_THREADS": "1"}
-    command = [*launcher, "search", "-p", str(project), "-r", str(recipe), "--quiet"]
+    command = _torchrun("search", "-p", str(project), "-r", str(recipe), "--quiet")
     done = subprocess.run(command, check=False,
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=_launch_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
     lines = (project / "search" / "progress.jsonl").read_text().splitlines()
@@ -215,3 +225,224 @@ def test_torchrun_search_writes_once_and_equals_one_process(tmp_path, text_file)
     assert plan["removal_order"] == [d["removed"] for d in alone.decisions]
     assert [json.loads(line)["perplexity"] for line in lines] == pytest.approx(
         [d["perplexity"] for d in alone.decisions], rel=1e-6)
+
+
+def _worker(launcher: int, rank: int) -> int:
+    """The pid of the launcher's child that runs ``rank``: its parent pid and ``RANK`` read from
+    /proc, as an operator would find it."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            environ = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+        if parent == launcher and f"RANK={rank}".encode() in environ:
+            return int(stat.parent.name)
+    raise AssertionError(f"torchrun (pid {launcher}) has no worker with RANK={rank}")
+
+
+def _complete_lines(file: Path) -> int:
+    return file.read_bytes().count(b"\n") if file.exists() else 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank in /proc")
+def test_a_killed_rank_stops_the_run_and_a_rerun_resumes(tmp_path, text_file):
+    """SIGKILL rank 1 of `torchrun prunectl search` after decision 2: torchrun stops the group
+    with a non-zero exit, rank 0 says so in one line and records the step as failed, the lock
+    is released and no line is torn.  A single-process re-run (to 8 blocks) and then a torchrun
+    re-run (to 12) keep every recorded line byte for byte (so nothing recorded was recomputed)
+    and end with the order and perplexities of one uninterrupted single-process search."""
+    from conftest import save_tiny
+    from test_block_cli import write_recipe
+
+    from prunectl.io import load_tensors
+    from prunectl.methods.block.candidates import candidate_names
+    from prunectl.methods.block.plans import parameter_counts
+    from prunectl.methods.block.search import SearchSettings, Target, block_search
+    from prunectl.modeling.loading import load_project_model
+
+    model_dir = save_tiny(tmp_path / "tiny", "llama", num_hidden_layers=8)  # 16 candidates
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
+    project = tmp_path / "project"
+    progress = project / "search" / "progress.jsonl"
+
+    launcher = subprocess.Popen(
+        _torchrun("search", "-p", str(project), "-r", str(recipe), "--blocks", "12", "--quiet"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_launch_env(),
+        start_new_session=True)
+    try:
+        # decision 1 comes from `score`; decision 2 is the first the two ranks made together
+        for _ in range(4800):  # 4 minutes at most
+            if _complete_lines(progress) >= 2 or launcher.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+        os.kill(_worker(launcher.pid, 1), signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    assert launcher.returncode != 0, stderr[-3000:]
+    said = [line for line in stderr.splitlines() if re.match(
+        r"(rank 0: stopped by SIGTERM|stopped: rank 0 of 2: )", line)]
+    assert len(said) == 1 and said[0].endswith("re-run the same command to resume"), stderr
+    assert "third_party/gloo" not in stderr  # gloo's reason is in that line, not a wall of it
+    assert not [line for line in stderr.splitlines()
+                if line.strip().startswith("File ") and "prunectl" in line], stderr
+    killed = progress.read_bytes()
+    assert killed.endswith(b"\n")  # no half line
+    recorded = [json.loads(line)["step"] for line in killed.splitlines()]
+    assert recorded == list(range(1, len(recorded) + 1)) and 2 <= len(recorded) < 12
+    state = json.loads((project / "state.json").read_text())["steps"]["search"]
+    assert state["status"] == "failed", state
+    assert state["error"].startswith(("Terminated: SIGTERM", "GroupError: rank 0 of 2")), state
+    assert not (project / ".prunectl.lock").exists()
+
+    alone = subprocess.run(
+        [str(Path(sys.executable).with_name("prunectl")), "search", "-p", str(project),
+         "--blocks", "8", "--json"],
+        check=False, capture_output=True, text=True, env=_launch_env(), timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "lock" not in alone.stderr  # no stale lock to take over: rank 0 released it
+    statuses = {s["step"]: s["status"] for s in json.loads(alone.stdout)["steps"]}
+    assert statuses == {"calibrate": "up-to-date", "score": "up-to-date", "search": "done"}
+    resumed = progress.read_bytes()
+    assert resumed.startswith(killed)  # recorded decisions kept byte for byte, not recomputed
+    assert [json.loads(line)["step"] for line in resumed.splitlines()] == list(range(1, 9))
+
+    again = subprocess.run(_torchrun("search", "-p", str(project), "--blocks", "12", "--quiet"),
+                           check=False, capture_output=True, text=True, env=_launch_env(), timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    lines = progress.read_bytes()
+    assert lines.startswith(resumed)
+    assert [json.loads(line)["step"] for line in lines.splitlines()] == list(range(1, 13))
+    assert json.loads((project / "state.json").read_text())["steps"]["search"]["status"] == "done"
+
+    model = load_project_model(model_dir, torch.device("cpu"), torch.float32)
+    tokens = load_tensors(project / "calibration" / "tokens.safetensors")["input_ids"]
+    names = candidate_names(8, "mix")
+    reference = block_search(model, tokens, names, Target(blocks=12),
+                             parameter_counts(model, Adapter(model), names),
+                             SearchSettings(batch_size=2))
+    plan = json.loads((project / "search" / "plan.json").read_text())
+    assert plan["removal_order"] == [d["removed"] for d in reference.decisions]
+    assert [json.loads(line)["perplexity"] for line in lines.splitlines()] == pytest.approx(
+        [d["perplexity"] for d in reference.decisions], rel=1e-6)
+
+
+@pytest.mark.parametrize("value, seconds", [(None, 600.0), ("", 600.0), ("90", 90.0),
+                                            (" 2.5 ", 2.5)])
+def test_the_collective_timeout_comes_from_the_environment(monkeypatch, value, seconds):
+    if value is None:
+        monkeypatch.delenv(distributed.TIMEOUT_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(distributed.TIMEOUT_VARIABLE, value)
+    assert distributed.timeout_seconds() == seconds
+
+
+@pytest.mark.parametrize("value", ["ten", "0", "-5", "nan", "inf"])
+def test_a_bad_collective_timeout_stops_before_the_group_forms(monkeypatch, value):
+    monkeypatch.setenv(distributed.TIMEOUT_VARIABLE, value)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # no peer and no store: only the check can answer
+    with pytest.raises(UserError, match=rf"^PRUNECTL_DIST_TIMEOUT='{value}' is not a number of "
+                                        r"seconds above 0; set it to e\.g\. 1800"):
+        distributed.current()
+    assert not dist.is_initialized()
+
+
+def test_a_silent_rank_stops_rank_0_after_the_timeout(tmp_path, text_file):
+    """Rank 1 joins the group and then never reaches a collective (alive, not dead: torchrun
+    would not notice).  Rank 0 of `prunectl search` gives up at its first barrier after
+    PRUNECTL_DIST_TIMEOUT seconds with one line and exit 1, and releases the lock."""
+    from conftest import save_tiny
+    from test_block_cli import write_recipe
+
+    model_dir = save_tiny(tmp_path / "tiny", "llama", num_hidden_layers=2)
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
+    project = tmp_path / "project"
+    env = _launch_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+                      WORLD_SIZE=str(WORLD), PRUNECTL_DIST_TIMEOUT="2")
+    silent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time, torch.distributed as d; d.init_process_group('gloo'); time.sleep(600)"],
+        env=env | {"RANK": "1", "LOCAL_RANK": "1"})
+    try:
+        first = subprocess.run(
+            [str(Path(sys.executable).with_name("prunectl")), "search", "-p", str(project),
+             "-r", str(recipe), "--quiet"],
+            check=False, capture_output=True, text=True, env=env | {"RANK": "0", "LOCAL_RANK": "0"},
+            timeout=300)
+    finally:
+        silent.kill()
+        silent.wait()
+    assert first.returncode == 1, first.stderr
+    assert re.fullmatch(
+        r"stopped: rank 0 of 2: barrier failed \([^)]*timed out[^)]*\); another rank stopped, "
+        r"or did not answer within 2 s \(PRUNECTL_DIST_TIMEOUT\); re-run the same command to "
+        r"resume\n", first.stderr, flags=re.IGNORECASE), first.stderr
+    assert not (project / ".prunectl.lock").exists()
+    assert not (project / "state.json").exists()  # no step had started
+
+
+def test_sigterm_stops_a_command_with_one_line_and_exit_143(monkeypatch, capsys):
+    """What rank 0 does when torchrun stops it: the handler raises where the command is, so
+    context managers (the lock) and the step's failure record run; then one line, exit 143."""
+    import typer
+
+    from prunectl.cli import handles_errors
+
+    for key in LAUNCH_VARS:
+        monkeypatch.delenv(key, raising=False)
+    unwound = []
+
+    @handles_errors
+    def command():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # not reached: the signal raises first
+        finally:
+            unwound.append(True)
+
+    with pytest.raises(typer.Exit) as stopped:
+        command()
+    assert stopped.value.exit_code == 143 and unwound == [True]
+    assert capsys.readouterr().err == "stopped by SIGTERM; re-run the same command to resume\n"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back after the command
+
+
+def test_sigterm_during_a_failure_lets_its_clean_up_finish(monkeypatch, capsys):
+    """The lost-rank race: the collective's error is being handled (the step records its
+    failure) when the launcher's SIGTERM arrives; the clean-up finishes and the error's own
+    line is printed.  A SIGTERM whose failure was then swallowed still stops the command."""
+    import typer
+
+    from prunectl.cli import Terminated, _sigterm_raises, handles_errors
+
+    for key in LAUNCH_VARS:
+        monkeypatch.delenv(key, raising=False)
+    recorded = []
+
+    @handles_errors
+    def command():
+        try:
+            raise distributed.GroupError("rank 0 of 2: barrier failed (gone)")
+        except distributed.GroupError:
+            os.kill(os.getpid(), signal.SIGTERM)
+            recorded.append("failed")  # what execute() does here: log and state.json
+            raise
+
+    with pytest.raises(typer.Exit) as stopped:
+        command()
+    assert stopped.value.exit_code == 1 and recorded == ["failed"]
+    assert capsys.readouterr().err == (
+        "stopped: rank 0 of 2: barrier failed (gone); re-run the same command to resume\n")
+
+    with pytest.raises(Terminated), _sigterm_raises():
+        try:
+            raise ValueError("handled and swallowed")
+        except ValueError:
+            os.kill(os.getpid(), signal.SIGTERM)
+        recorded.append("went on")
+    assert recorded == ["failed", "went on"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

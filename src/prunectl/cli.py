@@ -1,13 +1,17 @@
 """The ``prunectl`` command: one thin function per step, no algorithm code.
 
 Results go to stdout (a table, or one JSON object with ``--json``); progress and hints go to
-stderr.  Exit codes: 0 done, 1 internal failure (traceback in the step's log), 2 bad input.
+stderr.  Exit codes: 0 done, 1 internal failure (traceback in the step's log) or a lost rank
+under torchrun, 2 bad input, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
 
 import json as jsonlib
 import os
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from functools import wraps
@@ -194,13 +198,49 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+class Terminated(BaseException):
+    """SIGTERM raised where the process is, so the lock is released and the step's record says
+    it stopped (torchrun sends it to every rank once one has failed).  A ``BaseException``, like
+    ``KeyboardInterrupt``, so that no ``except Exception`` swallows it."""
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a command runs, SIGTERM unwinds it as ``Terminated``; a second SIGTERM ends the
+    process at once.  A SIGTERM that arrives while a failure is already unwinding (a lost
+    torchrun rank: the collective's error and the launcher's SIGTERM come together) lets that
+    clean-up finish.  A handler someone else installed is left alone."""
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL or \
+            threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    deferred = []
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if sys.exc_info()[1] is not None:
+            deferred.append(signum)
+            return
+        raise Terminated("SIGTERM")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if deferred:  # the failure was caught and the command went on: stop now
+        raise Terminated("SIGTERM")
+
+
 def handles_errors(command: Callable) -> Callable:
-    """Turn user errors into one line and exit 2, internal ones into exit 1 with a log pointer."""
+    """Turn user errors into one line and exit 2, internal ones into exit 1 with a log pointer,
+    a lost torchrun rank or a signal into one line saying that a re-run resumes."""
 
     @wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with _sigterm_raises():
+                return command(*args, **kwargs)
         except UserError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
@@ -209,9 +249,21 @@ def handles_errors(command: Callable) -> Callable:
         except KeyboardInterrupt:
             typer.echo("interrupted; re-run the same command to resume", err=True)
             raise typer.Exit(130) from None
+        except Terminated:
+            launched = os.environ.get("WORLD_SIZE", "1") != "1"
+            why = (f"rank {os.environ.get('RANK', '?')}: stopped by SIGTERM (the launcher stops "
+                   "every rank once one has failed: see its output)") if launched else \
+                "stopped by SIGTERM"
+            typer.echo(f"{why}; re-run the same command to resume", err=True)
+            raise typer.Exit(143) from None
         except Exception as error:
             if os.environ.get("PRUNECTL_DEBUG"):
                 raise
+            from prunectl.distributed import GroupError
+
+            if isinstance(error, GroupError):
+                typer.echo(f"stopped: {error}; re-run the same command to resume", err=True)
+                raise typer.Exit(1) from None
             typer.echo(
                 f"internal error: {type(error).__name__}: {error} "
                 "(traceback in the project's logs/ directory; PRUNECTL_DEBUG=1 to raise)",

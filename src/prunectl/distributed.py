@@ -5,19 +5,52 @@ prunectl writes no scheduler of its own.  A launcher starts N processes with ``R
 (calibration windows, perplexity windows, search candidates) and the results are combined with
 collective operations, so every rank ends with the same numbers a single process computes.
 Only rank 0 writes project files.  Outside a launcher everything here is a no-op.
+
+A collective that fails (a rank is gone, or silent for ``PRUNECTL_DIST_TIMEOUT`` seconds) raises
+:class:`GroupError`, which the CLI turns into one line and a non-zero exit.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from prunectl.errors import UserError
+
 T = TypeVar("T")
+
+#: seconds a rank waits in a collective for the others (torch's gloo default is 30 minutes)
+TIMEOUT_VARIABLE = "PRUNECTL_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 600.0
+
+
+class GroupError(RuntimeError):
+    """A collective failed: another rank is gone or did not answer in time.  The run cannot go
+    on; what rank 0 recorded before (progress lines, ``state.json``) stays valid for a re-run."""
+
+
+def timeout_seconds() -> float:
+    """The collective timeout: ``PRUNECTL_DIST_TIMEOUT`` seconds, else ``DEFAULT_TIMEOUT_S``."""
+    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise UserError(
+            f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds above 0; "
+            f"set it to e.g. 1800, or unset it for the default {DEFAULT_TIMEOUT_S:g}"
+        )
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -35,6 +68,19 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @contextmanager
+    def _collective(self, name: str) -> Iterator[None]:
+        """Turn a backend's failure (gloo and nccl raise ``RuntimeError``) into a ``GroupError``
+        that says what probably happened, keeping the backend's own reason."""
+        try:
+            yield
+        except RuntimeError as error:
+            reason = str(error).split("] ", 1)[-1].split(". ")[0].strip()  # drop gloo's file:line
+            raise GroupError(
+                f"rank {self.rank} of {self.world_size}: {name} failed ({reason}); another rank "
+                f"stopped, or did not answer within {timeout_seconds():g} s ({TIMEOUT_VARIABLE})"
+            ) from error
+
     def shard(self, items: Sequence[T]) -> list[T]:
         """This rank's items: a strided slice, so shares differ by at most one item."""
         return list(items[self.rank :: self.world_size])
@@ -47,7 +93,8 @@ class Distributed:
         if not self.enabled:
             return tensor
         out = tensor.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        with self._collective("all_reduce"):
+            dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
     def gather_objects(self, value: Any) -> list[Any]:
@@ -55,7 +102,8 @@ class Distributed:
         if not self.enabled:
             return [value]
         gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, value)
+        with self._collective("all_gather_object"):
+            dist.all_gather_object(gathered, value)
         return gathered
 
     def broadcast_object(self, value: Any, src: int = 0) -> Any:
@@ -63,22 +111,25 @@ class Distributed:
         if not self.enabled:
             return value
         box = [value]
-        dist.broadcast_object_list(box, src=src)
+        with self._collective("broadcast_object_list"):
+            dist.broadcast_object_list(box, src=src)
         return box[0]
 
     def barrier(self) -> None:
         if self.enabled:
-            dist.barrier()
+            with self._collective("barrier"):
+                dist.barrier()
 
 
 def current() -> Distributed:
-    """The process group of this run; initialised on first use from the launcher's variables."""
+    """The process group of this run; initialised on first use from the launcher's variables,
+    with the bounded collective timeout (see ``timeout_seconds``)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Distributed()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_seconds()))
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size())
