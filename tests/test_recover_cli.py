@@ -21,7 +21,8 @@ from prunectl.modeling.loading import load_project_model
 runner = CliRunner()
 
 
-def write_recipe(path: Path, model_dir: Path, text: Path, max_steps: int) -> Path:
+def write_recipe(path: Path, model_dir: Path, text: Path, max_steps: int | None,
+                 **recover) -> Path:
     recipe = {
         "model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
         "calibration": {"dataset": str(text), "nsamples": 4, "seqlen": 32, "seed": 1},
@@ -29,7 +30,7 @@ def write_recipe(path: Path, model_dir: Path, text: Path, max_steps: int) -> Pat
         "target": {"params_ratio": 0.2},
         "recover": {"dataset": str(text), "format": "text", "cutoff_len": 32, "batch_size": 8,
                     "micro_batch_size": 8, "max_steps": max_steps, "save_steps": 2,
-                    "val_set_size": 4, "learning_rate": 5e-3},
+                    "val_set_size": 4, "learning_rate": 5e-3, **recover},
         "eval": {"perplexity": {"datasets": [str(text)], "seqlen": 32, "max_windows": 2}},
         "export": {"dtype": "float32"},
     }
@@ -37,9 +38,11 @@ def write_recipe(path: Path, model_dir: Path, text: Path, max_steps: int) -> Pat
     return path
 
 
-def pruned_project(tmp_path: Path, text: Path, max_steps: int) -> Path:
+def pruned_project(tmp_path: Path, text: Path, max_steps: int | None, **recover) -> Path:
+    """A project pruned by taylor through the CLI, ready for ``recover`` (recipe keys from
+    ``recover`` override the small defaults above)."""
     model_dir = save_tiny(tmp_path / "tiny", "llama")
-    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text, max_steps)
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text, max_steps, **recover)
     project = tmp_path / "proj"
     for step in ("calibrate", "score", "search", "apply"):
         result = runner.invoke(app, [step, "-p", str(project), "-r", str(recipe), "--quiet"])
