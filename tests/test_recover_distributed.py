@@ -265,6 +265,12 @@ def test_distributed_configs_are_read_relative_to_the_recipe_and_pinned(tmp_path
                                       "TRANSFORMER_BASED_WRAP\n")
     recipe, resolved = load_recipe(recipe_with(tmp_path, {"deepspeed": "ds.json"}))
     assert recipe.recover.distributed.deepspeed == json.loads((folder / "ds.json").read_text())
+    # a recipe elsewhere that extends it: the path stays relative to the file that names it
+    child = tmp_path / "elsewhere" / "child.yaml"
+    child.parent.mkdir()
+    child.write_text("extends: ../recipes/recipe.yaml\nrecover: {lora_r: 4}\n")
+    extended, _ = load_recipe(child)
+    assert extended.recover.distributed == recipe.recover.distributed
     assert resolved["recover"]["distributed"]["deepspeed"]["zero_optimization"] == {"stage": 2}
     # the pinned copy holds the options, so it loads without the file
     (folder / "ds.json").unlink()
@@ -280,6 +286,15 @@ def test_distributed_configs_are_read_relative_to_the_recipe_and_pinned(tmp_path
     overridden, _ = load_recipe(recipe_with(tmp_path, {}),
                                 ["recover.distributed.fsdp=here.json"])
     assert overridden.recover.distributed.fsdp == {"version": 2}
+
+
+def test_the_shipped_distributed_configs_load_with_the_llm_pruner_recipe():
+    recipes = Path(__file__).parent.parent / "recipes"
+    for key, name in (("deepspeed", "ds-zero2.json"), ("fsdp", "fsdp-lora.json")):
+        recipe, _ = load_recipe(recipes / "llama2-7b-llm-pruner.yaml",
+                                [f"recover.distributed.{key}={recipes / name}"])
+        assert getattr(recipe.recover.distributed, key) == json.loads((recipes / name).read_text())
+        assert name in (recipes / "llama2-7b-llm-pruner.yaml").read_text()
 
 
 @pytest.mark.parametrize(("distributed", "recover", "words"), [
