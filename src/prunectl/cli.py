@@ -205,16 +205,23 @@ class Terminated(BaseException):
 
 
 @contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """While a command runs, SIGTERM unwinds it as ``Terminated``; a second SIGTERM ends the
-    process at once.  A SIGTERM that arrives while a failure is already unwinding (a lost
-    torchrun rank: the collective's error and the launcher's SIGTERM come together) lets that
-    clean-up finish.  A handler someone else installed is left alone."""
+def _sigterm_raises() -> Iterator[Callable[[], None]]:
+    """While a command runs and its outcome is reported, SIGTERM raises ``Terminated`` where
+    the process is; a second SIGTERM ends the process at once.  One that arrives while a failure
+    is already being handled (a lost torchrun rank: the collective's error and the launcher's
+    SIGTERM come together) lets that handling finish and report; if the failure was swallowed
+    instead, the check yielded here raises it once the command returns.  A handler someone
+    else installed is left alone."""
+    deferred: list[int] = []
+
+    def raise_deferred() -> None:
+        if deferred:
+            raise Terminated("SIGTERM")
+
     if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL or \
             threading.current_thread() is not threading.main_thread():
-        yield
+        yield raise_deferred
         return
-    deferred = []
 
     def stop(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -225,11 +232,9 @@ def _sigterm_raises() -> Iterator[None]:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        yield
+        yield raise_deferred
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if deferred:  # the failure was caught and the command went on: stop now
-        raise Terminated("SIGTERM")
 
 
 def handles_errors(command: Callable) -> Callable:
@@ -238,38 +243,40 @@ def handles_errors(command: Callable) -> Callable:
 
     @wraps(command)
     def wrapper(*args, **kwargs):
-        try:
-            with _sigterm_raises():
-                return command(*args, **kwargs)
-        except UserError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from None
-        except (typer.Exit, typer.Abort):
-            raise
-        except KeyboardInterrupt:
-            typer.echo("interrupted; re-run the same command to resume", err=True)
-            raise typer.Exit(130) from None
-        except Terminated:
-            launched = os.environ.get("WORLD_SIZE", "1") != "1"
-            why = (f"rank {os.environ.get('RANK', '?')}: stopped by SIGTERM (the launcher stops "
-                   "every rank once one has failed: see its output)") if launched else \
-                "stopped by SIGTERM"
-            typer.echo(f"{why}; re-run the same command to resume", err=True)
-            raise typer.Exit(143) from None
-        except Exception as error:
-            if os.environ.get("PRUNECTL_DEBUG"):
+        with _sigterm_raises() as raise_deferred_sigterm:
+            try:
+                result = command(*args, **kwargs)
+                raise_deferred_sigterm()
+                return result
+            except UserError as error:
+                typer.echo(f"error: {error}", err=True)
+                raise typer.Exit(2) from None
+            except (typer.Exit, typer.Abort):
                 raise
-            from prunectl.distributed import GroupError
+            except KeyboardInterrupt:
+                typer.echo("interrupted; re-run the same command to resume", err=True)
+                raise typer.Exit(130) from None
+            except Terminated:
+                launched = os.environ.get("WORLD_SIZE", "1") != "1"
+                why = (f"rank {os.environ.get('RANK', '?')}: stopped by SIGTERM (the launcher "
+                       "stops every rank once one has failed: see its output)") if launched else \
+                    "stopped by SIGTERM"
+                typer.echo(f"{why}; re-run the same command to resume", err=True)
+                raise typer.Exit(143) from None
+            except Exception as error:
+                if os.environ.get("PRUNECTL_DEBUG"):
+                    raise
+                from prunectl.distributed import GroupError
 
-            if isinstance(error, GroupError):
-                typer.echo(f"stopped: {error}; re-run the same command to resume", err=True)
+                if isinstance(error, GroupError):
+                    typer.echo(f"stopped: {error}; re-run the same command to resume", err=True)
+                    raise typer.Exit(1) from None
+                typer.echo(
+                    f"internal error: {type(error).__name__}: {error} "
+                    "(traceback in the project's logs/ directory; PRUNECTL_DEBUG=1 to raise)",
+                    err=True,
+                )
                 raise typer.Exit(1) from None
-            typer.echo(
-                f"internal error: {type(error).__name__}: {error} "
-                "(traceback in the project's logs/ directory; PRUNECTL_DEBUG=1 to raise)",
-                err=True,
-            )
-            raise typer.Exit(1) from None
 
     return wrapper
 
