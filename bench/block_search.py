@@ -50,7 +50,7 @@ def calibration_tokens(tokenizer, text_file: Path, windows: int, seqlen: int) ->
     return torch.tensor(ids[:needed]).view(windows, seqlen)
 
 
-def flops(counts: dict[str, int], adapter: Adapter, seqlen: int) -> float:
+def flops(counts: dict[str, int], adapter: Adapter, seqlen: int, topk: int) -> float:
     """Forward FLOPs of the rows (windows) each unit kind processed."""
     blocks = block_parameters(adapter, 0)
     heads = adapter.num_heads(0) * adapter.head_dim
@@ -58,6 +58,7 @@ def flops(counts: dict[str, int], adapter: Adapter, seqlen: int) -> float:
         "attn": 2 * blocks["attn"] + 2 * seqlen * heads,
         "mlp": 2 * blocks["mlp"],
         "head": 2 * adapter.lm_head.weight.numel(),
+        "bound": 2 * (topk + 1) * adapter.hidden_size,
     }
     return float(sum(counts.get(kind, 0) * seqlen * cost for kind, cost in per_token.items()))
 
@@ -103,7 +104,7 @@ def main() -> int:
         seconds, result = timed_search(model, tokens, names, target, params, settings)
         figures[label] = {
             "seconds": round(seconds, 2),
-            "gflops": round(flops(result.counts, adapter, args.seqlen) / 1e9, 1),
+            "gflops": round(flops(result.counts, adapter, args.seqlen, settings.bound_topk) / 1e9, 1),
             "order": [d["removed"] for d in result.decisions],
             "perplexity": [round(d["perplexity"], 4) for d in result.decisions],
             "lower_bounds": sum(s["lower_bound"] for d in result.decisions

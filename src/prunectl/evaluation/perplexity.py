@@ -32,6 +32,7 @@ def token_nll_sum(
     lm_head: Callable[[torch.Tensor], torch.Tensor],
     labels: torch.Tensor,
     chunk_tokens: int = 4096,
+    on_logits: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Summed next-token NLL of each row: position ``t`` predicts ``labels[:, t + 1]``.
 
@@ -39,6 +40,7 @@ def token_nll_sum(
     ``None`` when the norm was already applied, as ``model.model(...)`` does).  Logits exist for
     about ``chunk_tokens`` positions at a time and are upcast to float32 before the log-softmax,
     as transformers' loss does.  Labels equal to -100 are ignored.  Returns float64 [b].
+    ``on_logits(start, stop, logits)`` sees each float32 chunk (positions ``start .. stop-1``).
     """
     if hidden.shape[:2] != labels.shape:
         raise ValueError(
@@ -54,6 +56,8 @@ def token_nll_sum(
         if final_norm is not None:
             states = final_norm(states)
         logits = lm_head(states).float()
+        if on_logits is not None:
+            on_logits(start, stop, logits)
         nll = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),
             targets[:, start:stop].reshape(-1),

@@ -95,26 +95,23 @@ class BoundaryCache:
         hidden = self.store[b][kept].to(self.runner.device)
         return self.runner.run(hidden, kept, unit, removed)
 
-    def rebuild(self, removed: set[int], start: int = 0, final: bool = False) -> float | None:
-        """Recompute boundaries after ``start`` for the model without ``removed``.
-
-        With ``final`` it also runs the last units and the head and returns the model's summed
-        NLL (the dense perplexity at the first step); otherwise it stops at the last kept
-        boundary, since nothing reads the ones after it.
-        """
+    def rebuild(self, removed: set[int], start: int = 0) -> None:
+        """Recompute the kept boundaries after ``start`` for the model without ``removed``."""
         runner = self.runner
-        last = runner.num_units if final else max(
-            u for u in range(runner.num_units) if self._kept(u)
-        )
-        total = 0.0
         for b in range(len(runner.batches)):
             hidden = runner.embed(b) if start == 0 else self.hidden(b, start, removed)
             if start == 0:
                 self._put(b, 0, hidden)
-            for unit in range(start + 1, last + 1):
+            for unit in range(start + 1, self.last_kept + 1):
                 hidden = runner.run(hidden, unit - 1, unit, removed)
-                if unit < runner.num_units and self._kept(unit):
+                if self._kept(unit):
                     self._put(b, unit, hidden)
-            if final:
-                total += float(runner.nll(hidden, b).sum())
-        return total if final else None
+
+    @property
+    def last_kept(self) -> int:
+        return max(u for u in range(self.runner.num_units) if self._kept(u))
+
+    def final(self, b: int, removed: set[int]) -> torch.Tensor:
+        """Last hidden states of the current model (before the final norm) for batch ``b``."""
+        hidden = self.hidden(b, self.last_kept, removed)
+        return self.runner.run(hidden, self.last_kept, self.runner.num_units, removed)

@@ -35,8 +35,10 @@ class BlockConfig(MethodConfig):
     block_type: Literal["mha", "mlp", "mix", "layer"] = "mix"
     #: calibration windows per forward
     batch_size: int = Field(4, ge=1)
-    #: abandon a candidate once its partial NLL exceeds the best finished one (exact)
+    #: drop a candidate once a lower bound of its NLL exceeds the best finished one (exact)
     early_stop: bool = True
+    #: likeliest next tokens per position whose exact logits enter that bound
+    bound_topk: int = Field(64, ge=1)
     #: where the per-block input cache lives: on the device, spilled to CPU, or sparse
     cache: Literal["auto", "device", "cpu", "sparse"] = "auto"
     #: memory budget of that cache in GB (default: half the free device memory)
@@ -58,6 +60,7 @@ class BlockMethod(Method):
         settings = SearchSettings(
             batch_size=cfg.batch_size,
             early_stop=cfg.early_stop,
+            bound_topk=cfg.bound_topk,
             cache=cfg.cache,
             cache_budget_gb=cfg.cache_budget_gb,
             candidates_order=cfg.candidates_order,

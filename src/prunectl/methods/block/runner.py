@@ -71,8 +71,9 @@ class UnitRunner:
                 self.counts["mlp"] += rows
         return hidden
 
-    def nll(self, hidden: torch.Tensor, b: int) -> torch.Tensor:
-        """Summed next-token NLL of each window of batch ``b`` (float64, one value per row)."""
+    def nll(self, hidden: torch.Tensor, b: int, on_logits=None) -> torch.Tensor:
+        """Summed next-token NLL of each window of batch ``b`` (float64, one value per row);
+        ``on_logits`` sees the logits chunks (see ``token_nll_sum``)."""
         from prunectl.evaluation.perplexity import token_nll_sum
 
         self.counts["head"] += hidden.shape[0]
@@ -82,5 +83,6 @@ class UnitRunner:
             self.adapter.lm_head,
             self.batches[b],
             self.chunk_tokens,
+            on_logits,
         )
         return nll.double()

@@ -7,10 +7,11 @@ no files.  Two ways to score a step, both exact:
 
 * ``mode="naive"`` runs the whole model for every candidate, as the reference does;
 * ``mode="fast"`` starts each candidate from the cached input of its first block (see
-  ``cache``) and, with ``early_stop``, abandons a candidate once its partial NLL sum exceeds the
-  best finished candidate's total (NLL is never negative, so it cannot win).  Candidates go in
-  the order of their previous-step scores so a good one finishes early.  An abandoned
-  candidate's score is a lower bound and is flagged as such.
+  ``cache``) and, with ``early_stop``, drops a candidate as soon as a lower bound of its NLL
+  (see ``bound``: exact logits of the current model's likeliest tokens, Gibbs' inequality for the
+  rest) exceeds the best finished candidate's exact total; such a candidate cannot win, never runs
+  the LM head, and its score is flagged as a lower bound.  Candidates go in the order of their
+  previous-step scores so the best finishes first.
 
 Deviations from the reference: perplexity is exp(total NLL / total predicted tokens) over all
 windows (the reference averages per-window mean NLLs, the same for equal-length windows, but it
@@ -19,8 +20,8 @@ the canonical order (see ``candidates``) whatever order they were evaluated in; 
 layers (``layer``) are an extra unit type, as in SLEB / Shortened LLaMA.
 
 Under ``torchrun`` each step's candidates are split across ranks (the prefix cache is rebuilt on
-every rank, which all need it).  Early stopping stays exact: a candidate abandoned on rank r
-exceeded a finished candidate's total on rank r, so it cannot be the global minimum.  The ranks'
+every rank, which all need it).  Early stopping stays exact: a candidate dropped on rank r has a
+bound above a finished candidate's total on rank r, so it cannot be the global minimum.  The ranks'
 scores are gathered and every rank picks the same winner by the same (total, canonical index)
 rule, so the decision records are identical; only which candidates carry ``lower_bound`` depends
 on the number of ranks, and ``seconds`` is the slowest rank's time.
@@ -38,6 +39,7 @@ import torch
 
 from prunectl import distributed
 from prunectl.errors import UserError
+from prunectl.methods.block.bound import NllLowerBound, drop_margin
 from prunectl.methods.block.cache import BoundaryCache, CachePlan, plan_cache
 from prunectl.methods.block.candidates import unit_span
 from prunectl.methods.block.runner import DEFAULT_CHUNK_TOKENS, UnitRunner
@@ -54,6 +56,7 @@ class SearchSettings:
     candidates_order: str = "previous"  # or "index"
     mode: str = "fast"  # or "naive"
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    bound_topk: int = 64
 
 
 @dataclass
@@ -103,25 +106,35 @@ def _check_previous(previous: list[dict], candidates: list[str]) -> list[str]:
 class _Step:
     """Scores one greedy step: every remaining candidate against the current model."""
 
-    def __init__(self, runner: UnitRunner, cache: BoundaryCache | None, removed: set[int]):
-        self.runner, self.cache, self.removed = runner, cache, removed
+    def __init__(self, runner: UnitRunner, cache: BoundaryCache | None,
+                 bound: NllLowerBound | None, removed: set[int]):
+        self.runner, self.cache, self.bound, self.removed = runner, cache, bound, removed
+
+    def _last_hidden(self, b: int, start: int, end: int, skip: set[int]) -> torch.Tensor:
+        runner = self.runner
+        if self.cache is None:
+            return runner.run(runner.embed(b), 0, runner.num_units, skip)
+        return runner.run(self.cache.hidden(b, start, self.removed), end, runner.num_units, skip)
 
     def nll_of(self, name: str, early_limit: float | None) -> tuple[float, bool]:
-        """Summed NLL with ``name`` bypassed; stops early (lower bound) past ``early_limit``."""
+        """Summed NLL with ``name`` bypassed, or a lower bound of it (``True``) once that bound
+        exceeds ``early_limit``: then the candidate cannot win and its LM head is never run."""
         runner = self.runner
         start, end = unit_span(name, runner.adapter.num_layers)
         skip = self.removed | set(range(start, end))
-        total = 0.0
-        for b in range(len(runner.batches)):
-            if self.cache is None:
-                hidden = runner.run(runner.embed(b), 0, runner.num_units, skip)
-            else:
-                hidden = self.cache.hidden(b, start, self.removed)
-                hidden = runner.run(hidden, end, runner.num_units, skip)
-            total += float(runner.nll(hidden, b).sum())
-            if early_limit is not None and total > early_limit and b + 1 < len(runner.batches):
-                return total, True
-        return total, False
+        batches = range(len(runner.batches))
+        if early_limit is None or self.bound is None:
+            return sum(float(runner.nll(self._last_hidden(b, start, end, skip), b).sum())
+                       for b in batches), False
+        limit = early_limit + abs(early_limit) * drop_margin(runner.adapter.lm_head.weight.dtype)
+        bounded, kept = 0.0, []
+        for b in batches:
+            hidden = self._last_hidden(b, start, end, skip)
+            bounded += self.bound.lower(hidden, b)
+            if bounded > limit:
+                return bounded, True
+            kept.append(hidden.to(self.cache.plan.location))
+        return sum(float(runner.nll(h.to(runner.device), b).sum()) for b, h in enumerate(kept)), False
 
 
 def block_search(
@@ -155,13 +168,18 @@ def block_search(
     removed: set[int] = set()
     for name in removed_names:
         removed.update(range(*unit_span(name, num_layers)))
-    cache = None
+    cache = bound = None
     dense_nll = None
     with torch.inference_mode():
         if settings.mode == "fast":
             result.cache = plan_cache(settings.cache, settings.cache_budget_gb, runner, model.dtype)
             cache = BoundaryCache(runner, result.cache)
-            dense_nll = cache.rebuild(removed, 0, final=not decisions)
+            cache.rebuild(removed, 0)
+            bound = NllLowerBound(runner, settings.bound_topk) if settings.early_stop else None
+            if bound is not None or not decisions:
+                current = _current_nll(runner, cache, bound, removed)
+                if not decisions:
+                    dense_nll = current
         elif not decisions:
             dense_nll = 0.0
             for b in range(len(runner.batches)):
@@ -169,7 +187,7 @@ def block_search(
                 dense_nll += float(runner.nll(hidden, b).sum())
         steps = 0
         while remaining and not target.reached(decisions) and steps != max_steps:
-            record = _search_step(runner, cache, removed, remaining, candidates, decisions,
+            record = _search_step(runner, cache, bound, removed, remaining, candidates, decisions,
                                   settings, params, progress)
             result.evaluations += len(remaining)
             if dense_nll is not None:
@@ -185,11 +203,23 @@ def block_search(
             more = remaining and not target.reached(decisions) and steps != max_steps
             if cache is not None and more:
                 cache.rebuild(removed, start)
+                if bound is not None:
+                    _current_nll(runner, cache, bound, removed)
     if not target.reached(decisions) and not remaining and max_steps is None:
         result.notes.append(
             f"every candidate was removed after {len(decisions)} steps; the target was not reached"
         )
     return result
+
+
+def _current_nll(runner: UnitRunner, cache: BoundaryCache, bound: NllLowerBound | None,
+                 removed: set[int]) -> float:
+    """The current model's summed NLL, refreshing the bound's likely tokens on the way (the
+    same logits serve both); without a bound, only the first step needs it (dense perplexity)."""
+    finals = [cache.final(b, removed) for b in range(len(runner.batches))]
+    if bound is not None:
+        return bound.refresh(finals)
+    return sum(float(runner.nll(hidden, b).sum()) for b, hidden in enumerate(finals))
 
 
 def _order(remaining: list[str], candidates: list[str], decisions: list[dict], how: str):
@@ -199,10 +229,10 @@ def _order(remaining: list[str], candidates: list[str], decisions: list[dict], h
     return sorted(remaining, key=lambda c: (last[c]["ppl"] if c in last else math.inf, index[c]))
 
 
-def _search_step(runner, cache, removed, remaining, candidates, decisions, settings, params,
+def _search_step(runner, cache, bound, removed, remaining, candidates, decisions, settings, params,
                  progress) -> dict[str, Any]:
     started = time.perf_counter()
-    step = _Step(runner, cache, removed)
+    step = _Step(runner, cache, bound, removed)
     index = {c: i for i, c in enumerate(candidates)}
     group = distributed.current()
     # a strided share of the ordered list, so each rank starts with its most promising candidates
