@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import torch
 
 from prunectl.data import calibration_tokens, evaluation_tokens
+from prunectl.distributed import Distributed
 from prunectl.evaluation.perplexity import perplexity
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.modeling.loading import load_model, load_project_model
@@ -74,7 +75,7 @@ def main() -> None:
             batch_size=args.micro_batch, micro_batch_size=args.micro_batch,
             max_steps=args.steps, val_set_size=16, save_steps=max(1, args.steps // 2),
             learning_rate=args.lr)),
-        device=CPU, dtype=torch.float32, force=False)
+        device=CPU, dtype=torch.float32, force=False, dist=Distributed())
     start = time.perf_counter()
     scores = method.score(run, dense, tokens, {})
     scored = time.perf_counter()

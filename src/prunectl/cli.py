@@ -171,7 +171,12 @@ def _silence_libraries() -> None:
 
 
 def _emit(opts: Common, results: list) -> None:
-    """Print the results: one JSON object with ``--json``, else a summary table."""
+    """Print the results: one JSON object with ``--json``, else a summary table (rank 0 only
+    under torchrun: the ranks' results are the same)."""
+    from prunectl.distributed import current
+
+    if not current().is_main:
+        return
     if opts.json_output:
         payload = [{"step": r.step, "status": r.status, "seconds": round(r.seconds, 3),
                     "summary": r.summary} for r in results]

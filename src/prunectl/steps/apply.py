@@ -65,7 +65,8 @@ def apply(run: RunContext, blocks: int | None = None) -> StepResult:
         pruned = method.apply(run, model, plan, artifacts.statistics(run))
         artifacts.forget_dense(run)  # sliced in place: no longer the dense model
         directory = artifacts.path(run, artifacts.PRUNED)
-        save_model(pruned, tokenizer, directory)
+        if run.dist.is_main:  # every rank keeps the pruned model in memory for the next steps
+            save_model(pruned, tokenizer, directory)
         after = count_parameters(pruned)
         summary = {
             "params_dense": dense["total"],
@@ -79,10 +80,12 @@ def apply(run: RunContext, blocks: int | None = None) -> StepResult:
             summary["blocks_removed"] = sum(
                 (not row["attention"]) + (not row["mlp"]) for row in structure
             )
-        write_json(
-            directory / "prunectl.json",
-            {"dense": dense, "pruned": after, "per_layer": structure, "plan": plan.model_dump(mode="json"), **summary},
-        )
+        if run.dist.is_main:
+            write_json(
+                directory / "prunectl.json",
+                {"dense": dense, "pruned": after, "per_layer": structure,
+                 "plan": plan.model_dump(mode="json"), **summary},
+            )
         run.models["pruned"] = (pruned, tokenizer)
         return StepOutcome([directory], summary)
 

@@ -99,8 +99,9 @@ def export(run: RunContext, output: Path | None = None) -> StepResult:
         model, tokenizer = artifacts.project_model(run, role)
         dtype_name = run.recipe.export.dtype
         dtype = None if dtype_name == "auto" else resolve_dtype(dtype_name, run.device)
-        save_model(model, tokenizer, directory, dtype=dtype)
-        write_text(directory / "README.md", model_card(run, role, directory))
+        if run.dist.is_main:  # under torchrun the other ranks hold the same model
+            save_model(model, tokenizer, directory, dtype=dtype)
+            write_text(directory / "README.md", model_card(run, role, directory))
         return StepOutcome([directory], {"source": role, "directory": str(directory)})
 
     return execute(run, "export", key, {"output": str(output)} if output else {}, body)
