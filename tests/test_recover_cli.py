@@ -90,3 +90,16 @@ def test_recover_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path, text_
     assert result.exit_code == 0, result.output
     summary = recover_record(project)["summary"]
     assert 2 <= summary["resumed_from_step"] < 12 and summary["steps"] == 12
+
+
+def test_run_refuses_an_unrunnable_recovery_setup_before_calibrating(tmp_path, text_file):
+    """FSDP on the CPU cannot run; `prunectl run` says so before spending time on calibration."""
+    model_dir = save_tiny(tmp_path / "tiny", "llama")
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file, 2,
+                          distributed={"fsdp": {"version": 2}})
+    project = tmp_path / "proj"
+    result = runner.invoke(app, ["run", "-p", str(project), "-r", str(recipe)])
+
+    assert result.exit_code == 2, result.output
+    assert "recover.distributed.fsdp asks for fsdp, which needs a launcher" in result.output
+    assert not (project / "calibration").exists()

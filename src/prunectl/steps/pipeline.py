@@ -25,7 +25,12 @@ def _step_functions() -> dict:
 
 
 def run_pipeline(run: RunContext) -> list[StepResult]:
-    """Every step in order; each one skips itself when its inputs are unchanged."""
+    """Every step in order; each one skips itself when its inputs are unchanged.  A recovery
+    setup that cannot run (FSDP on CPU, DeepSpeed missing...) is refused before calibrating."""
+    if run.recipe.recover is not None:
+        from prunectl.recovery.parallel import check
+
+        check(run.recipe.recover, run.device, run.dist.world_size)
     functions = _step_functions()
     return [functions[name][0](run) for name in STEPS]
 
