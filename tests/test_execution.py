@@ -95,3 +95,42 @@ def test_streaming_hooks_cover_every_weight_and_fire_on_the_adapter_path(monkeyp
         adapter.logits(hidden)
     with_weights = [p for p in placement.pieces(model) if any(True for _ in p.parameters())]
     assert all(any(m is piece for m in moved) for piece in with_weights)
+
+
+def test_streamed_models_compute_on_the_streaming_device():
+    """Inputs, caches and activations go to the streaming device, not to where the weights
+    wait; recording it needs no GPU (nothing runs here)."""
+    import torch
+    from conftest import tiny_model
+
+    from prunectl.modeling.placement import execution_device, is_streamed, stream_layers
+
+    model = tiny_model("llama")
+    assert execution_device(model) == torch.device("cpu") and not is_streamed(model)
+    stream_layers(model, torch.device("cuda", 0))
+    assert execution_device(model) == torch.device("cuda", 0) and is_streamed(model)
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_taylor_gradients_refuse_layerwise_streaming(tmp_path, tiny_model_dir, text_file):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, text_file,
+                          method={"name": "taylor", "layer_start": 1, "layer_end": 3},
+                          target={"params_ratio": 0.2})
+    project = tmp_path / "p"
+    assert invoke("calibrate", "-p", project, "-r", recipe, "--quiet").exit_code == 0
+    result = invoke("score", "-p", project, "-r", recipe, "--quiet",
+                    "--set", "execution.mode=layerwise")
+    assert result.exit_code == 2, result.output
+    assert "needs gradients through the whole model" in result.stderr
+    assert "model.device_map: auto" in result.stderr
+    assert not (project / "scores" / "scores.safetensors").exists()
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()")
+def test_layerwise_search_on_cuda_equals_the_whole_model(tmp_path, tiny_model_dir, text_file):
+    whole = search(tmp_path, tiny_model_dir, text_file, "whole", "--device", "cuda")
+    layerwise = search(tmp_path, tiny_model_dir, text_file, "layerwise", "--device", "cuda",
+                       "--set", "execution.mode=layerwise")
+    assert layerwise["removal_order"] == whole["removal_order"]
+    for a, b in zip(layerwise["curve"], whole["curve"]):
+        assert a["perplexity"] == pytest.approx(b["perplexity"], rel=1e-4)

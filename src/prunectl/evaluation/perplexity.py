@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from prunectl import distributed
 from prunectl.errors import UserError
+from prunectl.modeling.placement import execution_device
 from prunectl.ui import SILENT
 
 
@@ -67,10 +68,6 @@ def token_nll_sum(
     return sums
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def perplexity(
     model: torch.nn.Module,
     tokens: torch.Tensor,
@@ -100,7 +97,7 @@ def perplexity(
         )
     windows = available if max_windows is None else min(available, max_windows)
     stream = tokens[: windows * seqlen].view(windows, seqlen)
-    device = _device(model)
+    device = execution_device(model)
     group = distributed.current()
     batches = group.shard([stream[i : i + batch_size] for i in range(0, windows, batch_size)])
     total = torch.zeros((), dtype=torch.float64, device=device)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from prunectl.errors import UserError
+from prunectl.modeling.placement import execution_device
 
 SEED = 0
 DECODE_PROMPT = 32  # prompt tokens before decoding starts
@@ -195,7 +196,7 @@ def measure_speed(
         raise UserError(
             f"decode_tokens={decode_tokens}: decoding is timed between tokens, use 2 or more"
         )
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else execution_device(model)
     vocab = tokenizer_or_vocab if isinstance(tokenizer_or_vocab, int) else len(tokenizer_or_vocab)
     vocab = min(vocab, model.get_input_embeddings().num_embeddings)
     pad_id = getattr(tokenizer_or_vocab, "pad_token_id", None)

@@ -37,10 +37,22 @@ def stream_layers(model: nn.Module, device: torch.device) -> nn.Module:
     tensors (the layer inputs a search caches on the CPU, say).
     """
     model.to("cpu")
+    model._prunectl_stream_device = device
     for piece in pieces(model):
         piece.register_forward_pre_hook(_to_device(device), with_kwargs=True)
         piece.register_forward_hook(_to_host)
     return model
+
+
+def execution_device(model: nn.Module) -> torch.device:
+    """Where the model computes, so inputs and activations go there: the streaming device under
+    layer-wise execution (its weights wait in host memory), else the device of its first weight."""
+    streamed = getattr(model, "_prunectl_stream_device", None)
+    return streamed if streamed is not None else next(model.parameters()).device
+
+
+def is_streamed(model: nn.Module) -> bool:
+    return getattr(model, "_prunectl_stream_device", None) is not None
 
 
 def _move(value, device: torch.device):

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.placement import execution_device
 
 #: tokens per LM-head chunk: bounds the logits held at once (vocab x chunk floats)
 DEFAULT_CHUNK_TOKENS = 2048
@@ -31,7 +32,7 @@ class UnitRunner:
     ):
         self.adapter = Adapter(model)
         self.num_units = 2 * self.adapter.num_layers
-        device = self.adapter.embed_tokens.weight.device
+        device = execution_device(model)
         self.batches = [b.to(device) for b in tokens.split(max(1, batch_size))]
         self.predicted_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
         self.chunk_tokens = chunk_tokens

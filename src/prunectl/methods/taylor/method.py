@@ -24,6 +24,7 @@ from prunectl.methods.taylor.gradients import GradientStore, accumulate_gradient
 from prunectl.methods.taylor.importance import GRADIENT_KINDS, random_importance
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.params import count_parameters
+from prunectl.modeling.placement import execution_device, is_streamed
 
 if TYPE_CHECKING:
     from torch import nn
@@ -75,9 +76,15 @@ class TaylorMethod(Method):
                 raise UserError(
                     "method taylor needs calibration tokens; run `prunectl calibrate` first"
                 )
+            if is_streamed(model):
+                raise UserError(
+                    f"taylor importance {cfg.importance!r} needs gradients through the whole "
+                    "model, which layer-wise streaming cannot give (each piece's weights leave the "
+                    "device before its gradient exists); set execution.mode: model and, for a "
+                    "model larger than one device, model.device_map: auto")
             weights = groups.scored_parameters(adapter, cfg.scope, layers)
             store = GradientStore(model, weights, fisher=cfg.importance == "element2")
-            device = next(model.parameters()).device
+            device = execution_device(model)
             loss = accumulate_gradients(
                 model, tokens.to(device), store, cfg.grad_batch_size,
                 cfg.gradient_checkpointing, run.ui,
