@@ -38,7 +38,7 @@ class BlockConfig(MethodConfig):
     #: drop a candidate once a lower bound of its NLL exceeds the best finished one (exact)
     early_stop: bool = True
     #: likeliest next tokens per position whose exact logits enter that bound
-    bound_topk: int = Field(64, ge=1)
+    bound_topk: int = Field(32, ge=1)
     #: where the per-block input cache lives: on the device, spilled to CPU, or sparse
     cache: Literal["auto", "device", "cpu", "sparse"] = "auto"
     #: memory budget of that cache in GB (default: half the free device memory)

@@ -56,7 +56,7 @@ class SearchSettings:
     candidates_order: str = "previous"  # or "index"
     mode: str = "fast"  # or "naive"
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS
-    bound_topk: int = 64
+    bound_topk: int = 32
 
 
 @dataclass
@@ -222,11 +222,36 @@ def _current_nll(runner: UnitRunner, cache: BoundaryCache, bound: NllLowerBound 
     return sum(float(runner.nll(hidden, b).sum()) for b, hidden in enumerate(finals))
 
 
-def _order(remaining: list[str], candidates: list[str], decisions: list[dict], how: str):
-    """Previous-step scores first (best first), then canonical order for the unscored."""
+def _order(remaining: list[str], candidates: list[str], decisions: list[dict], how: str,
+           cache: BoundaryCache | None):
+    """Best-looking first, so the best candidate finishes early and the bound drops the rest:
+    by previous-step scores, or at the first step by how little each block changes the residual
+    stream (ShortGPT's Block Influence, read off the prefix cache); canonical order otherwise."""
     index = {c: i for i, c in enumerate(candidates)}
-    last = decisions[-1]["scores"] if decisions and how == "previous" else {}
+    if how != "previous":
+        return sorted(remaining, key=index.__getitem__)
+    if decisions:
+        last = decisions[-1]["scores"]
+    elif cache is not None and cache.plan.stride == 1:
+        last = _influence(cache, remaining)
+    else:
+        last = {}
     return sorted(remaining, key=lambda c: (last[c]["ppl"] if c in last else math.inf, index[c]))
+
+
+def _influence(cache: BoundaryCache, names: list[str]) -> dict[str, dict[str, float]]:
+    """1 - cosine between a block's input and output, averaged over tokens (as ``ppl`` keys, for
+    ordering only); blocks that end at the last unit are left out (they are cheap to score)."""
+    runner = cache.runner
+    spans = {n: unit_span(n, runner.adapter.num_layers) for n in names}
+    out = {}
+    for name, (start, end) in spans.items():
+        if end >= runner.num_units:
+            continue
+        total = sum(float((1 - torch.cosine_similarity(store[start].float(), store[end].float(),
+                                                        dim=-1)).sum()) for store in cache.store)
+        out[name] = {"ppl": total}
+    return out
 
 
 def _search_step(runner, cache, bound, removed, remaining, candidates, decisions, settings, params,
@@ -236,7 +261,8 @@ def _search_step(runner, cache, bound, removed, remaining, candidates, decisions
     index = {c: i for i, c in enumerate(candidates)}
     group = distributed.current()
     # a strided share of the ordered list, so each rank starts with its most promising candidates
-    ordered = group.shard(_order(remaining, candidates, decisions, settings.candidates_order))
+    ordered = group.shard(_order(remaining, candidates, decisions, settings.candidates_order,
+                                 cache))
     if progress is not None:
         ordered = progress(ordered, total=len(ordered), description=f"step {len(decisions) + 1}")
     best: tuple[float, int, str] | None = None
