@@ -149,6 +149,27 @@ def test_cache_placements_give_the_same_search(cache, budget):
         assert result.cache.stride > 1
 
 
+def test_disk_cache_gives_the_same_search_and_leaves_no_files(tmp_path):
+    model, ids = tiny_model("llama", seed=3, num_hidden_layers=5), tokens(3)
+    reference = search(model, ids, steps=4, mode="naive", early_stop=False)
+    names = candidate_names(5, "mix")
+    seen: list[list[tuple[str, int]]] = []
+
+    def look(decision: dict) -> None:  # the boundaries are on disk while the search runs
+        seen.append(sorted((p.name, p.stat().st_size) for p in tmp_path.iterdir()))
+
+    result = block_search(model, ids, names, Target(blocks=4), unit_params(names),
+                          SearchSettings(batch_size=2, cache="disk", cache_dir=tmp_path),
+                          on_decision=look)
+
+    assert [d["removed"] for d in result.decisions] == [d["removed"] for d in reference.decisions]
+    assert [d["perplexity"] for d in result.decisions] == pytest.approx(
+        [d["perplexity"] for d in reference.decisions], rel=1e-5)
+    boundary = 2 * 24 * 64 * 4  # windows per batch x seqlen x hidden x float32
+    assert seen[0] == [(f"batch-{b}.bin", 10 * boundary) for b in range(3)]
+    assert list(tmp_path.iterdir()) == []
+
+
 class Interrupted(Exception):
     pass
 

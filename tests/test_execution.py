@@ -134,3 +134,11 @@ def test_layerwise_search_on_cuda_equals_the_whole_model(tmp_path, tiny_model_di
     assert layerwise["removal_order"] == whole["removal_order"]
     for a, b in zip(layerwise["curve"], whole["curve"]):
         assert a["perplexity"] == pytest.approx(b["perplexity"], rel=1e-4)
+
+
+def test_disk_cache_through_the_cli_gives_the_same_search(tmp_path, tiny_model_dir, text_file):
+    whole = search(tmp_path, tiny_model_dir, text_file, "memory")
+    disk = search(tmp_path, tiny_model_dir, text_file, "disk", "--set", "method.cache=disk")
+    assert disk["removal_order"] == whole["removal_order"]
+    assert [p["perplexity"] for p in disk["curve"]] == [p["perplexity"] for p in whole["curve"]]
+    assert list((tmp_path / "disk" / "search" / "cache" / "rank-0").iterdir()) == []

@@ -4,7 +4,10 @@ A candidate at unit ``s`` leaves units ``0 .. s-1`` unchanged, so its forward st
 cached boundary ``s``.  After a removal at ``s`` only boundaries after ``s`` change, so the cache
 is rebuilt from ``s`` on, never from the embedding.  When the whole cache does not fit the
 memory budget it spills to CPU memory or keeps every ``stride``-th boundary and recomputes the
-ones in between from the nearest kept one (still exact, only slower).
+ones in between from the nearest kept one (still exact, only slower).  With ``cache: disk`` the
+boundaries live in memory-mapped files under a directory (the project's ``search/cache/``), for
+models whose boundaries fit neither device nor host memory; the files are scratch, removed when
+the search ends.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -23,6 +27,7 @@ class CachePlan:
     location: torch.device
     stride: int  # keep boundaries 0, stride, 2*stride, ...
     bytes_needed: int  # the whole cache at stride 1
+    directory: Path | None = None  # memory-mapped files there instead of memory
 
 
 def _host_available_bytes() -> int:
@@ -42,7 +47,8 @@ def _default_budget(device: torch.device) -> float:
 
 
 def plan_cache(
-    mode: str, budget_gb: float | None, runner: UnitRunner, dtype: torch.dtype
+    mode: str, budget_gb: float | None, runner: UnitRunner, dtype: torch.dtype,
+    directory: Path | None = None,
 ) -> CachePlan:
     """Where the cache lives and how sparse it is.
 
@@ -62,6 +68,10 @@ def plan_cache(
         fitting = max(1, int(budget // per_boundary))
         return CachePlan(device, max(minimum, math.ceil(runner.num_units / fitting)), needed)
 
+    if mode == "disk":
+        if directory is None:
+            raise ValueError("cache: disk needs a directory")
+        return CachePlan(cpu, 1, needed, Path(directory))
     if mode == "device":
         return CachePlan(device, 1, needed)
     if mode == "cpu":
@@ -82,12 +92,40 @@ class BoundaryCache:
         self.runner = runner
         self.plan = plan
         self.store: list[dict[int, torch.Tensor]] = [{} for _ in runner.batches]
+        self.files: list[torch.Tensor] = []  # per batch [units, rows, seqlen, hidden], disk only
 
     def _kept(self, unit: int) -> bool:
         return unit % self.plan.stride == 0
 
     def _put(self, b: int, unit: int, hidden: torch.Tensor) -> None:
-        self.store[b][unit] = hidden.to(self.plan.location)
+        if self.plan.directory is None:
+            self.store[b][unit] = hidden.to(self.plan.location)
+            return
+        if not self.files:
+            self._open_files(hidden.dtype)
+        self.files[b][unit].copy_(hidden)
+        self.store[b][unit] = self.files[b][unit]
+
+    def _open_files(self, dtype: torch.dtype) -> None:
+        """One memory-mapped file per batch, sized for every boundary (written as they come)."""
+        self.plan.directory.mkdir(parents=True, exist_ok=True)
+        width = self.runner.adapter.hidden_size
+        for b, batch in enumerate(self.runner.batches):
+            shape = (self.runner.num_units, *batch.shape, width)
+            path = self.plan.directory / f"batch-{b}.bin"
+            count = math.prod(shape)
+            with open(path, "wb") as handle:
+                handle.truncate(count * torch.empty((), dtype=dtype).element_size())
+            self.files.append(torch.from_file(str(path), shared=True, size=count,
+                                              dtype=dtype).view(shape))
+
+    def close(self) -> None:
+        """Drop the cache; with ``disk`` delete its files."""
+        self.store = [{} for _ in self.runner.batches]
+        self.files = []
+        if self.plan.directory is not None:
+            for b in range(len(self.runner.batches)):
+                (self.plan.directory / f"batch-{b}.bin").unlink(missing_ok=True)
 
     def hidden(self, b: int, unit: int, removed: set[int]) -> torch.Tensor:
         """Boundary ``unit`` of batch ``b``, recomputed from the nearest kept one if needed."""

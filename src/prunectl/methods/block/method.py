@@ -39,8 +39,9 @@ class BlockConfig(MethodConfig):
     early_stop: bool = True
     #: likeliest next tokens per position whose exact logits enter that bound
     bound_topk: int = Field(32, ge=1)
-    #: where the per-block input cache lives: on the device, spilled to CPU, or sparse
-    cache: Literal["auto", "device", "cpu", "sparse"] = "auto"
+    #: where the per-block input cache lives: on the device, spilled to CPU, sparse, or in
+    #: memory-mapped scratch files under the project's search/cache/
+    cache: Literal["auto", "device", "cpu", "sparse", "disk"] = "auto"
     #: memory budget of that cache in GB (default: half the free device memory)
     cache_budget_gb: float | None = Field(None, gt=0)
     #: evaluate candidates best-previous-score first ("previous") or by block index
@@ -53,7 +54,7 @@ class BlockMethod(Method):
     name = "block"
     Config = BlockConfig
 
-    def _setup(self, model) -> tuple[Adapter, list[str], ParameterCounts, SearchSettings]:
+    def _setup(self, run, model) -> tuple[Adapter, list[str], ParameterCounts, SearchSettings]:
         cfg = self.config
         adapter = Adapter(model)
         names = candidate_names(adapter.num_layers, cfg.block_type)
@@ -63,6 +64,7 @@ class BlockMethod(Method):
             bound_topk=cfg.bound_topk,
             cache=cfg.cache,
             cache_budget_gb=cfg.cache_budget_gb,
+            cache_dir=run.project.path("search", "cache", f"rank-{distributed.current().rank}"),
             candidates_order=cfg.candidates_order,
         )
         return adapter, names, parameter_counts(model, adapter, names), settings
@@ -77,7 +79,7 @@ class BlockMethod(Method):
     def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
         """Step 1 of the search: single-removal perplexity of every candidate, canonical order."""
         self._require_tokens(tokens)
-        _, names, params, settings = self._setup(model)
+        _, names, params, settings = self._setup(run, model)
         result = block_search(model, tokens, names, Target(), params, settings, max_steps=1,
                               progress=run.ui.progress)
         first = result.decisions[0]
@@ -94,7 +96,7 @@ class BlockMethod(Method):
         from prunectl.io import append_jsonl, read_jsonl
 
         self._require_tokens(tokens)
-        adapter, names, params, settings = self._setup(model)
+        adapter, names, params, settings = self._setup(run, model)
         target = resolve_target(run.recipe.target, names, params, "block")
         progress_file = run.project.path("search", "progress.jsonl")
         group = distributed.current()

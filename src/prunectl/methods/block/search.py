@@ -33,6 +33,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +54,7 @@ class SearchSettings:
     early_stop: bool = True
     cache: str = "auto"
     cache_budget_gb: float | None = None
+    cache_dir: Path | None = None  # for cache="disk"
     candidates_order: str = "previous"  # or "index"
     mode: str = "fast"  # or "naive"
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS
@@ -170,41 +172,46 @@ def block_search(
         removed.update(range(*unit_span(name, num_layers)))
     cache = bound = None
     dense_nll = None
-    with torch.inference_mode():
-        if settings.mode == "fast":
-            result.cache = plan_cache(settings.cache, settings.cache_budget_gb, runner, model.dtype)
-            cache = BoundaryCache(runner, result.cache)
-            cache.rebuild(removed, 0)
-            bound = NllLowerBound(runner, settings.bound_topk) if settings.early_stop else None
-            if bound is not None or not decisions:
-                current = _current_nll(runner, cache, bound, removed)
-                if not decisions:
-                    dense_nll = current
-        elif not decisions:
-            dense_nll = 0.0
-            for b in range(len(runner.batches)):
-                hidden = runner.run(runner.embed(b), 0, runner.num_units, removed)
-                dense_nll += float(runner.nll(hidden, b).sum())
-        steps = 0
-        while remaining and not target.reached(decisions) and steps != max_steps:
-            record = _search_step(runner, cache, bound, removed, remaining, candidates, decisions,
-                                  settings, params, progress)
-            result.evaluations += len(remaining)
-            if dense_nll is not None:
-                record["dense_perplexity"] = math.exp(dense_nll / runner.predicted_tokens)
-                dense_nll = None
-            decisions.append(record)
-            if on_decision is not None:
-                on_decision(record)
-            remaining.remove(record["removed"])
-            start, end = unit_span(record["removed"], num_layers)
-            removed.update(range(start, end))
-            steps += 1
-            more = remaining and not target.reached(decisions) and steps != max_steps
-            if cache is not None and more:
-                cache.rebuild(removed, start)
-                if bound is not None:
-                    _current_nll(runner, cache, bound, removed)
+    try:
+        with torch.inference_mode():
+            if settings.mode == "fast":
+                result.cache = plan_cache(settings.cache, settings.cache_budget_gb, runner,
+                                          model.dtype, settings.cache_dir)
+                cache = BoundaryCache(runner, result.cache)
+                cache.rebuild(removed, 0)
+                bound = NllLowerBound(runner, settings.bound_topk) if settings.early_stop else None
+                if bound is not None or not decisions:
+                    current = _current_nll(runner, cache, bound, removed)
+                    if not decisions:
+                        dense_nll = current
+            elif not decisions:
+                dense_nll = 0.0
+                for b in range(len(runner.batches)):
+                    hidden = runner.run(runner.embed(b), 0, runner.num_units, removed)
+                    dense_nll += float(runner.nll(hidden, b).sum())
+            steps = 0
+            while remaining and not target.reached(decisions) and steps != max_steps:
+                record = _search_step(runner, cache, bound, removed, remaining, candidates, decisions,
+                                      settings, params, progress)
+                result.evaluations += len(remaining)
+                if dense_nll is not None:
+                    record["dense_perplexity"] = math.exp(dense_nll / runner.predicted_tokens)
+                    dense_nll = None
+                decisions.append(record)
+                if on_decision is not None:
+                    on_decision(record)
+                remaining.remove(record["removed"])
+                start, end = unit_span(record["removed"], num_layers)
+                removed.update(range(start, end))
+                steps += 1
+                more = remaining and not target.reached(decisions) and steps != max_steps
+                if cache is not None and more:
+                    cache.rebuild(removed, start)
+                    if bound is not None:
+                        _current_nll(runner, cache, bound, removed)
+    finally:
+        if cache is not None:
+            cache.close()
     if not target.reached(decisions) and not remaining and max_steps is None:
         result.notes.append(
             f"every candidate was removed after {len(decisions)} steps; the target was not reached"
