@@ -59,3 +59,16 @@ def test_layerwise_statistics_match_captured_activations(family):
         torch.testing.assert_close(stats[f"{key}.mean"], x.mean(0), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(stats[f"{key}.var"], x.var(0), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(stats[f"{key}.sumsq"], x.pow(2).sum(0), rtol=1e-4, atol=1e-5)
+
+
+def test_statistics_of_a_streamed_model_equal_the_whole_models():
+    """With execution.mode layerwise the layer inputs wait in host memory between layers."""
+    from prunectl.modeling.placement import stream_layers
+
+    tokens = torch.randint(4, 260, (5, 16), generator=torch.Generator().manual_seed(2))
+    whole = collect_statistics(Adapter(tiny_model("llama", seed=3)), tokens, batch_size=2)
+    streamed_model = stream_layers(tiny_model("llama", seed=3), torch.device("cpu"))
+    streamed = collect_statistics(Adapter(streamed_model), tokens, batch_size=2)
+    assert streamed.keys() == whole.keys()
+    for key, value in whole.items():
+        assert torch.equal(streamed[key], value), key

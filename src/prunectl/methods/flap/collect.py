@@ -14,6 +14,7 @@ import torch
 from prunectl import distributed
 from prunectl.methods.flap.statistics import RunningMoments
 from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.placement import execution_device, is_streamed
 from prunectl.ui import SILENT, UI
 
 
@@ -34,7 +35,10 @@ def collect_statistics(
     group = distributed.current()
     tokens = tokens[list(group.shard_range(tokens.shape[0]))]
     batches = [slice(s, s + batch_size) for s in range(0, tokens.shape[0], batch_size)]
-    hidden = adapter.embed_tokens(tokens)  # a rank may hold no window; it still joins the merges
+    device = execution_device(adapter.model)
+    # the layer inputs of every window: on the device, or in host memory while streaming layers
+    store = torch.device("cpu") if is_streamed(adapter.model) else device
+    hidden = adapter.embed_tokens(tokens).to(store)  # a rank may hold no window; still merges
     block_inputs: dict[tuple, dict] = {}  # rotary tables and mask, once per batch shape
     stats: dict[str, torch.Tensor] = {}
     for i in ui.progress(range(adapter.num_layers), total=adapter.num_layers,
@@ -45,15 +49,15 @@ def collect_statistics(
             if block is None:
                 continue
             linear = getattr(adapter, name)(i)
-            moments[name] = RunningMoments(linear.in_features, hidden.device)
+            moments[name] = RunningMoments(linear.in_features, device)
             handles.append(linear.register_forward_pre_hook(_recorder(moments[name])))
         try:
             for b in batches:
-                chunk = hidden[b]
+                chunk = hidden[b].to(device)
                 inputs = block_inputs.get(tuple(chunk.shape))
                 if inputs is None:
                     inputs = block_inputs[tuple(chunk.shape)] = adapter.block_inputs(chunk)
-                hidden[b] = adapter.layer_forward(i, chunk, inputs)
+                hidden[b] = adapter.layer_forward(i, chunk, inputs).to(store)
         finally:
             for handle in handles:
                 handle.remove()
