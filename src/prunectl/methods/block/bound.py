@@ -5,7 +5,7 @@ into ``A`` (the ``topk`` next tokens the *current* model finds likeliest at that
 the target ``y``) and the tail ``T``.  The head rows of ``A`` are few and are computed exactly.
 For the tail, Gibbs' inequality gives, for any distribution ``q`` over ``T``::
 
-    logsumexp(z_T) >= sum_i q_i z_i + H(q) = (W_T^T q) . x + H(q)      (equality when q = softmax(z_T))
+    logsumexp(z_T) >= sum_i q_i z_i + H(q) = (W_T^T q) . x + H(q)   (equal when q = softmax(z_T))
 
 so with ``q`` = the current model's own distribution restricted to the tail, the vector
 ``u = W_T^T q`` and the entropy ``H(q)`` are computed once per step, and the tail costs one dot
@@ -85,7 +85,8 @@ class NllLowerBound:
         for b, hidden in enumerate(final_hidden):
             rows, length = hidden.shape[:2]
             new = _Positions(
-                torch.empty(rows, length - 1, self.topk + 1, dtype=torch.long, device=hidden.device),
+                torch.empty(rows, length - 1, self.topk + 1, dtype=torch.long,
+                            device=hidden.device),
                 torch.empty(rows, length - 1, hidden.shape[-1], device=hidden.device),
                 torch.empty(rows, length - 1, device=hidden.device),
             )

@@ -136,7 +136,8 @@ class _Step:
             if bounded > limit:
                 return bounded, True
             kept.append(hidden.to(self.cache.plan.location))
-        return sum(float(runner.nll(h.to(runner.device), b).sum()) for b, h in enumerate(kept)), False
+        exact = sum(float(runner.nll(h.to(runner.device), b).sum()) for b, h in enumerate(kept))
+        return exact, False
 
 
 def block_search(
@@ -191,8 +192,8 @@ def block_search(
                     dense_nll += float(runner.nll(hidden, b).sum())
             steps = 0
             while remaining and not target.reached(decisions) and steps != max_steps:
-                record = _search_step(runner, cache, bound, removed, remaining, candidates, decisions,
-                                      settings, params, progress)
+                record = _search_step(runner, cache, bound, removed, remaining, candidates,
+                                      decisions, settings, params, progress)
                 result.evaluations += len(remaining)
                 if dense_nll is not None:
                     record["dense_perplexity"] = math.exp(dense_nll / runner.predicted_tokens)
