@@ -137,15 +137,20 @@ def timed_search(model, tokens, names, target, params, settings) -> tuple[float,
     return time.perf_counter() - started, result
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def search_arguments(parser: argparse.ArgumentParser, removals: int) -> None:
+    """The model, calibration text and search settings every block-search benchmark takes."""
     parser.add_argument("--gguf", type=Path, default=None, help="SmolLM2 GGUF file")
     parser.add_argument("--data", type=Path, default=DATA.resolve(), help="calibration text")
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--seqlen", type=int, default=128)
-    parser.add_argument("--removals", type=int, default=4)
+    parser.add_argument("--removals", type=int, default=removals, help="search steps")
     parser.add_argument("--block-type", default="mix", choices=["mha", "mlp", "mix", "layer"])
     parser.add_argument("--batch-size", type=int, default=1, help="windows per forward")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    search_arguments(parser, removals=4)
     parser.add_argument("--fast-only", action="store_true", help="skip the naive search")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()

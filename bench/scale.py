@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from block_search import DATA, calibration_tokens
+from block_search import calibration_tokens, search_arguments
 from common import require_inputs
 from memory import measure, print_report
 
@@ -120,13 +120,7 @@ def scaling(args: argparse.Namespace, gguf: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gguf", type=Path, default=None, help="SmolLM2 GGUF file")
-    parser.add_argument("--data", type=Path, default=DATA.resolve(), help="calibration text")
-    parser.add_argument("--windows", type=int, default=4)
-    parser.add_argument("--seqlen", type=int, default=128)
-    parser.add_argument("--removals", type=int, default=2, help="search steps (scaling part)")
-    parser.add_argument("--block-type", default="mix", choices=["mha", "mlp", "mix", "layer"])
-    parser.add_argument("--batch-size", type=int, default=1, help="windows per forward")
+    search_arguments(parser, removals=2)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True,
                         help="time 1 and --processes CPU processes")

@@ -75,6 +75,22 @@ def _rank(rank: int, port: int, folder: str) -> None:
             dist.destroy_process_group()
 
 
+def single_process_search(project: Path, model_dir: Path, layers: int, blocks: int):
+    """The search one process computes on the project's calibration tokens."""
+    from prunectl.io import load_tensors
+    from prunectl.methods.block.candidates import candidate_names
+    from prunectl.methods.block.plans import parameter_counts
+    from prunectl.methods.block.search import SearchSettings, Target, block_search
+    from prunectl.modeling.loading import load_project_model
+
+    model = load_project_model(model_dir, torch.device("cpu"), torch.float32)
+    tokens = load_tensors(project / "calibration" / "tokens.safetensors")["input_ids"]
+    names = candidate_names(layers, "mix")
+    return block_search(model, tokens, names, Target(blocks=blocks),
+                        parameter_counts(model, Adapter(model), names),
+                        SearchSettings(batch_size=2))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,9 +117,14 @@ def _close(a, b):
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
 
 
-def test_outside_a_launcher_the_group_is_one_process(monkeypatch):
+@pytest.fixture
+def no_launcher(monkeypatch):
+    """This process as if started without torchrun."""
     for key in LAUNCH_VARS:
         monkeypatch.delenv(key, raising=False)
+
+
+def test_outside_a_launcher_the_group_is_one_process(no_launcher):
     group = distributed.current()
     assert (group.rank, group.world_size, group.enabled, group.is_main) == (0, 1, False, True)
     assert group.shard(list("abc")) == list("abc")
@@ -196,11 +217,6 @@ def test_torchrun_search_writes_once_and_equals_one_process(tmp_path, text_file)
     from conftest import save_tiny
     from test_block_cli import write_recipe
 
-    from prunectl.io import load_tensors
-    from prunectl.methods.block.candidates import candidate_names
-    from prunectl.methods.block.plans import parameter_counts
-    from prunectl.methods.block.search import SearchSettings, Target, block_search
-    from prunectl.modeling.loading import load_project_model
 
     model_dir = save_tiny(tmp_path / "tiny", "llama", num_hidden_layers=4)
     recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
@@ -216,12 +232,7 @@ def test_torchrun_search_writes_once_and_equals_one_process(tmp_path, text_file)
     assert state["steps"]["search"]["status"] == "done"
     plan = json.loads((project / "search" / "plan.json").read_text())
 
-    model = load_project_model(model_dir, torch.device("cpu"), torch.float32)
-    tokens = load_tensors(project / "calibration" / "tokens.safetensors")["input_ids"]
-    names = candidate_names(4, "mix")
-    alone = block_search(model, tokens, names, Target(blocks=5),
-                         parameter_counts(model, Adapter(model), names),
-                         SearchSettings(batch_size=2))
+    alone = single_process_search(project, model_dir, layers=4, blocks=5)
     assert plan["removal_order"] == [d["removed"] for d in alone.decisions]
     assert [json.loads(line)["perplexity"] for line in lines] == pytest.approx(
         [d["perplexity"] for d in alone.decisions], rel=1e-6)
@@ -255,11 +266,6 @@ def test_a_killed_rank_stops_the_run_and_a_rerun_resumes(tmp_path, text_file):
     from conftest import save_tiny
     from test_block_cli import write_recipe
 
-    from prunectl.io import load_tensors
-    from prunectl.methods.block.candidates import candidate_names
-    from prunectl.methods.block.plans import parameter_counts
-    from prunectl.methods.block.search import SearchSettings, Target, block_search
-    from prunectl.modeling.loading import load_project_model
 
     model_dir = save_tiny(tmp_path / "tiny", "llama", num_hidden_layers=8)  # 16 candidates
     recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
@@ -311,19 +317,15 @@ def test_a_killed_rank_stops_the_run_and_a_rerun_resumes(tmp_path, text_file):
     assert [json.loads(line)["step"] for line in resumed.splitlines()] == list(range(1, 9))
 
     again = subprocess.run(_torchrun("search", "-p", str(project), "--blocks", "12", "--quiet"),
-                           check=False, capture_output=True, text=True, env=_launch_env(), timeout=300)
+                           check=False, capture_output=True, text=True, env=_launch_env(),
+                           timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     lines = progress.read_bytes()
     assert lines.startswith(resumed)
     assert [json.loads(line)["step"] for line in lines.splitlines()] == list(range(1, 13))
     assert json.loads((project / "state.json").read_text())["steps"]["search"]["status"] == "done"
 
-    model = load_project_model(model_dir, torch.device("cpu"), torch.float32)
-    tokens = load_tensors(project / "calibration" / "tokens.safetensors")["input_ids"]
-    names = candidate_names(8, "mix")
-    reference = block_search(model, tokens, names, Target(blocks=12),
-                             parameter_counts(model, Adapter(model), names),
-                             SearchSettings(batch_size=2))
+    reference = single_process_search(project, model_dir, layers=8, blocks=12)
     plan = json.loads((project / "search" / "plan.json").read_text())
     assert plan["removal_order"] == [d["removed"] for d in reference.decisions]
     assert [json.loads(line)["perplexity"] for line in lines.splitlines()] == pytest.approx(
@@ -384,15 +386,13 @@ def test_a_silent_rank_stops_rank_0_after_the_timeout(tmp_path, text_file):
     assert not (project / "state.json").exists()  # no step had started
 
 
-def test_sigterm_stops_a_command_with_one_line_and_exit_143(monkeypatch, capsys):
+def test_sigterm_stops_a_command_with_one_line_and_exit_143(no_launcher, capsys):
     """What rank 0 does when torchrun stops it: the handler raises where the command is, so
     context managers (the lock) and the step's failure record run; then one line, exit 143."""
     import typer
 
     from prunectl.cli import handles_errors
 
-    for key in LAUNCH_VARS:
-        monkeypatch.delenv(key, raising=False)
     unwound = []
 
     @handles_errors
@@ -410,7 +410,7 @@ def test_sigterm_stops_a_command_with_one_line_and_exit_143(monkeypatch, capsys)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back after the command
 
 
-def test_sigterm_during_a_failure_lets_its_clean_up_finish(monkeypatch, capsys):
+def test_sigterm_during_a_failure_lets_its_clean_up_finish(no_launcher, capsys):
     """The lost-rank race: the collective's error is being handled (the step records its
     failure) when the launcher's SIGTERM arrives; the clean-up finishes and the error's own
     line is printed.  A SIGTERM whose failure was then swallowed still stops the command when
@@ -419,8 +419,6 @@ def test_sigterm_during_a_failure_lets_its_clean_up_finish(monkeypatch, capsys):
 
     from prunectl.cli import Terminated, _sigterm_raises, handles_errors
 
-    for key in LAUNCH_VARS:
-        monkeypatch.delenv(key, raising=False)
     recorded = []
 
     @handles_errors
