@@ -36,7 +36,7 @@ def score(run: RunContext) -> StepResult:
             save_tensors(artifacts.path(run, artifacts.SCORES), scores)
             write_json(summary_file, _summarise(scores))
         return StepOutcome(
-            [artifacts.path(run, artifacts.SCORES), summary_file], {"scored": len(scores)}
+            [artifacts.path(run, artifacts.SCORES), summary_file], {"score_tensors": len(scores)}
         )
 
     return execute(run, "score", key, {}, body)

@@ -46,11 +46,11 @@ def drop_margin(dtype: torch.dtype) -> float:
 
 
 def _times_rows(q: torch.Tensor, weight: torch.Tensor, rows: int = 8192) -> torch.Tensor:
-    """``q @ weight`` in float32, a slice of vocabulary rows at a time (no float32 copy of a
-    16-bit LM head)."""
+    """``q @ weight`` in float32, a slice of vocabulary rows at a time: neither a float32 copy of
+    a 16-bit LM head nor, under layer-wise streaming, a device copy of a head kept on the host."""
     out = torch.zeros(*q.shape[:-1], weight.shape[1], device=q.device)
     for start in range(0, weight.shape[0], rows):
-        out += q[..., start : start + rows] @ weight[start : start + rows].float()
+        out += q[..., start : start + rows] @ weight[start : start + rows].to(q.device).float()
     return out
 
 
@@ -71,17 +71,15 @@ class NllLowerBound:
         self.topk = min(topk, runner.adapter.lm_head.weight.shape[0] - 1)
         self.positions: list[_Positions] = []
 
-    def _head(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        head = self.runner.adapter.lm_head
-        bias = getattr(head, "bias", None)
-        return head.weight.to(device), None if bias is None else bias.to(device)
-
     def refresh(self, final_hidden: list[torch.Tensor]) -> float:
         """Take the current model's last hidden states (one tensor per batch); returns its summed
         NLL, computed from the same logits, so the dense perplexity costs nothing extra."""
         self.positions = []
         total = 0.0
-        weight, bias = self._head(final_hidden[0].device)
+        head = self.runner.adapter.lm_head
+        weight, bias = head.weight, getattr(head, "bias", None)
+        if bias is not None:
+            bias = bias.to(final_hidden[0].device).float()
         for b, hidden in enumerate(final_hidden):
             rows, length = hidden.shape[:2]
             new = _Positions(
@@ -103,7 +101,7 @@ class NllLowerBound:
                 q = (tail_logits - log_norm).exp().nan_to_num(0.0)
                 constant = -(q * log_q).sum(dim=-1)
                 if bias is not None:
-                    constant += q @ bias.float()
+                    constant += q @ bias
                 new.tokens[:, start:stop] = tokens
                 new.tail[:, start:stop] = _times_rows(q, weight)
                 new.tail_constant[:, start:stop] = constant.masked_fill(empty[..., 0],
