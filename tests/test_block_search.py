@@ -226,3 +226,13 @@ def test_recorded_decisions_that_do_not_fit_are_a_user_error():
     with pytest.raises(UserError, match="recorded decision 1 .*layers.0.attn.* move search"):
         block_search(model, ids, names, Target(blocks=2), unit_params(names),
                      previous=[{"step": 1, "removed": "layers.0.attn"}])
+
+
+def test_evaluation_order_does_not_change_the_decisions():
+    """Best-looking first (Block Influence at step 1, previous scores after) or block index:
+    the order only decides which candidates are dropped early, never the choice."""
+    model, ids = peaked_model("qwen2", seed=5), repeated_tokens(5)
+    by_index = search(model, ids, steps=4, batch_size=1, candidates_order="index")
+    best_first = search(model, ids, steps=4, batch_size=1, candidates_order="previous")
+    for key in ("removed", "perplexity"):
+        assert [d[key] for d in best_first.decisions] == [d[key] for d in by_index.decisions]
