@@ -27,8 +27,9 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -57,6 +58,29 @@ def calibration_tokens(tokenizer, text_file: Path, windows: int, seqlen: int) ->
     if len(ids) < needed:
         raise SystemExit(f"{text_file} holds only {len(ids)} tokens; ask for fewer windows")
     return torch.tensor(ids[:needed]).view(windows, seqlen)
+
+
+@dataclass
+class Workload:
+    """What a block-search benchmark runs on: the model, its calibration windows, candidates."""
+
+    model: torch.nn.Module
+    tokens: torch.Tensor
+    names: list[str]
+    params: object  # ParameterCounts
+
+
+def load_workload(args: argparse.Namespace, gguf: Path,
+                  device: torch.device = torch.device("cpu")) -> Workload:
+    """SmolLM2 in float32 on ``device``, ``args.windows`` x ``args.seqlen`` calibration tokens
+    and the ``args.block_type`` candidates with their parameter counts."""
+    from prunectl.modeling.loading import load_model
+
+    model, tokenizer = load_model(SimpleNamespace(path=str(gguf)), device, torch.float32)
+    adapter = Adapter(model)
+    names = candidate_names(adapter.num_layers, args.block_type)
+    return Workload(model, calibration_tokens(tokenizer, args.data, args.windows, args.seqlen),
+                    names, parameter_counts(model, adapter, names))
 
 
 def flops(counts: dict[str, int], adapter: Adapter, seqlen: int, topk: int) -> float:
@@ -157,14 +181,9 @@ def main() -> int:
 
     gguf = require_inputs([args.data], args.gguf)
 
-    from prunectl.modeling.loading import load_model
-
-    model, tokenizer = load_model(SimpleNamespace(path=str(gguf)), torch.device("cpu"),
-                                  torch.float32)
-    tokens = calibration_tokens(tokenizer, args.data, args.windows, args.seqlen)
+    work = load_workload(args, gguf)
+    model, tokens, names, params = work.model, work.tokens, work.names, work.params
     adapter = Adapter(model)
-    names = candidate_names(adapter.num_layers, args.block_type)
-    params = parameter_counts(model, adapter, names)
     target = Target(blocks=args.removals)
     with torch.inference_mode():
         model(tokens[:1])  # warm-up: first-call allocations do not count against either search

@@ -31,15 +31,11 @@ import gc
 from collections import Counter
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
-from block_search import calibration_tokens
+from block_search import load_workload
 
-from prunectl.methods.block.candidates import candidate_names
-from prunectl.methods.block.plans import parameter_counts
 from prunectl.methods.block.search import SearchSettings, Target, block_search
-from prunectl.modeling.adapters import Adapter
 
 MODES = ("model", "layerwise")
 PARTS = ("search", "perplexity")
@@ -103,19 +99,14 @@ def _run_mode(mode: str, gguf: Path, args, device: torch.device) -> tuple[dict, 
     A part that raises a ``RuntimeError`` (out of memory, or tensors on two devices) gets its
     error message instead of figures; the other part still runs."""
     from prunectl.evaluation.perplexity import perplexity
-    from prunectl.modeling.loading import load_model
     from prunectl.modeling.placement import stream_layers
 
     layerwise = mode == "layerwise"
-    model, tokenizer = load_model(SimpleNamespace(path=str(gguf)),
-                                  torch.device("cpu") if layerwise else device, torch.float32)
+    work = load_workload(args, gguf, torch.device("cpu") if layerwise else device)
+    model, tokens, names, params = work.model, work.tokens, work.names, work.params
     if layerwise:
         stream_layers(model, device)
     resident = ResidentWeights(model, layerwise)
-    tokens = calibration_tokens(tokenizer, args.data, args.windows, args.seqlen)
-    adapter = Adapter(model)
-    names = candidate_names(adapter.num_layers, args.block_type)
-    params = parameter_counts(model, adapter, names)
 
     def search() -> dict:
         record = block_search(model, tokens, names, Target(blocks=1), params,

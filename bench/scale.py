@@ -29,35 +29,25 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from block_search import calibration_tokens, search_arguments
+from block_search import load_workload, search_arguments
 from common import require_inputs
 from memory import measure, print_report
 
 from prunectl import distributed
-from prunectl.methods.block.candidates import candidate_names
-from prunectl.methods.block.plans import parameter_counts
 from prunectl.methods.block.search import SearchSettings, Target, block_search
-from prunectl.modeling.adapters import Adapter
 
 
 def timed_search(args: argparse.Namespace, gguf: Path) -> dict:
     """Load, warm up, wait for every rank, then time one search."""
-    from prunectl.modeling.loading import load_model
-
     torch.set_num_threads(1)
-    model, tokenizer = load_model(SimpleNamespace(path=str(gguf)), torch.device("cpu"),
-                                  torch.float32)
-    tokens = calibration_tokens(tokenizer, args.data, args.windows, args.seqlen)
-    adapter = Adapter(model)
-    names = candidate_names(adapter.num_layers, args.block_type)
-    params = parameter_counts(model, adapter, names)
+    work = load_workload(args, gguf)
+    model, tokens, names, params = work.model, work.tokens, work.names, work.params
     with torch.inference_mode():
         model(tokens[:1])
     group = distributed.current()
