@@ -239,26 +239,25 @@ def _order(remaining: list[str], candidates: list[str], decisions: list[dict], h
     if how != "previous":
         return sorted(remaining, key=index.__getitem__)
     if decisions:
-        last = decisions[-1]["scores"]
+        promise = {c: score["ppl"] for c, score in decisions[-1]["scores"].items()}
     elif cache is not None and cache.plan.stride == 1:
-        last = _influence(cache, remaining)
+        promise = _influence(cache, remaining)
     else:
-        last = {}
-    return sorted(remaining, key=lambda c: (last[c]["ppl"] if c in last else math.inf, index[c]))
+        promise = {}
+    return sorted(remaining, key=lambda c: (promise.get(c, math.inf), index[c]))
 
 
-def _influence(cache: BoundaryCache, names: list[str]) -> dict[str, dict[str, float]]:
-    """1 - cosine between a block's input and output, averaged over tokens (as ``ppl`` keys, for
-    ordering only); blocks that end at the last unit are left out (they are cheap to score)."""
+def _influence(cache: BoundaryCache, names: list[str]) -> dict[str, float]:
+    """1 - cosine between a block's input and output, summed over tokens; blocks that end at
+    the last unit are left out (their output is not cached, and they are cheap to score)."""
     runner = cache.runner
-    spans = {n: unit_span(n, runner.adapter.num_layers) for n in names}
     out = {}
-    for name, (start, end) in spans.items():
+    for name in names:
+        start, end = unit_span(name, runner.adapter.num_layers)
         if end >= runner.num_units:
             continue
-        total = sum(float((1 - torch.cosine_similarity(store[start].float(), store[end].float(),
-                                                        dim=-1)).sum()) for store in cache.store)
-        out[name] = {"ppl": total}
+        out[name] = sum(float((1 - torch.cosine_similarity(
+            store[start].float(), store[end].float(), dim=-1)).sum()) for store in cache.store)
     return out
 
 
