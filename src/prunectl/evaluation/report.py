@@ -41,37 +41,14 @@ def _speed_rows(results: ProjectResults) -> list[dict]:
     if not speeds:
         return []
     rows = []
-    lengths = set.intersection(
-        *({r["seq_len"] for r in s.get("prefill", [])} for s in speeds.values())
-    )
+    lengths = _shared(speeds, "prefill", "seq_len")
     if lengths:
         longest = max(lengths)
-        rows.append(
-            _row(
-                f"prefill tokens/s (seq {longest})",
-                f"prefill_{longest}",
-                "rate",
-                {
-                    n: next(r["tokens_per_s"] for r in s["prefill"] if r["seq_len"] == longest)
-                    for n, s in speeds.items()
-                },
-            )
-        )
-    batches = set.intersection(
-        *({r["batch"] for r in s.get("decode", [])} for s in speeds.values())
-    )
-    for batch in sorted(batches):
-        rows.append(
-            _row(
-                f"decode tokens/s (batch {batch})",
-                f"decode_b{batch}",
-                "rate",
-                {
-                    n: next(r["tokens_per_s"] for r in s["decode"] if r["batch"] == batch)
-                    for n, s in speeds.items()
-                },
-            )
-        )
+        rows.append(_rate_row(speeds, "prefill", "seq_len", longest,
+                              f"prefill tokens/s (seq {longest})", f"prefill_{longest}"))
+    for batch in sorted(_shared(speeds, "decode", "batch")):
+        rows.append(_rate_row(speeds, "decode", "batch", batch,
+                              f"decode tokens/s (batch {batch})", f"decode_b{batch}"))
     sources = {s.get("memory", {}).get("source") for s in speeds.values()}
     rows.append(
         _row(
@@ -82,6 +59,19 @@ def _speed_rows(results: ProjectResults) -> list[dict]:
         )
     )
     return rows
+
+
+def _shared(speeds: dict[str, dict], section: str, setting: str) -> set:
+    """Values of ``setting`` (a prefill length, a decode batch) every model was measured at."""
+    return set.intersection(*({r[setting] for r in s.get(section, [])} for s in speeds.values()))
+
+
+def _rate_row(speeds: dict[str, dict], section: str, setting: str, value: Any, metric: str,
+              key: str) -> dict:
+    """Tokens per second of every model in ``section`` at ``setting == value``."""
+    return _row(metric, key, "rate", {
+        n: next(r["tokens_per_s"] for r in s[section] if r[setting] == value)
+        for n, s in speeds.items()})
 
 
 def _row(metric: str, key: str, kind: str, values: dict[str, Any]) -> dict:
