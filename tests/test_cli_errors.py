@@ -67,6 +67,14 @@ CASES = {
         ["nowhere"],
     ),
     "wrong type": (lambda t, m, x: ["--set", "calibration.nsamples=many"], ["calibration.nsamples"]),
+    "bound without tokens": (
+        lambda t, m, x: ["--set", "method={name: block, bound_topk: 0}"],
+        ["method.bound_topk"],
+    ),
+    "unknown cache place": (
+        lambda t, m, x: ["--set", "method={name: block, cache: floppy}"],
+        ["method.cache", "disk"],
+    ),
 }
 
 
