@@ -68,6 +68,7 @@ def _rank(rank: int, world: int, port: int, args, gguf: Path, folder: str) -> No
         figures = timed_search(args, gguf)
         if rank == 0:
             Path(folder, "ranks.json").write_text(json.dumps(figures))
+        distributed.current().barrier()  # tear down together (see tests/test_distributed.py)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -70,6 +70,7 @@ def _rank(rank: int, port: int, folder: str) -> None:
         group = distributed.current()
         assert (group.rank, group.world_size) == (rank, WORLD)
         torch.save(_compute(), os.path.join(folder, f"rank{rank}.pt"))
+        group.barrier()  # tear down together: a rank leaving mid-exchange can abort gloo's threads
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
