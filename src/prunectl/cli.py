@@ -61,7 +61,8 @@ MethodOpt = Annotated[
 ]
 BlocksOpt = Annotated[int | None, typer.Option("--blocks", help="Number of blocks to remove.")]
 RatioOpt = Annotated[
-    float | None, typer.Option("--ratio", help="Fraction of parameters to remove (0-1).")
+    float | None,
+    typer.Option("--ratio", help="Fraction of parameters to remove (0-1), of target.ratio_of."),
 ]
 
 
@@ -87,7 +88,8 @@ class Common:
         if blocks is not None:
             self.sets += ["~target", f"target.blocks={blocks}"]
         if ratio is not None:
-            self.sets += ["~target", f"target.params_ratio={ratio}"]
+            # keeps target.ratio_of: --ratio is a fraction of what the recipe says
+            self.sets += ["~target.blocks", "~target.params", f"target.params_ratio={ratio}"]
         return self
 
 

@@ -72,17 +72,30 @@ class CalibrationConfig(Section):
 
 
 class TargetConfig(Section):
-    """How much to remove: a number of blocks, or a fraction of the parameters (not both)."""
+    """How much to remove: a number of blocks, a fraction of the parameters, or a parameter
+    count (one of them).  ``ratio_of`` names what ``params_ratio`` is a fraction of, so a
+    paper's ratio gives the paper's size (see ``methods/target.py``)."""
 
     blocks: int | None = Field(None, ge=0)
     params_ratio: float | None = Field(None, gt=0, lt=1)
+    #: total (all parameters) | non_embedding | layers (attention + MLP weights of the decoder
+    #: layers: FLAP's ratio) | units (share of heads and channels in the pruned layers:
+    #: LLM-Pruner's pruning_ratio)
+    ratio_of: Literal["total", "non_embedding", "layers", "units"] = "total"
+    #: parameters to remove, an absolute count
+    params: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _one_target(self) -> TargetConfig:
-        if self.blocks is not None and self.params_ratio is not None:
+        given = {k: v for k in ("blocks", "params_ratio", "params")
+                 if (v := getattr(self, k)) is not None}
+        if len(given) > 1:
+            got = " and ".join(f"{k}={v}" for k, v in given.items())
+            raise ValueError(f"got {got}, expected at most one of them")
+        if self.ratio_of != "total" and self.params_ratio is None:
             raise ValueError(
-                f"got blocks={self.blocks} and params_ratio={self.params_ratio}, "
-                "expected at most one of them"
+                f"got ratio_of={self.ratio_of} without params_ratio, expected params_ratio "
+                "with it (ratio_of says what the ratio is a fraction of)"
             )
         return self
 

@@ -28,14 +28,15 @@ from pydantic import Field
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
+from prunectl.methods.target import ParamsTarget, resolve_params_target
 from prunectl.methods.width_common import head_unit_members, layer_plan, layer_shape
 from prunectl.modeling.adapters import Adapter
 
 
 class MagnitudeConfig(MethodConfig):
     name: Literal["magnitude"] = "magnitude"
-    #: fraction of hidden channels, head units and MLP channels removed; None: solved from
-    #: ``target.params_ratio``
+    #: fraction of hidden channels, head units and MLP channels removed; None: from the target
+    #: (``ratio_of: units`` is this ratio; other targets are solved for)
     pruning_ratio: float | None = Field(None, gt=0, lt=1)
     #: kept hidden and MLP channel counts are multiples of this (the reference's ``round_to=4``)
     round_to: int = Field(4, ge=1)
@@ -123,20 +124,28 @@ class MagnitudeMethod(Method):
             total += 2 * c * (h + s.up_bias) + h * c + s.down_bias * h
         return total
 
-    def _ratio(self, run, adapter, shapes, total: int) -> tuple[float, list[str]]:
-        if self.config.pruning_ratio is not None:
-            return self.config.pruning_ratio, []
-        target = run.recipe.target.params_ratio
-        if target is None:
-            raise UserError("magnitude needs method.pruning_ratio or target.params_ratio "
-                            "(a fraction of parameters to remove, e.g. --ratio 0.2)")
+    def _ratio(self, adapter, shapes, goal: ParamsTarget) -> tuple[float, list[str]]:
+        """The uniform ratio: ``ratio_of: units`` is it (Torch-Pruning's ``pruning_ratio``);
+        any other target is solved for on a grid of 0.001."""
+        if goal.unit_ratio is not None:
+            return goal.unit_ratio, []
         dense = self._params(adapter, shapes, self._counts(adapter, shapes, 0.0))
 
         def removed(r: float) -> int:
             return dense - self._params(adapter, shapes, self._counts(adapter, shapes, r))
 
-        best = min((k / 1000 for k in range(1000)), key=lambda r: abs(removed(r) - target * total))
-        return best, [f"uniform pruning_ratio {best:.3f} solved for target.params_ratio {target}"]
+        best = min((k / 1000 for k in range(1000)), key=lambda r: abs(removed(r) - goal.remove))
+        return best, [f"uniform pruning_ratio {best:.3f} solved for {goal.label}"]
+
+    def _goal(self, run, model) -> ParamsTarget | None:
+        """The recipe's target, or None when ``method.pruning_ratio`` says it all."""
+        if self.config.pruning_ratio is not None:
+            return None
+        target = run.recipe.target
+        if all(getattr(target, key, None) is None for key in ("params_ratio", "params")):
+            raise UserError("magnitude needs method.pruning_ratio or target.params_ratio "
+                            "(a fraction of parameters to remove, e.g. --ratio 0.2)")
+        return resolve_params_target(target, model, self.name)
 
     def search(self, run, model, tokens, scores) -> Plan:
         from prunectl.modeling.params import count_parameters
@@ -147,7 +156,9 @@ class MagnitudeMethod(Method):
             raise UserError("magnitude prunes uniform models only; this model's layers differ "
                             "in shape (use flap or wanda-sp)")
         counts_dense = count_parameters(model)
-        ratio, notes = self._ratio(run, adapter, shapes, counts_dense["total"])
+        goal = self._goal(run, model)
+        ratio, notes = (self.config.pruning_ratio, []) if goal is None else \
+            self._ratio(adapter, shapes, goal)
         counts = self._counts(adapter, shapes, ratio)
         plan = Plan(method=self.name, notes=notes)
         for i, s in enumerate(shapes):
@@ -166,23 +177,24 @@ class MagnitudeMethod(Method):
         dense = self._params(adapter, shapes, self._counts(adapter, shapes, 0.0))
         removed = dense - self._params(adapter, shapes, counts)
         total = counts_dense["total"]
-        target = None if self.config.pruning_ratio is not None else run.recipe.target.params_ratio
         plan.achieved = {
             "params_total": total,
             "params_non_embedding": counts_dense["non_embedding"],
             "params_removed": removed,
             "params_ratio": removed / total,
             "params_ratio_non_embedding": removed / counts_dense["non_embedding"],
-            "target_params_ratio": target,
+            **(goal.achieved() if goal else {"target_params_ratio": None}),
             "pruning_ratio": ratio,
             "hidden_size": counts["hidden"],
             "head_units_kept": counts["head_units"],
             "head_unit": shapes[0].head_unit,
             "intermediate_size": counts["channels"],
         }
-        if target is not None and abs(removed / total - target) > 0.005:
+        off = goal is not None and abs(removed - goal.remove) > 0.005 * total
+        if off and goal.unit_ratio is None:
             plan.notes.append(
-                f"removed {removed / total:.4f} of the parameters for target {target}: one uniform "
+                f"removed {removed / total:.4f} of the parameters for target "
+                f"{goal.remove / total:.4g} ({goal.label}): one uniform "
                 f"ratio moves heads in units of 1/{shapes[0].num_head_units} and channels in "
                 f"multiples of {self.config.round_to}"
             )

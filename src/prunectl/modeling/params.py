@@ -38,3 +38,9 @@ def block_parameters(adapter, i: int) -> dict[str, int]:
         "attn": 0 if attn is None else _numel(attn) + _numel(adapter.input_norm(i)),
         "mlp": 0 if mlp is None else _numel(mlp) + _numel(adapter.post_attention_norm(i)),
     }
+
+
+def layer_weights(adapter, i: int) -> int:
+    """Parameters of layer ``i``'s attention and MLP modules (projections with their biases,
+    Qwen3's per-head q/k norms), without the layer norms: the body FLAP's pruning ratio is of."""
+    return _numel(adapter.attention(i)) + _numel(adapter.mlp(i))

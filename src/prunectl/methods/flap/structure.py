@@ -101,7 +101,7 @@ def check_reachable(layers: dict[int, LayerScores], budget: float, min_kept: int
         raise UserError(
             f"the target removes {budget:,.0f} parameters but heads and MLP channels can give "
             f"at most {reachable:,.0f} (each layer keeps {min_kept} of each); "
-            "lower target.params_ratio"
+            "lower target.params_ratio (or target.params)"
         )
 
 

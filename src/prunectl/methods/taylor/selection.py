@@ -111,9 +111,11 @@ def closest(candidates: Sequence, evaluate: Callable, target: int):
 
 def block_plan(
     adapter: Adapter, scores: dict[str, torch.Tensor], layers: range, head_unit: str,
-    ranking: str, target: int,
+    ranking: str, target: int, keep: float | None = None,
 ) -> tuple[dict[int, LayerChoice], dict]:
-    """Per-layer choices removing about ``target`` parameters from heads and MLP channels."""
+    """Per-layer choices removing about ``target`` parameters from heads and MLP channels;
+    with local ranking, ``keep`` fixes the kept share of every layer's units instead (the
+    reference's ``1 - pruning_ratio``)."""
     costs = {i: LayerCosts(adapter, i) for i in layers}
     heads = {i: scores[f"layers.{i}.heads"].float() for i in layers}
     channels = {i: scores[f"layers.{i}.channels"].float() for i in layers}
@@ -131,6 +133,8 @@ def block_plan(
                 for i in layers
             }
 
+        if keep is not None:
+            return evaluate(keep), {"ranking": "local", "keep_fraction": keep}
         keep, choices = closest(keeps, evaluate, target)
         return choices, {"ranking": "local", "keep_fraction": keep}
     pooled = torch.cat([torch.cat([heads[i], channels[i]]) for i in layers]).sort().values
