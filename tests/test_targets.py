@@ -143,7 +143,7 @@ def test_llm_pruner_units_on_llama2_7b_keep_24_heads_and_8256_channels():
 
 
 def test_taylor_units_on_smollm2_keep_int_of_three_quarters():
-    """9 query heads x 0.75 = 6.75 -> 6 kept (two whole groups of three or three groups of two),
+    """3 query heads per group x 0.75 = 2.25 -> 2 kept in each of the 3 KV groups,
     1536 x 0.75 = 1152 channels, in layers 4..27 of 30."""
     model = meta_llama(**SMOLLM2_135M)
     method = create_method(parse_method_config({"name": "taylor", "importance": "random"}))
@@ -152,6 +152,7 @@ def test_taylor_units_on_smollm2_keep_int_of_three_quarters():
     plan = method.search(run, model, None, method.score(run, model, None, {}))
     assert set(plan.layers) == set(range(4, 28))
     assert {len(lp.q_heads) for lp in plan.layers.values()} == {6}
+    assert {tuple(lp.kv_heads) for lp in plan.layers.values()} == {(0, 1, 2)}
     assert {len(lp.mlp_channels) for lp in plan.layers.values()} == {1152}
 
 

@@ -33,16 +33,12 @@ class MemoryEstimate:
 
 
 def parameter_counts(config: Any) -> dict[str, int]:
-    """Exact parameter counts from a config, built on the meta device (no memory used)."""
-    from transformers import AutoModelForCausalLM
+    """Exact parameter counts from a config, through the shared cost model (no memory used)."""
+    from prunectl.modeling import cost, structure
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    embed = model.get_input_embeddings().weight.numel()
-    layers = len(model.model.layers)
-    return {"total": total, "embedding": embed, "layer": sum(p.numel() for p in model.model.layers[0].parameters()),
-            "layers": layers}
+    s = structure.from_config(config)
+    return {"total": cost.parameters(s)["total"], "embedding": s.vocab * s.hidden,
+            "layer": sum(cost.block_parameters(s, 0).values()), "layers": len(s.layers)}
 
 
 def estimate(step: str, config: Any, recipe: Any, dtype: torch.dtype) -> MemoryEstimate:

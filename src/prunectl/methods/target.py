@@ -16,8 +16,8 @@ from typing import Any, Literal
 from torch import nn
 
 from prunectl.errors import UserError
-from prunectl.modeling.adapters import Adapter
-from prunectl.modeling.params import count_parameters, layer_weights
+from prunectl.modeling import cost
+from prunectl.modeling.structure import from_model
 
 RatioOf = Literal["total", "non_embedding", "layers", "units"]
 
@@ -53,9 +53,9 @@ class ParamsTarget:
 
 def ratio_bases(model: nn.Module, layers: Iterable[int] | None = None) -> dict[str, int]:
     """Parameters each ``ratio_of`` is a share of; ``units`` counts the pruned ``layers`` only."""
-    adapter = Adapter(model)
-    counts = count_parameters(model)
-    body = {i: layer_weights(adapter, i) for i in range(adapter.num_layers)}
+    structure = from_model(model)
+    counts = cost.parameters(structure)
+    body = {i: cost.layer_weights(structure, i) for i in range(len(structure.layers))}
     pruned = body if layers is None else {i: body[i] for i in layers}
     return {"total": counts["total"], "non_embedding": counts["non_embedding"],
             "layers": sum(body.values()), "units": sum(pruned.values())}

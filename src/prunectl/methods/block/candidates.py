@@ -47,12 +47,12 @@ def removed_units(names: list[str], num_layers: int) -> set[int]:
     return units
 
 
-def candidate_parameters(adapter, name: str) -> int:
-    """Parameters a candidate holds (its norm included), from the shared parameter counter."""
-    from prunectl.modeling.params import block_parameters
+def candidate_parameters(structure, name: str) -> int:
+    """Parameters a candidate holds (its norm included), from the shared cost model."""
+    from prunectl.modeling.cost import block_parameters
 
-    index, kind = parse_block_name(name, adapter.num_layers)
-    counts = block_parameters(adapter, index)
+    index, kind = parse_block_name(name, len(structure.layers))
+    counts = block_parameters(structure, index)
     if kind == "layer":
         return counts["attn"] + counts["mlp"]
     return counts[kind]

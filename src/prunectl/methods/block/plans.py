@@ -17,13 +17,15 @@ from prunectl.methods.target import resolve_params_target
 
 
 def parameter_counts(model, adapter, names: list[str]) -> ParameterCounts:
-    from prunectl.modeling.params import count_parameters
+    from prunectl.modeling.cost import parameters
+    from prunectl.modeling.structure import from_model
 
-    counts = count_parameters(model)
+    structure = from_model(model)
+    counts = parameters(structure)
     return ParameterCounts(
         total=counts["total"],
         non_embedding=counts["non_embedding"],
-        per_candidate={name: candidate_parameters(adapter, name) for name in names},
+        per_candidate={name: candidate_parameters(structure, name) for name in names},
     )
 
 

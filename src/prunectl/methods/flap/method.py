@@ -24,6 +24,7 @@ from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.methods.target import ParamsTarget, resolve_params_target
 from prunectl.methods.width_common import layer_plan, layer_shape, removed_o_channels
 from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.structure import from_model
 
 if TYPE_CHECKING:
     from torch import nn
@@ -164,13 +165,13 @@ class _WidthMethod(Method):
         )
 
     def _layer_scores(self, adapter: Adapter, scores) -> dict[int, LayerScores]:
-        layers = {}
+        layers, structure = {}, from_model(adapter.model)
         for i in range(adapter.num_layers):
             if f"layers.{i}.heads" not in scores or f"layers.{i}.channels" not in scores:
                 raise UserError(
                     f"scores lack layer {i}; re-run `prunectl score --force` for this model"
                 )
-            shape = layer_shape(adapter, i, self.config.head_unit)
+            shape = layer_shape(adapter, i, self.config.head_unit, structure)
             layers[i] = LayerScores(
                 shape, scores[f"layers.{i}.heads"], scores[f"layers.{i}.channels"])
         return layers

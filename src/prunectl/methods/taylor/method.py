@@ -27,6 +27,7 @@ from prunectl.methods.taylor.gradients import GradientStore, accumulate_gradient
 from prunectl.methods.taylor.importance import GRADIENT_KINDS, random_importance
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.placement import execution_device, is_streamed
+from prunectl.modeling.structure import from_model
 
 if TYPE_CHECKING:
     from torch import nn
@@ -110,10 +111,10 @@ class TaylorMethod(Method):
         generator = torch.Generator().manual_seed(self.config.seed)
         if self.config.scope == "channel":
             return {"hidden": random_importance(adapter.hidden_size, generator)}
-        scores = {}
+        scores, structure = {}, from_model(adapter.model)
         for i in layers:
-            costs = selection.LayerCosts(adapter, i)
-            units = costs.units(self.config.head_unit)
+            costs = selection.LayerCosts(structure, i)
+            units = costs.scored(self.config.head_unit)
             scores[f"layers.{i}.heads"] = random_importance(units, generator)
             scores[f"layers.{i}.channels"] = random_importance(costs.intermediate, generator)
         return scores
