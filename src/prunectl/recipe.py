@@ -254,7 +254,8 @@ Origins = dict[tuple[str, ...], str]
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise UserError(f"recipe file {path} does not exist")
+        raise UserError(f"recipe file {path} does not exist; `prunectl recipes ls` lists the "
+                        "shipped recipes, `prunectl recipes cp NAME .` copies one")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
@@ -378,7 +379,8 @@ def load_recipe(
         label = PINNED_LABEL
         data, origins = copy.deepcopy(pinned), {}
     else:
-        raise UserError("no recipe given; pass one with -r/--recipe (see recipes/)")
+        raise UserError("no recipe given; pass one with -r/--recipe "
+                        "(`prunectl recipes ls` lists the shipped ones)")
     for override in overrides:
         apply_override(data, override, origins)
     if "extends" in data:

@@ -104,6 +104,7 @@ class MagnitudeMethod(Method):
 
     name = "magnitude"
     Config = MagnitudeConfig
+    targets = frozenset({"params", "units"})
     uses_calibration = False
 
     def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:

@@ -53,6 +53,7 @@ class ShortGPTMethod(Method):
 
     name = "shortgpt"
     Config = ShortGPTConfig
+    targets = frozenset({"blocks", "params"})
 
     def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
         if tokens.numel() == 0:

@@ -53,6 +53,7 @@ class BlockMethod(Method):
 
     name = "block"
     Config = BlockConfig
+    targets = frozenset({"blocks", "params"})
 
     def _setup(self, run, model) -> tuple[Adapter, list[str], ParameterCounts, SearchSettings]:
         cfg = self.config

@@ -68,6 +68,7 @@ class _WidthMethod(Method):
     """The shared hooks; subclasses set the metric and what calibration they need."""
 
     uses_statistics = True
+    targets = frozenset({"params", "units"})
     #: FLAP squares the attention metric before aggregating it per head; the baselines do not
     square_attention: ClassVar[bool] = False
 

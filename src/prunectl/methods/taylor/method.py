@@ -52,6 +52,7 @@ class TaylorConfig(MethodConfig):
 class TaylorMethod(Method):
     name = "taylor"
     Config = TaylorConfig
+    targets = frozenset({"params", "units"})
 
     def layers(self, adapter: Adapter) -> range:
         """The pruned layers; a range outside the model is a user error naming the keys."""
