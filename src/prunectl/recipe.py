@@ -203,6 +203,16 @@ class ExportConfig(Section):
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = "auto"
     #: auto = the recovered model when it exists, else the pruned one
     source: Literal["auto", "pruned", "recovered"] = "auto"
+    #: the model card's base_model (a hub id); default: model.path when it is a hub id, else
+    #: what a GGUF file's metadata names
+    base_model: str | None = None
+
+    @field_validator("base_model")
+    @classmethod
+    def _hub_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value):
+            raise ValueError(f"got {value!r}, expected a hub id such as meta-llama/Llama-2-7b-hf")
+        return value
 
 
 class ExecutionConfig(Section):
