@@ -163,14 +163,26 @@ def _preflight(recipe) -> None:
 
 
 def _silence_libraries() -> None:
-    """``--quiet`` means quiet: no progress bars or warnings from the libraries underneath."""
+    """``--quiet`` means quiet: no progress bars or warnings from the libraries underneath
+    (errors still print)."""
+    import logging
+    from functools import partial
+
     import datasets
+    import huggingface_hub
     import transformers
+    import transformers.modeling_gguf_pytorch_utils as gguf_loading
+    from tqdm.auto import tqdm
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+    huggingface_hub.utils.disable_progress_bars()
+    # the GGUF de-quantization bar is a bare tqdm that transformers' switch does not reach
+    gguf_loading.tqdm = partial(tqdm, disable=True)
+    for name in ("lm-eval", "lm_eval", "accelerate", "peft", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _emit(opts: Common, results: list) -> None:
