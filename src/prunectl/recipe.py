@@ -61,7 +61,8 @@ class ModelConfig(Section):
 
 
 class CalibrationConfig(Section):
-    #: wikitext2 | c4 | ptb | alpaca, or a local .txt/.jsonl/.json/.parquet file or directory
+    #: wikitext2 | c4 | ptb | alpaca | bookcorpus | pg19, or a local .txt/.jsonl/.json/.parquet
+    #: file or directory
     dataset: str = "wikitext2"
     #: dataset split (default: the dataset's own training split)
     split: str | None = None
@@ -69,6 +70,9 @@ class CalibrationConfig(Section):
     seqlen: int = Field(2048, gt=0)
     seed: int = 42
     batch_size: int = Field(8, gt=0)
+    #: how windows are drawn: auto (the named dataset's own convention; stream for a local
+    #: file), or stream | documents | distinct | rows, e.g. a local PG-19 copy as ShortGPT
+    style: Literal["auto", "stream", "documents", "distinct", "rows"] = "auto"
 
 
 class TargetConfig(Section):
