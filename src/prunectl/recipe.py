@@ -221,7 +221,8 @@ class ExportConfig(Section):
 
 class ExecutionConfig(Section):
     mode: Literal["model", "layerwise"] = "model"
-    offload: Literal["cpu", "disk"] = "cpu"
+    #: memory a step may use (GiB) on the device, or in host memory on the CPU; a step whose
+    #: estimate exceeds it is refused before it starts (default: what is free)
     memory_budget_gb: float | None = Field(None, gt=0)
 
 

@@ -30,14 +30,13 @@ class Family:
     model_types: tuple[str, ...]
     fused_qkv: bool = False  # q, k and v rows stacked in one ``qkv_proj`` (Phi-3)
     fused_gate_up: bool = False  # gate and up rows stacked in one ``gate_up_proj`` (Phi-3)
-    qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3)
 
 
 FAMILIES: tuple[Family, ...] = (
     Family("llama", ("llama",)),
     Family("mistral", ("mistral",)),
     Family("qwen2", ("qwen2",)),
-    Family("qwen3", ("qwen3",), qk_norm=True),
+    Family("qwen3", ("qwen3",)),
     Family("phi3", ("phi3",), fused_qkv=True, fused_gate_up=True),
 )
 

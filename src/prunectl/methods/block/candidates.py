@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from prunectl.methods.plan import parse_block_name
 
-BLOCK_TYPES = ("mha", "mlp", "mix", "layer")
-
 
 def candidate_names(num_layers: int, block_type: str) -> list[str]:
     """Candidates in their canonical order, which also breaks ties between equal perplexities.

@@ -23,8 +23,6 @@ import torch
 from prunectl.errors import UserError
 from prunectl.methods.width_common import LayerShape, head_unit_scores
 
-STRUCTURES = ("UL-UM", "UL-MM", "AL-MM", "AL-AM")
-
 
 @dataclass
 class LayerScores:
