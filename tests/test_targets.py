@@ -125,15 +125,18 @@ def test_flap_search_on_llama2_7b_removes_the_paper_s_share():
     assert plan.achieved["target_params_removed"] == 1_295_201_075
 
 
+def taylor_plan(model, **target_keys):
+    """LLM-Pruner's defaults (layers 4..L-2, local ranking) with random importance."""
+    method = create_method(parse_method_config({"name": "taylor", "importance": "random"}))
+    run = SimpleNamespace(ui=None, recipe=SimpleNamespace(target=target(**target_keys)))
+    return method.search(run, model, None, method.score(run, model, None, {}))
+
+
 def test_llm_pruner_units_on_llama2_7b_keep_24_heads_and_8256_channels():
     """LLM-Pruner's README: pruning_ratio 0.25 on layers 4..29 removes 8 heads and 2,752
     channels of each, leaving 6,738,415,616 - 26 x (8 x 4 x 4096 x 128 + 2752 x 3 x 4096)
     = 5,422,977,024 parameters."""
-    model = meta_llama(**LLAMA2_7B)
-    method = create_method(parse_method_config({"name": "taylor", "importance": "random"}))
-    run = SimpleNamespace(ui=None, recipe=SimpleNamespace(
-        target=target(params_ratio=0.25, ratio_of="units")))
-    plan = method.search(run, model, None, method.score(run, model, None, {}))
+    plan = taylor_plan(meta_llama(**LLAMA2_7B), params_ratio=0.25, ratio_of="units")
     assert set(plan.layers) == set(range(4, 30))
     assert {len(lp.q_heads) for lp in plan.layers.values()} == {24}
     assert {len(lp.mlp_channels) for lp in plan.layers.values()} == {8256}
@@ -145,11 +148,7 @@ def test_llm_pruner_units_on_llama2_7b_keep_24_heads_and_8256_channels():
 def test_taylor_units_on_smollm2_keep_int_of_three_quarters():
     """3 query heads per group x 0.75 = 2.25 -> 2 kept in each of the 3 KV groups,
     1536 x 0.75 = 1152 channels, in layers 4..27 of 30."""
-    model = meta_llama(**SMOLLM2_135M)
-    method = create_method(parse_method_config({"name": "taylor", "importance": "random"}))
-    run = SimpleNamespace(ui=None, recipe=SimpleNamespace(
-        target=target(params_ratio=0.25, ratio_of="units")))
-    plan = method.search(run, model, None, method.score(run, model, None, {}))
+    plan = taylor_plan(meta_llama(**SMOLLM2_135M), params_ratio=0.25, ratio_of="units")
     assert set(plan.layers) == set(range(4, 28))
     assert {len(lp.q_heads) for lp in plan.layers.values()} == {6}
     assert {tuple(lp.kv_heads) for lp in plan.layers.values()} == {(0, 1, 2)}
