@@ -65,17 +65,24 @@ def expert_plan(removed: dict[int, list[int]], other: dict[int, LayerPlan] | Non
     return Plan(method="t", layers={**plan, **(other or {})})
 
 
+@torch.inference_mode()
+def block_by_block(model, layers=None, skip_mlp=()) -> torch.Tensor:
+    """Logits of ``model`` run through the adapter over ``layers`` (default all), bypassing the
+    MLP blocks of the layers in ``skip_mlp``."""
+    adapter = Adapter(model)
+    hidden = adapter.embed_tokens(IDS)
+    inputs = adapter.block_inputs(hidden)
+    for i in range(adapter.num_layers) if layers is None else layers:
+        hidden = adapter.attention_block(i, hidden, inputs)
+        hidden = hidden if i in skip_mlp else adapter.mlp_block(i, hidden)
+    return adapter.logits(hidden)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_block_by_block_forward_equals_the_model(family):
     model = tiny_moe(family)
-    adapter = Adapter(model)
-    with torch.inference_mode():
-        hidden = adapter.embed_tokens(IDS)
-        inputs = adapter.block_inputs(hidden)
-        for i in range(adapter.num_layers):
-            hidden = adapter.layer_forward(i, hidden, inputs)
-        torch.testing.assert_close(adapter.logits(hidden), logits(model), rtol=0, atol=1e-5)
-    assert adapter.num_experts(0) == 8 and adapter.top_k == 2
+    torch.testing.assert_close(block_by_block(model), logits(model), rtol=0, atol=1e-5)
+    assert Adapter(model).num_experts(0) == 8 and Adapter(model).top_k == 2
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -143,14 +150,7 @@ def test_qwen2_moe_shared_expert_is_kept_whole():
 @pytest.mark.parametrize("family", ["qwen3_moe", "qwen2_moe"])
 def test_mlp_block_removal_equals_bypassing_it(family):
     model = tiny_moe(family)
-    adapter = Adapter(model)
-    with torch.inference_mode():
-        hidden = adapter.embed_tokens(IDS)
-        inputs = adapter.block_inputs(hidden)
-        for i in range(3):
-            hidden = adapter.attention_block(i, hidden, inputs)
-            hidden = hidden if i == 1 else adapter.mlp_block(i, hidden)
-        expected = adapter.logits(hidden)
+    expected = block_by_block(model, skip_mlp={1})
     pruned = apply_plan(model, Plan(method="t", layers={1: LayerPlan(mlp=False)}))
     close(logits(pruned), expected)
 
@@ -158,13 +158,7 @@ def test_mlp_block_removal_equals_bypassing_it(family):
 def test_dense_mlp_layers_of_qwen_moe_stay_dense_after_renumbering():
     model = tiny_moe("qwen3_moe", mlp_only_layers=[2])
     expected_model = mask_routing(tiny_moe("qwen3_moe", mlp_only_layers=[2]), {1: [0, 1]})
-    adapter = Adapter(expected_model)
-    with torch.inference_mode():  # layer 0 removed whole: run layers 1 and 2 only
-        hidden = adapter.embed_tokens(IDS)
-        inputs = adapter.block_inputs(hidden)
-        for i in (1, 2):
-            hidden = adapter.layer_forward(i, hidden, inputs)
-        expected = adapter.logits(hidden)
+    expected = block_by_block(expected_model, layers=(1, 2))  # layer 0 is removed whole
     plan = expert_plan({1: [0, 1]}, {0: LayerPlan(attention=False, mlp=False)})
     pruned = apply_plan(model, plan)
     assert pruned.config.mlp_only_layers == [1] and pruned.config.num_hidden_layers == 2

@@ -94,6 +94,16 @@ def test_statistics_equal_an_independent_computation(family):
         torch.testing.assert_close(got.saliency("reap"), mean, **close)
 
 
+def test_layerwise_execution_gives_the_same_statistics():
+    from prunectl.modeling.placement import stream_layers
+
+    whole = collect_expert_stats(Adapter(tiny_moe("qwen2_moe")), TOKENS, 2)
+    streamed = stream_layers(tiny_moe("qwen2_moe"), torch.device("cpu"))
+    layerwise = collect_expert_stats(Adapter(streamed), TOKENS, 2)
+    for name, value in whole.items():
+        torch.testing.assert_close(layerwise[name], value)
+
+
 def unequal_experts(seed: int = 0):
     """A Mixtral whose experts differ on purpose: output scales spread over two decades."""
     model = tiny_moe("mixtral", seed=seed, num_hidden_layers=1)
