@@ -240,6 +240,8 @@ def test_reap_through_the_cli_gives_a_plain_checkpoint(tmp_path, text_file):
         kept = plan["layers"][str(i)]["experts"]
         gone = sorted(set(range(8)) - set(kept))
         assert len(gone) == 2 and max(saliency[gone]) <= min(saliency[kept])
+    info = json.loads((project / "pruned" / "prunectl.json").read_text())
+    assert plan["achieved"]["params_removed"] == info["dense"]["total"] - info["pruned"]["total"]
     pruned = AutoModelForCausalLM.from_pretrained(project / "pruned")  # no remote code
     assert pruned.config.num_experts == 6
     assert pruned.model.layers[0].mlp.shared_expert.down_proj.weight.shape == (64, 48)

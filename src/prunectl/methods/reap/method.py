@@ -85,6 +85,7 @@ class ReapMethod(Method):
             "params_ratio": removed / counts["total"],
             "params_ratio_non_embedding": removed / counts["non_embedding"],
             "criterion": self.config.criterion,
-            "experts_removed": {str(i): n for i, n in removals.items()},
+            "experts_removed": sum(removals.values()),
+            "moe_layers": len(removals),
         }
         return plan
