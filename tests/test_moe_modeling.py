@@ -147,6 +147,25 @@ def test_qwen2_moe_shared_expert_is_kept_whole():
     assert Adapter(pruned).num_experts(0) == 2
 
 
+def test_hidden_channels_slice_every_expert_router_and_shared_expert():
+    keep = list(range(0, 64, 2))
+    model = tiny_moe("qwen2_moe")
+    block = model.model.layers[0].mlp
+    expected = {
+        "gate.weight": block.gate.weight[:, keep],
+        "experts.down_proj": block.experts.down_proj[:, keep],
+        "experts.gate_up_proj": block.experts.gate_up_proj[:, :, keep],
+        "shared_expert.down_proj.weight": block.shared_expert.down_proj.weight[keep],
+        "shared_expert_gate.weight": block.shared_expert_gate.weight[:, keep],
+    }
+    expected = {name: value.clone() for name, value in expected.items()}
+    pruned = apply_plan(model, Plan(method="t", hidden_channels=keep))
+    after = dict(pruned.model.layers[0].mlp.named_parameters())
+    for name, value in expected.items():
+        assert torch.equal(after[name], value), name
+    assert pruned.config.hidden_size == 32 and torch.isfinite(logits(pruned)).all()
+
+
 @pytest.mark.parametrize("family", ["qwen3_moe", "qwen2_moe"])
 def test_mlp_block_removal_equals_bypassing_it(family):
     model = tiny_moe(family)

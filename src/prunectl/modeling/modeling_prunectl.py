@@ -368,6 +368,17 @@ class ExpertsImplementationMixin:
         return True
 
 
+class PrunedMoeDecoderMixin(ExpertsImplementationMixin, PrunedDecoderMixin):
+    """The pruned decoder of an MoE family; its output has the MoE fields (router logits are
+    not recorded, so they stay None)."""
+
+    output_class = MoeModelOutputWithPast
+
+
+class PrunedMoeCausalLMMixin(ExpertsImplementationMixin, PrunedCausalLMMixin):
+    """The family's MoE ``*ForCausalLM`` over the pruned decoder."""
+
+
 def _moe_parts(module, prefix: str, dense: bool) -> dict:
     """``_parts`` of an MoE family (Mixtral has no dense MLP class)."""
     return {
@@ -383,13 +394,12 @@ class PrunedQwen2MoeConfig(PrunedConfigMixin, qwen2_moe.Qwen2MoeConfig):
     pass
 
 
-class PrunedQwen2MoeModel(ExpertsImplementationMixin, PrunedDecoderMixin, qwen2_moe.Qwen2MoePreTrainedModel):
+class PrunedQwen2MoeModel(PrunedMoeDecoderMixin, qwen2_moe.Qwen2MoePreTrainedModel):
     config_class = PrunedQwen2MoeConfig
     parts = _moe_parts(qwen2_moe, "Qwen2Moe", dense=True)
-    output_class = MoeModelOutputWithPast
 
 
-class PrunedQwen2MoeForCausalLM(ExpertsImplementationMixin, PrunedCausalLMMixin, qwen2_moe.Qwen2MoeForCausalLM):
+class PrunedQwen2MoeForCausalLM(PrunedMoeCausalLMMixin, qwen2_moe.Qwen2MoeForCausalLM):
     config_class = PrunedQwen2MoeConfig
     decoder_class = PrunedQwen2MoeModel
     causal_lm_class = qwen2_moe.Qwen2MoeForCausalLM
@@ -399,13 +409,12 @@ class PrunedQwen3MoeConfig(PrunedConfigMixin, qwen3_moe.Qwen3MoeConfig):
     pass
 
 
-class PrunedQwen3MoeModel(ExpertsImplementationMixin, PrunedDecoderMixin, qwen3_moe.Qwen3MoePreTrainedModel):
+class PrunedQwen3MoeModel(PrunedMoeDecoderMixin, qwen3_moe.Qwen3MoePreTrainedModel):
     config_class = PrunedQwen3MoeConfig
     parts = _moe_parts(qwen3_moe, "Qwen3Moe", dense=True)
-    output_class = MoeModelOutputWithPast
 
 
-class PrunedQwen3MoeForCausalLM(ExpertsImplementationMixin, PrunedCausalLMMixin, qwen3_moe.Qwen3MoeForCausalLM):
+class PrunedQwen3MoeForCausalLM(PrunedMoeCausalLMMixin, qwen3_moe.Qwen3MoeForCausalLM):
     config_class = PrunedQwen3MoeConfig
     decoder_class = PrunedQwen3MoeModel
     causal_lm_class = qwen3_moe.Qwen3MoeForCausalLM
@@ -415,13 +424,12 @@ class PrunedMixtralConfig(PrunedConfigMixin, mixtral.MixtralConfig):
     pass
 
 
-class PrunedMixtralModel(ExpertsImplementationMixin, PrunedDecoderMixin, mixtral.MixtralPreTrainedModel):
+class PrunedMixtralModel(PrunedMoeDecoderMixin, mixtral.MixtralPreTrainedModel):
     config_class = PrunedMixtralConfig
     parts = _moe_parts(mixtral, "Mixtral", dense=False)
-    output_class = MoeModelOutputWithPast
 
 
-class PrunedMixtralForCausalLM(ExpertsImplementationMixin, PrunedCausalLMMixin, mixtral.MixtralForCausalLM):
+class PrunedMixtralForCausalLM(PrunedMoeCausalLMMixin, mixtral.MixtralForCausalLM):
     config_class = PrunedMixtralConfig
     decoder_class = PrunedMixtralModel
     causal_lm_class = mixtral.MixtralForCausalLM
@@ -431,13 +439,12 @@ class PrunedOlmoeConfig(PrunedConfigMixin, olmoe.OlmoeConfig):
     pass
 
 
-class PrunedOlmoeModel(ExpertsImplementationMixin, PrunedDecoderMixin, olmoe.OlmoePreTrainedModel):
+class PrunedOlmoeModel(PrunedMoeDecoderMixin, olmoe.OlmoePreTrainedModel):
     config_class = PrunedOlmoeConfig
     parts = _moe_parts(olmoe, "Olmoe", dense=False)
-    output_class = MoeModelOutputWithPast
 
 
-class PrunedOlmoeForCausalLM(ExpertsImplementationMixin, PrunedCausalLMMixin, olmoe.OlmoeForCausalLM):
+class PrunedOlmoeForCausalLM(PrunedMoeCausalLMMixin, olmoe.OlmoeForCausalLM):
     config_class = PrunedOlmoeConfig
     decoder_class = PrunedOlmoeModel
     causal_lm_class = olmoe.OlmoeForCausalLM

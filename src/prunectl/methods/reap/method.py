@@ -75,7 +75,8 @@ class ReapMethod(Method):
                 raise UserError(f"scores lack {stat_prefix(i)}; re-run `prunectl score --force`")
             order = sorted(range(saliency.numel()), key=lambda e: (float(saliency[e]), e))
             gone = set(order[:n])
-            plan.layers[i] = LayerPlan(experts=[e for e in range(saliency.numel()) if e not in gone])
+            kept = [e for e in range(saliency.numel()) if e not in gone]
+            plan.layers[i] = LayerPlan(experts=kept)
             removed += n * expert_parameters(adapter, i)
         counts = count_parameters(model)
         plan.achieved = {
