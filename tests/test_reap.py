@@ -107,7 +107,8 @@ def test_layerwise_execution_gives_the_same_statistics():
 def unequal_experts(seed: int = 0):
     """A Mixtral whose experts differ on purpose: output scales spread over two decades."""
     model = tiny_moe("mixtral", seed=seed, num_hidden_layers=1)
-    scales = torch.logspace(-1, 1, 8)[torch.randperm(8, generator=torch.Generator().manual_seed(seed))]
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(seed))
+    scales = torch.logspace(-1, 1, 8)[order]
     with torch.no_grad():
         model.model.layers[0].mlp.experts.down_proj.mul_(scales[:, None, None])
     return model

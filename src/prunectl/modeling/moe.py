@@ -23,7 +23,7 @@ class Routed:
 
     index: torch.Tensor  # [tokens, top_k] experts picked
     weights: torch.Tensor  # [tokens, top_k] the gate values the block multiplies their outputs by
-    norms: torch.Tensor  # [tokens, top_k] float32 L2 norm of each picked expert's (unweighted) output
+    norms: torch.Tensor  # [tokens, top_k] float32 L2 norm of each picked expert's raw output
 
 
 def expert_output(experts: nn.Module, e: int, x: torch.Tensor) -> torch.Tensor:

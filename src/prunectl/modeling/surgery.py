@@ -79,7 +79,8 @@ def _kept_experts(adapter: Adapter, i: int, layer) -> list[int]:
         raise UserError(f"layers.{i} is a mixture-of-experts block; it keeps whole experts "
                         f"(experts), not mlp_channels")
     n = adapter.num_experts(i)
-    kept = list(range(n)) if layer.experts is None else _checked(layer.experts, n, f"layers.{i}.experts")
+    kept = (list(range(n)) if layer.experts is None
+            else _checked(layer.experts, n, f"layers.{i}.experts"))
     if 0 < len(kept) < adapter.top_k:
         raise UserError(f"layers.{i} keeps {len(kept)} experts but the router picks "
                         f"{adapter.top_k} per token; keep at least {adapter.top_k}")
@@ -154,7 +155,8 @@ class _Slicer:
         self.hidden = hidden
         self.tensors: dict[str, torch.Tensor] = {}
 
-    def put(self, name: str, param: torch.Tensor | None, rows=None, cols=None, add=None, depth=None):
+    def put(self, name: str, param: torch.Tensor | None, rows=None, cols=None, add=None,
+            depth=None):
         """Slice ``param`` (plus ``add``, a bias given in the dense size) into the result."""
         if param is None and add is None:
             return
@@ -219,13 +221,14 @@ class _Slicer:
         experts = torch.tensor(kept.experts, device=block.gate.weight.device)
         self.norm(f"{prefix}.post_attention_layernorm", adapter.post_attention_norm(i))
         self.put(f"{prefix}.mlp.gate.weight", block.gate.weight, experts, hidden)  # router rows
-        self.put(f"{prefix}.mlp.experts.gate_up_proj", block.experts.gate_up_proj, experts, None, depth=hidden)
+        self.put(f"{prefix}.mlp.experts.gate_up_proj", block.experts.gate_up_proj, experts, None,
+                 depth=hidden)
         self.put(f"{prefix}.mlp.experts.down_proj", block.experts.down_proj, experts, hidden)
         if adapter.family.shared_expert:
+            shared = block.shared_expert
             for name in ("gate_proj", "up_proj"):
-                self.linear(f"{prefix}.mlp.shared_expert.{name}", getattr(block.shared_expert, name),
-                            None, hidden)
-            self.linear(f"{prefix}.mlp.shared_expert.down_proj", block.shared_expert.down_proj, hidden)
+                self.linear(f"{prefix}.mlp.shared_expert.{name}", getattr(shared, name), None, hidden)
+            self.linear(f"{prefix}.mlp.shared_expert.down_proj", shared.down_proj, hidden)
             self.linear(f"{prefix}.mlp.shared_expert_gate", block.shared_expert_gate, None, hidden)
 
 
@@ -267,7 +270,8 @@ def _stock_mlp(row: dict, values: dict, experts_key: str | None) -> bool:
     """Whether a layer's MLP block is what the stock config builds (present, common size)."""
     if row[EXPERTS]:
         return row[EXPERTS] == values[experts_key]
-    return row["intermediate_size"] is not None and row["intermediate_size"] == values["intermediate_size"]
+    size = row["intermediate_size"]
+    return size is not None and size == values["intermediate_size"]
 
 
 def _most_common(values: list[int], default: int) -> int:
