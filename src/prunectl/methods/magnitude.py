@@ -28,7 +28,12 @@ from pydantic import Field
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
-from prunectl.methods.width_common import head_unit_members, layer_plan, layer_shape
+from prunectl.methods.width_common import (
+    check_width_model,
+    head_unit_members,
+    layer_plan,
+    layer_shape,
+)
 from prunectl.modeling.adapters import Adapter
 
 
@@ -88,6 +93,9 @@ class MagnitudeMethod(Method):
     name = "magnitude"
     Config = MagnitudeConfig
     uses_calibration = False
+
+    def check(self, config) -> None:
+        check_width_model(config.model_type, self.name, attention_only_ok=False)
 
     def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
         return group_importance(Adapter(model))

@@ -22,6 +22,7 @@ from prunectl.methods.plan import Plan
 from prunectl.methods.taylor import groups, selection
 from prunectl.methods.taylor.gradients import GradientStore, accumulate_gradients
 from prunectl.methods.taylor.importance import GRADIENT_KINDS, random_importance
+from prunectl.methods.width_common import check_width_model
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.params import count_parameters
 from prunectl.modeling.placement import execution_device, is_streamed
@@ -49,6 +50,9 @@ class TaylorConfig(MethodConfig):
 class TaylorMethod(Method):
     name = "taylor"
     Config = TaylorConfig
+
+    def check(self, config) -> None:
+        check_width_model(config.model_type, self.name, attention_only_ok=False)
 
     def layers(self, adapter: Adapter) -> range:
         """The pruned layers; a range outside the model is a user error naming the keys."""
