@@ -61,6 +61,40 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides):
     return model.eval()
 
 
+MOE_CONFIGS = {  # 8 routed experts, top-2; Qwen3-MoE renormalises its top-k gates, Qwen2-MoE not
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  {"head_dim": 16, "num_experts": 8, "moe_intermediate_size": 32,
+                   "norm_topk_prob": True}),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                  {"num_experts": 8, "moe_intermediate_size": 32,
+                   "shared_expert_intermediate_size": 48}),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM",
+                {"num_local_experts": 8, "intermediate_size": 32, "sliding_window": None}),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", {"num_experts": 8, "intermediate_size": 32}),
+}
+
+
+def tiny_moe(family: str = "qwen3_moe", seed: int = 0, **overrides):
+    """A tiny mixture-of-experts model (3 layers, 8 experts, top-2), weights scaled like
+    ``tiny_model``'s so routing and expert outputs are far from uniform."""
+    import transformers
+
+    config_name, model_name, extra = MOE_CONFIGS[family]
+    values = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, num_experts_per_tok=2,
+                  max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
+                  pad_token_id=0, tie_word_embeddings=False)
+    values.update(extra)
+    values.update(overrides)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(getattr(transformers, config_name)(**values))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() >= 2 and "embed" not in name:
+                param.mul_(4.0)
+    return model.eval()
+
+
 def byte_tokenizer():
     """A byte-level fast tokenizer (vocab 260) built offline with the `tokenizers` library."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers

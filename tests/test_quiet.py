@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import transformers.modeling_gguf_pytorch_utils as gguf_loading
 import yaml
+from tqdm.auto import tqdm
 from conftest import byte_tokenizer, tiny_model
 from test_modeling_loading import write_tiny_gguf
 from typer.testing import CliRunner
@@ -17,7 +18,8 @@ BAR = "de-quantizing GGUF tensors"
 
 
 def test_quiet_silences_the_gguf_bar_but_not_errors(tmp_path, text_file, monkeypatch):
-    monkeypatch.setattr(gguf_loading, "tqdm", gguf_loading.tqdm)  # restored afterwards
+    # the loader's own bar, whatever an earlier --quiet run in this process left; restored after
+    monkeypatch.setattr(gguf_loading, "tqdm", tqdm)
     gguf = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_model("llama"), byte_tokenizer())
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({

@@ -87,3 +87,22 @@ def test_kv_cache_shrinks_with_kv_heads_and_removed_attention():
                                          1: LayerPlan(attention=False)})
     assert cost.kv_cache_bytes_per_token(s) == 4 * 2 * 2 * 16 * 2
     assert cost.kv_cache_bytes_per_token(structure.with_plan(s, plan)) == (1 + 0 + 2 + 2) * 2 * 16 * 2
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe"])
+def test_moe_counts_equal_count_parameters_before_and_after_expert_removal(family):
+    """8 routed experts of 32 channels, top-2: each expert holds 3 x 64 x 32 weights and a
+    64-weight router row; removing 3 of layer 0 and the MLP block of layer 2 is counted exactly."""
+    from conftest import tiny_moe
+
+    model = tiny_moe(family)
+    s = structure.from_model(model)
+    assert cost.parameters(s) == count_parameters(model)
+    assert (s.layers[0].experts, s.layers[0].expert_intermediate, s.top_k) == (8, 32, 2)
+    plan = Plan(method="manual", layers={0: LayerPlan(experts=[0, 2, 4, 6, 7]),
+                                         2: LayerPlan(mlp=False)})
+    planned = structure.with_plan(s, plan)
+    assert cost.parameters(s)["total"] - cost.parameters(planned)["total"] == \
+        3 * (3 * 64 * 32 + 64) + cost.block_parameters(s, 2)["mlp"]
+    assert cost.parameters(planned) == count_parameters(apply_plan(model, plan))
+    assert structure.layer_rows(planned)[0]["experts"] == 5

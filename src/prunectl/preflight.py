@@ -11,13 +11,16 @@ from prunectl.errors import UserError
 #: how each target kind is asked for, for the error that names what a method takes
 _HOW = {"blocks": "target.blocks (--blocks N)",
         "params": "target.params_ratio (--ratio 0.2) or target.params",
-        "units": "target.ratio_of: units"}
+        "units": "target.ratio_of: units",
+        "experts": "target.experts_ratio"}
 
 
 def target_kind(target: Any) -> str:
-    """``blocks``, ``params``, ``units`` or ``none``: what the recipe's target asks for."""
+    """``blocks``, ``params``, ``units``, ``experts`` or ``none``: what the target asks for."""
     if target.blocks is not None:
         return "blocks"
+    if target.experts_ratio is not None:
+        return "experts"
     if target.params_ratio is not None and target.ratio_of == "units":
         return "units"
     if target.params_ratio is not None or target.params is not None:

@@ -88,6 +88,8 @@ class TargetConfig(Section):
     ratio_of: Literal["total", "non_embedding", "layers", "units"] = "total"
     #: parameters to remove, an absolute count
     params: int | None = Field(None, gt=0)
+    #: share of the routed experts removed from every MoE layer (``method: reap``)
+    experts_ratio: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _one_target(self) -> TargetConfig:
@@ -100,6 +102,10 @@ class TargetConfig(Section):
             raise ValueError(
                 f"got ratio_of={self.ratio_of} without params_ratio, expected params_ratio "
                 "with it (ratio_of says what the ratio is a fraction of)"
+            )
+        if self.experts_ratio is not None and given:
+            raise ValueError(
+                f"got experts_ratio={self.experts_ratio} and another target, expected one of them"
             )
         return self
 

@@ -35,6 +35,7 @@ from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
 from prunectl.methods.target import ParamsTarget, resolve_params_target
 from prunectl.methods.width_common import (
+    check_width_model,
     head_unit_members,
     layer_plan,
     layer_shape,
@@ -106,6 +107,9 @@ class MagnitudeMethod(Method):
     Config = MagnitudeConfig
     targets = frozenset({"params", "units"})
     uses_calibration = False
+
+    def check(self, config) -> None:
+        check_width_model(config.model_type, self.name, attention_only_ok=False)
 
     def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
         return group_importance(Adapter(model))

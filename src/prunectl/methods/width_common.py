@@ -22,9 +22,10 @@ from typing import Literal
 
 import torch
 
+from prunectl.errors import UserError
 from prunectl.methods.plan import LayerPlan
 from prunectl.modeling import cost
-from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.adapters import Adapter, family_for
 from prunectl.modeling.structure import Structure, from_model
 
 HeadUnit = Literal["kv_group", "query_head"]
@@ -66,13 +67,31 @@ def layer_shape(adapter: Adapter, i: int, head_unit: str,
     head_cost = cost.attention_parameters(s, layer) - cost.attention_parameters(s, one_less)
     channel = cost.mlp_parameters(s, layer) - cost.mlp_parameters(
         s, replace(layer, intermediate=layer.intermediate - 1))
-    return LayerShape(heads, kv, s.head_dim, layer.intermediate, unit, head_cost, channel)
+    intermediate = 0 if layer.experts else layer.intermediate  # routed experts: no channels
+    return LayerShape(heads, kv, s.head_dim, intermediate, unit, head_cost, channel)
 
 
 def units_removed(n: int, ratio: float) -> int:
     """Units of ``n`` a share ``ratio`` removes: rounded up, ``n - int(n * (1 - ratio))`` (the
     kept count of LLM-Pruner and Torch-Pruning), at most ``n - 1`` so a module keeps one unit."""
     return min(n - int(n * (1 - ratio) + 1e-9), max(n - 1, 0))
+
+
+def check_width_model(model_type: str, method: str, attention_only_ok: bool) -> None:
+    """Refuse models whose widths ``method`` cannot prune.  Routed experts share no MLP
+    channels, so on a mixture-of-experts model the FLAP family prunes attention heads only and
+    methods that also cut MLP channels or the hidden size refuse it; OLMoE normalises q and k
+    over all heads at once, so it has no head to prune either."""
+    family = family_for(model_type)
+    if not family.moe:
+        return
+    if not attention_only_ok:
+        raise UserError(f"method {method} prunes dense MLP channels; '{model_type}' is a "
+                        f"mixture-of-experts model: use reap, flap / wanda-sp / mag-sp "
+                        f"(attention heads) or the block methods")
+    if family.whole_qk_norm:
+        raise UserError(f"'{model_type}' normalises q and k over all heads at once, so {method} "
+                        f"has nothing to prune; use reap or the block methods")
 
 
 def head_unit_members(shape: LayerShape, head_scores: torch.Tensor) -> list[list[int]]:

@@ -30,6 +30,9 @@ class Family:
     model_types: tuple[str, ...]
     fused_qkv: bool = False  # q, k and v rows stacked in one ``qkv_proj`` (Phi-3)
     fused_gate_up: bool = False  # gate and up rows stacked in one ``gate_up_proj`` (Phi-3)
+    moe: bool = False  # MLP blocks are routed experts (fused 3-D weights) behind a top-k router
+    shared_expert: bool = False  # a dense, sigmoid-gated expert beside the routed ones (Qwen2-MoE)
+    whole_qk_norm: bool = False  # RMSNorm over all heads' q and k rows at once (OLMoE)
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -38,6 +41,10 @@ FAMILIES: tuple[Family, ...] = (
     Family("qwen2", ("qwen2",)),
     Family("qwen3", ("qwen3",)),
     Family("phi3", ("phi3",), fused_qkv=True, fused_gate_up=True),
+    Family("qwen2_moe", ("qwen2_moe",), moe=True, shared_expert=True),
+    Family("qwen3_moe", ("qwen3_moe",), moe=True),
+    Family("mixtral", ("mixtral",), moe=True),
+    Family("olmoe", ("olmoe",), moe=True, whole_qk_norm=True),
 )
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for f in FAMILIES for t in f.model_types)
@@ -148,6 +155,24 @@ class Adapter:
     def intermediate_size(self, i: int) -> int:
         mlp = self.mlp(i)
         return 0 if mlp is None else mlp.down_proj.in_features
+
+    # --- mixture of experts (routed experts as one MLP block) ---------------------------------
+    def experts(self, i: int) -> nn.Module | None:
+        """Layer ``i``'s routed experts (``gate_up_proj`` [E, 2I, H], ``down_proj`` [E, H, I]), or
+        None when the layer has a dense MLP (Qwen-MoE ``mlp_only_layers``) or none at all."""
+        return getattr(self.mlp(i), "experts", None) if self.family.moe else None
+
+    def router(self, i: int) -> nn.Module:
+        """The top-k router of an MoE layer: one weight row per routed expert."""
+        return self.mlp(i).gate
+
+    def num_experts(self, i: int) -> int:
+        experts = self.experts(i)
+        return 0 if experts is None else experts.gate_up_proj.shape[0]
+
+    @property
+    def top_k(self) -> int:
+        return self.config.num_experts_per_tok
 
     # --- weights ----------------------------------------------------------------------------
     def attention_weights(self, i: int) -> AttentionWeights:

@@ -17,14 +17,20 @@ def attention_parameters(s: Structure, layer: LayerStructure) -> int:
     if not layer.attention:
         return 0
     q, kv = layer.heads * s.head_dim, layer.kv_heads * s.head_dim
-    return ((q + 2 * kv) * (s.hidden + layer.qkv_bias) + q * s.hidden + layer.o_bias * s.hidden
-            + s.qk_norm * 2 * s.head_dim)
+    norms = {None: 0, "head": 2 * s.head_dim, "whole": q + kv}[s.qk_norm]
+    return (q + 2 * kv) * (s.hidden + layer.qkv_bias) + q * s.hidden + layer.o_bias * s.hidden \
+        + norms
 
 
 def mlp_parameters(s: Structure, layer: LayerStructure) -> int:
-    """gate, up and down projections (and biases) of one layer."""
+    """gate, up and down projections (and biases) of one layer; with routed experts, every
+    expert, its router row and a shared expert with its gate."""
     if not layer.mlp:
         return 0
+    if layer.expert_intermediate:
+        routed = layer.experts * (3 * layer.expert_intermediate + 1)  # experts and router rows
+        shared = 3 * layer.shared_intermediate + 1 if layer.shared_intermediate else 0
+        return (routed + shared) * s.hidden
     c = layer.intermediate
     return 2 * c * (s.hidden + layer.up_bias) + c * s.hidden + layer.down_bias * s.hidden
 
@@ -61,6 +67,9 @@ def flops_per_token(s: Structure, context: int = 0) -> int:
     macs = s.vocab * s.hidden
     for layer in s.layers:
         q, kv = layer.heads * s.head_dim, layer.kv_heads * s.head_dim
-        macs += (2 * q + 2 * kv) * s.hidden + 3 * layer.intermediate * s.hidden
+        # routed experts: the top-k the router picks, plus the router and a shared expert
+        active = (min(s.top_k, layer.experts) * layer.expert_intermediate
+                  + layer.shared_intermediate if layer.expert_intermediate else layer.intermediate)
+        macs += (2 * q + 2 * kv) * s.hidden + 3 * active * s.hidden + layer.experts * s.hidden
         macs += 2 * q * context  # q·k over the context, then the weighted sum of values
     return 2 * macs

@@ -30,12 +30,16 @@ from torch import nn
 from transformers.cache_utils import DummyLayer, DynamicCache, DynamicLayer
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, MoeModelOutputWithPast
 from transformers.models.llama import modeling_llama as llama
 from transformers.models.mistral import modeling_mistral as mistral
+from transformers.models.mixtral import modeling_mixtral as mixtral
+from transformers.models.olmoe import modeling_olmoe as olmoe
 from transformers.models.phi3 import modeling_phi3 as phi3
 from transformers.models.qwen2 import modeling_qwen2 as qwen2
 from transformers.models.qwen3 import modeling_qwen3 as qwen3
+from transformers.models.qwen2_moe import modeling_qwen2_moe as qwen2_moe
+from transformers.models.qwen3_moe import modeling_qwen3_moe as qwen3_moe
 
 SKIP_ATTENTION = "attention"
 SKIP_MLP = "mlp"
@@ -122,6 +126,7 @@ class PrunedDecoderMixin:
     written once for every family; ``parts`` names the family's building blocks."""
 
     parts: dict
+    output_class = BaseModelOutputWithPast
     _no_split_modules = ["PrunedDecoderLayer"]
 
     def __init__(self, config):
@@ -178,6 +183,7 @@ class PrunedDecoderMixin:
             types = {layer.attention_type for layer in self.layers if layer.has_attention}
             masks = {kind: MASK_FUNCTIONS[kind](**arguments) for kind in types}
         kwargs.pop("output_attentions", None)  # not recorded by this decoder
+        kwargs.pop("output_router_logits", None)  # nor are MoE router logits
         record = kwargs.pop("output_hidden_states", None)
         record = self.config.output_hidden_states if record is None else record
         recorded = []  # as the stock models: each layer's input, then the final normed output
@@ -196,7 +202,7 @@ class PrunedDecoderMixin:
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(
+        return self.output_class(
             last_hidden_state=hidden_states,
             past_key_values=past_key_values if use_cache else None,
             hidden_states=(*recorded, hidden_states) if record else None,
@@ -338,12 +344,122 @@ class PrunedPhi3ForCausalLM(PrunedCausalLMMixin, phi3.Phi3ForCausalLM):
     causal_lm_class = phi3.Phi3ForCausalLM
 
 
+class MoeMlp:
+    """Builds the MLP block of an MoE family's layer: its routed experts, sized by the layer
+    config's expert count (which may differ per layer), or, where that count is 0 (Qwen-MoE
+    ``mlp_only_layers``), the family's dense MLP."""
+
+    def __init__(self, sparse: type, dense: type | None = None):
+        self.sparse, self.dense = sparse, dense
+
+    def __call__(self, config) -> nn.Module:
+        if self.dense is not None and not config.num_experts:
+            return self.dense(config, intermediate_size=config.intermediate_size)
+        return self.sparse(config)
+
+
+class ExpertsImplementationMixin:
+    """The routed experts are the family's own classes, which dispatch on
+    ``config._experts_implementation`` (``grouped_mm`` by default); transformers decides that by
+    reading the model's module source for its decorator, which this file does not repeat."""
+
+    @classmethod
+    def _can_set_experts_implementation(cls) -> bool:
+        return True
+
+
+class PrunedMoeDecoderMixin(ExpertsImplementationMixin, PrunedDecoderMixin):
+    """The pruned decoder of an MoE family; its output has the MoE fields (router logits are
+    not recorded, so they stay None)."""
+
+    output_class = MoeModelOutputWithPast
+
+
+class PrunedMoeCausalLMMixin(ExpertsImplementationMixin, PrunedCausalLMMixin):
+    """The family's MoE ``*ForCausalLM`` over the pruned decoder."""
+
+
+def _moe_parts(module, prefix: str, dense: bool) -> dict:
+    """``_parts`` of an MoE family (Mixtral has no dense MLP class)."""
+    return {
+        "attention": getattr(module, f"{prefix}Attention"),
+        "mlp": MoeMlp(getattr(module, f"{prefix}SparseMoeBlock"),
+                      getattr(module, f"{prefix}MLP") if dense else None),
+        "norm": getattr(module, f"{prefix}RMSNorm"),
+        "rotary": getattr(module, f"{prefix}RotaryEmbedding"),
+    }
+
+
+class PrunedQwen2MoeConfig(PrunedConfigMixin, qwen2_moe.Qwen2MoeConfig):
+    pass
+
+
+class PrunedQwen2MoeModel(PrunedMoeDecoderMixin, qwen2_moe.Qwen2MoePreTrainedModel):
+    config_class = PrunedQwen2MoeConfig
+    parts = _moe_parts(qwen2_moe, "Qwen2Moe", dense=True)
+
+
+class PrunedQwen2MoeForCausalLM(PrunedMoeCausalLMMixin, qwen2_moe.Qwen2MoeForCausalLM):
+    config_class = PrunedQwen2MoeConfig
+    decoder_class = PrunedQwen2MoeModel
+    causal_lm_class = qwen2_moe.Qwen2MoeForCausalLM
+
+
+class PrunedQwen3MoeConfig(PrunedConfigMixin, qwen3_moe.Qwen3MoeConfig):
+    pass
+
+
+class PrunedQwen3MoeModel(PrunedMoeDecoderMixin, qwen3_moe.Qwen3MoePreTrainedModel):
+    config_class = PrunedQwen3MoeConfig
+    parts = _moe_parts(qwen3_moe, "Qwen3Moe", dense=True)
+
+
+class PrunedQwen3MoeForCausalLM(PrunedMoeCausalLMMixin, qwen3_moe.Qwen3MoeForCausalLM):
+    config_class = PrunedQwen3MoeConfig
+    decoder_class = PrunedQwen3MoeModel
+    causal_lm_class = qwen3_moe.Qwen3MoeForCausalLM
+
+
+class PrunedMixtralConfig(PrunedConfigMixin, mixtral.MixtralConfig):
+    pass
+
+
+class PrunedMixtralModel(PrunedMoeDecoderMixin, mixtral.MixtralPreTrainedModel):
+    config_class = PrunedMixtralConfig
+    parts = _moe_parts(mixtral, "Mixtral", dense=False)
+
+
+class PrunedMixtralForCausalLM(PrunedMoeCausalLMMixin, mixtral.MixtralForCausalLM):
+    config_class = PrunedMixtralConfig
+    decoder_class = PrunedMixtralModel
+    causal_lm_class = mixtral.MixtralForCausalLM
+
+
+class PrunedOlmoeConfig(PrunedConfigMixin, olmoe.OlmoeConfig):
+    pass
+
+
+class PrunedOlmoeModel(PrunedMoeDecoderMixin, olmoe.OlmoePreTrainedModel):
+    config_class = PrunedOlmoeConfig
+    parts = _moe_parts(olmoe, "Olmoe", dense=False)
+
+
+class PrunedOlmoeForCausalLM(PrunedMoeCausalLMMixin, olmoe.OlmoeForCausalLM):
+    config_class = PrunedOlmoeConfig
+    decoder_class = PrunedOlmoeModel
+    causal_lm_class = olmoe.OlmoeForCausalLM
+
+
 PRUNED_CLASSES = {
     "llama": PrunedLlamaForCausalLM,
     "mistral": PrunedMistralForCausalLM,
     "qwen2": PrunedQwen2ForCausalLM,
     "qwen3": PrunedQwen3ForCausalLM,
     "phi3": PrunedPhi3ForCausalLM,
+    "qwen2_moe": PrunedQwen2MoeForCausalLM,
+    "qwen3_moe": PrunedQwen3MoeForCausalLM,
+    "mixtral": PrunedMixtralForCausalLM,
+    "olmoe": PrunedOlmoeForCausalLM,
 }
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from prunectl.context import RunContext
 from prunectl.io import write_json
 from prunectl.methods.block import plan_for_k
-from prunectl.methods.plan import Plan
 from prunectl.methods.registry import create_method
 from prunectl.modeling import cost
 from prunectl.modeling.params import count_parameters

@@ -25,6 +25,7 @@ from prunectl.methods.target import resolve_params_target
 from prunectl.methods.taylor import groups, selection
 from prunectl.methods.taylor.gradients import GradientStore, accumulate_gradients
 from prunectl.methods.taylor.importance import GRADIENT_KINDS, random_importance
+from prunectl.methods.width_common import check_width_model
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.placement import execution_device, is_streamed
 from prunectl.modeling.structure import from_model
@@ -53,6 +54,9 @@ class TaylorMethod(Method):
     name = "taylor"
     Config = TaylorConfig
     targets = frozenset({"params", "units"})
+
+    def check(self, config) -> None:
+        check_width_model(config.model_type, self.name, attention_only_ok=False)
 
     def layers(self, adapter: Adapter) -> range:
         """The pruned layers; a range outside the model is a user error naming the keys."""
