@@ -97,6 +97,10 @@ def test_validate_refuses_what_cannot_run(tmp_path):
 @pytest.mark.parametrize(("method", "flags", "message"), [
     ("flap", ["--blocks", "12"], "method flap cannot meet target.blocks"),
     ("taylor", ["--blocks", "2"], "method taylor cannot meet target.blocks"),
+    ("reap", ["--blocks", "2"], "method reap cannot meet target.blocks (--blocks N); give "
+     "target.experts_ratio or target.params_ratio (--ratio 0.2) or target.params"),
+    ("flap", ["--set", "target.experts_ratio=0.25"],
+     "method flap cannot meet target.experts_ratio; give target.params_ratio"),
     ("shortgpt", ["--set", "target.ratio_of=units", "--ratio", "0.2"],
      "method shortgpt cannot meet target.ratio_of: units; give target.blocks (--blocks N) or "
      "target.params_ratio (--ratio 0.2) or target.params"),
