@@ -58,8 +58,8 @@ def hidden_weights(adapter: Adapter) -> list[tuple[torch.Tensor, int]]:
 
     add(adapter.embed_tokens.weight, 1)
     for i in range(adapter.num_layers):
-        for norm in (adapter.input_norm(i), adapter.post_attention_norm(i)):
-            if norm is not None:
+        for block in ("attention", "mlp"):
+            for norm in adapter.block_norms(i, block).values():
                 add(norm.weight, 0)
         if adapter.attention(i) is not None:
             q, k, v, o = head_weights(adapter, i)
