@@ -105,8 +105,9 @@ def test_random_is_seeded():
     assert not torch.equal(a["layers.1.channels"], c["layers.1.channels"])
 
 
-def test_hidden_channels_touch_every_weight_and_norm():
-    model, x = tiny_model("llama", num_hidden_layers=2), tokens()
+@pytest.mark.parametrize("family", ["llama", "gemma2"])  # Gemma 2: four norms per layer
+def test_hidden_channels_touch_every_weight_and_norm(family):
+    model, x = tiny_model(family, num_hidden_layers=2), tokens()
     params = [p for p in model.parameters()]
     grads, _ = direct_grads(model, x, params)
     expected = torch.zeros(64)
