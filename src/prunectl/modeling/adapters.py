@@ -50,6 +50,9 @@ FAMILIES: tuple[Family, ...] = (
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for f in FAMILIES for t in f.model_types)
 
+#: refused model types that have a supported relative, named in the refusal
+RELATIVES = {"gemma3": " (multimodal Gemma 3; its text-only checkpoints, gemma3_text, are)"}
+
 
 def family_for(model_type: str) -> Family:
     """The family of a ``config.model_type``; an unsupported one is a user error listing the rest."""
@@ -57,7 +60,8 @@ def family_for(model_type: str) -> Family:
         if model_type in family.model_types:
             return family
     raise UserError(
-        f"architecture '{model_type}' is not supported; supported model types: "
+        f"architecture '{model_type}' is not supported{RELATIVES.get(model_type, '')}; "
+        f"supported model types: "
         f"{', '.join(SUPPORTED_MODEL_TYPES)}"
     )
 
