@@ -36,6 +36,7 @@ class Family:
     #: belong to the block they wrap, so removing the block removes them too
     norms: dict = field(default_factory=lambda: PRE_NORMS)
     rope_per_type: bool = False  # separate rotary bases for sliding and full layers (Gemma 3)
+    norm_offset: float = 0.0  # RMSNorm scales by ``norm_offset + weight`` (Gemma: 1 + weight)
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -44,8 +45,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("qwen2", ("qwen2",)),
     Family("qwen3", ("qwen3",), qk_norm=True),
     Family("phi3", ("phi3",), fused_qkv=True, fused_gate_up=True),
-    Family("gemma2", ("gemma2",), norms=SANDWICH_NORMS),
-    Family("gemma3_text", ("gemma3_text",), qk_norm=True, norms=SANDWICH_NORMS, rope_per_type=True),
+    Family("gemma2", ("gemma2",), norms=SANDWICH_NORMS, norm_offset=1.0),
+    Family("gemma3_text", ("gemma3_text",), qk_norm=True, norms=SANDWICH_NORMS, rope_per_type=True,
+           norm_offset=1.0),
 )
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for f in FAMILIES for t in f.model_types)

@@ -313,8 +313,8 @@ def apply_plan(model: nn.Module, plan: Plan, biases: dict[str, torch.Tensor] | N
 def _keep_embedding_scale(slicer: _Slicer, adapter: Adapter, config) -> float | None:
     """Gemma multiplies its embeddings by ``sqrt(hidden_size)``, so a model with fewer hidden
     channels would scale them by less: the kept embedding columns are scaled up by the ratio, and
-    a tied head, which would see the same factor, gets it back through the final norm's
-    ``(1 + weight)``.  Returns the narrower model's own scale, or None when nothing changes."""
+    a tied head, which would see the same factor, gets it back through the final norm's scale
+    (``1 + weight``).  Returns the narrower model's own scale, or None when nothing changes."""
     dense_scale = getattr(adapter.embed_tokens, "scalar_embed_scale", None)
     scale = config.hidden_size**0.5
     if dense_scale is None or scale == dense_scale:
@@ -323,5 +323,6 @@ def _keep_embedding_scale(slicer: _Slicer, adapter: Adapter, config) -> float | 
     tensors = slicer.tensors
     tensors["model.embed_tokens.weight"] = tensors["model.embed_tokens.weight"] * ratio
     if getattr(config, "tie_word_embeddings", False):
-        tensors["model.norm.weight"] = (1 + tensors["model.norm.weight"]) / ratio - 1
+        offset = adapter.family.norm_offset
+        tensors["model.norm.weight"] = (offset + tensors["model.norm.weight"]) / ratio - offset
     return scale

@@ -28,11 +28,16 @@ from prunectl.modeling.adapters import Adapter
 Scorer = Callable[[torch.Tensor, int], torch.Tensor]
 
 
-def scorer(kind: str, store=None) -> Scorer:
-    """Channel importance of one weight, reading gradients from ``store`` when ``kind`` needs them."""
+def scorer(kind: str, store=None, norm_offset: float = 0.0) -> Scorer:
+    """Channel importance of one weight, reading gradients from ``store`` when ``kind`` needs them.
+
+    A norm (the only 1-D weight scored) scales by ``norm_offset + weight``: removing one of its
+    elements removes that scale, so Gemma's ``1 + weight`` norms are scored on it."""
 
     def score(weight: torch.Tensor, dim: int) -> torch.Tensor:
         grad, fisher = store.views(weight) if store is not None else (None, None)
+        if weight.dim() == 1 and norm_offset:
+            weight = weight.detach() + norm_offset
         return channel_importance(weight, grad, fisher, kind, dim)
 
     return score
