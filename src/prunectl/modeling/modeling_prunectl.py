@@ -1,4 +1,4 @@
-"""Modeling code for structurally pruned Llama-family models whose layers differ from each other.
+"""Modeling code for structurally pruned Llama-family and Gemma 2/3 models whose layers differ.
 
 This file is copied next to every non-uniform checkpoint prunectl writes and is named in its
 ``config.json`` ``auto_map``, so ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``
@@ -16,7 +16,9 @@ configs' rules derive ``head_dim`` from the head count and read per-layer head c
 global config, which transformers forbids under ``per_layer_config`` (see ``PrunedConfigMixin``).
 
 Each decoder layer is built from the family's own attention, MLP and norm classes with that
-layer's config.  A layer without attention holds no weights for it and stores nothing in the KV
+layer's config; Gemma's blocks also normalise their output (``SANDWICH_NORMS``), its embedding
+is scaled by ``sqrt(hidden_size)``, and Gemma 3 rotates local and global layers with different
+bases.  A layer without attention holds no weights for it and stores nothing in the KV
 cache: its cache slot is a ``DummyLayer``, which transformers skips when it reads the cache length,
 so positions stay right even when layer 0 has no attention.
 """
@@ -406,6 +408,7 @@ class PrunedGemma3TextConfig(PrunedConfigMixin, gemma3.Gemma3TextConfig):
 
 class PrunedGemma3TextModel(PrunedDecoderMixin, gemma3.Gemma3PreTrainedModel):
     config_class = PrunedGemma3TextConfig
+    input_modalities = ("text",)
     parts = _gemma_parts(gemma3, "Gemma3", rope_per_type=True)
 
 
