@@ -195,8 +195,8 @@ def test_pruned_class_with_nothing_removed_equals_the_stock_model(family):
 
     dense = tiny_model(family)
     cls = modeling_prunectl.pruned_class_for(family)
-    config = cls.config_class.from_dict({**dense.config.to_dict(), "head_dim": Adapter(dense).head_dim,
-                                         "per_layer_config": {}})
+    config = cls.config_class.from_dict(
+        {**dense.config.to_dict(), "head_dim": Adapter(dense).head_dim, "per_layer_config": {}})
     with torch.inference_mode():
         expected = dense(IDS, output_hidden_states=True)
     ours = rebuild_model(cls, config, dict(dense.state_dict()), dense)

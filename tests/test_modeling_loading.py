@@ -40,7 +40,8 @@ def test_resolve_device_and_dtype():
             resolve_device("cuda")
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text"])
+@pytest.mark.parametrize("family",
+                         ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text"])
 def test_load_local_directory_matches_saved_model(tmp_path, family):
     directory = save_tiny(tmp_path / family, family, seed=3)
     model, tokenizer = load_model(model_cfg(directory), CPU, torch.float32)

@@ -131,7 +131,8 @@ class PrunedDecoderLayer(GradientCheckpointingLayer):
                 position_embeddings=position_embeddings,
                 **kwargs,
             )
-            hidden_states = hidden_states + self.resid_attn_dropout(self._norm("attention", 1, attn_out))
+            attn_out = self._norm("attention", 1, attn_out)
+            hidden_states = hidden_states + self.resid_attn_dropout(attn_out)
         if self.has_mlp:
             mlp_out = self._norm("mlp", 1, self.mlp(self._norm("mlp", 0, hidden_states)))
             hidden_states = hidden_states + self.resid_mlp_dropout(mlp_out)
