@@ -126,7 +126,8 @@ class MagnitudeMethod(Method):
             heads = s.num_heads - removed_units * (s.num_heads // s.num_head_units)
             kv = s.num_kv_heads if s.head_unit == "query_head" else s.num_kv_heads - removed_units
             hd, c = s.head_dim, counts["channels"]
-            total += 2 * h  # the two norms
+            total += h * sum(name is not None for block in adapter.family.norms.values()
+                             for name in block)  # the hidden-wide norms of both blocks
             total += (heads + 2 * kv) * hd * (h + s.qkv_bias) + h * heads * hd + s.o_bias * h
             total += 2 * c * (h + s.up_bias) + h * c + s.down_bias * h
         return total
