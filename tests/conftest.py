@@ -16,6 +16,16 @@ FAMILY_CONFIGS = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 0}),
+    # Gemma: head_dim != hidden / heads, query_pre_attn_scalar != head_dim, sliding layers (window
+    # 4) between global ones, tied embeddings (a wider init, since the tied head is not scaled
+    # up below: logits large enough for Gemma 2's soft-capping of attention and logits to bite)
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {
+        "head_dim": 24, "query_pre_attn_scalar": 20, "sliding_window": 4, "pad_token_id": 0,
+        "final_logit_softcapping": 6.0, "attn_logit_softcapping": 12.0, "tie_word_embeddings": True,
+        "initializer_range": 0.2}),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
+        "head_dim": 24, "query_pre_attn_scalar": 20, "sliding_window": 4, "pad_token_id": 0,
+        "sliding_window_pattern": 2, "tie_word_embeddings": True, "initializer_range": 0.2}),
 }
 
 TEXT = (

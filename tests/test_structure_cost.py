@@ -45,7 +45,7 @@ PLANS = {
 }
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text"])
 @pytest.mark.parametrize("name", list(PLANS))
 def test_a_plan_s_structure_counts_what_surgery_leaves(family, name):
     model = tiny_model(family)

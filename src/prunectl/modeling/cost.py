@@ -36,10 +36,10 @@ def mlp_parameters(s: Structure, layer: LayerStructure) -> int:
 
 
 def block_parameters(s: Structure, i: int) -> dict[str, int]:
-    """Layer ``i``'s attention and MLP residual blocks, each with its pre-norm (0 when removed)."""
-    layer = s.layers[i]
-    return {"attn": attention_parameters(s, layer) + layer.attention * s.hidden,
-            "mlp": mlp_parameters(s, layer) + layer.mlp * s.hidden}
+    """Layer ``i``'s attention and MLP residual blocks, each with its norms (0 when removed)."""
+    layer, norms = s.layers[i], s.block_norms * s.hidden
+    return {"attn": attention_parameters(s, layer) + layer.attention * norms,
+            "mlp": mlp_parameters(s, layer) + layer.mlp * norms}
 
 
 def layer_weights(s: Structure, i: int) -> int:

@@ -50,6 +50,7 @@ class Structure:
     qk_norm: str | None
     layers: tuple[LayerStructure, ...]
     top_k: int = 0  # experts the router picks per token (MoE models)
+    block_norms: int = 1  # hidden-wide norms each residual block owns (Gemma's sandwich: 2)
 
     def resized(self, hidden: int | None = None, **layer_fields: int) -> Structure:
         """The same model with another hidden size and, in every layer, the given counts."""
@@ -72,7 +73,8 @@ def from_model(model: nn.Module) -> Structure:
     qk_norm = None if not norms else "head" if norms[0] == adapter.head_dim else "whole"
     return Structure(hidden=adapter.hidden_size, head_dim=adapter.head_dim, vocab=embed.shape[0],
                      tied=adapter.lm_head.weight is embed, qk_norm=qk_norm, layers=layers,
-                     top_k=getattr(adapter.config, "num_experts_per_tok", 0) or 0)
+                     top_k=getattr(adapter.config, "num_experts_per_tok", 0) or 0,
+                     block_norms=sum(name is not None for name in adapter.family.norms["mlp"]))
 
 
 def _layer(adapter: Adapter, i: int) -> LayerStructure:

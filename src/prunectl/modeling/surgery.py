@@ -183,13 +183,17 @@ class _Slicer:
         if getattr(module, "bias", None) is not None:
             self.put(f"{name}.bias", module.bias, self.hidden)
 
+    def block_norms(self, prefix: str, i: int, block: str):
+        for name, module in self.adapter.block_norms(i, block).items():
+            self.norm(f"{prefix}.{name}", module)
+
     def attention(self, prefix: str, i: int, kept: KeptLayer):
         adapter, hidden = self.adapter, self.hidden
         attn = adapter.attention(i)
         device = attn.o_proj.weight.device
         hd = adapter.head_dim
         q_rows, kv_rows = _rows(kept.q_heads, hd, device), _rows(kept.kv_heads, hd, device)
-        self.norm(f"{prefix}.input_layernorm", adapter.input_norm(i))
+        self.block_norms(prefix, i, "attention")
         if adapter.family.fused_qkv:
             n_q, n_kv = adapter.num_heads(i) * hd, adapter.num_kv_heads(i) * hd
             rows = torch.cat([q_rows, n_q + kv_rows, n_q + n_kv + kv_rows])
@@ -207,7 +211,7 @@ class _Slicer:
         adapter, hidden = self.adapter, self.hidden
         mlp = adapter.mlp(i)
         channels = torch.tensor(kept.channels, device=mlp.down_proj.weight.device)
-        self.norm(f"{prefix}.post_attention_layernorm", adapter.post_attention_norm(i))
+        self.block_norms(prefix, i, "mlp")
         if adapter.family.fused_gate_up:
             size = adapter.intermediate_size(i)
             rows = torch.cat([channels, size + channels])
@@ -379,6 +383,7 @@ def apply_plan(model: nn.Module, plan: Plan, biases: dict[str, torch.Tensor] | N
     if not getattr(config, "tie_word_embeddings", False):
         slicer.linear("lm_head", adapter.lm_head, None, hidden)
     slicer.put("model.embed_tokens.weight", embed, None, hidden)
+    embed_scale = _keep_embedding_scale(slicer, adapter, config)
     kept_storage = {t.data_ptr() for t in slicer.tensors.values()}
     for param in model.parameters():  # removed blocks go now, not when the caller drops the model
         if param.data_ptr() not in kept_storage:
@@ -387,4 +392,27 @@ def apply_plan(model: nn.Module, plan: Plan, biases: dict[str, torch.Tensor] | N
         model_cls = AutoModelForCausalLM._model_mapping[type(config)]
     else:
         model_cls = pruned.pruned_class_for(config.model_type)
-    return rebuild_model(model_cls, config, slicer.tensors, model)
+    result = rebuild_model(model_cls, config, slicer.tensors, model)
+    if embed_scale is not None:  # rebuild_model took the dense model's buffer
+        embedding = result.get_input_embeddings()
+        embedding.scalar_embed_scale = embed_scale
+        embedding.embed_scale = torch.tensor(embed_scale, device=embedding.weight.device)
+    return result
+
+
+def _keep_embedding_scale(slicer: _Slicer, adapter: Adapter, config) -> float | None:
+    """Gemma multiplies its embeddings by ``sqrt(hidden_size)``, so a model with fewer hidden
+    channels would scale them by less: the kept embedding columns are scaled up by the ratio, and
+    a tied head, which would see the same factor, gets it back through the final norm's scale
+    (``1 + weight``).  Returns the narrower model's own scale, or None when nothing changes."""
+    dense_scale = getattr(adapter.embed_tokens, "scalar_embed_scale", None)
+    scale = config.hidden_size**0.5
+    if dense_scale is None or scale == dense_scale:
+        return None
+    ratio = dense_scale / scale
+    tensors = slicer.tensors
+    tensors["model.embed_tokens.weight"] = tensors["model.embed_tokens.weight"] * ratio
+    if getattr(config, "tie_word_embeddings", False):
+        offset = adapter.family.norm_offset
+        tensors["model.norm.weight"] = (offset + tensors["model.norm.weight"]) / ratio - offset
+    return scale

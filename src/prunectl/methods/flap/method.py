@@ -154,14 +154,15 @@ class _WidthMethod(Method):
 
     @staticmethod
     def _emptied_extra(adapter: Adapter, plan: Plan) -> int:
-        """Parameters an emptied block takes with it beyond its units: its norm and output bias."""
+        """Parameters an emptied block takes with it beyond its units: its norms and output bias."""
         extra = 0
         for i, lp in plan.layers.items():
-            for gone, norm, out in ((not lp.attention, adapter.input_norm(i), adapter.o_proj(i)),
-                                    (not lp.mlp, adapter.post_attention_norm(i),
-                                     adapter.down_proj(i) if not lp.mlp else None)):
+            for gone, block, out in ((not lp.attention, "attention", adapter.o_proj(i)),
+                                     (not lp.mlp, "mlp",
+                                      adapter.down_proj(i) if not lp.mlp else None)):
                 if gone:
-                    extra += sum(p.numel() for p in norm.parameters())
+                    extra += sum(p.numel() for norm in adapter.block_norms(i, block).values()
+                                 for p in norm.parameters())
                     extra += 0 if out.bias is None else out.bias.numel()
         return extra
 

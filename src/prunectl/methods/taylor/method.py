@@ -98,7 +98,7 @@ class TaylorMethod(Method):
                 cfg.gradient_checkpointing, run.ui,
             )
             run.ui.info(f"taylor: calibration loss {loss:.4f} over {tokens.shape[0]} samples")
-        score = groups.scorer(cfg.importance, store)
+        score = groups.scorer(cfg.importance, store, adapter.family.norm_offset)
         with torch.no_grad():
             if cfg.scope == "channel":
                 return {"hidden": groups.hidden_scores(adapter, score, cfg.aggregation).cpu()}
