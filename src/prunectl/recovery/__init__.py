@@ -101,6 +101,7 @@ def run_recovery(
         train,
         training_arguments,
     )
+    from prunectl.recovery.full import save_trained
     from prunectl.recovery.parallel import check
 
     cfg, dist = run.recipe.recover, run.dist
@@ -124,18 +125,31 @@ def run_recovery(
     measure = bool(val_set) and measure_before and resume is None
     args = training_arguments(cfg, out_dir / "checkpoints", run.device, run.dtype,
                               len(train_set), bool(val_set), dist.world_size, eval_on_start=measure)
+    trainer_class = None
+    if cfg.objective != "lm":  # the teacher first: a cache build frees it before the student loads
+        from prunectl.recovery.distill import distill_trainer, figures
+
+        train_set, val_set, trainer_class = distill_trainer(run, train_set, val_set, out_dir)
     model = load_project_model(source_dir, run.device, run.dtype)
     callbacks = [*([before_callback(before_file)] if measure else []), *callbacks]
-    trainer = make_trainer(model, tokenizer, train_set, val_set, cfg, args, run.ui, callbacks)
+    trainer = make_trainer(model, tokenizer, train_set, val_set, cfg, args, run.ui, callbacks,
+                           trainer_class)
     summary = train(trainer, resume, dist, run.ui)
-    _save_adapter(trainer, out_dir / "adapter", dist)
+    history = trainer.state.log_history, trainer.state.best_model_checkpoint
+    if cfg.mode == "full":
+        save_trained(trainer, tokenizer, out_dir / "model", run.dtype, dist.is_main)
+    else:
+        _save_adapter(trainer, out_dir / "adapter", dist)
     del trainer, model  # rank 0 loads the pruned model again to merge: free this one first
     gc.collect()
     summary.update(train_examples=len(train_set), val_examples=len(val_set))
     if dist.is_main:
-        before = read_json(before_file)["eval_loss"] if before_file.exists() else None
-        summary = {"eval_loss_before": before, **summary}
-        _merge(run, source_dir, out_dir / "adapter", tokenizer, out_dir / "model")
+        before = read_json(before_file) if before_file.exists() else None
+        summary = {"eval_loss_before": before and before["eval_loss"], **summary}
+        if cfg.objective != "lm":
+            summary.update(figures(before, *history))
+        if cfg.mode == "lora":
+            _merge(run, source_dir, out_dir / "adapter", tokenizer, out_dir / "model")
         summary["seconds"] = time.perf_counter() - started
         write_json(out_dir / "summary.json", summary)
     return dist.broadcast_object(summary)
