@@ -110,6 +110,11 @@ def run_recovery(
     strategy = check(cfg, run.device, dist.world_size)
     tokenizer = load_project_tokenizer(source_dir)
     train_set, val_set = build_examples(cfg, tokenizer)
+    trainer_class = None
+    if cfg.objective != "lm":  # the teacher first: a cache build frees it before the student loads
+        from prunectl.recovery.distill import distill_trainer, figures
+
+        train_set, val_set, trainer_class = distill_trainer(run, train_set, val_set, out_dir)
     before_file = out_dir / "eval_before.json"
     decided = None
     if dist.is_main:  # inputs checked, checkpoints kept or dropped: one rank decides and writes
@@ -125,11 +130,6 @@ def run_recovery(
     measure = bool(val_set) and measure_before and resume is None
     args = training_arguments(cfg, out_dir / "checkpoints", run.device, run.dtype,
                               len(train_set), bool(val_set), dist.world_size, eval_on_start=measure)
-    trainer_class = None
-    if cfg.objective != "lm":  # the teacher first: a cache build frees it before the student loads
-        from prunectl.recovery.distill import distill_trainer, figures
-
-        train_set, val_set, trainer_class = distill_trainer(run, train_set, val_set, out_dir)
     model = load_project_model(source_dir, run.device, run.dtype)
     callbacks = [*([before_callback(before_file)] if measure else []), *callbacks]
     trainer = make_trainer(model, tokenizer, train_set, val_set, cfg, args, run.ui, callbacks,
