@@ -3,19 +3,14 @@ uninterrupted one, every new key is set with ``--set``, and bad values exit 2 wi
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from test_cli_errors import snapshot
 from test_cli_pipeline import invoke
-from test_recover_cli import pruned_project, recover_record
+from test_recover_cli import pruned_project, recover_record, sigkill_after_checkpoint
 
 from prunectl.modeling.loading import load_project_model
 
@@ -33,17 +28,7 @@ def test_a_sigkilled_kd_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_p
     project = pruned_project(tmp_path, text_file, max_steps=6, **KD)
     straight = tmp_path / "straight"
     shutil.copytree(project, straight)
-    cli = Path(sys.executable).parent / "prunectl"
-    process = subprocess.Popen([str(cli), "recover", "-p", str(project), "--quiet"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = project / "recovered" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
-    deadline = time.monotonic() + 300
-    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert first.exists() and not (project / "recovered" / "model").exists()
-    killed_at = first.stat().st_mtime
+    killed_at = sigkill_after_checkpoint(project, 2).stat().st_mtime
 
     assert invoke("recover", "-p", project, "--quiet").exit_code == 0
     assert invoke("recover", "-p", straight, "--quiet").exit_code == 0
