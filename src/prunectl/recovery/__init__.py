@@ -1,4 +1,5 @@
-"""``recover``: LoRA fine-tuning of a pruned model, merged and saved in the pruned model format.
+"""``recover``: LoRA fine-tuning of a pruned model, merged and saved in the pruned model format
+(or full fine-tuning, and distillation from the dense model: :mod:`prunectl.recovery.distill`).
 
 Works on any model saved in the project (block, width or taylor results, uniform or not).  Files
 under ``out_dir`` (``recovered/`` of the project):
@@ -10,7 +11,10 @@ under ``out_dir`` (``recovered/`` of the project):
 - ``eval_before.json``: validation loss of the pruned model, measured once;
 - ``adapter/``: the LoRA adapter alone (peft format), for users who keep it separate;
 - ``model/``: the merged model (``merge_and_unload``), saved with ``save_model``;
-- ``summary.json``: the figures ``run_recovery`` returns.
+- ``summary.json``: the figures ``run_recovery`` returns;
+- ``teacher_topk/``: with ``objective: kd | kd+lm`` and ``kd.cache_topk``, the teacher's cached
+  top-k logits (:mod:`prunectl.recovery.teacher`); with ``mode: full``, ``model/`` is the trained
+  model itself and there is no ``adapter/``.
 
 Under torchrun / accelerate launch the Trainer trains data-parallel (or with the FSDP/DeepSpeed
 config of ``recover.distributed``, see :mod:`prunectl.recovery.parallel`); only rank 0 writes
@@ -94,6 +98,7 @@ def run_recovery(
     """
     from prunectl.modeling.loading import load_project_model, load_project_tokenizer
     from prunectl.recovery.data import build_examples
+    from prunectl.recovery.full import save_trained
     from prunectl.recovery.lora import (
         before_callback,
         last_checkpoint,
@@ -101,7 +106,6 @@ def run_recovery(
         train,
         training_arguments,
     )
-    from prunectl.recovery.full import save_trained
     from prunectl.recovery.parallel import check
 
     cfg, dist = run.recipe.recover, run.dist

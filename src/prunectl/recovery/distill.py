@@ -43,10 +43,9 @@ def scored(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, 1:] != IGNORE
 
 
-def kl_per_position(student_logits: torch.Tensor, teacher: TeacherLogProbs,
-                    temperature: float) -> torch.Tensor:
-    """KL(teacher ‖ student) at ``temperature`` for each row of ``student_logits`` ``[N, V]``."""
-    logq = F.log_softmax(student_logits.float() / temperature, dim=-1)
+def kl_per_position(logq: torch.Tensor, teacher: TeacherLogProbs) -> torch.Tensor:
+    """KL(teacher ‖ student) for each row of the student's log-probabilities ``logq`` ``[N, V]``
+    (at the teacher's temperature)."""
     if teacher.indices is None:
         return (teacher.logp.exp() * (teacher.logp - logq)).sum(-1)
     logq_k = logq.gather(-1, teacher.indices.long())
@@ -66,9 +65,11 @@ def distill_terms(student_logits: torch.Tensor, labels: torch.Tensor, teacher: T
 
     ``student_logits`` is the model's ``[B, L, V]``; ``teacher`` covers the same positions."""
     mask = scored(labels)
-    logits = student_logits[:, :-1][mask]
-    kl = kl_per_position(logits, teacher, temperature).sum()
-    nll = F.cross_entropy(logits.float(), labels[:, 1:][mask], reduction="sum")
+    logits = student_logits[:, :-1][mask].float()
+    logq = F.log_softmax(logits / temperature, dim=-1)
+    kl = kl_per_position(logq, teacher).sum()
+    log_probs = logq if temperature == 1 else F.log_softmax(logits, dim=-1)
+    nll = -log_probs.gather(-1, labels[:, 1:][mask][:, None]).sum()
     return kl, nll, mask.sum()
 
 
