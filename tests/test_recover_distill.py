@@ -237,3 +237,34 @@ def test_full_mode_trains_every_kept_weight_and_saves_no_adapter(dense_dir, prun
     assert all(changed) and not (out / "adapter").exists()
     assert sorted(p.name for p in (out / "teacher_topk").iterdir()) == [
         "meta.json", *(f"shard-0000{s}.safetensors" for s in range(3))]
+
+
+def test_alpaca_rows_of_different_lengths_distil_the_same_from_cache_and_live(dense_dir,
+                                                                             pruned_dir,
+                                                                             tmp_path):
+    """Padding in the cache build and in the Trainer's batches; only response tokens count."""
+    rows = [{"instruction": f"Echo {w * (1 + i % 3)}.", "input": w if i % 2 else "",
+             "output": " ".join([w] * (1 + i % 4))} for i, w in enumerate(WORDS * 3)]
+    data = tmp_path / "alpaca.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    run = kd_run(dense_dir, data, format="alpaca", cutoff_len=320, val_set_size=3)
+    cfg = run.recipe.recover
+    train, val = build_examples(cfg, byte_tokenizer())
+    examples = [{**e, "kd_index": i} for i, e in enumerate([*train, *val])]
+    assert len({len(e["input_ids"]) for e in examples[:6]}) > 2
+    build_topk_cache(tiny_model("llama"), examples, VOCAB, 1.0, tmp_path / "cache", "key", 4,
+                     Distributed(), SILENT)
+    losses = []
+    for teacher in (TopKCache(tmp_path / "cache", 1.0), LiveTeacher(tiny_model("llama"), 1.0)):
+        trainer = make_trainer(
+            load_project_model(pruned_dir, CPU, torch.float32), byte_tokenizer(), train, val, cfg,
+            training_arguments(cfg, tmp_path / "ck", CPU, torch.float32, len(train), True),
+            trainer_class=partial(DistillTrainer, teacher=teacher, kd=cfg.kd, objective="kd"))
+        batch = trainer.data_collator(examples[:6])
+        with torch.no_grad():
+            losses.append(float(trainer.compute_loss(trainer.model, dict(batch))))
+    student = logits_of(pruned_dir, batch)
+    kl = reference_kl(student, logits_of(dense_dir, batch, False), batch["labels"], 1.0)
+    assert len(kl) == sum(sum(label != IGNORE for label in e["labels"][1:]) for e in examples[:6])
+    assert losses[0] == pytest.approx(float(kl.mean()), rel=1e-5)
+    assert losses[1] == pytest.approx(float(kl.mean()), rel=1e-5)
