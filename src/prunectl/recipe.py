@@ -138,6 +138,17 @@ class RecoverDistributedConfig(Section):
         return self
 
 
+class DistillConfig(Section):
+    """Knowledge distillation from the dense model (``recover.objective: kd | kd+lm``); see
+    :mod:`prunectl.recovery.distill` for the loss and the cache."""
+
+    temperature: float = Field(1.0, gt=0)
+    #: weight of the KD term in ``kd+lm`` (the LM term gets 1 - weight)
+    weight: float = Field(0.5, gt=0, lt=1)
+    #: cache the teacher's top-k logits per position in the project instead of running it live
+    cache_topk: int | None = Field(None, gt=0)
+
+
 class RecoverConfig(Section):
     """LoRA recovery fine-tuning; defaults follow LLM-Pruner's post-training script.
 
@@ -162,6 +173,23 @@ class RecoverConfig(Section):
     gradient_checkpointing: bool = False
     max_samples: int | None = Field(None, gt=0)
     distributed: RecoverDistributedConfig = Field(default_factory=RecoverDistributedConfig)
+    #: lm: next-token loss; kd: distillation from the dense model; kd+lm: both, mixed
+    objective: Literal["lm", "kd", "kd+lm"] = "lm"
+    #: lora: train adapters and merge them; full: train every weight the pruned model kept
+    mode: Literal["lora", "full"] = "lora"
+    kd: DistillConfig = Field(default_factory=DistillConfig)
+
+    @model_validator(mode="after")
+    def _distill(self) -> RecoverConfig:
+        if self.objective == "lm" and self.kd != DistillConfig():
+            raise ValueError("got kd options with objective lm, expected objective kd or kd+lm")
+        if self.objective == "kd" and self.kd.weight != DistillConfig().weight:
+            raise ValueError("got kd.weight with objective kd, expected objective kd+lm "
+                             "(kd.weight mixes the KD and LM losses)")
+        if self.mode == "full" and self.distributed != RecoverDistributedConfig():
+            raise ValueError("got mode full with distributed fsdp/deepspeed, expected mode lora "
+                             "(full fine-tuning saves the model from one process, plain DDP only)")
+        return self
 
     @model_validator(mode="after")
     def _batches(self) -> RecoverConfig:

@@ -65,6 +65,10 @@ def estimate(step: str, config: Any, recipe: Any, dtype: torch.dtype) -> MemoryE
         parts["saved activations"] = parts["activations"] * counts["layers"]
     if step == "recover":
         parts["saved activations"] = parts["activations"] * counts["layers"]
+        if recipe.recover.mode == "full":
+            parts["gradients and AdamW states"] = counts["total"] * 12
+        if recipe.recover.objective != "lm" and recipe.recover.kd.cache_topk is None:
+            parts["live teacher"] = weights + parts["logits"]
     if step == "search" and method in ("block", "shortgpt"):
         cache = recipe.calibration.nsamples * seqlen * hidden * size * (2 * counts["layers"] + 1)
         host_cache = cache
