@@ -71,7 +71,6 @@ if os.environ.get("AUDIT_DIR") and "RANK" in os.environ:
     sys.addaudithook(_hook)
 '''
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +118,7 @@ def summary(project: Path) -> dict:
     return json.loads((project / "recovered" / "summary.json").read_text())
 
 
+@pytest.mark.slow  # spawns processes
 def test_torchrun_recover_trains_the_global_batch_and_only_rank_0_writes(template, single,
                                                                           tmp_path):
     project = tmp_path / "proj"
@@ -171,6 +171,7 @@ def test_torchrun_recover_trains_the_global_batch_and_only_rank_0_writes(templat
         "inputs.json", "eval_before.json", "adapter", "model", "summary.json")}}
 
 
+@pytest.mark.slow  # spawns processes
 def test_torchrun_kd_trains_what_one_process_trains_and_rank_0_writes_the_cache(template,
                                                                                 tmp_path):
     """Full fine-tuning by KD+LM from a top-k teacher cache: the ranks build one shard each,
@@ -205,6 +206,7 @@ def test_torchrun_kd_trains_what_one_process_trains_and_rank_0_writes_the_cache(
         "meta.json", "shard-00000.safetensors", "shard-00001.safetensors")}
 
 
+@pytest.mark.slow  # spawns processes
 def test_a_killed_torchrun_recover_resumes_to_the_same_adapter(template, single, tmp_path):
     project = tmp_path / "proj"
     shutil.copytree(template, project)
