@@ -190,6 +190,10 @@ class ExportConfig(Section):
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = "auto"
     #: auto = the recovered model when it exists, else the pruned one
     source: Literal["auto", "pruned", "recovered"] = "auto"
+    #: hf = a Hugging Face directory; gguf = one llama.cpp file (see docs/notes/gguf.md)
+    format: Literal["hf", "gguf"] = "hf"
+    #: GGUF tensor type (gguf only; default f16, as llama.cpp's converter)
+    outtype: Literal["f32", "f16", "bf16", "q8_0"] | None = None
 
 
 class ExecutionConfig(Section):

@@ -1,0 +1,128 @@
+// prunectl-llama-logits: what llama.cpp itself computes for a GGUF file, as plain text.
+//
+// The opt-in test (tests/test_gguf_llama_cpp.py) compares these numbers with transformers'.
+// It talks to libllama's C API directly (llama_batch_get_one + llama_decode), so no Python
+// binding and no sampler settings sit between the engine and the comparison.
+//
+//   prunectl-llama-logits MODEL.gguf logits N_STEPS TOKEN_ID...
+//       line 1: the next-token logits after the prompt, space separated
+//       line 2: N_STEPS greedy (arg-max) token ids, each fed back one at a time
+//   prunectl-llama-logits MODEL.gguf tokenize TEXT
+//       line 1: llama.cpp's token ids for TEXT (no BOS added, special tokens parsed)
+//
+// Built by scripts/llama_cpp.sh against the cached llama.cpp build.
+#include "llama.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+static void print_floats(const float * values, int n) {
+    for (int i = 0; i < n; ++i) {
+        std::printf(i ? " %.9g" : "%.9g", values[i]);
+    }
+    std::printf("\n");
+}
+
+static llama_token arg_max(const float * values, int n) {
+    int best = 0;
+    for (int i = 1; i < n; ++i) {
+        if (values[i] > values[best]) {
+            best = i;
+        }
+    }
+    return best;
+}
+
+static void quiet_log(ggml_log_level level, const char * text, void *) {
+    if (level == GGML_LOG_LEVEL_ERROR) {
+        std::fputs(text, stderr);
+    }
+}
+
+static int run_logits(llama_model * model, int n_steps, std::vector<llama_token> tokens) {
+    const llama_vocab * vocab = llama_model_get_vocab(model);
+    const int n_vocab = llama_vocab_n_tokens(vocab);
+
+    llama_context_params params = llama_context_default_params();
+    params.n_ctx = tokens.size() + n_steps + 8;
+    params.n_batch = params.n_ctx;
+    params.n_threads = 1;
+    params.n_threads_batch = 1;
+    llama_context * ctx = llama_init_from_model(model, params);
+    if (ctx == nullptr) {
+        std::fprintf(stderr, "error: could not create a llama.cpp context\n");
+        return 1;
+    }
+    if (llama_decode(ctx, llama_batch_get_one(tokens.data(), tokens.size())) != 0) {
+        std::fprintf(stderr, "error: llama_decode failed on the prompt\n");
+        return 1;
+    }
+    const float * logits = llama_get_logits_ith(ctx, -1);
+    print_floats(logits, n_vocab);
+
+    std::vector<llama_token> generated;
+    for (int step = 0; step < n_steps; ++step) {
+        llama_token next = arg_max(llama_get_logits_ith(ctx, -1), n_vocab);
+        generated.push_back(next);
+        if (llama_decode(ctx, llama_batch_get_one(&next, 1)) != 0) {
+            std::fprintf(stderr, "error: llama_decode failed at step %d\n", step);
+            return 1;
+        }
+    }
+    for (size_t i = 0; i < generated.size(); ++i) {
+        std::printf(i ? " %d" : "%d", generated[i]);
+    }
+    std::printf("\n");
+    llama_free(ctx);
+    return 0;
+}
+
+static int run_tokenize(llama_model * model, const std::string & text) {
+    const llama_vocab * vocab = llama_model_get_vocab(model);
+    std::vector<llama_token> tokens(text.size() + 8);
+    int n = llama_tokenize(vocab, text.c_str(), text.size(), tokens.data(), tokens.size(), false, true);
+    if (n < 0) {
+        std::fprintf(stderr, "error: llama_tokenize failed\n");
+        return 1;
+    }
+    for (int i = 0; i < n; ++i) {
+        std::printf(i ? " %d" : "%d", tokens[i]);
+    }
+    std::printf("\n");
+    return 0;
+}
+
+int main(int argc, char ** argv) {
+    if (argc < 4) {
+        std::fprintf(stderr, "usage: %s MODEL.gguf logits N_STEPS TOKEN_ID... | MODEL.gguf tokenize TEXT\n", argv[0]);
+        return 2;
+    }
+    llama_log_set(quiet_log, nullptr);
+    llama_backend_init();
+    llama_model_params model_params = llama_model_default_params();
+    model_params.n_gpu_layers = 0;
+    llama_model * model = llama_model_load_from_file(argv[1], model_params);
+    if (model == nullptr) {
+        std::fprintf(stderr, "error: llama.cpp could not load %s\n", argv[1]);
+        return 1;
+    }
+    int rc;
+    if (std::strcmp(argv[2], "tokenize") == 0) {
+        rc = run_tokenize(model, argv[3]);
+    } else if (std::strcmp(argv[2], "logits") == 0 && argc >= 5) {
+        std::vector<llama_token> tokens;
+        for (int i = 4; i < argc; ++i) {
+            tokens.push_back(std::atoi(argv[i]));
+        }
+        rc = run_logits(model, std::atoi(argv[3]), tokens);
+    } else {
+        std::fprintf(stderr, "error: unknown mode %s\n", argv[2]);
+        rc = 2;
+    }
+    llama_model_free(model);
+    llama_backend_free();
+    return rc;
+}
