@@ -31,13 +31,14 @@ cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_L
     -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TOOLS=ON >"$CACHE/cmake.log"
-cmake --build "$BUILD" -j "$JOBS" --target llama llama-bench >"$CACHE/build.log"
-
+# libllama first, so the logits tool (the opt-in test) is usable before llama-bench is built
+cmake --build "$BUILD" -j "$JOBS" --target llama >"$CACHE/build.log"
 BIN=$BUILD/bin
 if [ ! -x "$BIN/prunectl-llama-logits" ] || [ "$REPO/scripts/llama_logits.cpp" -nt "$BIN/prunectl-llama-logits" ]; then
     g++ -O2 -std=c++17 "$REPO/scripts/llama_logits.cpp" -I "$SRC/include" -I "$SRC/ggml/include" \
         -L "$BIN" -lllama -lggml -lggml-base -Wl,-rpath,"$BIN" -o "$BIN/prunectl-llama-logits"
 fi
+cmake --build "$BUILD" -j "$JOBS" --target llama-bench >>"$CACHE/build.log"
 
 echo "llama.cpp $SDIST_VERSION (vendored in llama-cpp-python $SDIST_VERSION)" >"$CACHE/VERSION"
 cat "$CACHE/VERSION"

@@ -7,6 +7,7 @@ after the model is loaded and before the export directory is touched.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,7 +52,9 @@ def vocab_source(run: RunContext) -> Path | None:
 
 
 def file_name(run: RunContext) -> str:
+    """``<model>-<method>-<outtype>.gguf``; a GGUF source's own type suffix (``.Q4_1``) is dropped."""
     base = Path(run.recipe.model.gguf_file or run.recipe.model.path).name.removesuffix(".gguf")
+    base = re.sub(r"[.-](f16|f32|bf16|q\d\w*)$", "", base, flags=re.IGNORECASE)
     return f"{base}-{run.recipe.method.name}-{outtype(run)}.gguf"
 
 
