@@ -3,6 +3,7 @@ taken over from a GGUF source, and the refusals (exit 2, one line, nothing writt
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +124,9 @@ def test_a_result_llama_cpp_cannot_run_is_refused_without_touching_the_export(tm
     assert result.exit_code == 2
     assert "no per-head q/k norms" in error_line(result.output)
     assert sorted(p.name for p in (project / "export").iterdir()) == before
+
+
+def test_the_model_card_names_the_llama_cpp_that_scripts_llama_cpp_builds():
+    script = (Path(__file__).parents[1] / "scripts" / "llama_cpp.sh").read_text()
+    (version,) = re.findall(r"^SDIST_VERSION=(\S+)$", script, flags=re.MULTILINE)
+    assert LLAMA_CPP_CHECKED.endswith(f"llama-cpp-python {version}")
