@@ -113,13 +113,12 @@ def test_smollm2_pruned_runs_the_same_in_llama_cpp(tmp_path, method):
         "model": {"path": str(SMOLLM2), "dtype": "float32", "device": "cpu"},
         "calibration": {"dataset": "pydoc-topics", "nsamples": 4, "seqlen": 64, "seed": 1},
         "method": method_section, "target": target,
+        "eval": {"perplexity": {"datasets": ["pydoc-topics"], "seqlen": 64, "max_windows": 1}},
         "export": {"format": "gguf", "outtype": "f32"},
     }))
     project = tmp_path / "project"
-    runner = CliRunner()
-    for args in (["search", "-r", recipe], ["apply"], ["export"]):
-        result = runner.invoke(app, [args[0], "-p", str(project), *map(str, args[1:]), "--quiet"])
-        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["run", "-p", str(project), "-r", str(recipe), "--quiet"])
+    assert result.exit_code == 0, result.output
     (path,) = (project / "export").glob("*.gguf")
     model = load_project_model(project / "pruned", torch.device("cpu"), torch.float32).eval()
     tokenizer = load_project_tokenizer(project / "pruned")
