@@ -102,11 +102,11 @@ def test_a_gguf_source_passes_its_tokenizer_keys_through(tmp_path, text_file):
 
 
 @pytest.mark.parametrize("export,args,message", [
-    (None, ["--outtype", "q8_0"], "export.outtype applies to --format gguf only"),
-    ({"dtype": "float32"}, ["--format", "gguf"], "export.dtype applies to --format hf only"),
+    (None, ["--outtype", "q8_0"], "got outtype=q8_0 with format=hf, expected outtype only with format: gguf"),
+    ({"dtype": "float32"}, ["--format", "gguf"], "got dtype=float32 with format=gguf, expected outtype"),
     (None, ["--format", "onnx"], "export.format"),
 ])
-def test_option_combinations_are_refused_before_loading(tmp_path, text_file, export, args, message):
+def test_option_combinations_are_refused_by_the_recipe(tmp_path, text_file, export, args, message):
     project = tmp_path / "project"
     prune(project, recipe(tmp_path, model_dir(tmp_path), text_file, export))
     result = invoke("export", "-p", project, *args)

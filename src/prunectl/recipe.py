@@ -195,6 +195,16 @@ class ExportConfig(Section):
     #: GGUF tensor type (gguf only; default f16, as llama.cpp's converter)
     outtype: Literal["f32", "f16", "bf16", "q8_0"] | None = None
 
+    @model_validator(mode="after")
+    def _format_options(self) -> ExportConfig:
+        if self.format == "hf" and self.outtype is not None:
+            raise ValueError(f"got outtype={self.outtype} with format=hf, expected outtype only with "
+                             "format: gguf (--format gguf), or no outtype (--set ~export.outtype)")
+        if self.format == "gguf" and self.dtype != "auto":
+            raise ValueError(f"got dtype={self.dtype} with format=gguf, expected outtype (f32, f16, "
+                             "bf16, q8_0) for GGUF and no dtype (--set ~export.dtype)")
+        return self
+
 
 class ExecutionConfig(Section):
     mode: Literal["model", "layerwise"] = "model"

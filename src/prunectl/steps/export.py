@@ -95,7 +95,6 @@ def export(run: RunContext, output: Path | None = None) -> StepResult:
     if output is not None and output.exists() and any(output.iterdir()) and not run.force:
         raise UserError(f"{output} exists and is not empty; choose another --output or pass --force")
 
-    export_gguf.check_options(run)
     if run.recipe.export.format == "gguf":
         return execute(run, "export", key, {"output": str(output)} if output else {},
                        lambda: export_gguf.body(run, role, directory, model_card))

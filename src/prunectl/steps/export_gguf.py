@@ -1,8 +1,9 @@
 """``export`` with ``export.format: gguf``: one llama.cpp file plus its model card.
 
-``steps/export.py`` checks the options with ``check_options`` before loading anything and runs
-``body`` as the step; what llama.cpp cannot run is refused by ``modeling.gguf_writer.check_gguf``
-after the model is loaded and before the export directory is touched.
+``steps/export.py`` runs ``body`` as the step (the recipe has already refused ``outtype`` with
+``hf`` and ``dtype`` with ``gguf``); what llama.cpp cannot run is refused by
+``modeling.gguf_writer.check_gguf`` after the model is loaded and before the export directory is
+touched.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prunectl.context import RunContext
-from prunectl.errors import UserError
 from prunectl.io import write_text
 from prunectl.modeling.gguf_writer import GgufResult, check_gguf, write_gguf
 from prunectl.modeling.pruned_format import write_directory
@@ -23,17 +23,6 @@ from prunectl.steps.base import StepOutcome
 #: benchmark ran (scripts/llama_cpp.sh builds the same one)
 LLAMA_CPP_CHECKED = "llama.cpp vendored in llama-cpp-python 0.3.36"
 DEFAULT_OUTTYPE = "f16"
-
-
-def check_options(run: RunContext) -> None:
-    """Refuse export options that do not go together, before any model is loaded."""
-    export = run.recipe.export
-    if export.format == "hf" and export.outtype is not None:
-        raise UserError("export.outtype applies to --format gguf only; for a Hugging Face "
-                        "directory set export.dtype instead")
-    if export.format == "gguf" and export.dtype != "auto":
-        raise UserError("export.dtype applies to --format hf only; for GGUF set export.outtype "
-                        "(f32, f16, bf16 or q8_0) instead")
 
 
 def outtype(run: RunContext) -> str:
