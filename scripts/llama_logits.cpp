@@ -2,7 +2,8 @@
 //
 // The opt-in test (tests/test_gguf_llama_cpp.py) compares these numbers with transformers'.
 // It talks to libllama's C API directly (llama_batch_get_one + llama_decode), so no Python
-// binding and no sampler settings sit between the engine and the comparison.
+// binding and no sampler settings sit between the engine and the comparison; the KV cache is
+// f32 so that an f32 model is compared at f32 throughout.
 //
 //   prunectl-llama-logits MODEL.gguf logits N_STEPS TOKEN_ID...
 //       line 1: the next-token logits after the prompt, space separated
@@ -51,6 +52,9 @@ static int run_logits(llama_model * model, int n_steps, std::vector<llama_token>
     params.n_batch = params.n_ctx;
     params.n_threads = 1;
     params.n_threads_batch = 1;
+    params.type_k = GGML_TYPE_F32;  // the default f16 KV cache would round keys and values
+    params.type_v = GGML_TYPE_F32;
+    params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;  // its CPU kernel accumulates in f16
     llama_context * ctx = llama_init_from_model(model, params);
     if (ctx == nullptr) {
         std::fprintf(stderr, "error: could not create a llama.cpp context\n");

@@ -42,7 +42,9 @@ WIDTHS = Plan(method="test", layers={
     0: LayerPlan(q_heads=[0, 2], kv_heads=[0, 1], mlp_channels=list(range(0, 96, 2))),
     1: LayerPlan(q_heads=[1], kv_heads=[0], mlp_channels=list(range(40))),
     3: LayerPlan(mlp=False)})
-PLANS = {"uniform": UNIFORM, "blocks": BLOCKS, "widths": WIDTHS}
+#: every layer keeps all heads and 64 of 96 MLP channels: uniform with full-width attention
+MLP_ONLY = Plan(method="test", layers={i: LayerPlan(mlp_channels=list(range(64))) for i in range(4)})
+PLANS = {"uniform": UNIFORM, "blocks": BLOCKS, "widths": WIDTHS, "mlp_only": MLP_ONLY}
 
 
 def flap_biases(seed: int = 1) -> dict[str, torch.Tensor]:

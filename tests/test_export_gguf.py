@@ -51,7 +51,9 @@ def write(model, tmp_path, outtype="f32", name="model.gguf"):
 
 
 CASES = [("llama", "uniform", False, "llama"), ("mistral", "uniform", False, "llama"),
-         ("qwen2", "uniform", False, "qwen2"), ("qwen3", "uniform", False, "qwen3"),
+         ("qwen2", "mlp_only", False, "qwen2"), ("qwen3", "uniform", False, "qwen3"),
+         # llama.cpp's qwen2 loader wants heads x head size = hidden: fewer heads go to deci
+         ("qwen2", "uniform", False, "deci"),
          ("llama", "blocks", False, "deci"), ("llama", "widths", True, "deci"),
          ("qwen2", "widths", True, "deci"), ("mistral", "blocks", False, "deci")]
 

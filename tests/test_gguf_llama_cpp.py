@@ -71,7 +71,7 @@ def assert_same(path: Path, model, ids: list[int]) -> float:
 
 
 TINY = [("llama", "uniform", False, {}), ("llama", "blocks", False, {}), ("llama", "widths", True, {}),
-        ("qwen2", "uniform", False, {}), ("qwen2", "widths", True, {}), ("qwen3", "uniform", False, {}),
+        ("qwen2", "mlp_only", False, {}), ("qwen2", "uniform", False, {}), ("qwen2", "widths", True, {}), ("qwen3", "uniform", False, {}),
         ("mistral", "blocks", False, {}), ("llama", "blocks", False, {"tie_word_embeddings": True}),
         ("llama", "widths", False, {"rope_parameters": {
             "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,

@@ -2,8 +2,9 @@
 
 A uniform result (every layer keeps both blocks, equal head, KV-head and MLP counts, no bias the
 family lacks) keeps its family's own architecture, as llama.cpp's ``convert_hf_to_gguf.py`` would
-write it: Llama and Mistral → ``llama``, Qwen2 → ``qwen2``, Qwen3 → ``qwen3``.  Anything else of
-the Llama family (Llama, Mistral, Qwen2) becomes ``deci``, the architecture llama.cpp runs NVIDIA's
+write it: Llama and Mistral → ``llama``, Qwen2 → ``qwen2``, Qwen3 → ``qwen3``; llama.cpp's
+``qwen2`` loader insists on heads x head size = hidden size, so a Qwen2 result with fewer heads
+goes to ``deci`` too.  Anything else of the Llama family (Llama, Mistral, Qwen2) becomes ``deci``, the architecture llama.cpp runs NVIDIA's
 Nemotron-NAS models with: per-layer ``head_count``, ``head_count_kv`` and ``feed_forward_length``,
 optional output-projection biases (FLAP's compensation) and q/k/v biases (Qwen2).
 
@@ -34,6 +35,8 @@ from prunectl.modeling.adapters import Adapter
 UNIFORM_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 #: families whose non-uniform results llama.cpp's ``deci`` graph computes exactly
 DECI_FAMILIES = ("llama", "mistral", "qwen2")
+#: architectures whose llama.cpp loader wants heads x head size = hidden size (``src/models/qwen2.cpp``)
+FULL_WIDTH_ATTENTION_ARCHS = ("qwen2",)
 #: families whose q/k rows llama.cpp wants in its interleaved RoPE order (the converter permutes)
 PERMUTED_ARCHS = ("llama", "deci")
 ROPE_TYPES = ("default", "llama3")
@@ -141,8 +144,10 @@ def gguf_layout(model) -> GgufLayout:
     _check_attention_types(adapter)
     layers = _raw_layers(adapter)
     tied = adapter.lm_head.weight is adapter.embed_tokens.weight
-    if _is_uniform(layers):
-        return GgufLayout(UNIFORM_ARCH[family], family, adapter.head_dim, tuple(layers), tied, rope_type)
+    arch = UNIFORM_ARCH[family]
+    full_width = layers[0].heads * adapter.head_dim == adapter.hidden_size
+    if _is_uniform(layers) and (full_width or arch not in FULL_WIDTH_ATTENTION_ARCHS):
+        return GgufLayout(arch, family, adapter.head_dim, tuple(layers), tied, rope_type)
     if family not in DECI_FAMILIES:
         raise UserError(f"this {family} result has layers of different shapes; llama.cpp runs those "
                         f"only as 'deci', which has no per-head q/k norms; prune uniformly "
