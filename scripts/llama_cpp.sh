@@ -2,9 +2,11 @@
 # Build llama.cpp for CPU once, into a cache outside the repository, and print its version.
 #
 # The source is the llama.cpp vendored in the llama-cpp-python source distribution (a pinned
-# version, fetched with pip), so no git checkout is needed. Built: libllama, llama-bench (for
-# bench/llama_cpp_speed.py) and prunectl-llama-logits (scripts/llama_logits.cpp, for the opt-in
-# test). Re-running reuses the cache; delete the cache folder to rebuild from scratch.
+# version, fetched with pip), so no git checkout is needed. Built: libllama and
+# prunectl-llama-logits (scripts/llama_logits.cpp: logits and greedy tokens for the opt-in test,
+# llama-bench's prompt/decode speed test for bench/llama_cpp_speed.py). llama-bench itself needs
+# llama.cpp's common library, a build several times longer, so it is not built. Re-running reuses
+# the cache; delete the cache folder to rebuild from scratch.
 #
 #   bash scripts/llama_cpp.sh            # then: export PRUNECTL_LLAMA_CPP=<the printed folder>
 #
@@ -31,14 +33,12 @@ cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_L
     -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TOOLS=ON >"$CACHE/cmake.log"
-# libllama first, so the logits tool (the opt-in test) is usable before llama-bench is built
 cmake --build "$BUILD" -j "$JOBS" --target llama >"$CACHE/build.log"
 BIN=$BUILD/bin
 if [ ! -x "$BIN/prunectl-llama-logits" ] || [ "$REPO/scripts/llama_logits.cpp" -nt "$BIN/prunectl-llama-logits" ]; then
     g++ -O2 -std=c++17 "$REPO/scripts/llama_logits.cpp" -I "$SRC/include" -I "$SRC/ggml/include" \
         -L "$BIN" -lllama -lggml -lggml-base -Wl,-rpath,"$BIN" -o "$BIN/prunectl-llama-logits"
 fi
-cmake --build "$BUILD" -j "$JOBS" --target llama-bench >>"$CACHE/build.log"
 
 echo "llama.cpp $SDIST_VERSION (vendored in llama-cpp-python $SDIST_VERSION)" >"$CACHE/VERSION"
 cat "$CACHE/VERSION"

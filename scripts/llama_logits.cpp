@@ -10,6 +10,9 @@
 //       line 2: N_STEPS greedy (arg-max) token ids, each fed back one at a time
 //   prunectl-llama-logits MODEL.gguf tokenize TEXT
 //       line 1: llama.cpp's token ids for TEXT (no BOS added, special tokens parsed)
+//   prunectl-llama-logits MODEL.gguf speed N_PROMPT N_GEN REPS THREADS
+//       line 1: prompt tokens/s and decode tokens/s, each the mean over REPS runs: llama-bench's
+//       pp/tg tests (one batch of N_PROMPT tokens; N_GEN single-token steps), default settings
 //
 // Built by scripts/llama_cpp.sh against the cached llama.cpp build.
 #include "llama.h"
@@ -84,6 +87,55 @@ static int run_logits(llama_model * model, int n_steps, std::vector<llama_token>
     return 0;
 }
 
+static double seconds_since(int64_t start_us) {
+    return (ggml_time_us() - start_us) / 1e6;
+}
+
+static int run_speed(llama_model * model, int n_prompt, int n_gen, int reps, int threads) {
+    const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
+    llama_context_params params = llama_context_default_params();
+    params.n_ctx = n_prompt + n_gen;
+    params.n_batch = n_prompt;
+    params.n_threads = threads;
+    params.n_threads_batch = threads;
+    llama_context * ctx = llama_init_from_model(model, params);
+    if (ctx == nullptr) {
+        std::fprintf(stderr, "error: could not create a llama.cpp context\n");
+        return 1;
+    }
+    std::vector<llama_token> prompt(n_prompt);
+    for (int i = 0; i < n_prompt; ++i) {
+        prompt[i] = (i * 7919) % n_vocab;  // any tokens: speed does not depend on them
+    }
+    double prompt_rate = 0, decode_rate = 0;
+    for (int rep = 0; rep <= reps; ++rep) {  // rep 0 warms up, as llama-bench does
+        llama_memory_clear(llama_get_memory(ctx), true);
+        int64_t start = ggml_time_us();
+        if (llama_decode(ctx, llama_batch_get_one(prompt.data(), n_prompt)) != 0) {
+            return 1;
+        }
+        llama_synchronize(ctx);
+        double pp = n_prompt / seconds_since(start);
+        llama_memory_clear(llama_get_memory(ctx), true);
+        llama_token token = prompt[0];
+        start = ggml_time_us();
+        for (int i = 0; i < n_gen; ++i) {
+            if (llama_decode(ctx, llama_batch_get_one(&token, 1)) != 0) {
+                return 1;
+            }
+            llama_synchronize(ctx);
+        }
+        double tg = n_gen / seconds_since(start);
+        if (rep > 0) {
+            prompt_rate += pp / reps;
+            decode_rate += tg / reps;
+        }
+    }
+    std::printf("%.3f %.3f\n", prompt_rate, decode_rate);
+    llama_free(ctx);
+    return 0;
+}
+
 static int run_tokenize(llama_model * model, const std::string & text) {
     const llama_vocab * vocab = llama_model_get_vocab(model);
     std::vector<llama_token> tokens(text.size() + 8);
@@ -101,7 +153,7 @@ static int run_tokenize(llama_model * model, const std::string & text) {
 
 int main(int argc, char ** argv) {
     if (argc < 4) {
-        std::fprintf(stderr, "usage: %s MODEL.gguf logits N_STEPS TOKEN_ID... | MODEL.gguf tokenize TEXT\n", argv[0]);
+        std::fprintf(stderr, "usage: %s MODEL.gguf logits N_STEPS TOKEN_ID... | tokenize TEXT | speed N_PROMPT N_GEN REPS THREADS\n", argv[0]);
         return 2;
     }
     llama_log_set(quiet_log, nullptr);
@@ -116,6 +168,8 @@ int main(int argc, char ** argv) {
     int rc;
     if (std::strcmp(argv[2], "tokenize") == 0) {
         rc = run_tokenize(model, argv[3]);
+    } else if (std::strcmp(argv[2], "speed") == 0 && argc == 7) {
+        rc = run_speed(model, std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]), std::atoi(argv[6]));
     } else if (std::strcmp(argv[2], "logits") == 0 && argc >= 5) {
         std::vector<llama_token> tokens;
         for (int i = 4; i < argc; ++i) {
