@@ -31,7 +31,7 @@ from common import SHARED_DATA, require_inputs
 
 DATA = SHARED_DATA / "wikitext2-valid-tokens.txt"
 METHODS = {
-    "block": ({"name": "block", "block_type": "mix"}, {"blocks": 12}),
+    "block": ({"name": "block", "block_type": "mix"}, {"blocks": 6}),
     "flap": ({"name": "flap", "bias_compensation": True}, {"params_ratio": 0.2}),
     "magnitude": ({"name": "magnitude", "head_unit": "kv_group"}, {"params_ratio": 0.2}),
 }
