@@ -87,7 +87,7 @@ def _attention(adapter: Adapter, layout: GgufLayout, i: int) -> Iterator[tuple[s
         if bias is not None:
             yield tensor_name(kind, "bias", i), bias
     yield tensor_name(T.ATTN_OUT, layer=i), weights.o
-    if adapter.family.qk_norm:
+    if getattr(attn, "q_norm", None) is not None:  # Qwen3's per-head q/k norms
         yield tensor_name(T.ATTN_Q_NORM, layer=i), attn.q_norm.weight
         yield tensor_name(T.ATTN_K_NORM, layer=i), attn.k_norm.weight
 
