@@ -26,6 +26,7 @@ if [ ! -f "$SRC/CMakeLists.txt" ]; then
     tar -xzf "$tmp/llama_cpp_python-$SDIST_VERSION.tar.gz" -C "$tmp"
     rm -rf "$SRC"
     mv "$tmp/llama_cpp_python-$SDIST_VERSION/vendor/llama.cpp" "$SRC"
+    rm -f "$SRC/.git"  # a submodule pointer into the sdist's absent .git
     rm -rf "$tmp"
 fi
 
@@ -40,6 +41,6 @@ if [ ! -x "$BIN/prunectl-llama-logits" ] || [ "$REPO/scripts/llama_logits.cpp" -
         -L "$BIN" -lllama -lggml -lggml-base -Wl,-rpath,"$BIN" -o "$BIN/prunectl-llama-logits"
 fi
 
-echo "llama.cpp $SDIST_VERSION (vendored in llama-cpp-python $SDIST_VERSION)" >"$CACHE/VERSION"
+echo "llama.cpp vendored in llama-cpp-python $SDIST_VERSION (libllama $(basename "$(readlink -f "$BIN/libllama.so")" | sed 's/libllama.so.//'))" >"$CACHE/VERSION"
 cat "$CACHE/VERSION"
 echo "$BIN"
