@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from prunectl.methods.plan import LayerPlan
+from prunectl.methods.width_common import round_kept_channels
 from prunectl.modeling.adapters import Adapter
 
 
@@ -147,6 +148,31 @@ def block_plan(
 
     threshold, choices = closest(thresholds, evaluate_global, target)
     return choices, {"ranking": "global", "threshold": threshold}
+
+
+def round_choices(
+    adapter: Adapter, choices: dict[int, LayerChoice], scores: dict[str, torch.Tensor],
+    multiple: int, target: int,
+) -> dict[int, LayerChoice]:
+    """``choices`` with kept MLP channels rounded to multiples of ``multiple`` (``round_to``),
+    the best-scored channels kept, the removed parameters still closest to ``target``."""
+    if multiple == 1:
+        return choices
+    costs = {i: LayerCosts(adapter, i) for i in choices}
+    channels = {i: scores[f"layers.{i}.channels"].float() for i in choices}
+    kept = {i: len(c.channels) for i, c in choices.items()}
+    excess = sum(c.removed for c in choices.values()) - target
+    rounded = round_kept_channels(
+        kept, {i: c.intermediate for i, c in costs.items()}, channels,
+        {i: c.channel for i, c in costs.items()}, multiple, excess,
+    )
+    out = {}
+    for i, choice in choices.items():
+        k = rounded[i]
+        best = sorted(torch.argsort(channels[i], descending=True)[:k].tolist())
+        removed = costs[i].removed(len(choice.q_heads), len(choice.kv_heads), k)
+        out[i] = choice if k == kept[i] else replace(choice, channels=best, removed=removed)
+    return out
 
 
 def hidden_plan(adapter: Adapter, scores: torch.Tensor, per_channel: int, target: int) -> list[int]:
