@@ -25,7 +25,6 @@ import argparse
 import copy
 import json
 import math
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from types import SimpleNamespace
 
 import torch
 from block_search import calibration_tokens
-from common import SHARED_DATA, require_inputs
+from common import SHARED_DATA, print_table, require_inputs
 
 from prunectl.distributed import current
 from prunectl.evaluation.perplexity import perplexity
@@ -269,16 +268,9 @@ def main() -> int:
         row("LoRA recovery (per step)", min(rates[0]), min(rates[1]), "same data and settings",
             f"{cfg.max_steps} steps of {cfg.batch_size}x{cfg.cutoff_len} tokens "
             f"(micro-batch {cfg.micro_batch_size})")
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"\n{load}\n")
-    print("| step | prunectl | plain | prunectl / plain | same result | settings |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['step']} | {r['prunectl']:.2f} s | {r['plain']:.2f} s | "
-              f"{r['ratio']:.2f} | {r['same_result']} | {r['settings']} |")
-    if args.json is not None:
-        args.json.write_text(json.dumps({"rows": rows, "load": load, "args": vars(args)},
-                                        default=str, indent=1))
+    print_table(["step", "prunectl", "plain", "prunectl / plain", "same result", "settings"],
+                [[r["step"], f"{r['prunectl']:.2f} s", f"{r['plain']:.2f} s", f"{r['ratio']:.2f}",
+                  r["same_result"], r["settings"]] for r in rows], rows, args)
     return 0
 
 

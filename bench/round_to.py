@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from block_search import calibration_tokens
-from common import SHARED_DATA, require_inputs
+from common import SHARED_DATA, print_table, require_inputs
 
 from prunectl.methods.flap.collect import collect_statistics
 from prunectl.methods.registry import create_method, parse_method_config
@@ -86,17 +84,12 @@ def main() -> int:
         rows.append({"model": name, "removed": 1 - params / dense_params,
                      "tokens_per_s": args.new_tokens / best[name], "vs_dense": speedup,
                      "vs_ideal": speedup / (dense_params / params), "widths": widths})
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"\n{load}\n")
-    print("| model | params removed | decode tok/s | vs dense | vs ideal | MLP widths |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        shown = ", ".join(map(str, r["widths"][:6])) + (" ..." if len(r["widths"]) > 6 else "")
-        print(f"| {r['model']} | {r['removed']:.4f} | {r['tokens_per_s']:.1f} | "
-              f"{r['vs_dense']:.3f} | {r['vs_ideal']:.3f} | {shown} ({len(r['widths'])} distinct) |")
-    if args.json is not None:
-        args.json.write_text(json.dumps({"rows": rows, "load": load, "args": vars(args)},
-                                        default=str, indent=1))
+    cells = [[r["model"], f"{r['removed']:.4f}", f"{r['tokens_per_s']:.1f}", f"{r['vs_dense']:.3f}",
+              f"{r['vs_ideal']:.3f}", ", ".join(map(str, r["widths"][:6]))
+              + (" ..." if len(r["widths"]) > 6 else "") + f" ({len(r['widths'])} distinct)"]
+             for r in rows]
+    print_table(["model", "params removed", "decode tok/s", "vs dense", "vs ideal", "MLP widths"],
+                cells, rows, args)
     return 0
 
 

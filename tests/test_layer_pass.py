@@ -5,24 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import layer_states, tiny_model
 
 from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.layer_pass import LayerPass
 from prunectl.modeling.surgery import apply_plan
-
-
-def layer_outputs(model, ids: torch.Tensor) -> list[torch.Tensor]:
-    """Each decoder layer's output from one plain forward (the last one caught by a hook, since
-    ``hidden_states[-1]`` is after the final norm)."""
-    last = {}
-    hook = model.model.layers[-1].register_forward_hook(
-        lambda m, a, out: last.setdefault("out", out[0] if isinstance(out, tuple) else out))
-    with torch.inference_mode():
-        states = list(model(ids, output_hidden_states=True).hidden_states)
-    hook.remove()
-    return [*states[1:-1], last["out"]]
 
 
 def pass_outputs(model, ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -42,7 +30,7 @@ def pass_outputs(model, ids: torch.Tensor, batch_size: int) -> list[torch.Tensor
 def test_layer_outputs_equal_the_models_own_forward(family):
     model = tiny_model(family, seed=5)
     ids = torch.randint(4, 260, (5, 12), generator=torch.Generator().manual_seed(5))
-    for ours, direct in zip(pass_outputs(model, ids, batch_size=2), layer_outputs(model, ids),
+    for ours, direct in zip(pass_outputs(model, ids, batch_size=2), layer_states(model, ids)[1:],
                             strict=True):
         torch.testing.assert_close(ours, direct, rtol=1e-5, atol=1e-5)
 
@@ -52,7 +40,7 @@ def test_a_layer_without_its_attention_block_runs_block_by_block():
     model = apply_plan(tiny_model("llama", seed=6), plan)
     ids = torch.randint(4, 260, (3, 10), generator=torch.Generator().manual_seed(6))
     assert Adapter(model).attention(1) is None
-    for ours, direct in zip(pass_outputs(model, ids, batch_size=3), layer_outputs(model, ids),
+    for ours, direct in zip(pass_outputs(model, ids, batch_size=3), layer_states(model, ids)[1:],
                             strict=True):
         torch.testing.assert_close(ours, direct, rtol=1e-5, atol=1e-5)
 
