@@ -98,6 +98,8 @@ def test_round_to_one_is_the_exact_cut(name, options):
 def test_magnitude_keeps_multiples(multiple):
     _, _, _, plan, _, _ = run_method("magnitude", {"round_to": multiple, "prune_hidden": False})
     assert plan.achieved["intermediate_size"] % multiple == 0
+    with pytest.raises(UserError, match="round_to=512 exceeds the 256 MLP channels"):
+        run_method("magnitude", {"round_to": 512})
 
 
 runner = CliRunner()

@@ -28,7 +28,12 @@ from pydantic import Field
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
-from prunectl.methods.width_common import head_unit_members, layer_plan, layer_shape
+from prunectl.methods.width_common import (
+    check_round_to,
+    head_unit_members,
+    layer_plan,
+    layer_shape,
+)
 from prunectl.modeling.adapters import Adapter
 
 
@@ -146,6 +151,7 @@ class MagnitudeMethod(Method):
         if len({(s.num_heads, s.num_kv_heads, s.intermediate) for s in shapes}) > 1:
             raise UserError("magnitude prunes uniform models only; this model's layers differ "
                             "in shape (use flap or wanda-sp)")
+        check_round_to(self.config.round_to, {i: s.intermediate for i, s in enumerate(shapes)})
         counts_dense = count_parameters(model)
         ratio, notes = self._ratio(run, adapter, shapes, counts_dense["total"])
         counts = self._counts(adapter, shapes, ratio)

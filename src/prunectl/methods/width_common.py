@@ -150,12 +150,7 @@ def round_kept_channels(
     """
     if multiple == 1:
         return dict(kept)
-    narrow = min((i for i in kept if sizes[i] < multiple), default=None, key=sizes.get)
-    if narrow is not None:
-        raise UserError(
-            f"method.round_to={multiple} exceeds the {sizes[narrow]} MLP channels of layer "
-            f"{narrow}; use a smaller multiple (1, 8, 64 or 128)"
-        )
+    check_round_to(multiple, sizes)
     rounded, ups = dict(kept), []
     for i, k in kept.items():
         if k == sizes[i] or k % multiple == 0:
@@ -172,3 +167,13 @@ def round_kept_channels(
         if forced or abs(excess - gain) < abs(excess):
             rounded[i], excess = up, excess - gain
     return rounded
+
+
+def check_round_to(multiple: int, sizes: dict[int, int]) -> None:
+    """A multiple wider than some layer's MLP (``sizes``: layer -> channels) is a user error."""
+    narrow = min((i for i in sizes if sizes[i] < multiple), default=None, key=sizes.get)
+    if narrow is not None:
+        raise UserError(
+            f"method.round_to={multiple} exceeds the {sizes[narrow]} MLP channels of layer "
+            f"{narrow}; use a smaller multiple (1, 8, 64 or 128)"
+        )
