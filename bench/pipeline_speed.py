@@ -148,7 +148,8 @@ def lora_settings(args):
 
     return RecoverConfig(dataset=str(EVALUATION), format="text", cutoff_len=args.lora_len,
                          batch_size=args.lora_batch, micro_batch_size=args.lora_micro,
-                         max_steps=args.lora_steps, save_steps=args.lora_steps, val_set_size=0)
+                         max_steps=args.lora_steps, val_set_size=0,
+                         save_steps=args.lora_save_steps or args.lora_steps)
 
 
 def prunectl_lora(model, tokenizer, examples, cfg) -> float:
@@ -208,6 +209,8 @@ def main() -> int:
     parser.add_argument("--lora-batch", type=int, default=4)
     parser.add_argument("--lora-micro", type=int, default=2)
     parser.add_argument("--lora-len", type=int, default=128)
+    parser.add_argument("--lora-save-steps", type=int, default=None,
+                        help="prunectl's checkpoint interval (default: one, at the last step)")
     parser.add_argument("--only", nargs="+", default=["bi", "flap", "ppl", "lora"])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
