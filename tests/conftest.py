@@ -16,6 +16,16 @@ FAMILY_CONFIGS = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 0}),
+    # Gemma: head_dim != hidden / heads, query_pre_attn_scalar != head_dim, sliding layers (window
+    # 4) between global ones, tied embeddings (a wider init, since the tied head is not scaled
+    # up below: logits large enough for Gemma 2's soft-capping of attention and logits to bite)
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {
+        "head_dim": 24, "query_pre_attn_scalar": 20, "sliding_window": 4, "pad_token_id": 0,
+        "final_logit_softcapping": 6.0, "attn_logit_softcapping": 12.0, "tie_word_embeddings": True,
+        "initializer_range": 0.2}),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
+        "head_dim": 24, "query_pre_attn_scalar": 20, "sliding_window": 4, "pad_token_id": 0,
+        "sliding_window_pattern": 2, "tie_word_embeddings": True, "initializer_range": 0.2}),
 }
 
 TEXT = (
@@ -61,6 +71,39 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides):
     return model.eval()
 
 
+MOE_CONFIGS = {  # 8 routed experts, top-2; Qwen3-MoE renormalises its top-k gates, Qwen2-MoE not
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  {"head_dim": 16, "num_experts": 8, "moe_intermediate_size": 32,
+                   "norm_topk_prob": True}),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                  {"num_experts": 8, "moe_intermediate_size": 32,
+                   "shared_expert_intermediate_size": 48}),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM",
+                {"num_local_experts": 8, "intermediate_size": 32, "sliding_window": None}),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", {"num_experts": 8, "intermediate_size": 32}),
+}
+
+
+def tiny_moe(family: str = "qwen3_moe", seed: int = 0, **overrides):
+    """A tiny mixture-of-experts model (3 layers, 8 experts, top-2), weights scaled like
+    ``tiny_model``'s so routing and expert outputs are far from uniform."""
+    import transformers
+
+    config_name, model_name, extra = MOE_CONFIGS[family]
+    values = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, num_experts_per_tok=2,
+                  max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
+                  pad_token_id=0, tie_word_embeddings=False)
+    values.update(extra)
+    values.update(overrides)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(getattr(transformers, config_name)(**values))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() >= 2 and "embed" not in name:
+                param.mul_(4.0)
+    return model.eval()
+
 
 def layer_states(model, ids: torch.Tensor) -> list[torch.Tensor]:
     """Layer 0's input, then every decoder layer's output, from one plain forward with
@@ -74,6 +117,7 @@ def layer_states(model, ids: torch.Tensor) -> list[torch.Tensor]:
     hook.remove()
     states[-1] = last["out"]
     return states
+
 
 def byte_tokenizer():
     """A byte-level fast tokenizer (vocab 260) built offline with the `tokenizers` library."""

@@ -63,7 +63,7 @@ def test_bound_is_exact_for_the_current_model_itself():
             exact_nll(model, hidden, runner.batches[b]), rel=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text"])
 @torch.inference_mode()
 def test_bound_over_the_whole_vocabulary_is_the_exact_nll(family):
     """With all but one token likely, the tail is at most one token, whose term the bound holds

@@ -236,3 +236,22 @@ def test_evaluation_order_does_not_change_the_decisions():
     best_first = search(model, ids, steps=4, batch_size=1, candidates_order="previous")
     for key in ("removed", "perplexity"):
         assert [d[key] for d in best_first.decisions] == [d[key] for d in by_index.decisions]
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3_text"])
+def test_gemma_search_matches_a_direct_search(family):
+    """Gemma's block outputs pass through their own norms, zero when the block is bypassed; Gemma
+    2's soft-capped logits are not linear in the final states, so its candidates are all scored
+    exactly even with early stopping on."""
+    model, ids = tiny_model(family), tokens()
+    names = candidate_names(4, "mix")
+    order, ppls, first = direct_greedy(model, ids, names, 3)
+
+    result = search(model, ids, "mix", 3, early_stop=True)
+
+    assert [d["removed"] for d in result.decisions] == order
+    assert [d["perplexity"] for d in result.decisions] == pytest.approx(ppls, rel=1e-5)
+    if family == "gemma2":
+        step1 = result.decisions[0]["scores"]
+        assert {c: s["ppl"] for c, s in step1.items()} == pytest.approx(first, rel=1e-5)
+        assert not any(s["lower_bound"] for d in result.decisions for s in d["scores"].values())

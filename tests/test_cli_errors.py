@@ -107,6 +107,19 @@ def test_wrong_architecture_is_refused_with_the_supported_list(tmp_path, text_fi
     assert "gpt2" in result.stderr and "llama" in result.stderr and "qwen2" in result.stderr
 
 
+def test_multimodal_gemma3_is_refused_naming_its_text_model(tmp_path, text_file):
+    from transformers import Gemma3Config
+
+    model_dir = tmp_path / "gemma3"
+    Gemma3Config().save_pretrained(model_dir)  # a config alone: refused before any weight
+    recipe = write_recipe(tmp_path / "r.yaml", model_dir, text_file)
+    result = invoke("search", "-p", tmp_path / "p", "-r", recipe, "--quiet")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'gemma3' is not supported (multimodal Gemma 3" in lines[0]
+    assert "gemma3_text" in lines[0] and "gemma2" in lines[0]
+
+
 def test_corrupt_state_is_an_error_and_is_not_overwritten(finished_project):
     state = finished_project / "state.json"
     state.write_text("{not json")

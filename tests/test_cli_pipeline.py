@@ -51,7 +51,7 @@ def bypassed_logits(model_dir: Path, removed: dict[int, set[str]], ids: torch.Te
         return model(ids).logits
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text"])
 def test_run_manual_end_to_end_and_reload(tmp_path, text_file, family):
     model_dir = save_tiny(tmp_path / family, family)
     recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file)

@@ -23,13 +23,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import tiny_model
+from conftest import tiny_model, tiny_moe
 from test_block_search import peaked_model, repeated_tokens, search
 
 from prunectl import distributed
 from prunectl.errors import UserError
 from prunectl.evaluation.perplexity import perplexity
 from prunectl.methods.flap.collect import collect_statistics
+from prunectl.methods.reap.collect import collect_expert_stats
 from prunectl.methods.taylor import TaylorConfig, TaylorMethod
 from prunectl.modeling.adapters import Adapter
 from prunectl.ui import SILENT
@@ -55,6 +56,7 @@ def _compute() -> dict:
     out["ppl"] = perplexity(small, stream, seqlen=16, batch_size=2)
     out["flap"] = collect_statistics(Adapter(small), _ids(5, 16, 4), batch_size=2)
     out["flap_one_window"] = collect_statistics(Adapter(small), _ids(1, 16, 5), batch_size=2)
+    out["reap"] = collect_expert_stats(Adapter(tiny_moe("qwen3_moe", seed=2)), _ids(5, 16, 4), 2)
     run = SimpleNamespace(ui=SILENT)
     for importance, batch in (("element1", 2), ("element2", 1)):
         method = TaylorMethod(TaylorConfig(layer_start=1, layer_end=3, importance=importance,
@@ -190,6 +192,14 @@ def test_flap_moments_equal_one_process(runs, key):
                 assert torch.equal(rank[key][name], value)
             else:
                 _close(rank[key][name], value)
+
+
+def test_reap_expert_sums_equal_one_process(runs):
+    single, ranks = runs
+    for rank in ranks:
+        assert rank["reap"].keys() == single["reap"].keys()
+        for name, value in single["reap"].items():
+            _close(rank["reap"][name], value)
 
 
 @pytest.mark.parametrize("importance", ["element1", "element2"])

@@ -26,7 +26,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3", "gemma3_text"])
 @pytest.mark.parametrize(("name", "options"), CASES)
 def test_width_plan_applies_saves_and_reloads(tmp_path, family, name, options):
     model = tiny_model(family, num_attention_heads=8, num_key_value_heads=4)

@@ -51,7 +51,7 @@ def layer_errors(dense, pruned, tokens) -> list[float]:
     return errors
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
 def test_compensation_reduces_layer_output_error_on_held_out_tokens(family):
     """The same plan applied with and without the compensation biases."""
     from prunectl.modeling.surgery import apply_plan

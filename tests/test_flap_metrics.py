@@ -43,7 +43,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3", "gemma2"])
 @pytest.mark.parametrize(("name", "options"), CASES)
 def test_scores_match_direct_computation(family, name, options):
     model = tiny_model(family)

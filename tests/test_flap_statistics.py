@@ -47,7 +47,7 @@ def captured_inputs(model, tokens):
     return {k: v.reshape(-1, v.shape[-1]).double() for k, v in seen.items()}
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3", "gemma3_text"])
 def test_layerwise_statistics_match_captured_activations(family):
     model = tiny_model(family)
     tokens = torch.randint(4, 260, (5, 16), generator=torch.Generator().manual_seed(1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import layer_states, tiny_model
+from conftest import MOE_CONFIGS, layer_states, tiny_model, tiny_moe
 
 from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.modeling.adapters import Adapter
@@ -26,9 +26,10 @@ def pass_outputs(model, ids: torch.Tensor, batch_size: int) -> list[torch.Tensor
     return outputs
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2",
+                                    "gemma3_text", "qwen3_moe", "mixtral"])
 def test_layer_outputs_equal_the_models_own_forward(family):
-    model = tiny_model(family, seed=5)
+    model = tiny_moe(family, seed=5) if family in MOE_CONFIGS else tiny_model(family, seed=5)
     ids = torch.randint(4, 260, (5, 12), generator=torch.Generator().manual_seed(5))
     for ours, direct in zip(pass_outputs(model, ids, batch_size=2), layer_states(model, ids)[1:],
                             strict=True):

@@ -28,7 +28,7 @@ def sq(v):
     return float(v.detach().double().pow(2).sum())
 
 
-@pytest.mark.parametrize("family", ["llama", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "phi3", "gemma2"])
 def test_group_importance_matches_direct_sums(family):
     model = tiny_model(family, tie_word_embeddings=True)
     a = Adapter(model)
@@ -61,7 +61,7 @@ def test_kept_counts_round_to_multiples():
 
 
 @pytest.mark.parametrize(("family", "head_unit"), [("llama", "kv_group"), ("qwen2", "query_head"),
-                                                   ("phi3", "kv_group")])
+                                                   ("phi3", "kv_group"), ("gemma3_text", "kv_group")])
 def test_result_is_uniform_and_loads_with_plain_from_pretrained(tmp_path, family, head_unit):
     model = tiny_model(family, num_attention_heads=8, num_key_value_heads=4,
                        tie_word_embeddings=True)

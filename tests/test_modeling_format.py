@@ -14,6 +14,7 @@ from conftest import byte_tokenizer, tiny_model
 from prunectl.errors import UserError
 from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.modeling import modeling_prunectl
+from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import load_project_model
 from prunectl.modeling.params import count_parameters
 from prunectl.modeling.pruned_format import save_model
@@ -45,7 +46,7 @@ def saved_config(directory) -> dict:
     return json.loads((directory / "config.json").read_text())
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text"])
 def test_block_removal_reloads_with_remote_code_and_with_prunectl(tmp_path, family):
     pruned = apply_plan(tiny_model(family), BLOCKS)
     directory = save_model(pruned, byte_tokenizer(), tmp_path / "pruned")
@@ -65,7 +66,7 @@ def test_block_removal_reloads_with_remote_code_and_with_prunectl(tmp_path, fami
     close(logits(ours), logits(pruned))
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3", "gemma2"])
 def test_width_pruning_with_biases_reloads_to_the_same_logits(tmp_path, family):
     biases = {"layers.0.o_proj": torch.randn(64), "layers.1.down_proj": torch.randn(64)}
     pruned = apply_plan(tiny_model(family), WIDTH, biases)
@@ -104,7 +105,7 @@ def test_uniform_result_loads_without_remote_code(tmp_path):
     close(logits(reloaded), logits(pruned))
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma2", "gemma3_text"])
 def test_generate_with_and_without_cache_when_layer_zero_has_no_attention(family):
     model = apply_plan(tiny_model(family), BLOCKS)
     prompt = IDS[:1, :6]
@@ -187,14 +188,15 @@ def test_a_pruned_model_can_be_pruned_again(tmp_path):
     close(logits(again), logits(reference))
 
 
-@pytest.mark.parametrize("family", ["llama", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "phi3", "gemma2", "gemma3_text"])
 def test_pruned_class_with_nothing_removed_equals_the_stock_model(family):
     """The shipped modeling code itself, apart from any removal: same logits and hidden states."""
     from prunectl.modeling.loading import rebuild_model
 
     dense = tiny_model(family)
     cls = modeling_prunectl.pruned_class_for(family)
-    config = cls.config_class.from_dict({**dense.config.to_dict(), "head_dim": 16, "per_layer_config": {}})
+    config = cls.config_class.from_dict(
+        {**dense.config.to_dict(), "head_dim": Adapter(dense).head_dim, "per_layer_config": {}})
     with torch.inference_mode():
         expected = dense(IDS, output_hidden_states=True)
     ours = rebuild_model(cls, config, dict(dense.state_dict()), dense)
@@ -209,7 +211,7 @@ def test_pruned_class_with_nothing_removed_equals_the_stock_model(family):
 @pytest.mark.parametrize(
     ("family", "window"),
     [("qwen2", {"use_sliding_window": True, "max_window_layers": 2, "sliding_window": 4}),
-     ("mistral", {"sliding_window": 4})],
+     ("mistral", {"sliding_window": 4}), ("gemma2", {}), ("gemma3_text", {})],
 )
 def test_sliding_window_layers_keep_their_masks_and_caches(family, window):
     """Removing a block equals zeroing its output projection (no bias here), so the stock dense
@@ -223,13 +225,16 @@ def test_sliding_window_layers_keep_their_masks_and_caches(family, window):
         dense.model.layers[0].self_attn.o_proj.weight.zero_()
         dense.model.layers[1].self_attn.o_proj.weight.zero_()
         dense.model.layers[1].mlp.down_proj.weight.zero_()
-        dense.model.layers[3].self_attn.o_proj.weight[:, 16:32] = 0
-        dense.model.layers[3].self_attn.o_proj.weight[:, 48:64] = 0
+        hd = Adapter(dense).head_dim
+        dense.model.layers[3].self_attn.o_proj.weight[:, hd:2 * hd] = 0  # heads 1 and 3
+        dense.model.layers[3].self_attn.o_proj.weight[:, 3 * hd:4 * hd] = 0
     pruned = apply_plan(tiny_model(family, **window), plan)
     full = logits(pruned)
     close(full, logits(dense))
     if family == "qwen2":
         assert pruned.config.layer_types == ["full_attention", "sliding_attention", "sliding_attention"]
+    if family.startswith("gemma"):  # sliding, full, sliding, full: layer 1 goes
+        assert pruned.config.layer_types == ["sliding_attention", "sliding_attention", "full_attention"]
     with torch.inference_mode():
         out = pruned(IDS[:, :3], use_cache=True)
         for t in range(3, IDS.shape[1]):

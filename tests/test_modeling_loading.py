@@ -40,7 +40,8 @@ def test_resolve_device_and_dtype():
             resolve_device("cuda")
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "phi3"])
+@pytest.mark.parametrize("family",
+                         ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text"])
 def test_load_local_directory_matches_saved_model(tmp_path, family):
     directory = save_tiny(tmp_path / family, family, seed=3)
     model, tokenizer = load_model(model_cfg(directory), CPU, torch.float32)
@@ -122,7 +123,7 @@ def test_count_parameters_against_a_direct_count(tied):
     assert block_parameters(adapter, 1) == {"attn": attn + c.hidden_size, "mlp": mlp + c.hidden_size}
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3", "phi3"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "phi3", "gemma2"])
 def test_block_parameters_add_up_to_the_total(family):
     model = tiny_model(family)
     adapter = Adapter(model)

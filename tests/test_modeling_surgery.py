@@ -17,7 +17,7 @@ from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.modeling_prunectl import PrunedDecoderLayer
 from prunectl.modeling.surgery import apply_plan
 
-FAMILIES = ["llama", "qwen2", "qwen3", "phi3", "mistral"]
+FAMILIES = ["llama", "qwen2", "qwen3", "phi3", "mistral", "gemma2", "gemma3_text"]
 IDS = torch.randint(4, 260, (2, 11), generator=torch.Generator().manual_seed(1))
 
 
@@ -69,8 +69,11 @@ def test_block_removal_equals_bypassing_the_blocks(family):
     close(logits(pruned), expected)
     layers = pruned.model.layers
     assert len(layers) == 3  # layer 2 dropped entirely
-    assert not hasattr(layers[0], "self_attn") and not hasattr(layers[0], "input_layernorm")
-    assert not hasattr(layers[1], "mlp") and not hasattr(layers[1], "post_attention_layernorm")
+    norms = Adapter(pruned).family.norms  # a removed block's norms go with it (Gemma: both)
+    assert not hasattr(layers[0], "self_attn")
+    assert not any(hasattr(layers[0], name) for name in norms["attention"] if name)
+    assert not hasattr(layers[1], "mlp")
+    assert not any(hasattr(layers[1], name) for name in norms["mlp"] if name)
     assert [layers[i].self_attn.layer_idx for i in (1, 2)] == [1, 2]  # renumbered
     assert not any(".0.self_attn" in name for name in pruned.state_dict())
 
@@ -82,7 +85,7 @@ def test_block_removal_matches_for_tied_embeddings():
     assert pruned.lm_head.weight is pruned.model.embed_tokens.weight
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text"])
 def test_head_kv_group_and_channel_slicing_equals_zeroed_columns(family):
     # 4 query heads in 2 KV groups (heads 0,1 -> kv 0; heads 2,3 -> kv 1), head_dim 16
     plan = Plan(method="test", layers={
@@ -217,3 +220,36 @@ def test_surgery_consumes_the_input_instead_of_copying_it():
     kept = {p.data_ptr() for p in pruned.parameters()}
     assert all(p.numel() == 0 or p.data_ptr() in kept for p in before)
     assert any(p.numel() == 0 for p in before)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3_text"])
+@pytest.mark.parametrize("odd", [[1, 3, 5, 7], [1, 3]])  # 36 channels: stock class; 34: ours
+def test_gemma_hidden_slicing_keeps_the_embedding_scale_and_the_tied_head(tmp_path, family, odd):
+    """Gemma scales embeddings by sqrt(hidden_size): a narrower model, in memory and reloaded
+    with plain transformers, must still embed the kept channels as the dense one did, and its
+    tied head must compute, on the kept channels, the final (1 + weight) RMSNorm, the dense head
+    rows and the soft-cap."""
+    from transformers import AutoModelForCausalLM
+
+    from prunectl.modeling.pruned_format import save_model
+
+    keep = sorted(list(range(0, 64, 2)) + odd)  # in the order surgery keeps them
+    dense = tiny_model(family)
+    with torch.no_grad():
+        dense.model.norm.weight.normal_()
+    x = torch.randn(2, 11, len(keep), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        embedded = dense.model.embed_tokens(IDS)[..., keep]
+        normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + dense.config.rms_norm_eps)
+        expected = (normed * (1 + dense.model.norm.weight[keep])) @ dense.lm_head.weight[:, keep].T
+        cap = dense.config.final_logit_softcapping
+        expected = expected if cap is None else torch.tanh(expected / cap) * cap
+    pruned = apply_plan(dense, Plan(method="t", hidden_channels=keep))
+    assert pruned.lm_head.weight is pruned.model.embed_tokens.weight
+    assert isinstance(pruned.model.layers[0], PrunedDecoderLayer) == (len(keep) % 4 != 0)
+    directory = save_model(pruned, None, tmp_path / "narrow")
+    reloaded = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)
+    for model in (pruned, reloaded):
+        with torch.inference_mode():
+            close(model.model.embed_tokens(IDS), embedded)
+            close(Adapter(model).logits(x), expected)

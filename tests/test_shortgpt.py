@@ -23,7 +23,7 @@ def direct_bi(model, ids: torch.Tensor) -> torch.Tensor:
                         for i in range(len(states) - 1)]).double()
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
 def test_block_influence_matches_hidden_states(family):
     model = tiny_model(family, seed=7, num_hidden_layers=5)
     ids = torch.randint(4, 260, (5, 16), generator=torch.Generator().manual_seed(7))

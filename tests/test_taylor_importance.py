@@ -105,15 +105,17 @@ def test_random_is_seeded():
     assert not torch.equal(a["layers.1.channels"], c["layers.1.channels"])
 
 
-def test_hidden_channels_touch_every_weight_and_norm():
-    model, x = tiny_model("llama", num_hidden_layers=2), tokens()
+@pytest.mark.parametrize("family", ["llama", "gemma2"])  # Gemma 2: four norms per layer
+def test_hidden_channels_touch_every_weight_and_norm(family):
+    model, x = tiny_model(family, num_hidden_layers=2), tokens()
     params = [p for p in model.parameters()]
     grads, _ = direct_grads(model, x, params)
     expected = torch.zeros(64)
+    offset = 1.0 if family == "gemma2" else 0.0  # Gemma's RMSNorm multiplies by 1 + weight
     for (name, p), g in zip(model.named_parameters(), grads):
         s = (p * g).abs()
         if p.dim() == 1:
-            expected += s
+            expected += ((p + offset) * g).abs()
         elif name.endswith(("o_proj.weight", "down_proj.weight")):
             expected += s.sum(1)
         else:  # embedding, lm_head and every projection reading the residual stream

@@ -123,7 +123,8 @@ def test_unknown_importance_is_rejected_by_the_schema():
 
 
 @pytest.mark.parametrize(("family", "scope"), [("llama", "block"), ("phi3", "block"),
-                                             ("qwen2", "channel")])
+                                             ("qwen2", "channel"), ("gemma2", "channel"),
+                                             ("gemma3_text", "block")])
 def test_plan_applies_and_removes_the_estimated_parameters(family, scope):
     from prunectl.modeling.surgery import apply_plan
 

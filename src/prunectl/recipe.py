@@ -76,6 +76,8 @@ class TargetConfig(Section):
 
     blocks: int | None = Field(None, ge=0)
     params_ratio: float | None = Field(None, gt=0, lt=1)
+    #: share of the routed experts removed from every MoE layer (``method: reap``)
+    experts_ratio: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _one_target(self) -> TargetConfig:
@@ -83,6 +85,10 @@ class TargetConfig(Section):
             raise ValueError(
                 f"got blocks={self.blocks} and params_ratio={self.params_ratio}, "
                 "expected at most one of them"
+            )
+        if self.experts_ratio is not None and (self.blocks, self.params_ratio) != (None, None):
+            raise ValueError(
+                f"got experts_ratio={self.experts_ratio} and another target, expected one of them"
             )
         return self
 

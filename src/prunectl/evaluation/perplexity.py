@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from prunectl import distributed
 from prunectl.errors import UserError
+from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.placement import execution_device
 from prunectl.ui import SILENT
 
@@ -80,7 +81,8 @@ def perplexity(
     """Perplexity of ``model`` on the token stream ``tokens`` [N] in windows of ``seqlen``.
 
     ``model`` is any causal LM with ``.model`` (the decoder, returning normed last hidden
-    states) and ``.lm_head``: every supported family and the pruned classes.  ``max_windows``
+    states) and ``.lm_head``: every supported family and the pruned classes (the head soft-caps
+    its logits where the family does, as Gemma 2).  ``max_windows``
     keeps the first windows only (a quick figure, recorded as such).  Under ``torchrun`` each
     rank scores every ``world_size``-th batch and the float64 NLL sums are added over ranks, so
     every rank returns the dict a single process computes (up to float64 summation order).
@@ -101,12 +103,13 @@ def perplexity(
     group = distributed.current()
     batches = group.shard([stream[i : i + batch_size] for i in range(0, windows, batch_size)])
     total = torch.zeros((), dtype=torch.float64, device=device)
+    head = Adapter(model).head_logits
     ui = ui or SILENT
     with torch.inference_mode():
         for batch in ui.progress(batches, total=len(batches), description="perplexity"):
             batch = batch.to(device)
             hidden = model.model(input_ids=batch, use_cache=False).last_hidden_state
-            total += token_nll_sum(hidden, None, model.lm_head, batch, chunk_tokens).sum()
+            total += token_nll_sum(hidden, None, head, batch, chunk_tokens).sum()
     scored = windows * (seqlen - 1)
     nll = group.sum(total).item() / scored
     return {

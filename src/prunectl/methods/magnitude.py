@@ -30,6 +30,7 @@ from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
 from prunectl.methods.width_common import (
     check_round_to,
+    check_width_model,
     head_unit_members,
     layer_plan,
     layer_shape,
@@ -94,6 +95,9 @@ class MagnitudeMethod(Method):
     Config = MagnitudeConfig
     uses_calibration = False
 
+    def check(self, config) -> None:
+        check_width_model(config.model_type, self.name, attention_only_ok=False)
+
     def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
         return group_importance(Adapter(model))
 
@@ -123,7 +127,8 @@ class MagnitudeMethod(Method):
             heads = s.num_heads - removed_units * (s.num_heads // s.num_head_units)
             kv = s.num_kv_heads if s.head_unit == "query_head" else s.num_kv_heads - removed_units
             hd, c = s.head_dim, counts["channels"]
-            total += 2 * h  # the two norms
+            total += h * sum(name is not None for block in adapter.family.norms.values()
+                             for name in block)  # the hidden-wide norms of both blocks
             total += (heads + 2 * kv) * hd * (h + s.qkv_bias) + h * heads * hd + s.o_bias * h
             total += 2 * c * (h + s.up_bias) + h * c + s.down_bias * h
         return total

@@ -21,6 +21,7 @@ class LayerPlan(BaseModel):
     q_heads: list[int] | None = None  # kept query heads, original numbering, grouped by KV head
     kv_heads: list[int] | None = None  # kept KV heads (each kept query head's KV head is kept)
     mlp_channels: list[int] | None = None  # kept intermediate channels
+    experts: list[int] | None = None  # kept routed experts of an MoE layer (shared ones stay)
 
 
 class Plan(BaseModel):

@@ -21,6 +21,7 @@ METHODS: dict[str, str] = {
     "mag-sp": "prunectl.methods.flap:MagSPMethod",
     "magnitude": "prunectl.methods.magnitude:MagnitudeMethod",
     "taylor": "prunectl.methods.taylor:TaylorMethod",
+    "reap": "prunectl.methods.reap:ReapMethod",
 }
 
 ALIASES: dict[str, str] = {

@@ -20,7 +20,7 @@ import torch
 
 from prunectl.errors import UserError
 from prunectl.methods.plan import LayerPlan
-from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.adapters import Adapter, family_for
 
 HeadUnit = Literal["kv_group", "query_head"]
 
@@ -74,11 +74,29 @@ def layer_shape(adapter: Adapter, i: int, head_unit: str) -> LayerShape:
     else:
         up_bias = _bias(mlp, "gate_proj") and _bias(mlp, "up_proj")
     channel = 2 * (hidden + up_bias) + hidden  # gate and up rows (+bias), down column
+    moe = adapter.experts(i) is not None  # routed experts: no MLP channels to prune
     return LayerShape(
-        heads, kv, hd, adapter.intermediate_size(i), unit, head_cost, channel,
+        heads, kv, hd, 0 if moe else adapter.intermediate_size(i), unit, head_cost, channel,
         qkv_bias=q_bias, up_bias=up_bias, o_bias=_bias(attn, "o_proj"),
         down_bias=_bias(mlp, "down_proj"),
     )
+
+
+def check_width_model(model_type: str, method: str, attention_only_ok: bool) -> None:
+    """Refuse models whose widths ``method`` cannot prune.  Routed experts share no MLP
+    channels, so on a mixture-of-experts model the FLAP family prunes attention heads only and
+    methods that also cut MLP channels or the hidden size refuse it; OLMoE normalises q and k
+    over all heads at once, so it has no head to prune either."""
+    family = family_for(model_type)
+    if not family.moe:
+        return
+    if not attention_only_ok:
+        raise UserError(f"method {method} prunes dense MLP channels; '{model_type}' is a "
+                        f"mixture-of-experts model: use reap, flap / wanda-sp / mag-sp "
+                        f"(attention heads) or the block methods")
+    if family.whole_qk_norm:
+        raise UserError(f"'{model_type}' normalises q and k over all heads at once, so {method} "
+                        f"has nothing to prune; use reap or the block methods")
 
 
 def head_unit_members(shape: LayerShape, head_scores: torch.Tensor) -> list[list[int]]:

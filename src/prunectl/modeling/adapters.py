@@ -13,13 +13,14 @@ MLP block was removed reports ``None`` for that block).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from prunectl.errors import UserError
+from prunectl.modeling.modeling_prunectl import PRE_NORMS, SANDWICH_NORMS, layer_type
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,14 @@ class Family:
     fused_qkv: bool = False  # q, k and v rows stacked in one ``qkv_proj`` (Phi-3)
     fused_gate_up: bool = False  # gate and up rows stacked in one ``gate_up_proj`` (Phi-3)
     qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3)
+    moe: bool = False  # MLP blocks are routed experts (fused 3-D weights) behind a top-k router
+    shared_expert: bool = False  # a dense, sigmoid-gated expert beside the routed ones (Qwen2-MoE)
+    whole_qk_norm: bool = False  # RMSNorm over all heads' q and k rows at once (OLMoE)
+    #: norm attribute names per residual block: (input, output or None); Gemma's output norms
+    #: belong to the block they wrap, so removing the block removes them too
+    norms: dict = field(default_factory=lambda: PRE_NORMS)
+    rope_per_type: bool = False  # separate rotary bases for sliding and full layers (Gemma 3)
+    norm_offset: float = 0.0  # RMSNorm scales by ``norm_offset + weight`` (Gemma: 1 + weight)
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -39,9 +48,19 @@ FAMILIES: tuple[Family, ...] = (
     Family("qwen2", ("qwen2",)),
     Family("qwen3", ("qwen3",), qk_norm=True),
     Family("phi3", ("phi3",), fused_qkv=True, fused_gate_up=True),
+    Family("qwen2_moe", ("qwen2_moe",), moe=True, shared_expert=True),
+    Family("qwen3_moe", ("qwen3_moe",), qk_norm=True, moe=True),
+    Family("mixtral", ("mixtral",), moe=True),
+    Family("olmoe", ("olmoe",), moe=True, whole_qk_norm=True),
+    Family("gemma2", ("gemma2",), norms=SANDWICH_NORMS, norm_offset=1.0),
+    Family("gemma3_text", ("gemma3_text",), qk_norm=True, norms=SANDWICH_NORMS, rope_per_type=True,
+           norm_offset=1.0),
 )
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for f in FAMILIES for t in f.model_types)
+
+#: refused model types that have a supported relative, named in the refusal
+RELATIVES = {"gemma3": " (multimodal Gemma 3; its text-only checkpoints, gemma3_text, are)"}
 
 
 def family_for(model_type: str) -> Family:
@@ -50,7 +69,8 @@ def family_for(model_type: str) -> Family:
         if model_type in family.model_types:
             return family
     raise UserError(
-        f"architecture '{model_type}' is not supported; supported model types: "
+        f"architecture '{model_type}' is not supported{RELATIVES.get(model_type, '')}; "
+        f"supported model types: "
         f"{', '.join(SUPPORTED_MODEL_TYPES)}"
     )
 
@@ -120,10 +140,33 @@ class Adapter:
         return getattr(self.layers[i], "mlp", None)
 
     def input_norm(self, i: int) -> nn.Module | None:
-        return getattr(self.layers[i], "input_layernorm", None)
+        """The norm on the attention block's input."""
+        return self._norm(i, "attention", 0)
 
     def post_attention_norm(self, i: int) -> nn.Module | None:
-        return getattr(self.layers[i], "post_attention_layernorm", None)
+        """The norm on the MLP block's input: Llama's ``post_attention_layernorm``, Gemma's
+        ``pre_feedforward_layernorm`` (Gemma's ``post_attention_layernorm`` is an output norm)."""
+        return self._norm(i, "mlp", 0)
+
+    def output_norm(self, i: int, block: str) -> nn.Module | None:
+        """The norm on the output of layer ``i``'s ``attention`` / ``mlp`` block (Gemma), or None."""
+        return self._norm(i, block, 1)
+
+    def block_norms(self, i: int, block: str) -> dict[str, nn.Module]:
+        """Every norm that belongs to layer ``i``'s ``attention`` / ``mlp`` block, by attribute
+        name: they are counted, sliced and removed with the block."""
+        names = [name for name in self.family.norms[block] if name is not None]
+        return {name: getattr(self.layers[i], name) for name in names
+                if hasattr(self.layers[i], name)}
+
+    def _norm(self, i: int, block: str, end: int) -> nn.Module | None:
+        name = self.family.norms[block][end]
+        return None if name is None else getattr(self.layers[i], name, None)
+
+    @property
+    def logit_softcap(self) -> float | None:
+        """Gemma 2's final soft-capping: logits are ``cap * tanh(logits / cap)``."""
+        return getattr(self.config, "final_logit_softcapping", None)
 
     def o_proj(self, i: int) -> nn.Linear:
         """The attention output projection: its input holds one channel per (head, head_dim)."""
@@ -151,6 +194,24 @@ class Adapter:
         mlp = self.mlp(i)
         return 0 if mlp is None else mlp.down_proj.in_features
 
+    # --- mixture of experts (routed experts as one MLP block) ---------------------------------
+    def experts(self, i: int) -> nn.Module | None:
+        """Layer ``i``'s routed experts (``gate_up_proj`` [E, 2I, H], ``down_proj`` [E, H, I]), or
+        None when the layer has a dense MLP (Qwen-MoE ``mlp_only_layers``) or none at all."""
+        return getattr(self.mlp(i), "experts", None) if self.family.moe else None
+
+    def router(self, i: int) -> nn.Module:
+        """The top-k router of an MoE layer: one weight row per routed expert."""
+        return self.mlp(i).gate
+
+    def num_experts(self, i: int) -> int:
+        experts = self.experts(i)
+        return 0 if experts is None else experts.gate_up_proj.shape[0]
+
+    @property
+    def top_k(self) -> int:
+        return self.config.num_experts_per_tok
+
     # --- weights ----------------------------------------------------------------------------
     def attention_weights(self, i: int) -> AttentionWeights:
         attn = self.attention(i)
@@ -174,8 +235,6 @@ class Adapter:
     # --- running single residual blocks (block search, layer-wise calibration) ---------------
     def attention_type(self, i: int) -> str:
         """``full_attention`` or ``sliding_attention``, as the family's own model decides."""
-        from prunectl.modeling.modeling_prunectl import layer_type
-
         return getattr(self.layers[i], "attention_type", None) or layer_type(self.config, i)
 
     def block_inputs(self, hidden: torch.Tensor) -> dict[str, Any]:
@@ -199,45 +258,56 @@ class Adapter:
         masks = {"full_attention": create_causal_mask(**mask_args)}
         if "sliding_attention" in types:
             masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
-        return {
-            "masks": masks,
-            "position_ids": position_ids,
-            "position_embeddings": self.decoder.rotary_emb(hidden, position_ids=position_ids),
-        }
+        if self.family.rope_per_type:
+            rotary = {kind: self.decoder.rotary_emb(hidden, position_ids, kind) for kind in types}
+        else:
+            rotary = dict.fromkeys(types, self.decoder.rotary_emb(hidden, position_ids=position_ids))
+        return {"masks": masks, "position_ids": position_ids, "position_embeddings": rotary}
 
     def attention_block(self, i: int, hidden: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """``hidden`` after layer ``i``'s attention residual block (unchanged when it is removed)."""
         attn = self.attention(i)
         if attn is None:
             return hidden
+        kind = self.attention_type(i)
         out, _ = attn(
             hidden_states=self.input_norm(i)(hidden),
-            attention_mask=inputs["masks"][self.attention_type(i)],
+            attention_mask=inputs["masks"][kind],
             position_ids=inputs["position_ids"],
-            position_embeddings=inputs["position_embeddings"],
+            position_embeddings=inputs["position_embeddings"][kind],
         )
-        return hidden + out
+        post = self.output_norm(i, "attention")
+        return hidden + (out if post is None else post(out))
 
     def mlp_block(self, i: int, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden`` after layer ``i``'s MLP residual block (unchanged when it is removed)."""
         mlp = self.mlp(i)
         if mlp is None:
             return hidden
-        return hidden + mlp(self.post_attention_norm(i)(hidden))
+        out = mlp(self.post_attention_norm(i)(hidden))
+        post = self.output_norm(i, "mlp")
+        return hidden + (out if post is None else post(out))
 
     def layer_forward(self, i: int, hidden: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """``hidden`` after decoder layer ``i``: through the model's own layer module when both
         blocks are there (the same kernels a plain forward runs), else block by block."""
         if self.attention(i) is None or self.mlp(i) is None:
             return self.mlp_block(i, self.attention_block(i, hidden, inputs))
+        kind = self.attention_type(i)
         return self.layers[i](
             hidden,
-            attention_mask=inputs["masks"][self.attention_type(i)],
+            attention_mask=inputs["masks"][kind],
             position_ids=inputs["position_ids"],
-            position_embeddings=inputs["position_embeddings"],
+            position_embeddings=inputs["position_embeddings"][kind],
             use_cache=False,
         )
 
+    def head_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """The LM head on final-normed states, soft-capped where the family caps its logits."""
+        logits = self.lm_head(states)
+        cap = self.logit_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head on the last hidden states."""
-        return self.lm_head(self.final_norm(hidden))
+        return self.head_logits(self.final_norm(hidden))

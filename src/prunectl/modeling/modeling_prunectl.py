@@ -1,4 +1,4 @@
-"""Modeling code for structurally pruned Llama-family models whose layers differ from each other.
+"""Modeling code for structurally pruned Llama-family and Gemma 2/3 models whose layers differ.
 
 This file is copied next to every non-uniform checkpoint prunectl writes and is named in its
 ``config.json`` ``auto_map``, so ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``
@@ -16,7 +16,9 @@ configs' rules derive ``head_dim`` from the head count and read per-layer head c
 global config, which transformers forbids under ``per_layer_config`` (see ``PrunedConfigMixin``).
 
 Each decoder layer is built from the family's own attention, MLP and norm classes with that
-layer's config.  A layer without attention holds no weights for it and stores nothing in the KV
+layer's config; Gemma's blocks also normalise their output (``SANDWICH_NORMS``), its embedding
+is scaled by ``sqrt(hidden_size)``, and Gemma 3 rotates local and global layers with different
+bases.  A layer without attention holds no weights for it and stores nothing in the KV
 cache: its cache slot is a ``DummyLayer``, which transformers skips when it reads the cache length,
 so positions stay right even when layer 0 has no attention.
 """
@@ -30,17 +32,29 @@ from torch import nn
 from transformers.cache_utils import DummyLayer, DynamicCache, DynamicLayer
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, MoeModelOutputWithPast
+from transformers.models.gemma2 import modeling_gemma2 as gemma2
+from transformers.models.gemma3 import modeling_gemma3 as gemma3
 from transformers.models.llama import modeling_llama as llama
 from transformers.models.mistral import modeling_mistral as mistral
+from transformers.models.mixtral import modeling_mixtral as mixtral
+from transformers.models.olmoe import modeling_olmoe as olmoe
 from transformers.models.phi3 import modeling_phi3 as phi3
 from transformers.models.qwen2 import modeling_qwen2 as qwen2
 from transformers.models.qwen3 import modeling_qwen3 as qwen3
+from transformers.models.qwen2_moe import modeling_qwen2_moe as qwen2_moe
+from transformers.models.qwen3_moe import modeling_qwen3_moe as qwen3_moe
 
 SKIP_ATTENTION = "attention"
 SKIP_MLP = "mlp"
 O_PROJ_BIAS = "o_proj_bias"
 DOWN_PROJ_BIAS = "down_proj_bias"
+
+#: the norms of each residual block, by attribute name: (on its input, on its output or None)
+PRE_NORMS = {"attention": ("input_layernorm", None), "mlp": ("post_attention_layernorm", None)}
+#: Gemma 2/3 also normalise each block's output before the residual add ("sandwich" norms)
+SANDWICH_NORMS = {"attention": ("input_layernorm", "post_attention_layernorm"),
+                  "mlp": ("pre_feedforward_layernorm", "post_feedforward_layernorm")}
 
 MASK_FUNCTIONS = {
     "full_attention": create_causal_mask,
@@ -77,18 +91,29 @@ class PrunedDecoderLayer(GradientCheckpointingLayer):
         skip = set(getattr(config, "skip", None) or ())
         self.attention_type = layer_type(config, layer_idx)
         dropout = getattr(config, "resid_pdrop", 0.0)  # Phi-3 only; zero elsewhere
+        self.norm_names = parts.get("norms", PRE_NORMS)
         if SKIP_ATTENTION not in skip:
-            self.input_layernorm = parts["norm"](config.hidden_size, eps=config.rms_norm_eps)
+            self._add_norms(parts["norm"], config, "attention")
             self.self_attn = parts["attention"](config=config, layer_idx=layer_idx)
             if getattr(config, O_PROJ_BIAS, False):
                 self.self_attn.o_proj = with_bias(self.self_attn.o_proj)
             self.resid_attn_dropout = nn.Dropout(dropout)
         if SKIP_MLP not in skip:
-            self.post_attention_layernorm = parts["norm"](config.hidden_size, eps=config.rms_norm_eps)
+            self._add_norms(parts["norm"], config, "mlp")
             self.mlp = parts["mlp"](config)
             if getattr(config, DOWN_PROJ_BIAS, False):
                 self.mlp.down_proj = with_bias(self.mlp.down_proj)
             self.resid_mlp_dropout = nn.Dropout(dropout)
+
+    def _add_norms(self, norm_class, config, block: str) -> None:
+        for name in self.norm_names[block]:
+            if name is not None:
+                setattr(self, name, norm_class(config.hidden_size, eps=config.rms_norm_eps))
+
+    def _norm(self, block: str, end: int, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` through the block's input (``end`` 0) or output (1) norm, where it has one."""
+        name = self.norm_names[block][end]
+        return hidden if name is None else getattr(self, name)(hidden)
 
     @property
     def has_attention(self) -> bool:
@@ -102,7 +127,7 @@ class PrunedDecoderLayer(GradientCheckpointingLayer):
                 use_cache=False, position_embeddings=None, **kwargs):
         if self.has_attention:
             attn_out, _ = self.self_attn(
-                hidden_states=self.input_layernorm(hidden_states),
+                hidden_states=self._norm("attention", 0, hidden_states),
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 past_key_values=past_key_values,
@@ -110,9 +135,10 @@ class PrunedDecoderLayer(GradientCheckpointingLayer):
                 position_embeddings=position_embeddings,
                 **kwargs,
             )
+            attn_out = self._norm("attention", 1, attn_out)
             hidden_states = hidden_states + self.resid_attn_dropout(attn_out)
         if self.has_mlp:
-            mlp_out = self.mlp(self.post_attention_layernorm(hidden_states))
+            mlp_out = self._norm("mlp", 1, self.mlp(self._norm("mlp", 0, hidden_states)))
             hidden_states = hidden_states + self.resid_mlp_dropout(mlp_out)
         return hidden_states
 
@@ -122,13 +148,14 @@ class PrunedDecoderMixin:
     written once for every family; ``parts`` names the family's building blocks."""
 
     parts: dict
+    output_class = BaseModelOutputWithPast
     _no_split_modules = ["PrunedDecoderLayer"]
 
     def __init__(self, config):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
         self.vocab_size = config.vocab_size
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.embed_tokens = self.parts.get("embedding", plain_embedding)(config, self.padding_idx)
         self.layers = nn.ModuleList(
             [PrunedDecoderLayer(self.parts, config.per_layer_config[i], i)
              for i in range(config.num_hidden_layers)]
@@ -149,6 +176,15 @@ class PrunedDecoderMixin:
                 cache.layers.append(DynamicLayer())
             if not isinstance(cache.layers[i], DummyLayer):
                 cache.layers[i] = DummyLayer()
+
+    def _position_embeddings(self, hidden_states, position_ids) -> dict:
+        """Rotary cos/sin per attention type: Gemma 3 rotates local and global layers with
+        different bases, the other families use one rotation for all."""
+        kinds = {layer.attention_type for layer in self.layers}
+        if self.parts.get("rope_per_type"):
+            return {kind: self.rotary_emb(hidden_states, position_ids, kind) for kind in kinds}
+        shared = self.rotary_emb(hidden_states, position_ids=position_ids)
+        return dict.fromkeys(kinds, shared)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, **kwargs) -> BaseModelOutputWithPast:
@@ -178,25 +214,26 @@ class PrunedDecoderMixin:
             types = {layer.attention_type for layer in self.layers if layer.has_attention}
             masks = {kind: MASK_FUNCTIONS[kind](**arguments) for kind in types}
         kwargs.pop("output_attentions", None)  # not recorded by this decoder
+        kwargs.pop("output_router_logits", None)  # nor are MoE router logits
         record = kwargs.pop("output_hidden_states", None)
         record = self.config.output_hidden_states if record is None else record
         recorded = []  # as the stock models: each layer's input, then the final normed output
         hidden_states = inputs_embeds
-        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        position_embeddings = self._position_embeddings(hidden_states, position_ids)
         for layer in self.layers:
             if record:
                 recorded.append(hidden_states)
             hidden_states = layer(
                 hidden_states,
                 attention_mask=masks.get(layer.attention_type),
-                position_embeddings=position_embeddings,
+                position_embeddings=position_embeddings[layer.attention_type],
                 position_ids=position_ids,
                 past_key_values=past_key_values,
                 use_cache=use_cache,
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(
+        return self.output_class(
             last_hidden_state=hidden_states,
             past_key_values=past_key_values if use_cache else None,
             hidden_states=(*recorded, hidden_states) if record else None,
@@ -254,13 +291,32 @@ class PrunedConfigMixin:
             validator(view)
 
 
-def _parts(module, prefix: str) -> dict:
+def plain_embedding(config, padding_idx) -> nn.Embedding:
+    return nn.Embedding(config.vocab_size, config.hidden_size, padding_idx)
+
+
+def scaled_embedding(embedding_class):
+    """Gemma's embedding, which multiplies by ``sqrt(hidden_size)`` as the stock model does."""
+    def build(config, padding_idx):
+        return embedding_class(config.vocab_size, config.hidden_size, padding_idx,
+                               embed_scale=config.hidden_size**0.5)
+    return build
+
+
+def _parts(module, prefix: str, **extra) -> dict:
     return {
         "attention": getattr(module, f"{prefix}Attention"),
         "mlp": getattr(module, f"{prefix}MLP"),
         "norm": getattr(module, f"{prefix}RMSNorm"),
         "rotary": getattr(module, f"{prefix}RotaryEmbedding"),
+        **extra,
     }
+
+
+def _gemma_parts(module, prefix: str, **extra) -> dict:
+    return _parts(module, prefix, norms=SANDWICH_NORMS,
+                  embedding=scaled_embedding(getattr(module, f"{prefix}TextScaledWordEmbedding")),
+                  **extra)
 
 
 class PrunedLlamaConfig(PrunedConfigMixin, llama.LlamaConfig):
@@ -338,12 +394,153 @@ class PrunedPhi3ForCausalLM(PrunedCausalLMMixin, phi3.Phi3ForCausalLM):
     causal_lm_class = phi3.Phi3ForCausalLM
 
 
+class MoeMlp:
+    """Builds the MLP block of an MoE family's layer: its routed experts, sized by the layer
+    config's expert count (which may differ per layer), or, where that count is 0 (Qwen-MoE
+    ``mlp_only_layers``), the family's dense MLP."""
+
+    def __init__(self, sparse: type, dense: type | None = None):
+        self.sparse, self.dense = sparse, dense
+
+    def __call__(self, config) -> nn.Module:
+        if self.dense is not None and not config.num_experts:
+            return self.dense(config, intermediate_size=config.intermediate_size)
+        return self.sparse(config)
+
+
+class ExpertsImplementationMixin:
+    """The routed experts are the family's own classes, which dispatch on
+    ``config._experts_implementation`` (``grouped_mm`` by default); transformers decides that by
+    reading the model's module source for its decorator, which this file does not repeat."""
+
+    @classmethod
+    def _can_set_experts_implementation(cls) -> bool:
+        return True
+
+
+class PrunedMoeDecoderMixin(ExpertsImplementationMixin, PrunedDecoderMixin):
+    """The pruned decoder of an MoE family; its output has the MoE fields (router logits are
+    not recorded, so they stay None)."""
+
+    output_class = MoeModelOutputWithPast
+
+
+class PrunedMoeCausalLMMixin(ExpertsImplementationMixin, PrunedCausalLMMixin):
+    """The family's MoE ``*ForCausalLM`` over the pruned decoder."""
+
+
+def _moe_parts(module, prefix: str, dense: bool) -> dict:
+    """``_parts`` of an MoE family (Mixtral has no dense MLP class)."""
+    return {
+        "attention": getattr(module, f"{prefix}Attention"),
+        "mlp": MoeMlp(getattr(module, f"{prefix}SparseMoeBlock"),
+                      getattr(module, f"{prefix}MLP") if dense else None),
+        "norm": getattr(module, f"{prefix}RMSNorm"),
+        "rotary": getattr(module, f"{prefix}RotaryEmbedding"),
+    }
+
+
+class PrunedQwen2MoeConfig(PrunedConfigMixin, qwen2_moe.Qwen2MoeConfig):
+    pass
+
+
+class PrunedQwen2MoeModel(PrunedMoeDecoderMixin, qwen2_moe.Qwen2MoePreTrainedModel):
+    config_class = PrunedQwen2MoeConfig
+    parts = _moe_parts(qwen2_moe, "Qwen2Moe", dense=True)
+
+
+class PrunedQwen2MoeForCausalLM(PrunedMoeCausalLMMixin, qwen2_moe.Qwen2MoeForCausalLM):
+    config_class = PrunedQwen2MoeConfig
+    decoder_class = PrunedQwen2MoeModel
+    causal_lm_class = qwen2_moe.Qwen2MoeForCausalLM
+
+
+class PrunedQwen3MoeConfig(PrunedConfigMixin, qwen3_moe.Qwen3MoeConfig):
+    pass
+
+
+class PrunedQwen3MoeModel(PrunedMoeDecoderMixin, qwen3_moe.Qwen3MoePreTrainedModel):
+    config_class = PrunedQwen3MoeConfig
+    parts = _moe_parts(qwen3_moe, "Qwen3Moe", dense=True)
+
+
+class PrunedQwen3MoeForCausalLM(PrunedMoeCausalLMMixin, qwen3_moe.Qwen3MoeForCausalLM):
+    config_class = PrunedQwen3MoeConfig
+    decoder_class = PrunedQwen3MoeModel
+    causal_lm_class = qwen3_moe.Qwen3MoeForCausalLM
+
+
+class PrunedMixtralConfig(PrunedConfigMixin, mixtral.MixtralConfig):
+    pass
+
+
+class PrunedMixtralModel(PrunedMoeDecoderMixin, mixtral.MixtralPreTrainedModel):
+    config_class = PrunedMixtralConfig
+    parts = _moe_parts(mixtral, "Mixtral", dense=False)
+
+
+class PrunedMixtralForCausalLM(PrunedMoeCausalLMMixin, mixtral.MixtralForCausalLM):
+    config_class = PrunedMixtralConfig
+    decoder_class = PrunedMixtralModel
+    causal_lm_class = mixtral.MixtralForCausalLM
+
+
+class PrunedOlmoeConfig(PrunedConfigMixin, olmoe.OlmoeConfig):
+    pass
+
+
+class PrunedOlmoeModel(PrunedMoeDecoderMixin, olmoe.OlmoePreTrainedModel):
+    config_class = PrunedOlmoeConfig
+    parts = _moe_parts(olmoe, "Olmoe", dense=False)
+
+
+class PrunedOlmoeForCausalLM(PrunedMoeCausalLMMixin, olmoe.OlmoeForCausalLM):
+    config_class = PrunedOlmoeConfig
+    decoder_class = PrunedOlmoeModel
+    causal_lm_class = olmoe.OlmoeForCausalLM
+class PrunedGemma2Config(PrunedConfigMixin, gemma2.Gemma2Config):
+    pass
+
+
+class PrunedGemma2Model(PrunedDecoderMixin, gemma2.Gemma2PreTrainedModel):
+    config_class = PrunedGemma2Config
+    parts = _gemma_parts(gemma2, "Gemma2")
+
+
+class PrunedGemma2ForCausalLM(PrunedCausalLMMixin, gemma2.Gemma2ForCausalLM):
+    config_class = PrunedGemma2Config
+    decoder_class = PrunedGemma2Model
+    causal_lm_class = gemma2.Gemma2ForCausalLM
+
+
+class PrunedGemma3TextConfig(PrunedConfigMixin, gemma3.Gemma3TextConfig):
+    pass
+
+
+class PrunedGemma3TextModel(PrunedDecoderMixin, gemma3.Gemma3PreTrainedModel):
+    config_class = PrunedGemma3TextConfig
+    input_modalities = ("text",)
+    parts = _gemma_parts(gemma3, "Gemma3", rope_per_type=True)
+
+
+class PrunedGemma3ForCausalLM(PrunedCausalLMMixin, gemma3.Gemma3ForCausalLM):
+    config_class = PrunedGemma3TextConfig
+    decoder_class = PrunedGemma3TextModel
+    causal_lm_class = gemma3.Gemma3ForCausalLM
+
+
 PRUNED_CLASSES = {
     "llama": PrunedLlamaForCausalLM,
     "mistral": PrunedMistralForCausalLM,
     "qwen2": PrunedQwen2ForCausalLM,
     "qwen3": PrunedQwen3ForCausalLM,
     "phi3": PrunedPhi3ForCausalLM,
+    "qwen2_moe": PrunedQwen2MoeForCausalLM,
+    "qwen3_moe": PrunedQwen3MoeForCausalLM,
+    "mixtral": PrunedMixtralForCausalLM,
+    "olmoe": PrunedOlmoeForCausalLM,
+    "gemma2": PrunedGemma2ForCausalLM,
+    "gemma3_text": PrunedGemma3ForCausalLM,
 }
 
 

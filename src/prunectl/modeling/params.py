@@ -26,8 +26,12 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"total": total, "non_embedding": total - embedding, "embedding": embedding}
 
 
+def _norms(adapter, i: int, block: str) -> int:
+    return sum(_numel(norm) for norm in adapter.block_norms(i, block).values())
+
+
 def block_parameters(adapter, i: int) -> dict[str, int]:
-    """Parameters of layer ``i``'s attention and MLP residual blocks, each with its own pre-norm.
+    """Parameters of layer ``i``'s attention and MLP residual blocks, each with its own norms.
 
     A removed block counts 0, so the sum over a model's blocks plus embeddings, final norm and
     head is its total.
@@ -35,6 +39,6 @@ def block_parameters(adapter, i: int) -> dict[str, int]:
     attn = adapter.attention(i)
     mlp = adapter.mlp(i)
     return {
-        "attn": 0 if attn is None else _numel(attn) + _numel(adapter.input_norm(i)),
-        "mlp": 0 if mlp is None else _numel(mlp) + _numel(adapter.post_attention_norm(i)),
+        "attn": 0 if attn is None else _numel(attn) + _norms(adapter, i, "attention"),
+        "mlp": 0 if mlp is None else _numel(mlp) + _norms(adapter, i, "mlp"),
     }

@@ -37,10 +37,15 @@ def layer_structure(adapter: Adapter, plan: Plan) -> list[dict]:
                     if layer.mlp_channels is not None
                     else adapter.intermediate_size(i)
                 )
-                if layer.mlp
+                if layer.mlp and adapter.experts(i) is None
                 else 0,
             }
         )
+        if adapter.experts(i) is not None:  # MoE: kept routed experts, and their channels summed
+            experts = (len(layer.experts) if layer.experts is not None
+                       else adapter.num_experts(i)) if layer.mlp else 0
+            rows[-1].update(experts=experts,
+                            intermediate=experts * adapter.experts(i).down_proj.shape[2])
     return rows
 
 

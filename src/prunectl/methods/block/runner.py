@@ -80,7 +80,7 @@ class UnitRunner:
         nll = token_nll_sum(
             hidden,
             self.adapter.final_norm,
-            self.adapter.lm_head,
+            self.adapter.head_logits,
             self.batches[b],
             self.chunk_tokens,
             on_logits,

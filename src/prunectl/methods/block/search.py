@@ -180,7 +180,11 @@ def block_search(
                                           model.dtype, settings.cache_dir)
                 cache = BoundaryCache(runner, result.cache)
                 cache.rebuild(removed, 0)
-                bound = NllLowerBound(runner, settings.bound_topk) if settings.early_stop else None
+                # the bound needs logits linear in the final states: soft-capped heads (Gemma 2)
+                # score every candidate exactly
+                exact_only = runner.adapter.logit_softcap is not None
+                bound = (NllLowerBound(runner, settings.bound_topk)
+                         if settings.early_stop and not exact_only else None)
                 if bound is not None or not decisions:
                     current = _current_nll(runner, cache, bound, removed)
                     if not decisions:

@@ -42,7 +42,7 @@ def collect_statistics(
         moments, handles = {}, []
         for name in ("o_proj", "down_proj"):
             block = adapter.attention(i) if name == "o_proj" else adapter.mlp(i)
-            if block is None:
+            if block is None or (name == "down_proj" and adapter.experts(i) is not None):
                 continue
             linear = getattr(adapter, name)(i)
             moments[name] = RunningMoments(linear.in_features, device)

@@ -21,7 +21,12 @@ from prunectl.methods.flap.compensation import compensation_bias
 from prunectl.methods.flap.metrics import channel_metric, layer_scores
 from prunectl.methods.flap.structure import LayerScores, Selection, round_selection, select
 from prunectl.methods.plan import LayerPlan, Plan
-from prunectl.methods.width_common import layer_plan, layer_shape, removed_o_channels
+from prunectl.methods.width_common import (
+    check_width_model,
+    layer_plan,
+    layer_shape,
+    removed_o_channels,
+)
 from prunectl.modeling.adapters import Adapter
 
 if TYPE_CHECKING:
@@ -80,6 +85,9 @@ class _WidthMethod(Method):
     def bias_compensation(self) -> bool:
         return bool(getattr(self.config, "bias_compensation", False))
 
+    def check(self, config) -> None:
+        check_width_model(config.model_type, self.name, attention_only_ok=True)
+
     # --- calibrate --------------------------------------------------------------------------
     def statistics(self, run: RunContext, model: nn.Module, tokens: torch.Tensor):
         return collect_statistics(Adapter(model), tokens, run.recipe.calibration.batch_size, run.ui)
@@ -91,7 +99,9 @@ class _WidthMethod(Method):
         scores = {}
         for i in range(adapter.num_layers):
             attn = self._channel_metric(adapter.o_proj(i).weight, stats, stat_key(i, "o_proj"))
-            mlp = self._channel_metric(adapter.down_proj(i).weight, stats, stat_key(i, "down_proj"))
+            mlp = (torch.zeros(0) if adapter.experts(i) is not None  # MoE: attention only
+                   else self._channel_metric(adapter.down_proj(i).weight, stats,
+                                             stat_key(i, "down_proj")))
             heads, channels = layer_scores(
                 attn, mlp, adapter.head_dim,
                 square_attention=self.square_attention, adaptive=adaptive,
@@ -154,14 +164,15 @@ class _WidthMethod(Method):
 
     @staticmethod
     def _emptied_extra(adapter: Adapter, plan: Plan) -> int:
-        """Parameters an emptied block takes with it beyond its units: its norm and output bias."""
+        """Parameters an emptied block takes with it beyond its units: its norms and output bias."""
         extra = 0
         for i, lp in plan.layers.items():
-            for gone, norm, out in ((not lp.attention, adapter.input_norm(i), adapter.o_proj(i)),
-                                    (not lp.mlp, adapter.post_attention_norm(i),
-                                     adapter.down_proj(i))):
+            for gone, block, out in ((not lp.attention, "attention", adapter.o_proj(i)),
+                                     (not lp.mlp, "mlp",
+                                      adapter.down_proj(i) if not lp.mlp else None)):
                 if gone:
-                    extra += sum(p.numel() for p in norm.parameters())
+                    extra += sum(p.numel() for norm in adapter.block_norms(i, block).values()
+                                 for p in norm.parameters())
                     extra += 0 if out.bias is None else out.bias.numel()
         return extra
 
@@ -246,7 +257,8 @@ class _WidthMethod(Method):
                 kept = set(lp.mlp_channels)
                 mlp_removed = [c for c in range(adapter.intermediate_size(i)) if c not in kept]
             for module, removed, linear in (("o_proj", o_removed, adapter.o_proj(i)),
-                                            ("down_proj", mlp_removed, adapter.down_proj(i))):
+                                            ("down_proj", mlp_removed,
+                                             adapter.down_proj(i) if mlp_removed else None)):
                 if not removed:
                     continue
                 key = f"{stat_key(i, module)}.mean"

@@ -137,15 +137,16 @@ def ul_mm(layers: dict[int, LayerScores], budget: float, remove_heads: int,
     head_params = sum(h * layers[i].shape.head_unit_cost for i, h in heads.items())
     channel_cost = sum(l.shape.channel_cost for l in layers.values())
     per_layer_ch = max(round((budget - head_params) / channel_cost), 0) if channel_cost else 0
-    channels = {i: min(per_layer_ch, l.shape.intermediate - min_kept) for i, l in layers.items()}
+    channels = {i: max(min(per_layer_ch, l.shape.intermediate - min_kept), 0)  # MoE layers: 0
+                for i, l in layers.items()}
     return _per_layer(layers, heads, channels)
 
 
 def _uniform_counts(layers: dict[int, LayerScores], ratio: float, min_kept: int):
     heads = {i: min(int(ratio * l.shape.num_head_units), l.shape.num_head_units - min_kept)
              for i, l in layers.items()}
-    channels = {i: min(int(ratio * l.shape.intermediate), l.shape.intermediate - min_kept)
-                for i, l in layers.items()}
+    channels = {i: max(min(int(ratio * l.shape.intermediate), l.shape.intermediate - min_kept), 0)
+                for i, l in layers.items()}  # MoE layers have no channels to cut
     return heads, channels
 
 
@@ -155,7 +156,7 @@ def ul_um(layers: dict[int, LayerScores], budget: float, min_kept: int = 1) -> S
     ratios = {0.0}
     for l in layers.values():
         ratios |= {k / l.shape.num_head_units for k in range(l.shape.num_head_units + 1)}
-        ratios |= {k / l.shape.intermediate for k in range(l.shape.intermediate + 1)}
+        ratios |= {k / l.shape.intermediate for k in range(1, l.shape.intermediate + 1)}
     def params(r: float) -> int:
         heads, channels = _uniform_counts(layers, r, min_kept)
         return sum(heads[i] * l.shape.head_unit_cost + channels[i] * l.shape.channel_cost

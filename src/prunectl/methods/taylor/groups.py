@@ -28,11 +28,16 @@ from prunectl.modeling.adapters import Adapter
 Scorer = Callable[[torch.Tensor, int], torch.Tensor]
 
 
-def scorer(kind: str, store=None) -> Scorer:
-    """Channel importance of one weight, reading gradients from ``store`` when ``kind`` needs them."""
+def scorer(kind: str, store=None, norm_offset: float = 0.0) -> Scorer:
+    """Channel importance of one weight, reading gradients from ``store`` when ``kind`` needs them.
+
+    A norm (the only 1-D weight scored) scales by ``norm_offset + weight``: removing one of its
+    elements removes that scale, so Gemma's ``1 + weight`` norms are scored on it."""
 
     def score(weight: torch.Tensor, dim: int) -> torch.Tensor:
         grad, fisher = store.views(weight) if store is not None else (None, None)
+        if weight.dim() == 1 and norm_offset:
+            weight = weight.detach() + norm_offset
         return channel_importance(weight, grad, fisher, kind, dim)
 
     return score
@@ -58,8 +63,8 @@ def hidden_weights(adapter: Adapter) -> list[tuple[torch.Tensor, int]]:
 
     add(adapter.embed_tokens.weight, 1)
     for i in range(adapter.num_layers):
-        for norm in (adapter.input_norm(i), adapter.post_attention_norm(i)):
-            if norm is not None:
+        for block in ("attention", "mlp"):
+            for norm in adapter.block_norms(i, block).values():
                 add(norm.weight, 0)
         if adapter.attention(i) is not None:
             q, k, v, o = head_weights(adapter, i)

@@ -22,6 +22,7 @@ from prunectl.methods.plan import Plan
 from prunectl.methods.taylor import groups, selection
 from prunectl.methods.taylor.gradients import GradientStore, accumulate_gradients
 from prunectl.methods.taylor.importance import GRADIENT_KINDS, random_importance
+from prunectl.methods.width_common import check_width_model
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.params import count_parameters
 from prunectl.modeling.placement import execution_device, is_streamed
@@ -50,6 +51,9 @@ class TaylorConfig(MethodConfig):
 class TaylorMethod(Method):
     name = "taylor"
     Config = TaylorConfig
+
+    def check(self, config) -> None:
+        check_width_model(config.model_type, self.name, attention_only_ok=False)
 
     def layers(self, adapter: Adapter) -> range:
         """The pruned layers; a range outside the model is a user error naming the keys."""
@@ -91,7 +95,7 @@ class TaylorMethod(Method):
                 cfg.gradient_checkpointing, run.ui,
             )
             run.ui.info(f"taylor: calibration loss {loss:.4f} over {tokens.shape[0]} samples")
-        score = groups.scorer(cfg.importance, store)
+        score = groups.scorer(cfg.importance, store, adapter.family.norm_offset)
         with torch.no_grad():
             if cfg.scope == "channel":
                 return {"hidden": groups.hidden_scores(adapter, score, cfg.aggregation).cpu()}

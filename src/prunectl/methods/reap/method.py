@@ -1,0 +1,92 @@
+"""``method: reap``: remove whole routed experts by REAP saliency or one of its baselines.
+
+calibrate collects four sums per expert in one layer-by-layer pass (resumable per layer);
+score turns them into ``layers.N.experts`` saliencies by ``method.criterion``; search removes
+the lowest-scoring experts of every MoE layer (ties: lower index first, i.e. kept last); apply
+drops their stacked weights and router rows.  Shared experts (Qwen2-MoE) are never candidates.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import torch
+
+from prunectl.errors import UserError
+from prunectl.methods.base import Method, MethodConfig
+from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.methods.reap.collect import collect_expert_stats, stat_prefix
+from prunectl.methods.reap.saliency import ExpertStats
+from prunectl.methods.reap.targets import expert_parameters, experts_to_remove, moe_layers
+from prunectl.modeling.adapters import FAMILIES, Adapter, family_for
+from prunectl.modeling.params import count_parameters
+
+MOE_TYPES = [t for f in FAMILIES if f.moe for t in f.model_types]
+
+
+class ReapConfig(MethodConfig):
+    name: Literal["reap"] = "reap"
+    #: reap (gate x output norm, mean over routed tokens), frequency, gate (mean gate value), ean
+    criterion: Literal["reap", "frequency", "gate", "ean"] = "reap"
+
+
+class ReapMethod(Method):
+    """Router-weighted expert activation pruning (Lasby et al., 2025)."""
+
+    name = "reap"
+    Config = ReapConfig
+    uses_statistics = True
+
+    def check(self, config) -> None:
+        if not family_for(config.model_type).moe:
+            raise UserError(f"method reap removes experts, and '{config.model_type}' has none; "
+                            f"mixture-of-experts model types: {', '.join(MOE_TYPES)}")
+
+    def statistics(self, run, model, tokens):
+        adapter = Adapter(model)
+        experts_to_remove(adapter, run.recipe.target)  # a bad target fails before the pass
+        key = json.dumps({name: run.recipe.section_dict(name) for name in ("model", "calibration")}
+                         | {"dtype": str(run.dtype)}, sort_keys=True, default=str)
+        return collect_expert_stats(
+            adapter, tokens, run.recipe.calibration.batch_size,
+            run.project.path("calibration", "progress"), key, run.ui,
+        )
+
+    def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
+        adapter = Adapter(model)
+        scores = {}
+        for i in moe_layers(adapter):
+            layer = ExpertStats.from_dict(stats, stat_prefix(i))
+            if layer is None or layer.count.numel() != adapter.num_experts(i):
+                raise UserError(f"calibration statistics lack {stat_prefix(i)} for this model; "
+                                "re-run `prunectl calibrate --force`")
+            scores[stat_prefix(i)] = layer.saliency(self.config.criterion)
+        return scores
+
+    def search(self, run, model, tokens, scores) -> Plan:
+        adapter = Adapter(model)
+        removals = experts_to_remove(adapter, run.recipe.target)
+        plan = Plan(method=self.name)
+        removed = 0
+        for i, n in removals.items():
+            saliency = scores.get(stat_prefix(i))
+            if saliency is None or saliency.numel() != adapter.num_experts(i):
+                raise UserError(f"scores lack {stat_prefix(i)}; re-run `prunectl score --force`")
+            order = sorted(range(saliency.numel()), key=lambda e: (float(saliency[e]), e))
+            gone = set(order[:n])
+            kept = [e for e in range(saliency.numel()) if e not in gone]
+            plan.layers[i] = LayerPlan(experts=kept)
+            removed += n * expert_parameters(adapter, i)
+        counts = count_parameters(model)
+        plan.achieved = {
+            "params_total": counts["total"],
+            "params_non_embedding": counts["non_embedding"],
+            "params_removed": removed,
+            "params_ratio": removed / counts["total"],
+            "params_ratio_non_embedding": removed / counts["non_embedding"],
+            "criterion": self.config.criterion,
+            "experts_removed": sum(removals.values()),
+            "moe_layers": len(removals),
+        }
+        return plan

@@ -1,0 +1,63 @@
+"""How many routed experts each MoE layer loses, from the recipe's ``target``.
+
+REAP removes the same share of experts from every layer (``int(E * ratio)``, as the reference
+computes it).  A parameter target picks the smallest such uniform count whose removed experts
+(their stacked weights and router rows) reach the share of all parameters.  Every layer keeps at
+least ``num_experts_per_tok`` experts, or top-k routing would have nothing to pick; targets that
+need fewer are refused before anything is computed.
+"""
+
+from __future__ import annotations
+
+import math
+
+from prunectl.errors import UserError
+from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.params import count_parameters
+
+
+def moe_layers(adapter: Adapter) -> list[int]:
+    """Layers whose MLP block holds routed experts (Qwen-MoE may have dense ones)."""
+    layers = [i for i in range(adapter.num_layers) if adapter.experts(i) is not None]
+    if not layers:
+        raise UserError("this model has no mixture-of-experts layer left; reap removes experts")
+    return layers
+
+
+def expert_parameters(adapter: Adapter, i: int) -> int:
+    """Parameters one routed expert of layer ``i`` holds, its router row included."""
+    experts = adapter.experts(i)
+    return experts.gate_up_proj[0].numel() + experts.down_proj[0].numel() + adapter.hidden_size
+
+
+def experts_to_remove(adapter: Adapter, target) -> dict[int, int]:
+    """Layer index → number of its routed experts to remove."""
+    layers = moe_layers(adapter)
+    counts = {i: adapter.num_experts(i) for i in layers}
+    k = adapter.top_k
+    ratio, params_ratio = target.experts_ratio, target.params_ratio
+    if ratio is None and params_ratio is None:
+        raise UserError("reap removes whole experts: set target.experts_ratio (share of each "
+                        "layer's experts, e.g. 0.25) or target.params_ratio")
+    if ratio is not None:
+        removals = {i: int(n * ratio) for i, n in counts.items()}
+        if not any(removals.values()):
+            raise UserError(f"target.experts_ratio={ratio} removes no expert of "
+                            f"{max(counts.values())}; raise it to at least "
+                            f"{1 / max(counts.values()):.4f}")
+        short = [i for i in layers if counts[i] - removals[i] < k]
+        if short:
+            i = short[0]
+            raise UserError(f"target.experts_ratio={ratio} leaves layers.{i} "
+                            f"{counts[i] - removals[i]} experts but the router picks {k} per "
+                            f"token; lower it to at most {(counts[i] - k) / counts[i]:.4f}")
+        return removals
+    total = count_parameters(adapter.model)["total"]
+    per_step = sum(expert_parameters(adapter, i) for i in layers)
+    most = min(counts.values()) - k
+    n = math.ceil(params_ratio * total / per_step)
+    if n > most:
+        raise UserError(f"target.params_ratio={params_ratio} is out of reach: keeping {k} experts "
+                        f"per layer (the router's top-k) removes at most "
+                        f"{most * per_step / total:.4f} of the parameters; lower it")
+    return {i: n for i in layers}
