@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import save_tiny, tiny_model
+from conftest import save_tiny, tiny_model, tiny_moe
 from typer.testing import CliRunner
 
 from prunectl.cli import app
@@ -126,3 +126,19 @@ def test_bad_round_to_exits_2_with_one_line(tmp_path, text_file, value, says):
         result = runner.invoke(app, [step, "-p", project, "--quiet"])
     assert result.exit_code == 2, result.output
     assert says in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_mixture_of_experts_layers_have_no_channels_to_round():
+    model = tiny_moe("qwen3_moe", seed=2)
+    tokens = torch.randint(4, 260, (4, 16), generator=torch.Generator().manual_seed(2))
+    plans = []
+    for multiple in (1, 8):
+        method = create_method(parse_method_config({"name": "flap", "round_to": multiple}))
+        run = SimpleNamespace(
+            recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=2),
+                                   target=SimpleNamespace(params_ratio=0.05, blocks=None)),
+            ui=SILENT,
+        )
+        stats = method.statistics(run, model, tokens)
+        plans.append(method.search(run, model, tokens, method.score(run, model, tokens, stats)))
+    assert plans[0].layers == plans[1].layers and plans[0].achieved == plans[1].achieved

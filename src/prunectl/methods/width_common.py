@@ -188,8 +188,9 @@ def round_kept_channels(
 
 
 def check_round_to(multiple: int, sizes: dict[int, int]) -> None:
-    """A multiple wider than some layer's MLP (``sizes``: layer -> channels) is a user error."""
-    narrow = min((i for i in sizes if sizes[i] < multiple), default=None, key=sizes.get)
+    """A multiple wider than some layer's MLP (``sizes``: layer -> channels) is a user error;
+    layers without MLP channels to prune (0: routed experts) do not count."""
+    narrow = min((i for i in sizes if 0 < sizes[i] < multiple), default=None, key=sizes.get)
     if narrow is not None:
         raise UserError(
             f"method.round_to={multiple} exceeds the {sizes[narrow]} MLP channels of layer "
