@@ -38,7 +38,8 @@ from prunectl.methods.block.candidates import candidate_names
 from prunectl.methods.block.plans import parameter_counts
 from prunectl.methods.block.search import SearchSettings, Target, block_search
 from prunectl.modeling.adapters import Adapter
-from prunectl.modeling.params import block_parameters
+from prunectl.modeling.cost import block_parameters
+from prunectl.modeling.structure import from_model
 
 from common import SHARED_DATA, require_inputs
 
@@ -85,7 +86,7 @@ def load_workload(args: argparse.Namespace, gguf: Path,
 
 def flops(counts: dict[str, int], adapter: Adapter, seqlen: int, topk: int) -> float:
     """Forward FLOPs of the rows (windows) each unit kind processed."""
-    blocks = block_parameters(adapter, 0)
+    blocks = block_parameters(from_model(adapter.model), 0)
     heads = adapter.num_heads(0) * adapter.head_dim
     per_token = {
         "attn": 2 * blocks["attn"] + 2 * seqlen * heads,

@@ -35,7 +35,6 @@ from prunectl.methods.taylor import TaylorConfig, TaylorMethod
 from prunectl.modeling.adapters import Adapter
 from prunectl.ui import SILENT
 
-pytestmark = pytest.mark.slow
 WORLD = 2
 LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -135,6 +134,7 @@ def test_outside_a_launcher_the_group_is_one_process(no_launcher):
     assert group.sum(t) is t and group.gather_objects(5) == [5]
 
 
+@pytest.mark.slow  # spawns processes
 def test_ranks_agree_with_each_other_exactly(runs):
     _, (first, second) = runs
     for key in first:
@@ -150,6 +150,7 @@ def test_ranks_agree_with_each_other_exactly(runs):
             assert first[key] == second[key], key
 
 
+@pytest.mark.slow  # spawns processes
 def test_block_search_order_and_perplexities_equal_one_process(runs):
     single, ranks = runs
     for rank in ranks:
@@ -173,6 +174,7 @@ def test_block_search_order_and_perplexities_equal_one_process(runs):
     assert any(s["lower_bound"] for d in ranks[0]["search_True"] for s in d["scores"].values())
 
 
+@pytest.mark.slow  # spawns processes
 def test_perplexity_equals_one_process(runs):
     single, ranks = runs
     for rank in ranks:
@@ -183,6 +185,7 @@ def test_perplexity_equals_one_process(runs):
 
 
 @pytest.mark.parametrize("key", ["flap", "flap_one_window"])
+@pytest.mark.slow  # spawns processes
 def test_flap_moments_equal_one_process(runs, key):
     single, ranks = runs
     for rank in ranks:
@@ -203,6 +206,7 @@ def test_reap_expert_sums_equal_one_process(runs):
 
 
 @pytest.mark.parametrize("importance", ["element1", "element2"])
+@pytest.mark.slow  # spawns processes
 def test_taylor_scores_equal_one_process(runs, importance):
     single, ranks = runs
     key = f"taylor_{importance}"
@@ -222,6 +226,7 @@ def _launch_env(**extra: str) -> dict[str, str]:
         "OMP_NUM_THREADS": "1", **extra}
 
 
+@pytest.mark.slow  # spawns processes
 def test_torchrun_search_writes_once_and_equals_one_process(tmp_path, text_file):
     """`torchrun --nproc_per_node 2 prunectl search`: one progress line per decision (rank 0
     alone appends), the state recorded, and the order a single in-process search finds."""
@@ -268,6 +273,7 @@ def _complete_lines(file: Path) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank in /proc")
+@pytest.mark.slow  # spawns processes
 def test_a_killed_rank_stops_the_run_and_a_rerun_resumes(tmp_path, text_file):
     """SIGKILL rank 1 of `torchrun prunectl search` after decision 2: torchrun stops the group
     with a non-zero exit, rank 0 says so in one line and records the step as failed, the lock
@@ -363,6 +369,7 @@ def test_a_bad_collective_timeout_stops_before_the_group_forms(monkeypatch, valu
     assert not dist.is_initialized()
 
 
+@pytest.mark.slow  # spawns processes
 def test_a_silent_rank_stops_rank_0_after_the_timeout(tmp_path, text_file):
     """Rank 1 joins the group and then never reaches a collective (alive, not dead: torchrun
     would not notice).  Rank 0 of `prunectl search` gives up at its first barrier after

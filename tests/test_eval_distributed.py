@@ -25,7 +25,6 @@ from typer.testing import CliRunner
 
 from prunectl.cli import app
 
-pytestmark = pytest.mark.slow
 WORLD = 2
 LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
@@ -126,6 +125,7 @@ def projects(tmp_path, text_file, monkeypatch):
     return single, tmp_path / "multi", recipe
 
 
+@pytest.mark.slow  # spawns processes
 def test_torchrun_eval_splits_tasks_and_equals_one_process(projects, tmp_path):
     single, multi, recipe = projects
     alone = CliRunner().invoke(app, ["eval", "-p", str(single), "-r", str(recipe), "--quiet"])

@@ -142,3 +142,17 @@ def test_disk_cache_through_the_cli_gives_the_same_search(tmp_path, tiny_model_d
     assert disk["removal_order"] == whole["removal_order"]
     assert [p["perplexity"] for p in disk["curve"]] == [p["perplexity"] for p in whole["curve"]]
     assert list((tmp_path / "disk" / "search" / "cache" / "rank-0").iterdir()) == []
+
+
+def test_a_step_over_the_memory_budget_is_refused_before_it_starts(tmp_path, tiny_model_dir,
+                                                                   text_file):
+    """The tiny model's weights alone are over 0.0001 GiB (107 KiB): calibrate is refused."""
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, text_file, method=BLOCK,
+                          target={"blocks": 1})
+    project = tmp_path / "p"
+    result = invoke("calibrate", "-p", project, "-r", recipe, "--quiet",
+                    "--set", "execution.memory_budget_gb=0.0001")
+    assert result.exit_code == 2
+    assert "more than execution.memory_budget_gb=0.0001 allows" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (project / "calibration" / "tokens.safetensors").exists()

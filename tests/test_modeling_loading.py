@@ -15,7 +15,9 @@ from conftest import save_tiny, tiny_model
 from prunectl.errors import UserError
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import load_model, resolve_device, resolve_dtype
-from prunectl.modeling.params import block_parameters, count_parameters
+from prunectl.modeling.cost import block_parameters
+from prunectl.modeling.params import count_parameters
+from prunectl.modeling.structure import from_model
 
 CPU = torch.device("cpu")
 
@@ -119,15 +121,15 @@ def test_count_parameters_against_a_direct_count(tied):
         "non_embedding": body,
         "embedding": embedding,
     }
-    adapter = Adapter(model)
-    assert block_parameters(adapter, 1) == {"attn": attn + c.hidden_size, "mlp": mlp + c.hidden_size}
+    assert block_parameters(from_model(model), 1) == {"attn": attn + c.hidden_size,
+                                                      "mlp": mlp + c.hidden_size}
 
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "phi3", "gemma2"])
 def test_block_parameters_add_up_to_the_total(family):
     model = tiny_model(family)
-    adapter = Adapter(model)
-    blocks = sum(sum(block_parameters(adapter, i).values()) for i in range(adapter.num_layers))
+    structure = from_model(model)
+    blocks = sum(sum(block_parameters(structure, i).values()) for i in range(len(structure.layers)))
     counts = count_parameters(model)
     assert blocks + model.model.norm.weight.numel() == counts["non_embedding"]
 

@@ -240,6 +240,6 @@ def test_pinned_errors_name_the_pinned_recipe(example):
 def test_recipe_model_validates_directly():
     recipe = Recipe.model_validate({"model": {"path": "m"}, "method": {"name": "manual"}})
     assert recipe.target.blocks is None and recipe.execution.mode == "model"
-    assert recipe.section_dict("execution") == {"mode": "model", "offload": "cpu", "memory_budget_gb": None}
+    assert recipe.section_dict("execution") == {"mode": "model", "memory_budget_gb": None}
     with pytest.raises(KeyError):
         recipe.section_dict("nope")

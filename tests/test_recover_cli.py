@@ -72,18 +72,25 @@ def test_taylor_prune_then_recover_through_the_cli(tmp_path, text_file):
     assert (project / "recovered" / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_recover_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path, text_file):
-    project = pruned_project(tmp_path, text_file, max_steps=12)
+def sigkill_after_checkpoint(project: Path, step: int) -> Path:
+    """Run ``prunectl recover`` and SIGKILL it once ``checkpoint-{step}`` is complete; returns
+    that checkpoint's ``trainer_state.json``."""
     cli = Path(sys.executable).parent / "prunectl"
     process = subprocess.Popen([str(cli), "recover", "-p", str(project), "--quiet"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = project / "recovered" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    first = project / "recovered" / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
     deadline = time.monotonic() + 300
     while not first.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert first.exists() and not (project / "recovered" / "model").exists()
+    return first
+
+
+def test_recover_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path, text_file):
+    project = pruned_project(tmp_path, text_file, max_steps=12)
+    sigkill_after_checkpoint(project, 2)
     assert recover_record(project)["status"] != "done"
 
     result = runner.invoke(app, ["recover", "-p", str(project), "--json", "--quiet"])

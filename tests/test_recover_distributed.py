@@ -71,7 +71,6 @@ if os.environ.get("AUDIT_DIR") and "RANK" in os.environ:
     sys.addaudithook(_hook)
 '''
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +118,7 @@ def summary(project: Path) -> dict:
     return json.loads((project / "recovered" / "summary.json").read_text())
 
 
+@pytest.mark.slow  # spawns processes
 def test_torchrun_recover_trains_the_global_batch_and_only_rank_0_writes(template, single,
                                                                           tmp_path):
     project = tmp_path / "proj"
@@ -171,6 +171,42 @@ def test_torchrun_recover_trains_the_global_batch_and_only_rank_0_writes(templat
         "inputs.json", "eval_before.json", "adapter", "model", "summary.json")}}
 
 
+@pytest.mark.slow  # spawns processes
+def test_torchrun_kd_trains_what_one_process_trains_and_rank_0_writes_the_cache(template,
+                                                                                tmp_path):
+    """Full fine-tuning by KD+LM from a top-k teacher cache: the ranks build one shard each,
+    rank 0 writes both; training equals the single process's."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for project in (one, two):
+        shutil.copytree(template, project)
+        pinned = yaml.safe_load((project / "recipe.yaml").read_text())
+        pinned["recover"].update(objective="kd+lm", mode="full", kd={"cache_topk": 16})
+        (project / "recipe.yaml").write_text(yaml.safe_dump(pinned))
+    result = runner.invoke(app, ["recover", "-p", str(one), "--quiet"])
+    assert result.exit_code == 0, result.output
+    done = torchrun(two, tmp_path / "audit", stderr=subprocess.PIPE)
+    _, err = done.communicate(timeout=600)
+    assert done.returncode == 0, err[-3000:]
+
+    first, second = summary(one), summary(two)
+    assert first["steps"] == second["steps"] == STEPS
+    for key in ("eval_loss_before", "train_loss", "kl_before", "kl_after", "perplexity_after"):
+        assert second[key] == pytest.approx(first[key], rel=1e-5), key
+    assert second["eval_losses"] == pytest.approx(first["eval_losses"], rel=1e-5)
+    cpu = torch.device("cpu")
+    reference = load_project_model(one / "recovered" / "model", cpu, torch.float32).state_dict()
+    trained = load_project_model(two / "recovered" / "model", cpu, torch.float32).state_dict()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(trained[name], tensor, rtol=1e-4, atol=1e-6)
+    assert audit_log(tmp_path / "audit", 1) == [
+        f"os.mkdir recovered/checkpoints/checkpoint-{step}" for step in range(4, STEPS + 1, 4)]
+    placed = Counter(line.split()[1] for line in audit_log(tmp_path / "audit", 0)
+                     if line.startswith("os.rename") and "teacher_topk" in line)
+    assert placed == {f"recovered/teacher_topk/{name}": 1 for name in (
+        "meta.json", "shard-00000.safetensors", "shard-00001.safetensors")}
+
+
+@pytest.mark.slow  # spawns processes
 def test_a_killed_torchrun_recover_resumes_to_the_same_adapter(template, single, tmp_path):
     project = tmp_path / "proj"
     shutil.copytree(template, project)

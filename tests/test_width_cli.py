@@ -65,6 +65,10 @@ def test_flap_through_the_cli(tmp_path, text_file, family):
     info = json.loads((project / "pruned" / "prunectl.json").read_text())
     assert info["dense"]["total"] - info["pruned"]["total"] == plan.achieved["params_removed"]
     assert abs(info["params_ratio_removed"] - 0.25) < 0.02
+    kv = sum(2 * len(lp.kv_heads if lp.kv_heads is not None else range(4)) * 8 * 4
+             for lp in (plan.layer(i) for i in range(4)) if lp.attention)  # head_dim 8, fp32
+    assert info["per_token"]["pruned"]["kv_cache_bytes"] == kv
+    assert info["per_token"]["dense"]["kv_cache_bytes"] == 4 * 2 * 4 * 8 * 4
     exported = AutoModelForCausalLM.from_pretrained(project / "export", trust_remote_code=True)
     expected = in_process(model_dir, section, plan, stats)
     ids = torch.randint(4, 260, (2, 24), generator=torch.Generator().manual_seed(0))

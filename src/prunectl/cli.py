@@ -61,7 +61,8 @@ MethodOpt = Annotated[
 ]
 BlocksOpt = Annotated[int | None, typer.Option("--blocks", help="Number of blocks to remove.")]
 RatioOpt = Annotated[
-    float | None, typer.Option("--ratio", help="Fraction of parameters to remove (0-1).")
+    float | None,
+    typer.Option("--ratio", help="Fraction of parameters to remove (0-1), of target.ratio_of."),
 ]
 
 
@@ -87,7 +88,8 @@ class Common:
         if blocks is not None:
             self.sets += ["~target", f"target.blocks={blocks}"]
         if ratio is not None:
-            self.sets += ["~target", f"target.params_ratio={ratio}"]
+            # keeps target.ratio_of: --ratio is a fraction of what the recipe says
+            self.sets += ["~target.blocks", "~target.params", f"target.params_ratio={ratio}"]
         return self
 
 
@@ -137,7 +139,8 @@ def _pin(project, opts: Common, ui: UI):
 
     pinned = project.pinned_recipe()
     if opts.recipe is None and pinned is None:
-        raise UserError(f"{opts.project} has no recipe yet; pass one with -r/--recipe (see recipes/)")
+        raise UserError(f"{opts.project} has no recipe yet; pass one with -r/--recipe "
+                        "(`prunectl recipes ls` lists the shipped ones)")
     sets = opts.sets + ([f"model.dtype={opts.dtype}"] if opts.dtype else [])
     recipe, resolved = load_recipe(opts.recipe, sets, pinned=pinned)
     if resolved != pinned:
@@ -152,22 +155,34 @@ def _pin(project, opts: Common, ui: UI):
 
 def _preflight(recipe) -> None:
     """Check a new recipe against the model's config before pinning it or computing anything:
-    a missing model, an unsupported architecture or a block past the last layer fail here."""
-    from prunectl.methods.registry import create_method
-    from prunectl.modeling.loading import load_config
+    a missing model, an unsupported architecture, a block past the last layer or a target the
+    method cannot meet fail here."""
+    from prunectl import preflight
 
-    create_method(recipe.method).check(load_config(recipe.model))
+    preflight.check(recipe)
 
 
 def _silence_libraries() -> None:
-    """``--quiet`` means quiet: no progress bars or warnings from the libraries underneath."""
+    """``--quiet`` means quiet: no progress bars or warnings from the libraries underneath
+    (errors still print)."""
+    import logging
+    from functools import partial
+
     import datasets
+    import huggingface_hub
     import transformers
+    import transformers.modeling_gguf_pytorch_utils as gguf_loading
+    from tqdm.auto import tqdm
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+    huggingface_hub.utils.disable_progress_bars()
+    # the GGUF de-quantization bar is a bare tqdm that transformers' switch does not reach
+    gguf_loading.tqdm = partial(tqdm, disable=True)
+    for name in ("lm-eval", "lm_eval", "accelerate", "peft", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _emit(opts: Common, results: list) -> None:
@@ -498,6 +513,51 @@ def status(project: ProjectOpt, json: JsonOpt = False):
         table.add_row(row["step"], state, row.get("finished") or "",
                       f"{seconds:.1f}s" if seconds else "", figures)
     UI().out.print(table)
+
+
+# --- recipes for pip users --------------------------------------------------------------------
+recipes_app = typer.Typer(help="The recipes shipped with prunectl: list them, copy one to edit.",
+                          no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+
+
+@recipes_app.command("ls")
+@handles_errors
+def recipes_ls():
+    """List the shipped recipes, one line each."""
+    from prunectl import catalog
+
+    for name, path in catalog.shipped().items():
+        typer.echo(f"{name:32} {catalog.describe(path)}")
+
+
+@recipes_app.command("cp")
+@handles_errors
+def recipes_cp(name: Annotated[str, typer.Argument(help="A name from `prunectl recipes ls`.")],
+               dest: Annotated[Path, typer.Argument(help="File, or directory to copy into.")]):
+    """Copy a shipped recipe to edit.
+
+    Example: prunectl recipes cp llama2-7b-flap my-flap.yaml
+    """
+    from prunectl import catalog
+
+    typer.echo(str(catalog.copy(name, dest)))
+
+
+@app.command()
+@handles_errors
+def validate(recipe: Annotated[Path, typer.Option("-r", "--recipe", help="Recipe YAML.",
+                                                  dir_okay=False)],
+             set: SetOpt = None):
+    """Check a recipe and the model's config (no weights, nothing computed, no project).
+
+    Example: prunectl validate -r my-flap.yaml --set target.params_ratio=0.3
+    """
+    from prunectl import preflight
+    from prunectl.recipe import load_recipe
+
+    loaded, _ = load_recipe(recipe, list(set or []))
+    typer.echo(preflight.describe(loaded, preflight.check(loaded)))
 
 
 def _version(value: bool) -> None:

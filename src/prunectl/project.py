@@ -112,9 +112,6 @@ class Project:
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
 
-    def exists(self) -> bool:
-        return self.path("state.json").exists() or self.path("recipe.yaml").exists()
-
     # --- lock -----------------------------------------------------------------------------------
     @contextmanager
     def lock(self) -> Iterator[str | None]:

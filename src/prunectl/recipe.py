@@ -61,7 +61,8 @@ class ModelConfig(Section):
 
 
 class CalibrationConfig(Section):
-    #: wikitext2 | c4 | ptb | alpaca, or a local .txt/.jsonl/.json/.parquet file or directory
+    #: wikitext2 | c4 | ptb | alpaca | bookcorpus | pg19, or a local .txt/.jsonl/.json/.parquet
+    #: file or directory
     dataset: str = "wikitext2"
     #: dataset split (default: the dataset's own training split)
     split: str | None = None
@@ -69,24 +70,40 @@ class CalibrationConfig(Section):
     seqlen: int = Field(2048, gt=0)
     seed: int = 42
     batch_size: int = Field(8, gt=0)
+    #: how windows are drawn: auto (the named dataset's own convention; stream for a local
+    #: file), or stream | documents | distinct | rows, e.g. a local PG-19 copy as ShortGPT
+    style: Literal["auto", "stream", "documents", "distinct", "rows"] = "auto"
 
 
 class TargetConfig(Section):
-    """How much to remove: a number of blocks, or a fraction of the parameters (not both)."""
+    """How much to remove: a number of blocks, a fraction of the parameters, or a parameter
+    count (one of them).  ``ratio_of`` names what ``params_ratio`` is a fraction of, so a
+    paper's ratio gives the paper's size (see ``methods/target.py``)."""
 
     blocks: int | None = Field(None, ge=0)
     params_ratio: float | None = Field(None, gt=0, lt=1)
+    #: total (all parameters) | non_embedding | layers (attention + MLP weights of the decoder
+    #: layers: FLAP's ratio) | units (share of heads and channels in the pruned layers:
+    #: LLM-Pruner's pruning_ratio)
+    ratio_of: Literal["total", "non_embedding", "layers", "units"] = "total"
+    #: parameters to remove, an absolute count
+    params: int | None = Field(None, gt=0)
     #: share of the routed experts removed from every MoE layer (``method: reap``)
     experts_ratio: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _one_target(self) -> TargetConfig:
-        if self.blocks is not None and self.params_ratio is not None:
+        given = {k: v for k in ("blocks", "params_ratio", "params")
+                 if (v := getattr(self, k)) is not None}
+        if len(given) > 1:
+            got = " and ".join(f"{k}={v}" for k, v in given.items())
+            raise ValueError(f"got {got}, expected at most one of them")
+        if self.ratio_of != "total" and self.params_ratio is None:
             raise ValueError(
-                f"got blocks={self.blocks} and params_ratio={self.params_ratio}, "
-                "expected at most one of them"
+                f"got ratio_of={self.ratio_of} without params_ratio, expected params_ratio "
+                "with it (ratio_of says what the ratio is a fraction of)"
             )
-        if self.experts_ratio is not None and (self.blocks, self.params_ratio) != (None, None):
+        if self.experts_ratio is not None and given:
             raise ValueError(
                 f"got experts_ratio={self.experts_ratio} and another target, expected one of them"
             )
@@ -121,6 +138,17 @@ class RecoverDistributedConfig(Section):
         return self
 
 
+class DistillConfig(Section):
+    """Knowledge distillation from the dense model (``recover.objective: kd | kd+lm``); see
+    :mod:`prunectl.recovery.distill` for the loss and the cache."""
+
+    temperature: float = Field(1.0, gt=0)
+    #: weight of the KD term in ``kd+lm`` (the LM term gets 1 - weight)
+    weight: float = Field(0.5, gt=0, lt=1)
+    #: cache the teacher's top-k logits per position in the project instead of running it live
+    cache_topk: int | None = Field(None, gt=0)
+
+
 class RecoverConfig(Section):
     """LoRA recovery fine-tuning; defaults follow LLM-Pruner's post-training script.
 
@@ -145,6 +173,23 @@ class RecoverConfig(Section):
     gradient_checkpointing: bool = False
     max_samples: int | None = Field(None, gt=0)
     distributed: RecoverDistributedConfig = Field(default_factory=RecoverDistributedConfig)
+    #: lm: next-token loss; kd: distillation from the dense model; kd+lm: both, mixed
+    objective: Literal["lm", "kd", "kd+lm"] = "lm"
+    #: lora: train adapters and merge them; full: train every weight the pruned model kept
+    mode: Literal["lora", "full"] = "lora"
+    kd: DistillConfig = Field(default_factory=DistillConfig)
+
+    @model_validator(mode="after")
+    def _distill(self) -> RecoverConfig:
+        if self.objective == "lm" and self.kd != DistillConfig():
+            raise ValueError("got kd options with objective lm, expected objective kd or kd+lm")
+        if self.objective == "kd" and self.kd.weight != DistillConfig().weight:
+            raise ValueError("got kd.weight with objective kd, expected objective kd+lm "
+                             "(kd.weight mixes the KD and LM losses)")
+        if self.mode == "full" and self.distributed != RecoverDistributedConfig():
+            raise ValueError("got mode full with distributed fsdp/deepspeed, expected mode lora "
+                             "(full fine-tuning saves the model from one process, plain DDP only)")
+        return self
 
     @model_validator(mode="after")
     def _batches(self) -> RecoverConfig:
@@ -196,11 +241,22 @@ class ExportConfig(Section):
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = "auto"
     #: auto = the recovered model when it exists, else the pruned one
     source: Literal["auto", "pruned", "recovered"] = "auto"
+    #: the model card's base_model (a hub id); default: model.path when it is a hub id, else
+    #: what a GGUF file's metadata names
+    base_model: str | None = None
+
+    @field_validator("base_model")
+    @classmethod
+    def _hub_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value):
+            raise ValueError(f"got {value!r}, expected a hub id such as meta-llama/Llama-2-7b-hf")
+        return value
 
 
 class ExecutionConfig(Section):
     mode: Literal["model", "layerwise"] = "model"
-    offload: Literal["cpu", "disk"] = "cpu"
+    #: memory a step may use (GiB) on the device, or in host memory on the CPU; a step whose
+    #: estimate exceeds it is refused before it starts (default: what is free)
     memory_budget_gb: float | None = Field(None, gt=0)
 
 
@@ -247,7 +303,8 @@ Origins = dict[tuple[str, ...], str]
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise UserError(f"recipe file {path} does not exist")
+        raise UserError(f"recipe file {path} does not exist; `prunectl recipes ls` lists the "
+                        "shipped recipes, `prunectl recipes cp NAME .` copies one")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
@@ -371,7 +428,8 @@ def load_recipe(
         label = PINNED_LABEL
         data, origins = copy.deepcopy(pinned), {}
     else:
-        raise UserError("no recipe given; pass one with -r/--recipe (see recipes/)")
+        raise UserError("no recipe given; pass one with -r/--recipe "
+                        "(`prunectl recipes ls` lists the shipped ones)")
     for override in overrides:
         apply_override(data, override, origins)
     if "extends" in data:

@@ -33,16 +33,12 @@ class MemoryEstimate:
 
 
 def parameter_counts(config: Any) -> dict[str, int]:
-    """Exact parameter counts from a config, built on the meta device (no memory used)."""
-    from transformers import AutoModelForCausalLM
+    """Exact parameter counts from a config, through the shared cost model (no memory used)."""
+    from prunectl.modeling import cost, structure
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    embed = model.get_input_embeddings().weight.numel()
-    layers = len(model.model.layers)
-    return {"total": total, "embedding": embed, "layer": sum(p.numel() for p in model.model.layers[0].parameters()),
-            "layers": layers}
+    s = structure.from_config(config)
+    return {"total": cost.parameters(s)["total"], "embedding": s.vocab * s.hidden,
+            "layer": sum(cost.block_parameters(s, 0).values()), "layers": len(s.layers)}
 
 
 def estimate(step: str, config: Any, recipe: Any, dtype: torch.dtype) -> MemoryEstimate:
@@ -69,6 +65,10 @@ def estimate(step: str, config: Any, recipe: Any, dtype: torch.dtype) -> MemoryE
         parts["saved activations"] = parts["activations"] * counts["layers"]
     if step == "recover":
         parts["saved activations"] = parts["activations"] * counts["layers"]
+        if recipe.recover.mode == "full":
+            parts["gradients and AdamW states"] = counts["total"] * 12
+        if recipe.recover.objective != "lm" and recipe.recover.kd.cache_topk is None:
+            parts["live teacher"] = weights + parts["logits"]
     if step == "search" and method in ("block", "shortgpt"):
         cache = recipe.calibration.nsamples * seqlen * hidden * size * (2 * counts["layers"] + 1)
         host_cache = cache
@@ -91,13 +91,17 @@ def available(device: torch.device) -> tuple[int | None, int]:
     return None, host
 
 
-def check(estimate_: MemoryEstimate, device: torch.device) -> None:
-    """Refuse a step that cannot fit, naming the settings that would make it fit."""
+def check(estimate_: MemoryEstimate, device: torch.device, budget_gb: float | None = None) -> None:
+    """Refuse a step that cannot fit, naming the settings that would make it fit; ``budget_gb``
+    (``execution.memory_budget_gb``) caps what the device, or on the CPU the host, may give."""
     free_device, free_host = available(device)
     on_cpu = free_device is None
     need_host = estimate_.host_bytes + (estimate_.device_bytes if on_cpu else 0)
     hint = ("set execution.mode: layerwise, model.device_map: auto, or a smaller batch_size"
             if not on_cpu else "use a smaller batch_size or seqlen, or a machine with more memory")
+    if budget_gb is not None and (need_host if on_cpu else estimate_.device_bytes) > budget_gb * GiB:
+        raise UserError(f"{estimate_.describe()}, more than execution.memory_budget_gb="
+                        f"{budget_gb} allows; raise it, or {hint}")
     if not on_cpu and estimate_.device_bytes > free_device:
         raise UserError(f"{estimate_.describe()}, but only {free_device / GiB:.2f} GiB are free on "
                         f"{device}; {hint}")

@@ -24,7 +24,7 @@ from prunectl.errors import UserError
 
 Kind = Literal["calibration", "evaluation"]
 #: how calibration windows are drawn (see ``prunectl.data.tokens``)
-Style = Literal["stream", "documents", "rows"]
+Style = Literal["stream", "documents", "distinct", "rows"]
 
 LOCAL_SUFFIXES = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 TEXT_FIELDS = ("text", "sentence")
@@ -62,6 +62,9 @@ class Named:
     derived_splits: bool = False
     #: evaluation uses only the first rows (C4: the 1,100 documents of SparseGPT and LLM-Pruner)
     eval_rows: int | None = None
+    #: hub revision; ``refs/convert/parquet`` for repositories whose loading script datasets 4
+    #: no longer runs (the hub's own parquet export of the same rows)
+    revision: str | None = None
 
 
 _TRAIN_TEST = {"calibration": "train", "evaluation": "test"}
@@ -84,6 +87,13 @@ NAMED: dict[str, Named] = {
     "alpaca-cleaned": Named("yahma/alpaca-cleaned", None,
                             {"calibration": "test", "evaluation": "validation"}, "rows",
                             derived_splits=True),
+    # LLM-Pruner's example samples: distinct random rows long enough for a window
+    "bookcorpus": Named("bookcorpus/bookcorpus", None,
+                        {"calibration": "train", "evaluation": "train"}, "distinct",
+                        revision="refs/convert/parquet"),
+    # ShortGPT's Block Influence data: random books of PG-19's validation split
+    "pg19": Named("deepmind/pg19", None, {"calibration": "validation", "evaluation": "test"},
+                  "documents", revision="refs/convert/parquet"),
 }
 BUILTIN = "pydoc-topics"
 ACCEPTED = (
@@ -143,7 +153,9 @@ def _named_texts(name: str, split: str | None, kind: Kind) -> list[str]:
     files = {hub_split: spec.data_files[hub_split]} if spec.data_files else None
     try:
         with _quiet_datasets():
-            rows = datasets.load_dataset(spec.path, spec.config, data_files=files, split=hub_split)
+            pinned = {"revision": spec.revision} if spec.revision else {}
+            rows = datasets.load_dataset(spec.path, spec.config, data_files=files, split=hub_split,
+                                         **pinned)
     except ConnectionError as error:
         raise UserError(
             f"could not reach the Hugging Face hub to load {name} ({spec.path}); "

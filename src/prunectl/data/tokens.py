@@ -5,8 +5,10 @@ Calibration follows one of three conventions, chosen per dataset (``calibration_
 - ``stream`` (GPTQ/SparseGPT, LLM-Pruner and FLAP for WikiText-2 and PTB): the split's rows
   joined with ``"\\n\\n"`` and tokenized once; each sample is a window of ``seqlen`` tokens at a
   uniformly random offset (windows may overlap, as in the references).
-- ``documents`` (the same projects for C4): each sample draws a random document, redraws until
-  one has at least ``seqlen`` tokens, and takes a window at a random offset inside it.
+- ``documents`` (the same projects for C4, ShortGPT for PG-19): each sample draws a random
+  document, redraws until one has at least ``seqlen`` tokens, and takes a window at a random
+  offset inside it.
+- ``distinct`` (LLM-Pruner's bookcorpus samples): ``documents``, but no document twice.
 - ``rows`` (BlockPruner's alpaca calibration): ``nsamples`` distinct rows drawn without
   replacement, joined with ``"\\n\\n"``, tokenized once with the tokenizer's own special tokens,
   and cut into consecutive ``seqlen``-token windows (tail dropped).  ``nsamples`` therefore counts
@@ -62,8 +64,9 @@ def calibration_tokens(
     texts = load_texts(dataset, split, kind="calibration")
     if style == "rows":
         return _rows(tokenizer, texts, dataset, nsamples, seqlen, seed)
-    if style == "documents":
-        return _documents(tokenizer, texts, dataset, nsamples, seqlen, seed)
+    if style in ("documents", "distinct"):
+        return _documents(tokenizer, texts, dataset, nsamples, seqlen, seed,
+                          distinct=style == "distinct")
     return _stream(tokenizer, texts, dataset, nsamples, seqlen, seed)
 
 
@@ -97,9 +100,10 @@ def _stream(tokenizer, texts, dataset, nsamples, seqlen, seed) -> torch.Tensor:
     return ids[starts[:, None] + torch.arange(seqlen)]
 
 
-def _documents(tokenizer, texts, dataset, nsamples, seqlen, seed) -> torch.Tensor:
+def _documents(tokenizer, texts, dataset, nsamples, seqlen, seed, distinct=False) -> torch.Tensor:
     rng = random.Random(seed)
     too_short: set[int] = set()
+    used: set[int] = set()
     longest = 0
     windows = []
     while len(windows) < nsamples:
@@ -108,8 +112,13 @@ def _documents(tokenizer, texts, dataset, nsamples, seqlen, seed) -> torch.Tenso
                 f"no document of {dataset} has seqlen={seqlen} tokens (the longest has "
                 f"{longest}); use a smaller calibration.seqlen or longer documents"
             )
+        if distinct and len(too_short) + len(used) == len(texts):
+            raise UserError(
+                f"{dataset} has {len(used)} distinct documents of seqlen={seqlen} tokens, fewer "
+                f"than calibration.nsamples={nsamples}; lower one of them"
+            )
         index = rng.randrange(len(texts))
-        if index in too_short:
+        if index in too_short or (distinct and index in used):
             continue
         ids = encode(tokenizer, texts[index])
         if ids.numel() < seqlen:
@@ -118,6 +127,7 @@ def _documents(tokenizer, texts, dataset, nsamples, seqlen, seed) -> torch.Tenso
             continue
         start = rng.randrange(ids.numel() - seqlen + 1)
         windows.append(ids[start : start + seqlen])
+        used.add(index)
     return torch.stack(windows)
 
 

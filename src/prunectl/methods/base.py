@@ -39,6 +39,10 @@ class Method:
     uses_statistics: ClassVar[bool] = False
     #: True when the method reads calibration tokens at all (``mag-sp`` and ``manual`` do not).
     uses_calibration: ClassVar[bool] = True
+    #: the target kinds the method can meet (``blocks``; ``params``: a ratio of total,
+    #: non_embedding or layers, or a count; ``units``: ``ratio_of: units``), checked before
+    #: anything runs
+    targets: ClassVar[frozenset[str]] = frozenset({"blocks", "params", "units"})
 
     def __init__(self, config: MethodConfig):
         self.config = config

@@ -12,9 +12,14 @@ Deviations: torch-pruning is not a dependency — its dependency graph did not f
 135M Llama under transformers 5.23 — so the coupled groups are written out from the adapter
 (Phi-3's fused ``qkv_proj`` / ``gate_up_proj`` contribute their q/k/v and gate/up parts as separate
 members); norm weights are left out of the hidden importance (RMSNorm is not among the
-reference's target types); a head's importance uses its q rows and o columns, and a KV group the
-mean of its query heads (GQA grouping follows ``width_common``); tied embeddings stay tied (the
-reference unties them), so the embedding and LM head share one sliced matrix.
+reference's target types); tied embeddings stay tied (the reference unties them), so the
+embedding and LM head share one sliced matrix.
+
+Heads follow the reference by default (``head_unit: query_head``): ``ceil(ratio x heads)`` query
+heads go, spread evenly over the KV groups (``ceil`` per group), every KV head stays; a head
+scores by its q rows and o columns, and in multi-head attention (where a head is its own KV
+group) by its k and v rows too.  ``head_unit: kv_group`` removes whole KV groups instead, scored
+by the mean of their query heads.
 """
 
 from __future__ import annotations
@@ -28,25 +33,30 @@ from pydantic import Field
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
+from prunectl.methods.target import ParamsTarget, resolve_params_target
 from prunectl.methods.width_common import (
     check_round_to,
     check_width_model,
     head_unit_members,
     layer_plan,
     layer_shape,
+    units_removed,
 )
+from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.structure import Structure, from_model
 
 
 class MagnitudeConfig(MethodConfig):
     name: Literal["magnitude"] = "magnitude"
-    #: fraction of hidden channels, head units and MLP channels removed; None: solved from
-    #: ``target.params_ratio``
+    #: fraction of hidden channels, head units and MLP channels removed; None: from the target
+    #: (``ratio_of: units`` is this ratio; other targets are solved for)
     pruning_ratio: float | None = Field(None, gt=0, lt=1)
     #: kept hidden and MLP channel counts are multiples of this (the reference's ``round_to=4``)
     round_to: int = Field(4, ge=1)
-    #: a KV head with its query heads, or one query head from every KV group at once
-    head_unit: Literal["kv_group", "query_head"] = "kv_group"
+    #: one query head from every KV group at once, every KV head kept (the reference's GQA
+    #: handling), or a KV head with its query heads
+    head_unit: Literal["kv_group", "query_head"] = "query_head"
     #: prune the hidden size (the residual stream) too, as the reference does
     prune_hidden: bool = True
 
@@ -67,7 +77,10 @@ def group_importance(adapter: Adapter) -> dict[str, torch.Tensor]:
             hidden_sum, members = hidden_sum + _sq_norms(w, 0), members + 1
         for w in (a.o, m.down):  # these write them (rows)
             hidden_sum, members = hidden_sum + _sq_norms(w, 1), members + 1
-        per_channel = (_sq_norms(a.q, 1) + _sq_norms(a.o, 0)) / 2
+        coupled = [_sq_norms(a.q, 1), _sq_norms(a.o, 0)]
+        if a.k.shape == a.q.shape:  # MHA: a head's k and v rows go with it, so they score
+            coupled += [_sq_norms(a.k, 1), _sq_norms(a.v, 1)]
+        per_channel = sum(coupled) / len(coupled)
         heads = per_channel.reshape(-1, adapter.head_dim).mean(1)
         scores[f"layers.{i}.heads"] = heads.float().cpu()
         channels = (_sq_norms(m.gate, 1) + _sq_norms(m.up, 1) + _sq_norms(m.down, 0)) / 3
@@ -93,6 +106,7 @@ class MagnitudeMethod(Method):
 
     name = "magnitude"
     Config = MagnitudeConfig
+    targets = frozenset({"params", "units"})
     uses_calibration = False
 
     def check(self, config) -> None:
@@ -107,7 +121,7 @@ class MagnitudeMethod(Method):
         multiple of ``round_to`` and of the kept query heads: Llama-family configs refuse a
         ``hidden_size`` that the head count does not divide, even with an explicit ``head_dim``."""
         cfg, s = self.config, shapes[0]
-        units = s.num_head_units - min(int(ratio * s.num_head_units), s.num_head_units - 1)
+        units = s.num_head_units - units_removed(s.num_head_units, ratio)
         per_unit = s.num_heads // s.num_head_units
         multiple = math.lcm(cfg.round_to, units * per_unit)
         hidden = kept_count(adapter.hidden_size, ratio, multiple) if cfg.prune_hidden \
@@ -115,50 +129,56 @@ class MagnitudeMethod(Method):
         channels = kept_count(s.intermediate, ratio, cfg.round_to)
         return {"hidden": hidden, "head_units": units, "channels": channels}
 
-    def _params(self, adapter: Adapter, shapes, counts: dict) -> int:
-        """Parameters of the model with ``counts`` kept (everything width-dependent)."""
-        h = counts["hidden"]
-        total = adapter.embed_tokens.weight.shape[0] * h  # embedding (tied head shares it)
-        if adapter.lm_head.weight is not adapter.embed_tokens.weight:
-            total += adapter.lm_head.weight.shape[0] * h
-        total += h  # final norm
-        for s in shapes:
-            removed_units = s.num_head_units - counts["head_units"]
-            heads = s.num_heads - removed_units * (s.num_heads // s.num_head_units)
-            kv = s.num_kv_heads if s.head_unit == "query_head" else s.num_kv_heads - removed_units
-            hd, c = s.head_dim, counts["channels"]
-            total += h * sum(name is not None for block in adapter.family.norms.values()
-                             for name in block)  # the hidden-wide norms of both blocks
-            total += (heads + 2 * kv) * hd * (h + s.qkv_bias) + h * heads * hd + s.o_bias * h
-            total += 2 * c * (h + s.up_bias) + h * c + s.down_bias * h
-        return total
+    @staticmethod
+    def _params(dense: Structure, shapes, counts: dict) -> int:
+        """Parameters of the model with ``counts`` kept, from the cost model."""
+        s = shapes[0]
+        removed_units = s.num_head_units - counts["head_units"]
+        heads = s.num_heads - removed_units * (s.num_heads // s.num_head_units)
+        kv = s.num_kv_heads if s.head_unit == "query_head" else s.num_kv_heads - removed_units
+        resized = dense.resized(counts["hidden"], heads=heads, kv_heads=kv,
+                                intermediate=counts["channels"])
+        return cost.parameters(resized)["total"]
 
-    def _ratio(self, run, adapter, shapes, total: int) -> tuple[float, list[str]]:
-        if self.config.pruning_ratio is not None:
-            return self.config.pruning_ratio, []
-        target = run.recipe.target.params_ratio
-        if target is None:
-            raise UserError("magnitude needs method.pruning_ratio or target.params_ratio "
-                            "(a fraction of parameters to remove, e.g. --ratio 0.2)")
-        dense = self._params(adapter, shapes, self._counts(adapter, shapes, 0.0))
+    def _ratio(self, adapter, dense: Structure, shapes, goal: ParamsTarget
+               ) -> tuple[float, list[str]]:
+        """The uniform ratio: ``ratio_of: units`` is it (Torch-Pruning's ``pruning_ratio``);
+        any other target is solved for on a grid of 0.001."""
+        if goal.unit_ratio is not None:
+            return goal.unit_ratio, []
+        full = self._params(dense, shapes, self._counts(adapter, shapes, 0.0))
 
         def removed(r: float) -> int:
-            return dense - self._params(adapter, shapes, self._counts(adapter, shapes, r))
+            return full - self._params(dense, shapes, self._counts(adapter, shapes, r))
 
-        best = min((k / 1000 for k in range(1000)), key=lambda r: abs(removed(r) - target * total))
-        return best, [f"uniform pruning_ratio {best:.3f} solved for target.params_ratio {target}"]
+        best = min((k / 1000 for k in range(1000)), key=lambda r: abs(removed(r) - goal.remove))
+        return best, [f"uniform pruning_ratio {best:.3f} solved for {goal.label}"]
+
+    def _goal(self, run, model) -> ParamsTarget | None:
+        """The recipe's target, or None when ``method.pruning_ratio`` says it all."""
+        if self.config.pruning_ratio is not None:
+            return None
+        target = run.recipe.target
+        if all(getattr(target, key, None) is None for key in ("params_ratio", "params")):
+            raise UserError("magnitude needs method.pruning_ratio or target.params_ratio "
+                            "(a fraction of parameters to remove, e.g. --ratio 0.2)")
+        return resolve_params_target(target, model, self.name)
 
     def search(self, run, model, tokens, scores) -> Plan:
         from prunectl.modeling.params import count_parameters
 
         adapter = Adapter(model)
-        shapes = [layer_shape(adapter, i, self.config.head_unit) for i in range(adapter.num_layers)]
+        structure = from_model(model)
+        shapes = [layer_shape(adapter, i, self.config.head_unit, structure)
+                  for i in range(adapter.num_layers)]
         if len({(s.num_heads, s.num_kv_heads, s.intermediate) for s in shapes}) > 1:
             raise UserError("magnitude prunes uniform models only; this model's layers differ "
                             "in shape (use flap or wanda-sp)")
         check_round_to(self.config.round_to, {i: s.intermediate for i, s in enumerate(shapes)})
         counts_dense = count_parameters(model)
-        ratio, notes = self._ratio(run, adapter, shapes, counts_dense["total"])
+        goal = self._goal(run, model)
+        ratio, notes = (self.config.pruning_ratio, []) if goal is None else \
+            self._ratio(adapter, structure, shapes, goal)
         counts = self._counts(adapter, shapes, ratio)
         plan = Plan(method=self.name, notes=notes)
         for i, s in enumerate(shapes):
@@ -174,26 +194,27 @@ class MagnitudeMethod(Method):
         if counts["hidden"] < adapter.hidden_size:
             keep = scores["hidden"].argsort(descending=True, stable=True)[: counts["hidden"]]
             plan.hidden_channels = sorted(keep.tolist())
-        dense = self._params(adapter, shapes, self._counts(adapter, shapes, 0.0))
-        removed = dense - self._params(adapter, shapes, counts)
+        dense = self._params(structure, shapes, self._counts(adapter, shapes, 0.0))
+        removed = dense - self._params(structure, shapes, counts)
         total = counts_dense["total"]
-        target = None if self.config.pruning_ratio is not None else run.recipe.target.params_ratio
         plan.achieved = {
             "params_total": total,
             "params_non_embedding": counts_dense["non_embedding"],
             "params_removed": removed,
             "params_ratio": removed / total,
             "params_ratio_non_embedding": removed / counts_dense["non_embedding"],
-            "target_params_ratio": target,
+            **(goal.achieved() if goal else {"target_params_ratio": None}),
             "pruning_ratio": ratio,
             "hidden_size": counts["hidden"],
             "head_units_kept": counts["head_units"],
             "head_unit": shapes[0].head_unit,
             "intermediate_size": counts["channels"],
         }
-        if target is not None and abs(removed / total - target) > 0.005:
+        off = goal is not None and abs(removed - goal.remove) > 0.005 * total
+        if off and goal.unit_ratio is None:
             plan.notes.append(
-                f"removed {removed / total:.4f} of the parameters for target {target}: one uniform "
+                f"removed {removed / total:.4f} of the parameters for target "
+                f"{goal.remove / total:.4g} ({goal.label}): one uniform "
                 f"ratio moves heads in units of 1/{shapes[0].num_head_units} and channels in "
                 f"multiples of {self.config.round_to}"
             )

@@ -57,6 +57,7 @@ class ShortGPTMethod(Method):
 
     name = "shortgpt"
     Config = ShortGPTConfig
+    targets = frozenset({"blocks", "params"})
 
     def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
         if tokens.numel() == 0:
@@ -73,7 +74,7 @@ class ShortGPTMethod(Method):
             )
         names = candidate_names(adapter.num_layers, "layer")
         params = parameter_counts(model, adapter, names)
-        target = resolve_target(run.recipe.target, names, params, "layer")
+        target = resolve_target(run.recipe.target, model, names, params, "layer")
         order = sorted(range(adapter.num_layers), key=lambda i: (float(bi[i]), i))
         decisions, removed = [], 0
         for step, i in enumerate(order, 1):

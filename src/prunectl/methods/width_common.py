@@ -9,18 +9,24 @@ the same number of query heads.  Two pruning units respect that:
 * ``query_head`` — a *slice*: one query head from every KV group at once (q rows and o columns),
   so the groups shrink evenly and every KV head stays.  With one query head per group (plain
   multi-head attention) a slice would empty the layer, so there the unit is the KV group.
+
+Every method (``taylor`` included) means these two units, and every method that turns a share of
+units into a count rounds the same way: :func:`units_removed` (up, as LLM-Pruner and
+Torch-Pruning count).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 
 from prunectl.errors import UserError
 from prunectl.methods.plan import LayerPlan
+from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter, family_for
+from prunectl.modeling.structure import Structure, from_model
 
 HeadUnit = Literal["kv_group", "query_head"]
 
@@ -36,10 +42,6 @@ class LayerShape:
     head_unit: str  # the unit actually used ("kv_group" or "query_head")
     head_unit_cost: int  # parameters one head unit holds
     channel_cost: int  # parameters one MLP channel holds
-    qkv_bias: bool = False  # q/k/v projections carry biases (Qwen2)
-    up_bias: bool = False  # gate/up projections carry biases
-    o_bias: bool = False
-    down_bias: bool = False
 
     @property
     def group_size(self) -> int:
@@ -50,36 +52,29 @@ class LayerShape:
         return self.num_kv_heads if self.head_unit == "kv_group" else self.group_size
 
 
-def _bias(module, name: str) -> bool:
-    linear = getattr(module, name, None)
-    return linear is not None and linear.bias is not None
-
-
-def layer_shape(adapter: Adapter, i: int, head_unit: str) -> LayerShape:
-    """Shapes and unit costs of layer ``i`` (biases included, Phi-3's fused rows too)."""
-    attn, mlp = adapter.attention(i), adapter.mlp(i)
-    hidden, hd = adapter.hidden_size, adapter.head_dim
-    heads, kv = adapter.num_heads(i), adapter.num_kv_heads(i)
-    if adapter.family.fused_qkv:
-        q_bias = k_bias = _bias(attn, "qkv_proj")
-    else:
-        q_bias, k_bias = _bias(attn, "q_proj"), _bias(attn, "k_proj")
-    query_head = hd * (hidden + q_bias) + hidden * hd  # q rows (+bias) and o columns
-    kv_head = 2 * hd * (hidden + k_bias)  # k and v rows (+bias)
+def layer_shape(adapter: Adapter, i: int, head_unit: str,
+                structure: Structure | None = None) -> LayerShape:
+    """Shapes and unit costs of layer ``i``: what the cost model says one unit less saves
+    (biases and Phi-3's fused rows included).  Pass the model's ``structure`` when asking for
+    every layer."""
+    s = structure or from_model(adapter.model)
+    layer = s.layers[i]
+    heads, kv = layer.heads, layer.kv_heads
     group = heads // kv if kv else 0
     unit = head_unit if group > 1 else "kv_group"
-    head_cost = kv * query_head if unit == "query_head" else group * query_head + kv_head
-    if adapter.family.fused_gate_up:
-        up_bias = _bias(mlp, "gate_up_proj")
-    else:
-        up_bias = _bias(mlp, "gate_proj") and _bias(mlp, "up_proj")
-    channel = 2 * (hidden + up_bias) + hidden  # gate and up rows (+bias), down column
-    moe = adapter.experts(i) is not None  # routed experts: no MLP channels to prune
-    return LayerShape(
-        heads, kv, hd, 0 if moe else adapter.intermediate_size(i), unit, head_cost, channel,
-        qkv_bias=q_bias, up_bias=up_bias, o_bias=_bias(attn, "o_proj"),
-        down_bias=_bias(mlp, "down_proj"),
-    )
+    one_less = (replace(layer, heads=heads - kv) if unit == "query_head"
+                else replace(layer, heads=heads - group, kv_heads=kv - 1))
+    head_cost = cost.attention_parameters(s, layer) - cost.attention_parameters(s, one_less)
+    channel = cost.mlp_parameters(s, layer) - cost.mlp_parameters(
+        s, replace(layer, intermediate=layer.intermediate - 1))
+    intermediate = 0 if layer.experts else layer.intermediate  # routed experts: no channels
+    return LayerShape(heads, kv, s.head_dim, intermediate, unit, head_cost, channel)
+
+
+def units_removed(n: int, ratio: float) -> int:
+    """Units of ``n`` a share ``ratio`` removes: rounded up, ``n - int(n * (1 - ratio))`` (the
+    kept count of LLM-Pruner and Torch-Pruning), at most ``n - 1`` so a module keeps one unit."""
+    return min(n - int(n * (1 - ratio) + 1e-9), max(n - 1, 0))
 
 
 def check_width_model(model_type: str, method: str, attention_only_ok: bool) -> None:

@@ -31,7 +31,6 @@ class Family:
     model_types: tuple[str, ...]
     fused_qkv: bool = False  # q, k and v rows stacked in one ``qkv_proj`` (Phi-3)
     fused_gate_up: bool = False  # gate and up rows stacked in one ``gate_up_proj`` (Phi-3)
-    qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3)
     moe: bool = False  # MLP blocks are routed experts (fused 3-D weights) behind a top-k router
     shared_expert: bool = False  # a dense, sigmoid-gated expert beside the routed ones (Qwen2-MoE)
     whole_qk_norm: bool = False  # RMSNorm over all heads' q and k rows at once (OLMoE)
@@ -46,14 +45,14 @@ FAMILIES: tuple[Family, ...] = (
     Family("llama", ("llama",)),
     Family("mistral", ("mistral",)),
     Family("qwen2", ("qwen2",)),
-    Family("qwen3", ("qwen3",), qk_norm=True),
+    Family("qwen3", ("qwen3",)),
     Family("phi3", ("phi3",), fused_qkv=True, fused_gate_up=True),
     Family("qwen2_moe", ("qwen2_moe",), moe=True, shared_expert=True),
-    Family("qwen3_moe", ("qwen3_moe",), qk_norm=True, moe=True),
+    Family("qwen3_moe", ("qwen3_moe",), moe=True),
     Family("mixtral", ("mixtral",), moe=True),
     Family("olmoe", ("olmoe",), moe=True, whole_qk_norm=True),
     Family("gemma2", ("gemma2",), norms=SANDWICH_NORMS, norm_offset=1.0),
-    Family("gemma3_text", ("gemma3_text",), qk_norm=True, norms=SANDWICH_NORMS, rope_per_type=True,
+    Family("gemma3_text", ("gemma3_text",), norms=SANDWICH_NORMS, rope_per_type=True,
            norm_offset=1.0),
 )
 

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from prunectl.errors import UserError
-from prunectl.methods.plan import Plan
 from prunectl.modeling import modeling_prunectl as pruned
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import rebuild_model
+
+if TYPE_CHECKING:  # modeling/ never imports methods/ at run time
+    from prunectl.methods.plan import Plan
 
 O_BIAS, DOWN_BIAS = pruned.O_PROJ_BIAS, pruned.DOWN_PROJ_BIAS
 

@@ -1,4 +1,5 @@
-"""``recover``: LoRA fine-tuning of a pruned model, merged and saved in the pruned model format.
+"""``recover``: LoRA fine-tuning of a pruned model, merged and saved in the pruned model format
+(or full fine-tuning, and distillation from the dense model: :mod:`prunectl.recovery.distill`).
 
 Works on any model saved in the project (block, width or taylor results, uniform or not).  Files
 under ``out_dir`` (``recovered/`` of the project):
@@ -10,7 +11,10 @@ under ``out_dir`` (``recovered/`` of the project):
 - ``eval_before.json``: validation loss of the pruned model, measured once;
 - ``adapter/``: the LoRA adapter alone (peft format), for users who keep it separate;
 - ``model/``: the merged model (``merge_and_unload``), saved with ``save_model``;
-- ``summary.json``: the figures ``run_recovery`` returns.
+- ``summary.json``: the figures ``run_recovery`` returns;
+- ``teacher_topk/``: with ``objective: kd | kd+lm`` and ``kd.cache_topk``, the teacher's cached
+  top-k logits (:mod:`prunectl.recovery.teacher`); with ``mode: full``, ``model/`` is the trained
+  model itself and there is no ``adapter/``.
 
 Under torchrun / accelerate launch the Trainer trains data-parallel (or with the FSDP/DeepSpeed
 config of ``recover.distributed``, see :mod:`prunectl.recovery.parallel`); only rank 0 writes
@@ -94,6 +98,7 @@ def run_recovery(
     """
     from prunectl.modeling.loading import load_project_model, load_project_tokenizer
     from prunectl.recovery.data import build_examples
+    from prunectl.recovery.full import save_trained
     from prunectl.recovery.lora import (
         before_callback,
         last_checkpoint,
@@ -109,6 +114,11 @@ def run_recovery(
     strategy = check(cfg, run.device, dist.world_size)
     tokenizer = load_project_tokenizer(source_dir)
     train_set, val_set = build_examples(cfg, tokenizer)
+    trainer_class = None
+    if cfg.objective != "lm":  # the teacher first: a cache build frees it before the student loads
+        from prunectl.recovery.distill import distill_trainer, figures
+
+        train_set, val_set, trainer_class = distill_trainer(run, train_set, val_set, out_dir)
     before_file = out_dir / "eval_before.json"
     decided = None
     if dist.is_main:  # inputs checked, checkpoints kept or dropped: one rank decides and writes
@@ -126,16 +136,24 @@ def run_recovery(
                               len(train_set), bool(val_set), dist.world_size, eval_on_start=measure)
     model = load_project_model(source_dir, run.device, run.dtype)
     callbacks = [*([before_callback(before_file)] if measure else []), *callbacks]
-    trainer = make_trainer(model, tokenizer, train_set, val_set, cfg, args, run.ui, callbacks)
+    trainer = make_trainer(model, tokenizer, train_set, val_set, cfg, args, run.ui, callbacks,
+                           trainer_class)
     summary = train(trainer, resume, dist, run.ui)
-    _save_adapter(trainer, out_dir / "adapter", dist)
+    history = trainer.state.log_history, trainer.state.best_model_checkpoint
+    if cfg.mode == "full":
+        save_trained(trainer, tokenizer, out_dir / "model", run.dtype, dist.is_main)
+    else:
+        _save_adapter(trainer, out_dir / "adapter", dist)
     del trainer, model  # rank 0 loads the pruned model again to merge: free this one first
     gc.collect()
     summary.update(train_examples=len(train_set), val_examples=len(val_set))
     if dist.is_main:
-        before = read_json(before_file)["eval_loss"] if before_file.exists() else None
-        summary = {"eval_loss_before": before, **summary}
-        _merge(run, source_dir, out_dir / "adapter", tokenizer, out_dir / "model")
+        before = read_json(before_file) if before_file.exists() else None
+        summary = {"eval_loss_before": before and before["eval_loss"], **summary}
+        if cfg.objective != "lm":
+            summary.update(figures(before, *history))
+        if cfg.mode == "lora":
+            _merge(run, source_dir, out_dir / "adapter", tokenizer, out_dir / "model")
         summary["seconds"] = time.perf_counter() - started
         write_json(out_dir / "summary.json", summary)
     return dist.broadcast_object(summary)

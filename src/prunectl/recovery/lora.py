@@ -137,7 +137,7 @@ def before_callback(path: Path):
     class Before(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             if state.global_step == 0 and state.is_world_process_zero:
-                write_json(path, {"eval_loss": metrics["eval_loss"]})
+                write_json(path, metrics)
 
     return Before()
 
@@ -173,8 +173,10 @@ def make_trainer(
     args,
     ui: UI = SILENT,
     callbacks: Sequence[Any] = (),
+    trainer_class=None,
 ):
-    """A Trainer of LoRA adapters on ``model`` with ``args`` (from :func:`training_arguments`)."""
+    """A Trainer of LoRA adapters on ``model`` (of all its weights with ``mode: full``) with
+    ``args`` (from :func:`training_arguments`); ``trainer_class`` replaces the Trainer class."""
     from transformers import (
         DataCollatorForSeq2Seq,
         PrinterCallback,
@@ -182,8 +184,10 @@ def make_trainer(
         Trainer,
     )
 
-    trainer = Trainer(
-        model=lora_model(model, cfg),
+    from prunectl.recovery.full import full_model
+
+    trainer = (trainer_class or Trainer)(
+        model=lora_model(model, cfg) if cfg.mode == "lora" else full_model(model),
         args=args,
         train_dataset=train_set,
         eval_dataset=val_set or None,

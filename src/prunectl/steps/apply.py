@@ -5,48 +5,13 @@ from __future__ import annotations
 from prunectl.context import RunContext
 from prunectl.io import write_json
 from prunectl.methods.block import plan_for_k
-from prunectl.methods.plan import Plan
 from prunectl.methods.registry import create_method
-from prunectl.modeling.adapters import Adapter
+from prunectl.modeling import cost
 from prunectl.modeling.params import count_parameters
 from prunectl.modeling.pruned_format import save_model
+from prunectl.modeling.structure import from_model, layer_rows, with_plan
 from prunectl.steps import artifacts
 from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections
-
-
-def layer_structure(adapter: Adapter, plan: Plan) -> list[dict]:
-    """What each dense layer keeps, in dense numbering (for reports and the model card)."""
-    rows = []
-    for i in range(adapter.num_layers):
-        layer = plan.layer(i)
-        rows.append(
-            {
-                "layer": i,
-                "attention": layer.attention,
-                "mlp": layer.mlp,
-                "heads": (len(layer.q_heads) if layer.q_heads is not None else adapter.num_heads(i))
-                if layer.attention
-                else 0,
-                "kv_heads": (
-                    len(layer.kv_heads) if layer.kv_heads is not None else adapter.num_kv_heads(i)
-                )
-                if layer.attention
-                else 0,
-                "intermediate": (
-                    len(layer.mlp_channels)
-                    if layer.mlp_channels is not None
-                    else adapter.intermediate_size(i)
-                )
-                if layer.mlp and adapter.experts(i) is None
-                else 0,
-            }
-        )
-        if adapter.experts(i) is not None:  # MoE: kept routed experts, and their channels summed
-            experts = (len(layer.experts) if layer.experts is not None
-                       else adapter.num_experts(i)) if layer.mlp else 0
-            rows[-1].update(experts=experts,
-                            intermediate=experts * adapter.experts(i).down_proj.shape[2])
-    return rows
 
 
 def key(run: RunContext, blocks: int | None = None) -> tuple[dict, list]:
@@ -62,11 +27,15 @@ def apply(run: RunContext, blocks: int | None = None) -> StepResult:
     def body() -> StepOutcome:
         plan = artifacts.plan(run)
         model, tokenizer = artifacts.dense_model(run)
-        adapter = Adapter(model)
         if blocks is not None:
             plan = plan_for_k(plan, blocks)
         dense = count_parameters(model)
-        structure = layer_structure(adapter, plan)
+        shapes = {"dense": from_model(model)}
+        shapes["pruned"] = with_plan(shapes["dense"], plan)
+        structure = layer_rows(shapes["pruned"])
+        size = next(model.parameters()).element_size()
+        per_token = {name: {"kv_cache_bytes": cost.kv_cache_bytes_per_token(s, size),
+                            "flops": cost.flops_per_token(s)} for name, s in shapes.items()}
         pruned = method.apply(run, model, plan, artifacts.statistics(run))
         artifacts.forget_dense(run)  # sliced in place: no longer the dense model
         directory = artifacts.path(run, artifacts.PRUNED)
@@ -88,7 +57,7 @@ def apply(run: RunContext, blocks: int | None = None) -> StepResult:
         if run.dist.is_main:
             write_json(
                 directory / "prunectl.json",
-                {"dense": dense, "pruned": after, "per_layer": structure,
+                {"dense": dense, "pruned": after, "per_layer": structure, "per_token": per_token,
                  "plan": plan.model_dump(mode="json"), **summary},
             )
         run.models["pruned"] = (pruned, tokenizer)

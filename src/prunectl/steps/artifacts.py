@@ -48,7 +48,7 @@ def check_memory(run: RunContext, step: str) -> None:
         return  # accelerate spreads the model over the devices it was given
     need = resources.estimate(step, load_config(run.recipe.model), run.recipe, run.dtype)
     run.ui.info(f"[dim]{need.describe()}[/]")
-    resources.check(need, run.device)
+    resources.check(need, run.device, run.recipe.execution.memory_budget_gb)
 
 
 def dense_model(run: RunContext) -> tuple[Any, Any]:

@@ -29,7 +29,8 @@ def calibrate(run: RunContext) -> StepResult:
             artifacts.check_memory(run, "calibrate")
             model, tokenizer = artifacts.dense_model(run)
             tokens = calibration_tokens(
-                tokenizer, cfg.dataset, cfg.split, cfg.nsamples, cfg.seqlen, cfg.seed
+                tokenizer, cfg.dataset, cfg.split, cfg.nsamples, cfg.seqlen, cfg.seed,
+                style=None if cfg.style == "auto" else cfg.style,
             )
             if run.dist.is_main:
                 save_tensors(artifacts.path(run, artifacts.TOKENS), {"input_ids": tokens})

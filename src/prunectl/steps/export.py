@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from prunectl import __version__
+from prunectl import __version__, hub
 from prunectl.context import RunContext
 from prunectl.errors import UserError
 from prunectl.io import read_json, write_text
@@ -29,16 +29,21 @@ def export_source(run: RunContext) -> str:
 def model_card(run: RunContext, role: str, directory: Path) -> str:
     """README.md of the exported model: what was removed, how, and what it measured."""
     info = read_json(run.project.path("pruned", "prunectl.json"))
+    base = hub.base_model(run.recipe.model, run.recipe.export)
+    if base is None:
+        run.ui.warn("export: no hub id for the card's base_model; set export.base_model "
+                    "(e.g. --set export.base_model=HuggingFaceTB/SmolLM2-135M-Instruct)")
+    name = Path(run.recipe.model.path).name
     lines = [
         "---",
         "library_name: transformers",
         "tags: [pruned, prunectl]",
-        f"base_model: {run.recipe.model.path}",
+        *([f"base_model: {base}"] if base else []),
         "---",
         "",
-        f"# Pruned {Path(run.recipe.model.path).name} ({run.recipe.method.name})",
+        f"# Pruned {name} ({run.recipe.method.name})",
         "",
-        f"Made with prunectl {__version__} from `{run.recipe.model.path}`; this is the "
+        f"Made with prunectl {__version__} from `{base or name}`; this is the "
         f"**{role}** model.",
         "",
         "| parameters | dense | pruned | removed |",
@@ -74,7 +79,8 @@ def model_card(run: RunContext, role: str, directory: Path) -> str:
             "```",
             "",
         ]
-    lines += ["## Recipe", "", "```yaml", yaml.safe_dump(run.recipe.to_dict(), sort_keys=False).strip(), "```", ""]
+    recipe = yaml.safe_dump(hub.portable(run.recipe.to_dict()), sort_keys=False).strip()
+    lines += ["## Recipe", "", "```yaml", recipe, "```", ""]
     return "\n".join(lines)
 
 

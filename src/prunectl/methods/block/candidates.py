@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from prunectl.methods.plan import parse_block_name
 
-BLOCK_TYPES = ("mha", "mlp", "mix", "layer")
-
 
 def candidate_names(num_layers: int, block_type: str) -> list[str]:
     """Candidates in their canonical order, which also breaks ties between equal perplexities.
@@ -47,12 +45,12 @@ def removed_units(names: list[str], num_layers: int) -> set[int]:
     return units
 
 
-def candidate_parameters(adapter, name: str) -> int:
-    """Parameters a candidate holds (its norm included), from the shared parameter counter."""
-    from prunectl.modeling.params import block_parameters
+def candidate_parameters(structure, name: str) -> int:
+    """Parameters a candidate holds (its norm included), from the shared cost model."""
+    from prunectl.modeling.cost import block_parameters
 
-    index, kind = parse_block_name(name, adapter.num_layers)
-    counts = block_parameters(adapter, index)
+    index, kind = parse_block_name(name, len(structure.layers))
+    counts = block_parameters(structure, index)
     if kind == "layer":
         return counts["attn"] + counts["mlp"]
     return counts[kind]

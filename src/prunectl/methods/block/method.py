@@ -53,6 +53,7 @@ class BlockMethod(Method):
 
     name = "block"
     Config = BlockConfig
+    targets = frozenset({"blocks", "params"})
 
     def _setup(self, run, model) -> tuple[Adapter, list[str], ParameterCounts, SearchSettings]:
         cfg = self.config
@@ -97,7 +98,7 @@ class BlockMethod(Method):
 
         self._require_tokens(tokens)
         adapter, names, params, settings = self._setup(run, model)
-        target = resolve_target(run.recipe.target, names, params, "block")
+        target = resolve_target(run.recipe.target, model, names, params, "block")
         progress_file = run.project.path("search", "progress.jsonl")
         group = distributed.current()
         # rank 0 reads and alone appends; the others take its records, so no rank sees a torn file

@@ -13,42 +13,57 @@ from prunectl.errors import UserError
 from prunectl.methods.block.candidates import candidate_parameters
 from prunectl.methods.block.search import ParameterCounts, Target
 from prunectl.methods.plan import Plan, parse_block_name, plan_from_removals
+from prunectl.methods.target import resolve_params_target
 
 
 def parameter_counts(model, adapter, names: list[str]) -> ParameterCounts:
-    from prunectl.modeling.params import count_parameters
+    from prunectl.modeling.cost import parameters
+    from prunectl.modeling.structure import from_model
 
-    counts = count_parameters(model)
+    structure = from_model(model)
+    counts = parameters(structure)
     return ParameterCounts(
         total=counts["total"],
         non_embedding=counts["non_embedding"],
-        per_candidate={name: candidate_parameters(adapter, name) for name in names},
+        per_candidate={name: candidate_parameters(structure, name) for name in names},
     )
 
 
 def resolve_target(
-    target_config: Any, names: list[str], params: ParameterCounts, unit: str
+    target_config: Any, model, names: list[str], params: ParameterCounts, unit: str
 ) -> Target:
-    """The recipe's ``target`` as a stop rule, refusing targets the candidates cannot reach."""
+    """The recipe's ``target`` as a stop rule, refusing targets the candidates cannot reach.
+
+    A parameter target (any ``ratio_of`` but ``units``, or ``params``) becomes the share of all
+    parameters it removes, which is what decisions record.
+    """
     blocks = getattr(target_config, "blocks", None)
-    ratio = getattr(target_config, "params_ratio", None)
-    if blocks is None and ratio is None:
+    if blocks is None and getattr(target_config, "params_ratio", None) is None \
+            and getattr(target_config, "params", None) is None:
         raise UserError(
             f"target.blocks or target.params_ratio is required to remove {unit}s; "
             "set one, e.g. --blocks 8"
         )
-    if blocks is not None and blocks > len(names):
+    if blocks is not None:
+        if blocks > len(names):
+            raise UserError(
+                f"target.blocks={blocks} exceeds the {len(names)} candidate {unit}s; "
+                f"lower it to at most {len(names)}"
+            )
+        return Target(blocks=blocks)
+    if getattr(target_config, "ratio_of", "total") == "units":
         raise UserError(
-            f"target.blocks={blocks} exceeds the {len(names)} candidate {unit}s; "
-            f"lower it to at most {len(names)}"
+            f"target.ratio_of: units is a share of heads and channels, which whole {unit}s "
+            "are not; use ratio_of total, non_embedding or layers, or target.blocks"
         )
+    goal = resolve_params_target(target_config, model, f"{unit} removal")
     reachable = sum(params.per_candidate.values()) / params.total
-    if ratio is not None and ratio > reachable:
+    if goal.remove / params.total > reachable:
         raise UserError(
-            f"target.params_ratio={ratio} is out of reach: removing every candidate {unit} "
+            f"{goal.label} is out of reach: removing every candidate {unit} "
             f"removes {reachable:.4f} of the parameters; lower it"
         )
-    return Target(blocks=blocks, params_ratio=ratio)
+    return Target(params_ratio=goal.remove / params.total)
 
 
 def prefix_length(decisions: list[dict], target: Target) -> int:

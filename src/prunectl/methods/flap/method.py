@@ -21,6 +21,7 @@ from prunectl.methods.flap.compensation import compensation_bias
 from prunectl.methods.flap.metrics import channel_metric, layer_scores
 from prunectl.methods.flap.structure import LayerScores, Selection, round_selection, select
 from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.methods.target import ParamsTarget, resolve_params_target
 from prunectl.methods.width_common import (
     check_width_model,
     layer_plan,
@@ -28,6 +29,7 @@ from prunectl.methods.width_common import (
     removed_o_channels,
 )
 from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.structure import from_model
 
 if TYPE_CHECKING:
     from torch import nn
@@ -74,6 +76,7 @@ class _WidthMethod(Method):
     """The shared hooks; subclasses set the metric and what calibration they need."""
 
     uses_statistics = True
+    targets = frozenset({"params", "units"})
     #: FLAP squares the attention metric before aggregating it per head; the baselines do not
     square_attention: ClassVar[bool] = False
 
@@ -123,18 +126,10 @@ class _WidthMethod(Method):
 
     # --- search -----------------------------------------------------------------------------
     def search(self, run, model, tokens, scores) -> Plan:
-        from prunectl.modeling.params import count_parameters
-
-        ratio = run.recipe.target.params_ratio
-        if ratio is None:
-            raise UserError(
-                f"{self.name} needs target.params_ratio (a fraction of parameters to remove, "
-                "e.g. --ratio 0.2), not target.blocks"
-            )
         adapter = Adapter(model)
-        counts = count_parameters(model)
+        goal = resolve_params_target(run.recipe.target, model, self.name)
         layers = self._layer_scores(adapter, scores)
-        target = ratio * counts["total"]
+        target = goal.remove
         offset = 0  # compensation biases gained minus norms of emptied blocks, against the cut
         for _ in range(3):  # settles at once unless those shift the cut
             selection = select(self.config.structure, layers, target + offset,
@@ -146,7 +141,7 @@ class _WidthMethod(Method):
             if added - extra == offset:
                 break
             offset = added - extra
-        self._report(plan, layers, selection, counts, ratio, added, extra)
+        self._report(plan, layers, selection, goal, added, extra)
         return plan
 
     def _plan(self, layers: dict[int, LayerScores], selection: Selection) -> Plan:
@@ -187,18 +182,18 @@ class _WidthMethod(Method):
         )
 
     def _layer_scores(self, adapter: Adapter, scores) -> dict[int, LayerScores]:
-        layers = {}
+        layers, structure = {}, from_model(adapter.model)
         for i in range(adapter.num_layers):
             if f"layers.{i}.heads" not in scores or f"layers.{i}.channels" not in scores:
                 raise UserError(
                     f"scores lack layer {i}; re-run `prunectl score --force` for this model"
                 )
-            shape = layer_shape(adapter, i, self.config.head_unit)
+            shape = layer_shape(adapter, i, self.config.head_unit, structure)
             layers[i] = LayerScores(
                 shape, scores[f"layers.{i}.heads"], scores[f"layers.{i}.channels"])
         return layers
 
-    def _report(self, plan: Plan, layers, selection: Selection, counts, ratio, added,
+    def _report(self, plan: Plan, layers, selection: Selection, goal: ParamsTarget, added,
                 extra) -> None:
         removed = selection.params - added + extra
         q_gone = kv_gone = 0
@@ -211,12 +206,12 @@ class _WidthMethod(Method):
             q_gone += shape.num_heads - q_kept
             kv_gone += shape.num_kv_heads - kv_kept
         plan.achieved = {
-            "params_total": counts["total"],
-            "params_non_embedding": counts["non_embedding"],
+            "params_total": goal.total,
+            "params_non_embedding": goal.non_embedding,
             "params_removed": removed,
-            "params_ratio": removed / counts["total"],
-            "params_ratio_non_embedding": removed / counts["non_embedding"],
-            "target_params_ratio": ratio,
+            "params_ratio": removed / goal.total,
+            "params_ratio_non_embedding": removed / goal.non_embedding,
+            **goal.achieved(),
             "structure": self.config.structure,
             "head_unit": self.config.head_unit,
             "head_units_removed": sum(len(v) for v in selection.heads.values()),
@@ -233,9 +228,9 @@ class _WidthMethod(Method):
             )
         largest = max(l.shape.head_unit_cost for l in layers.values())
         finest = max(l.shape.channel_cost for l in layers.values()) * self.config.round_to
-        if abs(removed - ratio * counts["total"]) > finest:
+        if abs(removed - goal.remove) > finest:
             plan.notes.append(
-                f"removed {removed / counts['total']:.4f} of the parameters for target {ratio}: "
+                f"removed {removed:,} parameters for {goal.label} ({goal.remove:,}): "
                 f"{self.config.structure} moves in head units of up to {largest:,} parameters and "
                 f"keeps at least {self.config.min_kept} unit(s) per module"
             )

@@ -23,8 +23,6 @@ import torch
 from prunectl.errors import UserError
 from prunectl.methods.width_common import LayerShape, head_unit_scores, round_kept_channels
 
-STRUCTURES = ("UL-UM", "UL-MM", "AL-MM", "AL-AM")
-
 
 @dataclass
 class LayerScores:
@@ -101,7 +99,7 @@ def check_reachable(layers: dict[int, LayerScores], budget: float, min_kept: int
         raise UserError(
             f"the target removes {budget:,.0f} parameters but heads and MLP channels can give "
             f"at most {reachable:,.0f} (each layer keeps {min_kept} of each); "
-            "lower target.params_ratio"
+            "lower target.params_ratio (or target.params)"
         )
 
 

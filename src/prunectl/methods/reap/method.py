@@ -37,6 +37,7 @@ class ReapMethod(Method):
     name = "reap"
     Config = ReapConfig
     uses_statistics = True
+    targets = frozenset({"experts", "params"})
 
     def check(self, config) -> None:
         if not family_for(config.model_type).moe:

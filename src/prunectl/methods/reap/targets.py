@@ -2,7 +2,8 @@
 
 REAP removes the same share of experts from every layer (``int(E * ratio)``, as the reference
 computes it).  A parameter target picks the smallest such uniform count whose removed experts
-(their stacked weights and router rows) reach the share of all parameters.  Every layer keeps at
+(their stacked weights and router rows) reach the target's parameters (any ``ratio_of`` but
+``units``, or ``params``, through ``methods/target.py``).  Every layer keeps at
 least ``num_experts_per_tok`` experts, or top-k routing would have nothing to pick; targets that
 need fewer are refused before anything is computed.
 """
@@ -13,7 +14,7 @@ import math
 
 from prunectl.errors import UserError
 from prunectl.modeling.adapters import Adapter
-from prunectl.modeling.params import count_parameters
+from prunectl.methods.target import resolve_params_target
 
 
 def moe_layers(adapter: Adapter) -> list[int]:
@@ -35,8 +36,8 @@ def experts_to_remove(adapter: Adapter, target) -> dict[int, int]:
     layers = moe_layers(adapter)
     counts = {i: adapter.num_experts(i) for i in layers}
     k = adapter.top_k
-    ratio, params_ratio = target.experts_ratio, target.params_ratio
-    if ratio is None and params_ratio is None:
+    ratio = target.experts_ratio
+    if ratio is None and target.params_ratio is None and getattr(target, "params", None) is None:
         raise UserError("reap removes whole experts: set target.experts_ratio (share of each "
                         "layer's experts, e.g. 0.25) or target.params_ratio")
     if ratio is not None:
@@ -52,12 +53,12 @@ def experts_to_remove(adapter: Adapter, target) -> dict[int, int]:
                             f"{counts[i] - removals[i]} experts but the router picks {k} per "
                             f"token; lower it to at most {(counts[i] - k) / counts[i]:.4f}")
         return removals
-    total = count_parameters(adapter.model)["total"]
+    goal = resolve_params_target(target, adapter.model, "reap")
     per_step = sum(expert_parameters(adapter, i) for i in layers)
     most = min(counts.values()) - k
-    n = math.ceil(params_ratio * total / per_step)
+    n = math.ceil(goal.remove / per_step)
     if n > most:
-        raise UserError(f"target.params_ratio={params_ratio} is out of reach: keeping {k} experts "
+        raise UserError(f"{goal.label} is out of reach: keeping {k} experts "
                         f"per layer (the router's top-k) removes at most "
-                        f"{most * per_step / total:.4f} of the parameters; lower it")
+                        f"{most * per_step / goal.total:.4f} of the parameters; lower it")
     return {i: n for i in layers}

@@ -3,7 +3,9 @@
 ``score`` takes gradients of the LM loss on the calibration tokens (the recipe's ``calibration``
 section governs how many samples of how many tokens; ``recipes/llama2-7b-llm-pruner.yaml`` mirrors
 the reference's 10 samples of 64 tokens) and scores every coupled structure; ``search`` turns the
-scores into a plan removing ``target.params_ratio`` of the parameters; ``apply`` is the default
+scores into a plan removing the target's parameters (``target.ratio_of: units`` is the
+reference's ``pruning_ratio``: every pruned layer keeps that share of heads and channels);
+``apply`` is the default
 surgery.  ``scope: block`` prunes attention heads and MLP channels of layers
 ``[layer_start, layer_end)`` (reference: 4 to 30 of Llama's 32: ``layer_end = num_layers - 2``);
 ``scope: channel`` prunes hidden dimensions of the whole model.
@@ -19,13 +21,14 @@ from pydantic import Field
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
+from prunectl.methods.target import resolve_params_target
 from prunectl.methods.taylor import groups, selection
 from prunectl.methods.taylor.gradients import GradientStore, accumulate_gradients
 from prunectl.methods.taylor.importance import GRADIENT_KINDS, random_importance
 from prunectl.methods.width_common import check_width_model
 from prunectl.modeling.adapters import Adapter
-from prunectl.modeling.params import count_parameters
 from prunectl.modeling.placement import execution_device, is_streamed
+from prunectl.modeling.structure import from_model
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,6 +54,7 @@ class TaylorConfig(MethodConfig):
 class TaylorMethod(Method):
     name = "taylor"
     Config = TaylorConfig
+    targets = frozenset({"params", "units"})
 
     def check(self, config) -> None:
         check_width_model(config.model_type, self.name, attention_only_ok=False)
@@ -113,10 +117,10 @@ class TaylorMethod(Method):
         generator = torch.Generator().manual_seed(self.config.seed)
         if self.config.scope == "channel":
             return {"hidden": random_importance(adapter.hidden_size, generator)}
-        scores = {}
+        scores, structure = {}, from_model(adapter.model)
         for i in layers:
-            costs = selection.LayerCosts(adapter, i)
-            units = costs.units(self.config.head_unit)
+            costs = selection.LayerCosts(structure, i)
+            units = costs.scored(self.config.head_unit)
             scores[f"layers.{i}.heads"] = random_importance(units, generator)
             scores[f"layers.{i}.channels"] = random_importance(costs.intermediate, generator)
         return scores
@@ -129,27 +133,24 @@ class TaylorMethod(Method):
         scores: dict[str, torch.Tensor],
     ) -> Plan:
         cfg = self.config
-        ratio = getattr(run.recipe.target, "params_ratio", None)
-        if ratio is None or not 0 < ratio < 1:
-            raise UserError(
-                "method taylor needs target.params_ratio between 0 and 1 (the fraction of "
-                "parameters to remove); set it, e.g. --set target.params_ratio=0.2"
-            )
         adapter = Adapter(model)
-        total = count_parameters(model)["total"]
-        target = round(ratio * total)
-        achieved = {"params_total": total, "target_ratio": ratio}
+        layers = self.layers(adapter) if cfg.scope == "block" else None
+        goal = resolve_params_target(run.recipe.target, model, self.name, layers)
+        total, target = goal.total, goal.remove
+        achieved = {"params_total": total, "target_ratio": goal.ratio, **goal.achieved()}
         if cfg.scope == "channel":
             weights = groups.hidden_weights(adapter)
             per_channel = sum(w.numel() // w.shape[dim] for w, dim in weights)
+            if goal.unit_ratio is not None:  # a share of the hidden channels
+                target = round(goal.unit_ratio * adapter.hidden_size) * per_channel
             kept = selection.hidden_plan(adapter, scores["hidden"], per_channel, target)
             removed = (adapter.hidden_size - len(kept)) * per_channel
             achieved.update(hidden_kept=len(kept), hidden=adapter.hidden_size)
             layer_plans, notes = {}, []
         else:
-            layers = self.layers(adapter)
             choices, how = selection.block_plan(
-                adapter, scores, layers, cfg.head_unit, cfg.ranking, target
+                adapter, scores, layers, cfg.head_unit, cfg.ranking, target,
+                keep=None if goal.unit_ratio is None else 1 - goal.unit_ratio,
             )
             choices = selection.round_choices(adapter, choices, scores, cfg.round_to, target)
             removed = sum(c.removed for c in choices.values())
@@ -161,9 +162,10 @@ class TaylorMethod(Method):
                 channels_kept={i: len(c.channels) for i, c in choices.items()},
             )
         achieved.update(params_removed_estimate=removed, ratio_estimate=removed / total)
-        if abs(removed - target) > 0.01 * total:
+        if goal.unit_ratio is None and abs(removed - target) > 0.01 * total:
             notes.append(
-                f"removes about {removed / total:.1%} of the parameters, not {ratio:.1%}: the pruned "
+                f"removes about {removed / total:.1%} of the parameters, not "
+                f"{target / total:.1%} ({goal.label}): the pruned "
                 "layers cannot give more (widen layer_start/layer_end) or the units are coarse"
             )
         return Plan(

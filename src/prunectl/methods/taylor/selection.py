@@ -5,15 +5,15 @@ sparsity: locally, every pruned layer keeps ``int(n * (1 - sparsity))`` heads an
 globally, heads and channels of all pruned layers are pooled and those at or below one threshold
 go.  Our target is a fraction of the model's parameters, so the keep fraction (local) or the
 threshold (global) is the one whose plan removes the number of parameters closest to the target,
-found by bisection over the candidates.  Parameter costs are of the weight matrices (biases, a
-rounding error, are left out): the exact counts are measured by ``apply``.
+found by bisection over the candidates.  Parameter costs come from the cost model
+(:mod:`prunectl.modeling.cost`, biases included), so they are what ``apply`` then measures.
 
-With GQA, standard attention needs the same number of query heads per KV head, so in
-``query_head`` mode a layer keeps ``g`` KV groups with ``m`` query heads each: the ``(g, m)``
-nearest to the wanted head count (ties: more heads), each group keeping its best ``m`` heads and
-the groups ranked by the sum of those.  A group's own ``k``/``v`` rows do not enter that sum.
-Every pruned layer keeps at least one head and one MLP channel (the reference's ``max_ch_sparsity``
-guard).
+Head units mean what they mean for every method (``methods/width_common.py``): ``kv_group``
+keeps whole KV groups; ``query_head`` keeps every KV group with the same number of its best query
+heads (a unit is one query head from every group; with MHA, a whole head).  Global ranking counts
+query heads above the threshold and removes ``ceil(removed / groups)`` from each group, as
+Torch-Pruning does.  Every pruned layer keeps at least one head unit and one MLP channel (the
+reference's ``max_ch_sparsity`` guard).
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from dataclasses import dataclass, replace
 import torch
 
 from prunectl.methods.plan import LayerPlan
-from prunectl.methods.width_common import round_kept_channels
+from prunectl.methods.width_common import round_kept_channels, units_removed
+from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.structure import LayerStructure, Structure, from_model
 
 
 @dataclass(frozen=True)
@@ -38,48 +40,48 @@ class LayerChoice:
 
 
 def keep_heads(scores: torch.Tensor, n_heads: int, n_kv: int, head_unit: str, want: int):
-    """(kept query heads, kept KV heads), both sorted, for ``want`` units of ``head_unit``."""
+    """(kept query heads, kept KV heads), both sorted, for ``want`` units of ``head_unit``:
+    the best ``want`` KV groups, or (``query_head``) the best ``want`` query heads of every group."""
     n_rep = n_heads // n_kv
     if head_unit == "kv_group" or n_rep == 1:
         groups = sorted(torch.argsort(scores, descending=True)[:want].tolist())
         return [g * n_rep + j for g in groups for j in range(n_rep)], groups
-    per_group = scores.view(n_kv, n_rep)
-    options = [(g, m) for g in range(1, n_kv + 1) for m in range(1, n_rep + 1)]
-    best = min(abs(g * m - want) for g, m in options)
-    kept = max(g * m for g, m in options if abs(g * m - want) == best)
-    choices = []
-    for g, m in options:
-        if g * m != kept:
-            continue
-        top, idx = per_group.topk(m, dim=1)
-        order = torch.argsort(top.sum(1), descending=True)[:g]
-        total = float(top.sum(1)[order].sum())
-        heads = sorted(int(grp) * n_rep + int(j) for grp in order for j in idx[grp])
-        choices.append((total, heads, sorted(order.tolist())))
-    _, heads, groups = max(choices, key=lambda c: c[0])
-    return heads, groups
+    top = scores.view(n_kv, n_rep).topk(want, dim=1).indices
+    return sorted(g * n_rep + int(j) for g in range(n_kv) for j in top[g]), list(range(n_kv))
 
 
 class LayerCosts:
-    """Shapes and per-unit parameter costs of one layer."""
+    """Shapes of one layer and what keeping fewer heads and channels saves (the cost model)."""
 
-    def __init__(self, adapter: Adapter, i: int):
-        hidden, d = adapter.hidden_size, adapter.head_dim
-        self.n_heads, self.n_kv = adapter.num_heads(i), adapter.num_kv_heads(i)
-        self.intermediate = adapter.intermediate_size(i)
-        self.q_head = 2 * d * hidden  # q rows and o columns
-        self.kv_head = 2 * d * hidden  # k and v rows
-        self.channel = 3 * hidden  # gate and up rows, down column
+    def __init__(self, structure: Structure, i: int):
+        self.structure, self.layer = structure, structure.layers[i]
+        self.n_heads, self.n_kv = self.layer.heads, self.layer.kv_heads
+        self.intermediate = self.layer.intermediate
 
     def units(self, head_unit: str) -> int:
+        """Head units: KV groups, or (``query_head`` with GQA) query heads per group."""
+        n_rep = self.n_heads // self.n_kv
+        return n_rep if head_unit == "query_head" and n_rep > 1 else self.n_kv
+
+    def scored(self, head_unit: str) -> int:
+        """Head scores: one per query head (``query_head``) or per KV group."""
         return self.n_heads if head_unit == "query_head" else self.n_kv
 
+    def units_kept(self, head_unit: str, scores_kept: int) -> int:
+        """Head units kept when ``scores_kept`` head scores clear a threshold; query heads leave
+        every group evenly, ``ceil(removed / groups)`` each."""
+        if self.units(head_unit) == self.scored(head_unit):
+            return scores_kept
+        return self.units(head_unit) - units_removed(
+            self.units(head_unit), (self.n_heads - scores_kept) / self.n_heads)
+
+    def _params(self, layer: LayerStructure) -> int:
+        return cost.attention_parameters(self.structure, layer) + cost.mlp_parameters(
+            self.structure, layer)
+
     def removed(self, q_kept: int, kv_kept: int, channels_kept: int) -> int:
-        return (
-            (self.n_heads - q_kept) * self.q_head
-            + (self.n_kv - kv_kept) * self.kv_head
-            + (self.intermediate - channels_kept) * self.channel
-        )
+        kept = replace(self.layer, heads=q_kept, kv_heads=kv_kept, intermediate=channels_kept)
+        return self._params(self.layer) - self._params(kept)
 
 
 def choose_layer(
@@ -112,10 +114,13 @@ def closest(candidates: Sequence, evaluate: Callable, target: int):
 
 def block_plan(
     adapter: Adapter, scores: dict[str, torch.Tensor], layers: range, head_unit: str,
-    ranking: str, target: int,
+    ranking: str, target: int, keep: float | None = None,
 ) -> tuple[dict[int, LayerChoice], dict]:
-    """Per-layer choices removing about ``target`` parameters from heads and MLP channels."""
-    costs = {i: LayerCosts(adapter, i) for i in layers}
+    """Per-layer choices removing about ``target`` parameters from heads and MLP channels;
+    with local ranking, ``keep`` fixes the kept share of every layer's units instead (the
+    reference's ``1 - pruning_ratio``)."""
+    structure = from_model(adapter.model)
+    costs = {i: LayerCosts(structure, i) for i in layers}
     heads = {i: scores[f"layers.{i}.heads"].float() for i in layers}
     channels = {i: scores[f"layers.{i}.channels"].float() for i in layers}
     if ranking == "local":
@@ -132,6 +137,8 @@ def block_plan(
                 for i in layers
             }
 
+        if keep is not None:
+            return evaluate(keep), {"ranking": "local", "keep_fraction": keep}
         keep, choices = closest(keeps, evaluate, target)
         return choices, {"ranking": "local", "keep_fraction": keep}
     pooled = torch.cat([torch.cat([heads[i], channels[i]]) for i in layers]).sort().values
@@ -141,7 +148,8 @@ def block_plan(
         return {
             i: choose_layer(
                 costs[i], heads[i], channels[i], head_unit,
-                int((heads[i] > threshold).sum()), int((channels[i] > threshold).sum()),
+                costs[i].units_kept(head_unit, int((heads[i] > threshold).sum())),
+                int((channels[i] > threshold).sum()),
             )
             for i in layers
         }
@@ -158,13 +166,15 @@ def round_choices(
     the best-scored channels kept, the removed parameters still closest to ``target``."""
     if multiple == 1:
         return choices
-    costs = {i: LayerCosts(adapter, i) for i in choices}
+    structure = from_model(adapter.model)
+    costs = {i: LayerCosts(structure, i) for i in choices}
     channels = {i: scores[f"layers.{i}.channels"].float() for i in choices}
     kept = {i: len(c.channels) for i, c in choices.items()}
     excess = sum(c.removed for c in choices.values()) - target
+    per_channel = {i: c.removed(c.n_heads, c.n_kv, c.intermediate - 1) for i, c in costs.items()}
     rounded = round_kept_channels(
-        kept, {i: c.intermediate for i, c in costs.items()}, channels,
-        {i: c.channel for i, c in costs.items()}, multiple, excess,
+        kept, {i: c.intermediate for i, c in costs.items()}, channels, per_channel, multiple,
+        excess,
     )
     out = {}
     for i, choice in choices.items():

@@ -1,0 +1,130 @@
+"""Recipes for pip users: ``recipes ls`` / ``recipes cp`` read the copies inside the package,
+``validate`` checks a recipe against the model's config without computing, and preflight refuses
+a target the method cannot meet before any step runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import save_tiny
+from typer.testing import CliRunner
+
+from prunectl import catalog
+from prunectl.cli import app
+from prunectl.modeling.params import count_parameters
+
+runner = CliRunner()
+REPO = Path(__file__).parent.parent
+SOURCE = sorted((REPO / "recipes").glob("*.yaml"))
+
+
+def one_error_line(result, *parts):
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for part in parts:
+        assert part in lines[0], lines[0]
+
+
+def test_the_package_carries_the_repository_s_recipes():
+    assert sorted(catalog.shipped()) == [p.stem for p in SOURCE]
+    for path in SOURCE:
+        assert catalog.shipped()[path.stem].read_bytes() == path.read_bytes()
+
+
+def test_recipes_ls_prints_one_line_per_recipe():
+    result = runner.invoke(app, ["recipes", "ls"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert [line.split()[0] for line in lines] == [p.stem for p in SOURCE]
+    flap = next(line for line in lines if line.startswith("llama2-7b-flap "))
+    assert "FLAP (AAAI 2024)" in flap
+
+
+def test_recipes_cp_copies_once_and_refuses_to_overwrite(tmp_path):
+    result = runner.invoke(app, ["recipes", "cp", "llama2-7b-flap", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    copied = tmp_path / "llama2-7b-flap.yaml"
+    assert result.output.strip() == str(copied)
+    assert copied.read_bytes() == (REPO / "recipes" / "llama2-7b-flap.yaml").read_bytes()
+    before = copied.read_bytes()
+    one_error_line(runner.invoke(app, ["recipes", "cp", "llama2-7b-flap", str(copied)]),
+                   "already exists")
+    assert copied.read_bytes() == before
+    one_error_line(runner.invoke(app, ["recipes", "cp", "llama2-7b-flap.yaml", str(tmp_path / "a"
+                                                                                   / "b.yaml")]),
+                   "does not exist; create it first")
+    one_error_line(runner.invoke(app, ["recipes", "cp", "flap-9000", str(tmp_path / "x.yaml")]),
+                   "no shipped recipe named 'flap-9000'", "llama2-7b-flap")
+    assert runner.invoke(app, ["recipes", "cp", "ds-zero2.json", str(tmp_path)]).exit_code == 0
+    assert (tmp_path / "ds-zero2.json").is_file()
+
+
+def test_a_copied_recipe_validates_against_a_local_model(tmp_path):
+    model_dir = save_tiny(tmp_path / "tiny")
+    runner.invoke(app, ["recipes", "cp", "llama2-7b-flap", str(tmp_path / "mine.yaml")])
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = runner.invoke(app, ["validate", "-r", str(tmp_path / "mine.yaml"),
+                                 "--set", f"model.path={model_dir}"])
+    assert result.exit_code == 0, result.output
+    from transformers import AutoModelForCausalLM
+
+    total = count_parameters(AutoModelForCausalLM.from_pretrained(model_dir))["total"]
+    assert result.output.strip() == (f"ok: flap on llama, 4 layers, 4 heads / 2 KV heads, "
+                                     f"{total:,} parameters; target: params")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_validate_refuses_what_cannot_run(tmp_path):
+    model_dir = save_tiny(tmp_path / "tiny")
+    recipe = REPO / "recipes" / "llama2-7b-flap.yaml"
+    path = f"model.path={model_dir}"
+    one_error_line(runner.invoke(app, ["validate", "-r", str(recipe), "--set", path,
+                                       "--set", "~target", "--set", "target.blocks=12"]),
+                   "method flap cannot meet target.blocks (--blocks N); give "
+                   "target.params_ratio (--ratio 0.2) or target.params or target.ratio_of: units")
+    one_error_line(runner.invoke(app, ["validate", "-r", str(recipe), "--set",
+                                       "model.path=/nowhere/model"]), "/nowhere/model")
+    one_error_line(runner.invoke(app, ["validate", "-r", str(tmp_path / "none.yaml")]),
+                   "does not exist", "prunectl recipes ls")
+
+
+@pytest.mark.parametrize(("method", "flags", "message"), [
+    ("flap", ["--blocks", "12"], "method flap cannot meet target.blocks"),
+    ("taylor", ["--blocks", "2"], "method taylor cannot meet target.blocks"),
+    ("reap", ["--blocks", "2"], "method reap cannot meet target.blocks (--blocks N); give "
+     "target.experts_ratio or target.params_ratio (--ratio 0.2) or target.params"),
+    ("flap", ["--set", "target.experts_ratio=0.25"],
+     "method flap cannot meet target.experts_ratio; give target.params_ratio"),
+    ("shortgpt", ["--set", "target.ratio_of=units", "--ratio", "0.2"],
+     "method shortgpt cannot meet target.ratio_of: units; give target.blocks (--blocks N) or "
+     "target.params_ratio (--ratio 0.2) or target.params"),
+])
+def test_preflight_refuses_a_target_before_calibration(tmp_path, text_file, method, flags,
+                                                       message):
+    model_dir = save_tiny(tmp_path / "tiny")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"path": str(model_dir), "device": "cpu"},
+        "calibration": {"dataset": str(text_file), "nsamples": 2, "seqlen": 16},
+        "method": {"name": method}}))
+    project = tmp_path / "proj"
+    result = runner.invoke(app, ["run", "-p", str(project), "-r", str(recipe), *flags])
+    one_error_line(result, message)
+    assert not (project / "calibration").exists() and not (project / "recipe.yaml").exists()
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_recipes(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
+    wheel = zipfile.ZipFile(next(tmp_path.glob("prunectl-*.whl")))
+    names = set(wheel.namelist())
+    for path in (*SOURCE, *sorted((REPO / "recipes").glob("*.json"))):
+        assert wheel.read(f"prunectl/recipes/{path.name}") == path.read_bytes()
+    assert not {n for n in names if n.startswith("recipes/")}
