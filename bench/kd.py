@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--kd-mode", choices=["lora", "full"], default="lora")
+    parser.add_argument("--kd-objective", choices=["kd", "kd+lm"], default="kd")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--eval-windows", type=int, default=8)
     parser.add_argument("--eval-seqlen", type=int, default=512)
@@ -136,7 +137,7 @@ def main() -> None:
                   max_steps=args.max_steps, save_steps=args.max_steps, val_set_size=8,
                   learning_rate=args.lr, lora_dropout=0.0)
     runs = {"lora": {**common},
-            "kd": {**common, "objective": "kd", "mode": args.kd_mode,
+            "kd": {**common, "objective": args.kd_objective, "mode": args.kd_mode,
                    "kd": {"temperature": args.temperature}}}
     with tempfile.TemporaryDirectory() as work:
         source = save_model(pruned, tokenizer, Path(work) / "pruned", torch.float32)
@@ -180,7 +181,8 @@ def table(args, figures: dict) -> None:
     print(f"| dense | {figures['dense_params']:,} | {figures['dense_ppl']:.2f} | | | | |")
     print(f"| flap {args.ratio:.0%} | {figures['pruned_params']:,} | {figures['pruned_ppl']:.2f} "
           f"| 0 | | prune {figures['prune_s']:.0f} | |")
-    for name, label in (("lora", "+ LoRA, LM loss"), ("kd", f"+ KD ({args.kd_mode})")):
+    for name, label in (("lora", "+ LoRA, LM loss"),
+                        ("kd", f"+ {args.kd_objective.upper()} ({args.kd_mode})")):
         r = figures[name]
         extra = (f"val loss {r['eval_loss_before']:.3f} -> {r['eval_loss_after']:.3f}"
                  if name == "lora" else f"KL {r['kl_before']:.3f} -> {r['kl_after']:.3f}, val "

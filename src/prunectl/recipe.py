@@ -244,6 +244,10 @@ class ExportConfig(Section):
     #: the model card's base_model (a hub id); default: model.path when it is a hub id, else
     #: what a GGUF file's metadata names
     base_model: str | None = None
+    #: hf = a Hugging Face directory; gguf = one llama.cpp file (see docs/notes/gguf.md)
+    format: Literal["hf", "gguf"] = "hf"
+    #: GGUF tensor type (gguf only; default f16, as llama.cpp's converter)
+    outtype: Literal["f32", "f16", "bf16", "q8_0"] | None = None
 
     @field_validator("base_model")
     @classmethod
@@ -251,6 +255,16 @@ class ExportConfig(Section):
         if value is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value):
             raise ValueError(f"got {value!r}, expected a hub id such as meta-llama/Llama-2-7b-hf")
         return value
+
+    @model_validator(mode="after")
+    def _format_options(self) -> ExportConfig:
+        if self.format == "hf" and self.outtype is not None:
+            raise ValueError(f"got outtype={self.outtype} with format=hf, expected outtype only with "
+                             "format: gguf (--format gguf), or no outtype (--set ~export.outtype)")
+        if self.format == "gguf" and self.dtype != "auto":
+            raise ValueError(f"got dtype={self.dtype} with format=gguf, expected outtype (f32, f16, "
+                             "bf16, q8_0) for GGUF and no dtype (--set ~export.dtype)")
+        return self
 
 
 class ExecutionConfig(Section):

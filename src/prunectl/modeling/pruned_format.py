@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +68,16 @@ def save_model(model: nn.Module, tokenizer: Any, directory: Path, dtype: torch.d
 
     ``dtype`` casts the saved weights only; the in-memory model is left as it is.
     """
+    return write_directory(directory, lambda target: _write(model, tokenizer, target, dtype))
+
+
+def write_directory(directory: Path, fill: Callable[[Path], None]) -> Path:
+    """Run ``fill`` on a fresh ``<dir>.tmp-*`` folder, then put it in place of ``directory``."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     target = Path(tempfile.mkdtemp(prefix=f"{directory.name}.tmp-", dir=directory.parent))
     try:
-        _write(model, tokenizer, target, dtype)
+        fill(target)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise

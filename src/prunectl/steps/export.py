@@ -13,7 +13,7 @@ from prunectl.errors import UserError
 from prunectl.io import read_json, write_text
 from prunectl.modeling.loading import resolve_dtype
 from prunectl.modeling.pruned_format import save_model
-from prunectl.steps import artifacts
+from prunectl.steps import artifacts, export_gguf
 from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections, upstream
 
 
@@ -100,6 +100,10 @@ def export(run: RunContext, output: Path | None = None) -> StepResult:
     directory = output or run.project.path(*artifacts.EXPORT)
     if output is not None and output.exists() and any(output.iterdir()) and not run.force:
         raise UserError(f"{output} exists and is not empty; choose another --output or pass --force")
+
+    if run.recipe.export.format == "gguf":
+        return execute(run, "export", key, {"output": str(output)} if output else {},
+                       lambda: export_gguf.body(run, role, directory, model_card))
 
     def body() -> StepOutcome:
         model, tokenizer = artifacts.project_model(run, role)

@@ -1,0 +1,106 @@
+"""Write a (pruned) model as one GGUF file that llama.cpp loads: hyper-parameters, tokenizer, tensors.
+
+Keys follow ``convert_hf_to_gguf.py`` for the architecture chosen by ``gguf_layout``; under
+``deci`` the head counts and MLP widths are per-layer arrays (0 = block absent).  ``check_gguf``
+raises every refusal before a byte is written; ``write_gguf`` writes to ``<file>.tmp`` and renames,
+so a failed export never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from prunectl.errors import UserError
+from prunectl.modeling.gguf_layout import GgufLayout, gguf_layout
+from prunectl.modeling.gguf_tensors import FILE_TYPES, OUTTYPES, encode, gguf_tensors
+from prunectl.modeling.gguf_vocab import check_vocab, copy_vocab, write_vocab
+
+
+@dataclass
+class GgufResult:
+    path: Path
+    arch: str
+    tensors: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_gguf(model, tokenizer: Any, outtype: str, vocab_source: Path | None) -> GgufLayout:
+    """The layout to write, after every check that could refuse the export."""
+    if outtype not in OUTTYPES:
+        raise UserError(f"unknown GGUF out type '{outtype}'; choose one of {', '.join(OUTTYPES)}")
+    layout = gguf_layout(model)
+    if vocab_source is None:
+        if tokenizer is None:
+            raise UserError("the model has no tokenizer, which a GGUF file must carry; "
+                            "export with --format hf instead")
+        check_vocab(tokenizer)
+    return layout
+
+
+def _per_layer(values: list[int]) -> int | list[int]:
+    return values[0] if len(set(values)) == 1 else values
+
+
+def _add_hparams(writer: gguf.GGUFWriter, model, layout: GgufLayout, name: str, outtype: str) -> None:
+    config = model.config
+    layers = layout.layers
+    writer.add_name(name)
+    writer.add_block_count(len(layers))
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(model.get_input_embeddings().weight.shape[1])
+    if layout.arch == "deci":
+        writer.add_feed_forward_length([layer.ffn for layer in layers])
+        writer.add_head_count([layer.heads for layer in layers])
+        writer.add_head_count_kv([layer.kv_heads for layer in layers])
+    else:
+        writer.add_feed_forward_length(layers[0].ffn)
+        writer.add_head_count(layers[0].heads)
+        writer.add_head_count_kv(layers[0].kv_heads)
+    params = getattr(config, "rope_parameters", None) or {}
+    writer.add_rope_freq_base(params.get("full_attention", params).get("rope_theta", 10000.0))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_key_length(layout.head_dim)
+    writer.add_value_length(layout.head_dim)
+    writer.add_file_type(FILE_TYPES[outtype])
+    writer.add_vocab_size(model.get_input_embeddings().weight.shape[0])
+    if layout.permute_qk:
+        writer.add_rope_dimension_count(layout.head_dim)
+
+
+def write_gguf(model, tokenizer: Any, path: Path, outtype: str = "f16", name: str = "",
+               vocab_source: Path | None = None) -> GgufResult:
+    """Write ``model`` to ``path``.  ``vocab_source``: the GGUF file the dense model was read from,
+    whose tokenizer keys are copied; otherwise ``tokenizer`` is converted."""
+    layout = check_gguf(model, tokenizer, outtype, vocab_source)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    writer = gguf.GGUFWriter(tmp, layout.arch)
+    warnings: list[str] = []
+    try:
+        _add_hparams(writer, model, layout, name or path.stem, outtype)
+        if vocab_source is not None:
+            copy_vocab(writer, vocab_source)
+        else:
+            warnings += write_vocab(writer, tokenizer, model.get_input_embeddings().weight.shape[0])
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        count = 0
+        for tensor_name, tensor in gguf_tensors(model, layout):
+            data, qtype = encode(tensor_name, tensor, outtype)
+            writer.add_tensor(tensor_name, data, raw_dtype=qtype)
+            count += 1
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return GgufResult(path, layout.arch, count, warnings)

@@ -1,0 +1,91 @@
+"""``export`` with ``export.format: gguf``: one llama.cpp file plus its model card.
+
+``steps/export.py`` runs ``body`` as the step (the recipe has already refused ``outtype`` with
+``hf`` and ``dtype`` with ``gguf``); what llama.cpp cannot run is refused by
+``modeling.gguf_writer.check_gguf`` after the model is loaded and before the export directory is
+touched.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from prunectl.context import RunContext
+from prunectl.io import write_text
+from prunectl.modeling.gguf_writer import GgufResult, check_gguf, write_gguf
+from prunectl.modeling.pruned_format import write_directory
+from prunectl.steps import artifacts
+from prunectl.steps.base import StepOutcome
+
+#: the llama-cpp-python source distribution whose vendored llama.cpp the opt-in test and the
+#: benchmark ran (scripts/llama_cpp.sh builds the same one)
+LLAMA_CPP_CHECKED = "llama.cpp vendored in llama-cpp-python 0.3.36"
+DEFAULT_OUTTYPE = "f16"
+
+
+def outtype(run: RunContext) -> str:
+    return run.recipe.export.outtype or DEFAULT_OUTTYPE
+
+
+def vocab_source(run: RunContext) -> Path | None:
+    """The GGUF file the dense model came from (its tokenizer keys are reused), if any."""
+    cfg = run.recipe.model
+    path = Path(cfg.path).expanduser()
+    if str(cfg.path).endswith(".gguf"):
+        return path
+    if cfg.gguf_file and (path / cfg.gguf_file).is_file():
+        return path / cfg.gguf_file
+    return None
+
+
+def file_name(run: RunContext) -> str:
+    """``<model>-<method>-<outtype>.gguf``; a GGUF source's own type suffix (``.Q4_1``) is dropped."""
+    base = Path(run.recipe.model.gguf_file or run.recipe.model.path).name.removesuffix(".gguf")
+    base = re.sub(r"[.-](f16|f32|bf16|q\d\w*)$", "", base, flags=re.IGNORECASE)
+    return f"{base}-{run.recipe.method.name}-{outtype(run)}.gguf"
+
+
+def card_section(result: GgufResult, kind: str) -> str:
+    """The model card's GGUF part: the file, the llama.cpp it was checked with, how to run it."""
+    name = result.path.name
+    lines = [
+        "## GGUF (llama.cpp)",
+        "",
+        f"File: `{name}` ({kind}, llama.cpp architecture `{result.arch}`).",
+        f"Layout checked against {LLAMA_CPP_CHECKED} (logits and greedy tokens equal "
+        "transformers' at f32; see prunectl's docs/notes/gguf.md).",
+        "",
+        "```sh",
+        f"llama-cli -m {name}",
+        "```",
+        "",
+    ]
+    if result.arch == "deci":
+        lines += ["Layers differ in shape, so the file uses llama.cpp's `deci` architecture "
+                  "(per-layer head counts and feed-forward widths).", ""]
+    return "\n".join(lines)
+
+
+def body(run: RunContext, role: str, directory: Path,
+         model_card: Callable[[RunContext, str, Path], str]) -> StepOutcome:
+    """The step: load the project model, refuse what llama.cpp cannot run, then write the new
+    export directory (GGUF file + model card, ``model_card`` from the Hugging Face export)."""
+    model, tokenizer = artifacts.project_model(run, role)
+    check_gguf(model, tokenizer, outtype(run), vocab_source(run))
+    gguf_file = directory / file_name(run)
+    summary = {"source": role, "directory": str(directory), "gguf": str(gguf_file)}
+    if not run.dist.is_main:  # under torchrun the other ranks hold the same model
+        return StepOutcome([directory], summary)
+
+    def fill(target: Path) -> None:
+        result = write_gguf(model, tokenizer, target / gguf_file.name, outtype(run),
+                            name=gguf_file.stem, vocab_source=vocab_source(run))
+        for warning in result.warnings:
+            run.ui.warn(warning)
+        summary["arch"] = result.arch
+        write_text(target / "README.md", model_card(run, role, target) + "\n" + card_section(result, role))
+
+    write_directory(directory, fill)
+    return StepOutcome([directory], summary)
