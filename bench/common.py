@@ -37,3 +37,19 @@ def require_inputs(texts: list[Path], gguf: Path | None) -> Path:
 def _missing(message: str) -> None:
     print(message, file=sys.stderr)
     sys.exit(2)
+
+
+def print_table(header: list[str], cells: list[list[str]], rows: list[dict], args) -> None:
+    """The load average (``uptime``), a Markdown table, and with ``--json`` the raw rows."""
+    import json
+    import subprocess
+
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"\n{load}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for line in cells:
+        print("| " + " | ".join(line) + " |")
+    if getattr(args, "json", None) is not None:
+        args.json.write_text(json.dumps({"rows": rows, "load": load, "args": vars(args)},
+                                        default=str, indent=1))

@@ -105,6 +105,20 @@ def tiny_moe(family: str = "qwen3_moe", seed: int = 0, **overrides):
     return model.eval()
 
 
+def layer_states(model, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Layer 0's input, then every decoder layer's output, from one plain forward with
+    ``output_hidden_states`` (its last entry is after the final norm, so the last layer's output
+    is caught by a hook instead)."""
+    last = {}
+    hook = model.model.layers[-1].register_forward_hook(
+        lambda m, a, out: last.setdefault("out", out[0] if isinstance(out, tuple) else out))
+    with torch.inference_mode():
+        states = list(model(ids, output_hidden_states=True).hidden_states)
+    hook.remove()
+    states[-1] = last["out"]
+    return states
+
+
 def byte_tokenizer():
     """A byte-level fast tokenizer (vocab 260) built offline with the `tokenizers` library."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import layer_states, tiny_model
 
 from prunectl.errors import UserError
 from prunectl.methods.block import plan_for_k
@@ -17,15 +17,7 @@ from prunectl.ui import SILENT
 
 
 def direct_bi(model, ids: torch.Tensor) -> torch.Tensor:
-    """hidden_states[i] enters layer i; the last entry is after the final norm, so the last
-    layer's output is caught by a hook instead."""
-    last = {}
-    hook = model.model.layers[-1].register_forward_hook(
-        lambda m, a, out: last.setdefault("out", out[0] if isinstance(out, tuple) else out))
-    with torch.no_grad():
-        states = list(model(ids, output_hidden_states=True).hidden_states)
-    hook.remove()
-    states[-1] = last["out"]
+    states = layer_states(model, ids)
     cos = torch.nn.functional.cosine_similarity
     return torch.stack([1 - cos(states[i], states[i + 1], dim=-1).mean()
                         for i in range(len(states) - 1)]).double()

@@ -35,6 +35,7 @@ from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
 from prunectl.methods.target import ParamsTarget, resolve_params_target
 from prunectl.methods.width_common import (
+    check_round_to,
     check_width_model,
     head_unit_members,
     layer_plan,
@@ -173,6 +174,7 @@ class MagnitudeMethod(Method):
         if len({(s.num_heads, s.num_kv_heads, s.intermediate) for s in shapes}) > 1:
             raise UserError("magnitude prunes uniform models only; this model's layers differ "
                             "in shape (use flap or wanda-sp)")
+        check_round_to(self.config.round_to, {i: s.intermediate for i, s in enumerate(shapes)})
         counts_dense = count_parameters(model)
         goal = self._goal(run, model)
         ratio, notes = (self.config.pruning_ratio, []) if goal is None else \

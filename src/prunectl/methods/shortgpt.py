@@ -21,25 +21,29 @@ from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.block.candidates import candidate_names
 from prunectl.methods.block.plans import parameter_counts, plan_from_decisions, resolve_target
-from prunectl.methods.block.runner import UnitRunner
 from prunectl.methods.plan import Plan
 from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.layer_pass import LayerPass
+from prunectl.modeling.placement import execution_device
 
 
 def block_influence(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """BI of every decoder layer (float64 [num_layers]), averaged over all calibration tokens."""
-    runner = UnitRunner(model, tokens, batch_size)
-    layers = runner.adapter.num_layers
-    cos_sum = torch.zeros(layers, dtype=torch.float64)
+    """BI of every decoder layer (float64 [num_layers]), averaged over all calibration tokens.
+
+    The cosine sums stay on the execution device until the end: no host copy per layer."""
+    adapter = Adapter(model)
+    cos_sum = torch.zeros(adapter.num_layers, dtype=torch.float64,
+                          device=execution_device(model))
+
+    def add(i: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)
+        cos_sum[i] += cos.sum(dtype=torch.float64)
+
     with torch.inference_mode():
-        for b in range(len(runner.batches)):
-            hidden = runner.embed(b)
-            for i in range(layers):
-                out = runner.run(hidden, 2 * i, 2 * i + 2, set())
-                cos = torch.nn.functional.cosine_similarity(hidden.float(), out.float(), dim=-1)
-                cos_sum[i] += cos.double().sum().cpu()
-                hidden = out
-    return 1.0 - cos_sum / tokens.numel()
+        layers = LayerPass(adapter, tokens, batch_size)
+        for i in range(adapter.num_layers):
+            layers.advance(i, lambda _b, x, y, i=i: add(i, x, y))
+    return 1.0 - cos_sum.cpu() / tokens.numel()
 
 
 class ShortGPTConfig(MethodConfig):

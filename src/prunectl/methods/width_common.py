@@ -139,3 +139,55 @@ def removed_o_channels(q_heads_kept: list[int] | None, num_heads: int, head_dim:
         return []
     kept = set(q_heads_kept)
     return [h * head_dim + d for h in range(num_heads) if h not in kept for d in range(head_dim)]
+
+
+def round_kept_channels(
+    kept: dict[int, int],
+    sizes: dict[int, int],
+    scores: dict[int, torch.Tensor],
+    costs: dict[int, int],
+    multiple: int,
+    excess: float,
+    min_kept: int = 1,
+) -> dict[int, int]:
+    """Kept MLP channels per layer rounded to multiples of ``multiple`` (``method.round_to``).
+
+    Matrix kernels run widths such as 1,341 channels slower than multiples of 8, 64 or 128.  Every
+    layer whose count is not a multiple starts at the multiple below (its next-weakest channels go
+    too); then, strongest returning channels first (their mean score, standardised within the
+    layer so layers compare), layers move to the multiple above while that brings the removed
+    parameters closer to the target.  ``excess`` is the unrounded choice's removed parameters
+    minus the target; ``costs`` are parameters per channel.  A layer keeps a multiple or all
+    its channels; one that would keep fewer than ``min_kept`` goes up.  ``multiple`` 1 changes
+    nothing.
+    """
+    if multiple == 1:
+        return dict(kept)
+    check_round_to(multiple, sizes)
+    rounded, ups = dict(kept), []
+    for i, k in kept.items():
+        if k == sizes[i] or k % multiple == 0:
+            continue
+        down, up = k - k % multiple, min(k - k % multiple + multiple, sizes[i])
+        excess += (k - down) * costs[i]
+        rounded[i] = down
+        ranked = scores[i].float().sort(descending=True).values
+        returning = (ranked[down:up].mean() - ranked.mean()) / ranked.std().clamp_min(1e-12)
+        ups.append((down < min_kept, float(returning), i))
+    for forced, _score, i in sorted(ups, key=lambda u: (not u[0], -u[1], u[2])):
+        up = min(rounded[i] + multiple, sizes[i])
+        gain = (up - rounded[i]) * costs[i]
+        if forced or abs(excess - gain) < abs(excess):
+            rounded[i], excess = up, excess - gain
+    return rounded
+
+
+def check_round_to(multiple: int, sizes: dict[int, int]) -> None:
+    """A multiple wider than some layer's MLP (``sizes``: layer -> channels) is a user error;
+    layers without MLP channels to prune (0: routed experts) do not count."""
+    narrow = min((i for i in sizes if 0 < sizes[i] < multiple), default=None, key=sizes.get)
+    if narrow is not None:
+        raise UserError(
+            f"method.round_to={multiple} exceeds the {sizes[narrow]} MLP channels of layer "
+            f"{narrow}; use a smaller multiple (1, 8, 64 or 128)"
+        )

@@ -104,6 +104,7 @@ class Adapter:
         self.head_dim: int = getattr(self.config, "head_dim", None) or (
             self.config.hidden_size // self.config.num_attention_heads
         )
+        self._block_inputs: dict[tuple, dict[str, Any]] = {}
 
     # --- where things are -------------------------------------------------------------------
     @property
@@ -237,8 +238,15 @@ class Adapter:
 
     def block_inputs(self, hidden: torch.Tensor) -> dict[str, Any]:
         """What every block of this model needs for ``hidden`` ([batch, seq, dim]): rotary
-        position embeddings and the causal masks (full and, where layers use one, sliding),
-        computed once per batch shape."""
+        position embeddings and the causal masks (full and, where layers use one, sliding).
+        They depend only on the batch's shape, device and dtype, so each is built once and
+        reused by every later layer and batch of that shape."""
+        key = (*hidden.shape[:2], hidden.device, hidden.dtype)
+        if key not in self._block_inputs:
+            self._block_inputs[key] = self._new_block_inputs(hidden)
+        return self._block_inputs[key]
+
+    def _new_block_inputs(self, hidden: torch.Tensor) -> dict[str, Any]:
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
         seq = hidden.shape[1]
@@ -280,7 +288,18 @@ class Adapter:
         return hidden + (out if post is None else post(out))
 
     def layer_forward(self, i: int, hidden: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-        return self.mlp_block(i, self.attention_block(i, hidden, inputs))
+        """``hidden`` after decoder layer ``i``: through the model's own layer module when both
+        blocks are there (the same kernels a plain forward runs), else block by block."""
+        if self.attention(i) is None or self.mlp(i) is None:
+            return self.mlp_block(i, self.attention_block(i, hidden, inputs))
+        kind = self.attention_type(i)
+        return self.layers[i](
+            hidden,
+            attention_mask=inputs["masks"][kind],
+            position_ids=inputs["position_ids"],
+            position_embeddings=inputs["position_embeddings"][kind],
+            use_cache=False,
+        )
 
     def head_logits(self, states: torch.Tensor) -> torch.Tensor:
         """The LM head on final-normed states, soft-capped where the family caps its logits."""

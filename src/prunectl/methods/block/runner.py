@@ -9,7 +9,6 @@ further without special cases (the adapter passes a removed block's input throug
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 import torch
 
@@ -38,7 +37,6 @@ class UnitRunner:
         self.chunk_tokens = chunk_tokens
         #: rows (windows) pushed through each kind of unit, and through the LM head
         self.counts: Counter[str] = Counter()
-        self._inputs: dict[tuple[int, int], dict[str, Any]] = {}
 
     @property
     def device(self) -> torch.device:
@@ -47,29 +45,30 @@ class UnitRunner:
     def embed(self, b: int) -> torch.Tensor:
         return self.adapter.embed_tokens(self.batches[b])
 
-    def _block_inputs(self, hidden: torch.Tensor) -> dict[str, Any]:
-        """Rotary embeddings and mask depend only on the batch shape: computed once per shape."""
-        shape = (hidden.shape[0], hidden.shape[1])
-        if shape not in self._inputs:
-            self._inputs[shape] = self.adapter.block_inputs(hidden)
-        return self._inputs[shape]
-
     def run(self, hidden: torch.Tensor, start: int, stop: int, skip: set[int]) -> torch.Tensor:
-        """Residual units ``start .. stop-1`` on ``hidden``, leaving out the units in ``skip``."""
-        inputs = None
+        """Residual units ``start .. stop-1`` on ``hidden``, leaving out the units in ``skip``;
+        a whole decoder layer runs through the model's own layer module."""
         rows = hidden.shape[0]
-        for unit in range(start, stop):
-            if unit in skip:
-                continue
+        unit = start
+        while unit < stop:
             layer = unit // 2
-            if unit % 2 == 0:
-                if inputs is None:
-                    inputs = self._block_inputs(hidden)
-                hidden = self.adapter.attention_block(layer, hidden, inputs)
+            whole = unit % 2 == 0 and unit + 1 < stop and not {unit, unit + 1} & skip
+            if whole:
+                inputs = self.adapter.block_inputs(hidden)
+                hidden = self.adapter.layer_forward(layer, hidden, inputs)
                 self.counts["attn"] += rows
-            else:
-                hidden = self.adapter.mlp_block(layer, hidden)
                 self.counts["mlp"] += rows
+                unit += 2
+                continue
+            if unit not in skip:
+                if unit % 2 == 0:
+                    inputs = self.adapter.block_inputs(hidden)
+                    hidden = self.adapter.attention_block(layer, hidden, inputs)
+                    self.counts["attn"] += rows
+                else:
+                    hidden = self.adapter.mlp_block(layer, hidden)
+                    self.counts["mlp"] += rows
+            unit += 1
         return hidden
 
     def nll(self, hidden: torch.Tensor, b: int, on_logits=None) -> torch.Tensor:

@@ -1,10 +1,9 @@
 """Layer-by-layer calibration pass that records the o_proj and down_proj input moments.
 
-Every window is embedded once; then each decoder layer runs over the cached hidden states in
-batches, with forward pre-hooks on its ``o_proj`` and ``down_proj`` feeding
-:class:`RunningMoments`, and its outputs become the next layer's inputs.  Only one layer's work is
-in flight at a time, as in the reference's ``prune_flap`` loop, so the activations kept are one
-``[windows, seqlen, hidden]`` buffer whatever the depth.
+Each decoder layer runs over every window (:class:`~prunectl.modeling.layer_pass.LayerPass`) with
+forward pre-hooks on its ``o_proj`` and ``down_proj`` feeding :class:`RunningMoments`.  Only one
+layer's work is in flight at a time, as in the reference's ``prune_flap`` loop, so the activations
+kept are one ``[windows, seqlen, hidden]`` buffer whatever the depth.
 """
 
 from __future__ import annotations
@@ -14,7 +13,8 @@ import torch
 from prunectl import distributed
 from prunectl.methods.flap.statistics import RunningMoments
 from prunectl.modeling.adapters import Adapter
-from prunectl.modeling.placement import execution_device, is_streamed
+from prunectl.modeling.layer_pass import LayerPass
+from prunectl.modeling.placement import execution_device
 from prunectl.ui import SILENT, UI
 
 
@@ -34,12 +34,8 @@ def collect_statistics(
     """
     group = distributed.current()
     tokens = tokens[list(group.shard_range(tokens.shape[0]))]
-    batches = [slice(s, s + batch_size) for s in range(0, tokens.shape[0], batch_size)]
     device = execution_device(adapter.model)
-    # the layer inputs of every window: on the device, or in host memory while streaming layers
-    store = torch.device("cpu") if is_streamed(adapter.model) else device
-    hidden = adapter.embed_tokens(tokens).to(store)  # a rank may hold no window; still merges
-    block_inputs: dict[tuple, dict] = {}  # rotary tables and mask, once per batch shape
+    layers = LayerPass(adapter, tokens, batch_size)  # a rank may hold no window; still merges
     stats: dict[str, torch.Tensor] = {}
     for i in ui.progress(range(adapter.num_layers), total=adapter.num_layers,
                          description="layer statistics"):
@@ -52,12 +48,7 @@ def collect_statistics(
             moments[name] = RunningMoments(linear.in_features, device)
             handles.append(linear.register_forward_pre_hook(_recorder(moments[name])))
         try:
-            for b in batches:
-                chunk = hidden[b].to(device)
-                inputs = block_inputs.get(tuple(chunk.shape))
-                if inputs is None:
-                    inputs = block_inputs[tuple(chunk.shape)] = adapter.block_inputs(chunk)
-                hidden[b] = adapter.layer_forward(i, chunk, inputs).to(store)
+            layers.advance(i)
         finally:
             for handle in handles:
                 handle.remove()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from prunectl.errors import UserError
-from prunectl.methods.width_common import LayerShape, head_unit_scores
+from prunectl.methods.width_common import LayerShape, head_unit_scores, round_kept_channels
 
 
 @dataclass
@@ -185,3 +185,19 @@ def select(structure: str, layers: dict[int, LayerScores], budget: float,
     if structure == "AL-MM":
         return al_mm(layers, budget, remove_heads, min_kept)
     return ul_mm(layers, budget, remove_heads, min_kept)
+
+
+def round_selection(layers: dict[int, LayerScores], selection: Selection, budget: float,
+                    multiple: int, min_kept: int = 1) -> Selection:
+    """``selection`` with every layer's kept MLP channels a multiple of ``multiple`` (or all of
+    them), the weakest channels going, the removed parameters still closest to ``budget``."""
+    if multiple == 1:
+        return selection
+    sizes = {i: l.shape.intermediate for i, l in layers.items()}
+    costs = {i: l.shape.channel_cost for i, l in layers.items()}
+    kept = {i: sizes[i] - len(selection.channels.get(i, [])) for i in layers}
+    rounded = round_kept_channels(kept, sizes, {i: l.channels for i, l in layers.items()}, costs,
+                                  multiple, selection.params - budget, min_kept)
+    channels = {i: _weakest(layers[i].channels, sizes[i] - k) for i, k in rounded.items()}
+    params = selection.params + sum((kept[i] - k) * costs[i] for i, k in rounded.items())
+    return Selection(selection.heads, {i: c for i, c in channels.items() if c}, params)

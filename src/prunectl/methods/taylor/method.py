@@ -48,6 +48,7 @@ class TaylorConfig(MethodConfig):
     grad_batch_size: int = Field(1, ge=1)  # calibration samples per backward pass
     gradient_checkpointing: bool = False
     seed: int = 42  # for importance: random
+    round_to: int = Field(1, ge=1)  # kept MLP channels per layer: multiples of this (or all)
 
 
 class TaylorMethod(Method):
@@ -151,6 +152,7 @@ class TaylorMethod(Method):
                 adapter, scores, layers, cfg.head_unit, cfg.ranking, target,
                 keep=None if goal.unit_ratio is None else 1 - goal.unit_ratio,
             )
+            choices = selection.round_choices(adapter, choices, scores, cfg.round_to, target)
             removed = sum(c.removed for c in choices.values())
             layer_plans, notes = selection.layer_plans(adapter, choices)
             achieved.update(

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from prunectl.methods.plan import LayerPlan
-from prunectl.methods.width_common import units_removed
+from prunectl.methods.width_common import round_kept_channels, units_removed
 from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.structure import LayerStructure, Structure, from_model
@@ -156,6 +156,33 @@ def block_plan(
 
     threshold, choices = closest(thresholds, evaluate_global, target)
     return choices, {"ranking": "global", "threshold": threshold}
+
+
+def round_choices(
+    adapter: Adapter, choices: dict[int, LayerChoice], scores: dict[str, torch.Tensor],
+    multiple: int, target: int,
+) -> dict[int, LayerChoice]:
+    """``choices`` with kept MLP channels rounded to multiples of ``multiple`` (``round_to``),
+    the best-scored channels kept, the removed parameters still closest to ``target``."""
+    if multiple == 1:
+        return choices
+    structure = from_model(adapter.model)
+    costs = {i: LayerCosts(structure, i) for i in choices}
+    channels = {i: scores[f"layers.{i}.channels"].float() for i in choices}
+    kept = {i: len(c.channels) for i, c in choices.items()}
+    excess = sum(c.removed for c in choices.values()) - target
+    per_channel = {i: c.removed(c.n_heads, c.n_kv, c.intermediate - 1) for i, c in costs.items()}
+    rounded = round_kept_channels(
+        kept, {i: c.intermediate for i, c in costs.items()}, channels, per_channel, multiple,
+        excess,
+    )
+    out = {}
+    for i, choice in choices.items():
+        k = rounded[i]
+        best = sorted(torch.argsort(channels[i], descending=True)[:k].tolist())
+        removed = costs[i].removed(len(choice.q_heads), len(choice.kv_heads), k)
+        out[i] = choice if k == kept[i] else replace(choice, channels=best, removed=removed)
+    return out
 
 
 def hidden_plan(adapter: Adapter, scores: torch.Tensor, per_channel: int, target: int) -> list[int]:
