@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
@@ -110,14 +110,21 @@ def session(opts: Common) -> Iterator[Any]:
     if quiet:
         _silence_libraries()
     project = Project(opts.project)
-    with project.lock() if dist.is_main else nullcontext() as note:
-        if note:
-            ui.warn(note)
+    with ExitStack() as held:
+        pinned: dict[str, Any] = {}
+
+        def lock_and_pin() -> dict[str, Any]:
+            note = held.enter_context(project.lock())
+            if note:
+                ui.warn(note)
+            pinned["recipe"], pinned["rollback"] = _pin(project, opts, ui)
+            return pinned["recipe"].to_dict()
+
+        resolved = dist.decide(lock_and_pin)  # rank 0 alone locks and pins; all get its recipe
         if dist.is_main:
-            recipe, rollback = _pin(project, opts, ui)
-        dist.barrier()
-        if not dist.is_main:  # the other ranks take the recipe rank 0 pinned
-            recipe, _ = load_recipe(None, [], pinned=project.pinned_recipe())
+            recipe, rollback = pinned["recipe"], pinned["rollback"]
+        else:
+            recipe, _ = load_recipe(None, [], pinned=resolved)
             rollback = {}
         device = resolve_device(opts.device or recipe.model.device)
         dtype = resolve_dtype(recipe.model.dtype, device)
@@ -246,8 +253,7 @@ def handles_errors(command: Callable) -> Callable:
     """Turn user errors into one line and exit 2, internal ones into exit 1 with a log pointer,
     a lost torchrun rank or a signal into one line saying that a re-run resumes."""
 
-    @wraps(command)
-    def wrapper(*args, **kwargs):
+    def reporting(*args, **kwargs):
         with _sigterm_raises() as raise_deferred_sigterm:
             try:
                 result = command(*args, **kwargs)
@@ -283,7 +289,28 @@ def handles_errors(command: Callable) -> Callable:
                 )
                 raise typer.Exit(1) from None
 
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            result = reporting(*args, **kwargs)
+        except typer.Exit as stop:
+            _end_group(stop.exit_code)
+            raise
+        except BaseException:
+            _end_group(1)
+            raise
+        _end_group(0)
+        return result
+
     return wrapper
+
+
+def _end_group(code: int) -> None:
+    """Tear the torchrun group down with the command's exit code (only if one was formed:
+    commands that never touch torch do not import it for this)."""
+    group = sys.modules.get("prunectl.distributed")
+    if group is not None:
+        group.end_group(code)
 
 
 # --- steps ----------------------------------------------------------------------------------

@@ -59,6 +59,18 @@ def _evaluation_tokens(run: RunContext, tokenizer, dataset: str) -> torch.Tensor
     return tokens
 
 
+def _saved_perplexity(run: RunContext, out: Path, fingerprint: str, settings: dict) -> float | None:
+    """The perplexity saved in ``out`` if it was measured on this model with these settings."""
+    if run.force or not out.exists():
+        return None
+    cached = read_json(out)
+    if not isinstance(cached, dict):
+        return None
+    if cached.get("model_fingerprint") == fingerprint and cached.get("settings") == settings:
+        return cached["perplexity"]
+    return None
+
+
 def _perplexities(run: RunContext, role: str, fingerprint: str, model, tokenizer) -> dict:
     from prunectl.evaluation.perplexity import perplexity
 
@@ -74,11 +86,10 @@ def _perplexities(run: RunContext, role: str, fingerprint: str, model, tokenizer
             "dtype": str(run.dtype).removeprefix("torch."),
         }
         out = run.project.path("eval", role, f"perplexity-{_slug(dataset)}.json")
-        if out.exists() and not run.force:
-            cached = read_json(out)
-            if cached.get("model_fingerprint") == fingerprint and cached.get("settings") == settings:
-                results[dataset] = cached["perplexity"]
-                continue
+        cached = run.dist.decide(lambda: _saved_perplexity(run, out, fingerprint, settings))
+        if cached is not None:
+            results[dataset] = cached
+            continue
         tokens = _evaluation_tokens(run, tokenizer, dataset)
         result = perplexity(
             model, tokens, cfg.seqlen, cfg.batch_size, max_windows=cfg.max_windows, ui=run.ui
@@ -137,7 +148,7 @@ def key(run: RunContext, tasks: list[str] | None = None, speed: bool | None = No
 
 
 def evaluate(run: RunContext, tasks: list[str] | None = None, speed: bool | None = None) -> StepResult:
-    fingerprints = model_fingerprints(run)
+    fingerprints = run.dist.decide(lambda: model_fingerprints(run))
 
     def body() -> StepOutcome:
         artifacts.check_memory(run, "eval")
