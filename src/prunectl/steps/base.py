@@ -81,6 +81,7 @@ def execute(
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(traceback.format_exc())
         project.fail(step, f"{type(error).__name__}: {error} (traceback in {log})")
+        error.add_note(f"traceback in {log}")  # the CLI's line points there
         raise
     seconds = time.perf_counter() - started
     summary = {**outcome.summary, "options": options} if options else outcome.summary

@@ -44,12 +44,21 @@ def model_fingerprints(run: RunContext) -> dict[str, str]:
     return found
 
 
+def _tokenizer_digest(tokenizer) -> str:
+    """What the tokenizer is, not where it was loaded from: the dense and the pruned model
+    share one token cache (their tokenizers' paths differ, their vocabularies do not)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return hashlib.sha256(backend.to_str().encode()).hexdigest()
+    return _digest(sorted(tokenizer.get_vocab().items()))
+
+
 def _evaluation_tokens(run: RunContext, tokenizer, dataset: str) -> torch.Tensor:
     """Evaluation text tokenized once per project and cached beside the results."""
     from prunectl.data import evaluation_tokens
 
     cfg = run.recipe.eval.perplexity
-    key = _digest([dataset, cfg.split, cfg.add_bos, tokenizer.name_or_path, len(tokenizer)])
+    key = _digest([dataset, cfg.split, cfg.add_bos, _tokenizer_digest(tokenizer)])
     cache = run.project.path("eval", "tokens", f"{_slug(dataset)}-{key}.safetensors")
     if cache.exists():
         return load_tensors(cache)["input_ids"]
@@ -184,7 +193,9 @@ def evaluate(run: RunContext, tasks: list[str] | None = None, speed: bool | None
             from prunectl.evaluation.report import write_report
 
             write_report(run.project.root)
-        return StepOutcome([run.project.path("eval")], summary)
+        # the models' result files: eval/report.md and the plots are rewritten by `report`
+        results = [run.project.path("eval", role) for role in fingerprints]
+        return StepOutcome([d for d in results if d.exists()], summary)
 
     options = {k: v for k, v in (("tasks", tasks), ("speed", speed)) if v is not None}
     return execute(run, "eval", key, options, body)
