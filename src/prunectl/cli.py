@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import wraps
@@ -161,13 +162,21 @@ def _preflight(recipe) -> None:
     """Check a new recipe against the model's config before pinning it or computing anything:
     a missing model, an unsupported architecture or a block past the last layer fail here."""
     from prunectl.methods.registry import create_method
-    from prunectl.modeling.loading import load_config
+    from prunectl.modeling.loading import check_weight_files, load_config
 
-    create_method(recipe.method).check(load_config(recipe.model))
+    config = load_config(recipe.model)
+    check_weight_files(recipe.model)
+    method = create_method(recipe.method)
+    method.check(config)
+    limit = getattr(config, "max_position_embeddings", None)
+    if method.uses_calibration and limit and recipe.calibration.seqlen > limit:
+        raise UserError(f"calibration.seqlen={recipe.calibration.seqlen} exceeds the model's "
+                        f"max_position_embeddings={limit}; set calibration.seqlen to at most {limit}")
 
 
 def _silence_libraries() -> None:
     """``--quiet`` means quiet: no progress bars or warnings from the libraries underneath."""
+    warnings.filterwarnings("ignore")  # FutureWarnings and the like: errors alone get through
     import datasets
     import transformers
 
@@ -282,9 +291,10 @@ def handles_errors(command: Callable) -> Callable:
                 if isinstance(error, GroupError):
                     typer.echo(f"stopped: {error}; re-run the same command to resume", err=True)
                     raise typer.Exit(1) from None
+                logs = [n for n in getattr(error, "__notes__", []) if n.startswith("traceback in")]
                 typer.echo(
                     f"internal error: {type(error).__name__}: {error} "
-                    "(traceback in the project's logs/ directory; PRUNECTL_DEBUG=1 to raise)",
+                    f"({logs[0] + '; ' if logs else ''}PRUNECTL_DEBUG=1 to raise)",
                     err=True,
                 )
                 raise typer.Exit(1) from None
