@@ -7,7 +7,8 @@ Kill points are file events (see ``killpoints.py``), never sleeps.  Always on: t
 shifted random stream; a kill while ``adapter/`` was written trained one step past
 ``max_steps``; a resume from a checkpoint reported the loss of the resumed steps only).  The
 sweep over every step of the block, FLAP and Taylor + recovery pipelines (36 points) is opt-in:
-``PRUNECTL_KILL_SWEEP=1`` (about 40 s per point on a quiet 2-core machine).
+``PRUNECTL_KILL_SWEEP=1`` (measured: 36 of 36 resumed to the uninterrupted result, 55 min
+wall and 11 min CPU at load average 9-14 on 2 shared cores).
 """
 
 from __future__ import annotations
