@@ -372,8 +372,9 @@ def test_a_bad_collective_timeout_stops_before_the_group_forms(monkeypatch, valu
 @pytest.mark.slow  # spawns processes
 def test_a_silent_rank_stops_rank_0_after_the_timeout(tmp_path, text_file):
     """Rank 1 joins the group and then never reaches a collective (alive, not dead: torchrun
-    would not notice).  Rank 0 of `prunectl search` gives up at its first barrier after
-    PRUNECTL_DIST_TIMEOUT seconds with one line and exit 1, and releases the lock."""
+    would not notice).  Rank 0 of `prunectl search` gives up at its first collective (the
+    broadcast of the recipe it pinned) after PRUNECTL_DIST_TIMEOUT seconds with one line and
+    exit 1, and releases the lock."""
     from conftest import save_tiny
     from test_block_cli import write_recipe
 
@@ -397,7 +398,8 @@ def test_a_silent_rank_stops_rank_0_after_the_timeout(tmp_path, text_file):
         silent.wait()
     assert first.returncode == 1, first.stderr
     assert re.fullmatch(
-        r"stopped: rank 0 of 2: barrier failed \([^)]*timed out[^)]*\); another rank stopped, "
+        r"stopped: rank 0 of 2: broadcast_object_list failed \([^)]*timed out[^)]*\); another "
+        r"rank stopped, "
         r"or did not answer within 2 s \(PRUNECTL_DIST_TIMEOUT\); re-run the same command to "
         r"resume\n", first.stderr, flags=re.IGNORECASE), first.stderr
     assert not (project / ".prunectl.lock").exists()

@@ -12,8 +12,9 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
@@ -112,14 +113,21 @@ def session(opts: Common) -> Iterator[Any]:
     if quiet:
         _silence_libraries()
     project = Project(opts.project)
-    with project.lock() if dist.is_main else nullcontext() as note:
-        if note:
-            ui.warn(note)
+    with ExitStack() as held:
+        pinned: dict[str, Any] = {}
+
+        def lock_and_pin() -> dict[str, Any]:
+            note = held.enter_context(project.lock())
+            if note:
+                ui.warn(note)
+            pinned["recipe"], pinned["rollback"] = _pin(project, opts, ui)
+            return pinned["recipe"].to_dict()
+
+        resolved = dist.decide(lock_and_pin)  # rank 0 alone locks and pins; all get its recipe
         if dist.is_main:
-            recipe, rollback = _pin(project, opts, ui)
-        dist.barrier()
-        if not dist.is_main:  # the other ranks take the recipe rank 0 pinned
-            recipe, _ = load_recipe(None, [], pinned=project.pinned_recipe())
+            recipe, rollback = pinned["recipe"], pinned["rollback"]
+        else:
+            recipe, _ = load_recipe(None, [], pinned=resolved)
             rollback = {}
         device = resolve_device(opts.device or recipe.model.device)
         dtype = resolve_dtype(recipe.model.dtype, device)
@@ -155,8 +163,8 @@ def _pin(project, opts: Common, ui: UI):
 
 def _preflight(recipe) -> None:
     """Check a new recipe against the model's config before pinning it or computing anything:
-    a missing model, an unsupported architecture, a block past the last layer or a target the
-    method cannot meet fail here."""
+    a missing model, an unsupported architecture, a block past the last layer, a calibration
+    window longer than the model's positions or a target the method cannot meet fail here."""
     from prunectl import preflight
 
     preflight.check(recipe)
@@ -168,6 +176,7 @@ def _silence_libraries() -> None:
     import logging
     from functools import partial
 
+    warnings.filterwarnings("ignore")  # FutureWarnings and the like: errors alone get through
     import datasets
     import huggingface_hub
     import transformers
@@ -261,8 +270,7 @@ def handles_errors(command: Callable) -> Callable:
     """Turn user errors into one line and exit 2, internal ones into exit 1 with a log pointer,
     a lost torchrun rank or a signal into one line saying that a re-run resumes."""
 
-    @wraps(command)
-    def wrapper(*args, **kwargs):
+    def reporting(*args, **kwargs):
         with _sigterm_raises() as raise_deferred_sigterm:
             try:
                 result = command(*args, **kwargs)
@@ -291,14 +299,36 @@ def handles_errors(command: Callable) -> Callable:
                 if isinstance(error, GroupError):
                     typer.echo(f"stopped: {error}; re-run the same command to resume", err=True)
                     raise typer.Exit(1) from None
+                logs = [n for n in getattr(error, "__notes__", []) if n.startswith("traceback in")]
                 typer.echo(
                     f"internal error: {type(error).__name__}: {error} "
-                    "(traceback in the project's logs/ directory; PRUNECTL_DEBUG=1 to raise)",
+                    f"({logs[0] + '; ' if logs else ''}PRUNECTL_DEBUG=1 to raise)",
                     err=True,
                 )
                 raise typer.Exit(1) from None
 
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            result = reporting(*args, **kwargs)
+        except typer.Exit as stop:
+            _end_group(stop.exit_code)
+            raise
+        except BaseException:
+            _end_group(1)
+            raise
+        _end_group(0)
+        return result
+
     return wrapper
+
+
+def _end_group(code: int) -> None:
+    """Tear the torchrun group down with the command's exit code (only if one was formed:
+    commands that never touch torch do not import it for this)."""
+    group = sys.modules.get("prunectl.distributed")
+    if group is not None:
+        group.end_group(code)
 
 
 # --- steps ----------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ A collective that fails (a rank is gone, or silent for ``PRUNECTL_DIST_TIMEOUT``
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,6 +30,8 @@ T = TypeVar("T")
 #: seconds a rank waits in a collective for the others (torch's gloo default is 30 minutes)
 TIMEOUT_VARIABLE = "PRUNECTL_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0
+#: at most this long the ranks wait for each other before tearing the group down after success
+TEARDOWN_TIMEOUT_S = 60.0
 
 
 class GroupError(RuntimeError):
@@ -119,6 +122,62 @@ class Distributed:
         if self.enabled:
             with self._collective("barrier"):
                 dist.barrier()
+
+    def decide(self, choose: Callable[[], T]) -> T:
+        """Rank 0's ``choose()`` on every rank: for decisions that read project state (is a
+        step up to date, which models exist), which only rank 0 writes, so no rank reads a file
+        while another may be writing it.  A ``UserError`` on rank 0 is raised on every rank;
+        the value broadcast is rank 0's own (see "Object collectives" in distributed.md)."""
+        if not self.enabled:
+            return choose()
+        outcome: tuple[str, Any] | None = None
+        error: BaseException | None = None
+        if self.is_main:
+            try:
+                outcome = ("value", choose())
+            except UserError as raised:
+                error, outcome = raised, ("user", str(raised))
+            except Exception as raised:
+                error, outcome = raised, ("internal", f"{type(raised).__name__}: {raised}")
+        kind, value = self.broadcast_object(outcome)
+        if error is not None:
+            raise error
+        if kind == "user":
+            raise UserError(value)
+        if kind == "internal":
+            raise GroupError(f"rank {self.rank} of {self.world_size}: rank 0 failed ({value})")
+        return value
+
+
+def end_group(code: int) -> None:
+    """End this process's part in the group once the command knows its exit code.
+
+    Success: a barrier bounded by ``TEARDOWN_TIMEOUT_S`` (no rank tears gloo down while another
+    still talks to it), then ``destroy_process_group``; left to interpreter shutdown, gloo's
+    threads can abort the process (SIGABRT after the work was done).  Failure, or a barrier
+    that fails: no waiting for ranks that may be gone; the streams are flushed and the process
+    exits at once with ``code`` (``os._exit``: the group's sockets close with the process, and
+    no library destructor runs into a dead peer).  No-op outside a launcher.
+    """
+    if not dist.is_initialized():
+        return
+    if code == 0:
+        try:
+            seconds = min(TEARDOWN_TIMEOUT_S, timeout_seconds())
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timedelta(seconds=seconds))
+            else:
+                dist.barrier()
+            dist.destroy_process_group()
+            return
+        except RuntimeError as error:
+            reason = str(error).split("] ", 1)[-1].split(". ")[0].strip()
+            print(f"stopped: the ranks did not finish together ({reason}); the results are "
+                  "saved, re-run the same command to check", file=sys.stderr)
+            code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def current() -> Distributed:

@@ -86,13 +86,17 @@ def write_json(path: Path | str, obj: Any) -> None:
 
 def read_json(path: Path | str) -> Any:
     """Parse a JSON file; a file that is not JSON is a :class:`CorruptFileError` naming it."""
-    text = Path(path).read_text(encoding="utf-8")
     try:
-        return json.loads(text)
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise CorruptFileError(
             f"{path} is not valid JSON (line {error.lineno}: {error.msg}); "
             "move it away and re-run the step that writes it"
+        ) from None
+    except UnicodeDecodeError:
+        raise CorruptFileError(
+            f"{path} is not valid JSON (not UTF-8 text); move it away and re-run the step "
+            "that writes it"
         ) from None
 
 

@@ -29,10 +29,11 @@ def target_kind(target: Any) -> str:
 
 
 def check(recipe: Any) -> Any:
-    """Refuse a recipe that cannot run (unknown architecture, a block past the last layer, a
-    target the method cannot meet); returns the model's Hugging Face config."""
+    """Refuse a recipe that cannot run (unknown architecture, missing weights, a block past the
+    last layer, calibration windows longer than the model's positions, a target the method cannot
+    meet); returns the model's Hugging Face config."""
     from prunectl.methods.registry import create_method
-    from prunectl.modeling.loading import load_config
+    from prunectl.modeling.loading import check_weight_files, load_config
 
     method = create_method(recipe.method)
     kind = target_kind(recipe.target)
@@ -40,7 +41,12 @@ def check(recipe: Any) -> Any:
         takes = " or ".join(_HOW[k] for k in sorted(method.targets))
         raise UserError(f"method {method.name} cannot meet {_HOW[kind]}; give {takes}")
     config = load_config(recipe.model)
+    check_weight_files(recipe.model)
     method.check(config)
+    limit = getattr(config, "max_position_embeddings", None)
+    if method.uses_calibration and limit and recipe.calibration.seqlen > limit:
+        raise UserError(f"calibration.seqlen={recipe.calibration.seqlen} exceeds the model's "
+                        f"max_position_embeddings={limit}; set calibration.seqlen to at most {limit}")
     return config
 
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -39,6 +40,30 @@ PRODUCERS = {
     "recovered": "recover", "eval": "eval", "export": "export",
 }
 PACKAGES = ("torch", "transformers", "lm_eval", "peft", "accelerate", "datasets", "safetensors")
+
+
+#: header line of a pinned recipe: the sha256 of the YAML after the header
+PIN_DIGEST = "# sha256 of the lines below: "
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_pin_digest(file: Path, text: str) -> None:
+    """A pinned recipe cut or edited after pinning can still parse as another valid recipe:
+    its recorded digest must match.  A file without the line (pinned by an older prunectl)
+    is read as it is."""
+    head, marker, rest = text.partition(PIN_DIGEST)
+    if not marker:
+        return
+    recorded, _, body = rest.partition("\n")
+    if _sha256(body) != recorded.strip():
+        raise UserError(
+            f"{file} (the pinned recipe) changed after it was pinned (truncated or edited: its "
+            "sha256 differs from the one in its header); restore it, or move it away and "
+            "pass -r/--recipe"
+        )
 
 
 def now() -> str:
@@ -132,11 +157,11 @@ class Project:
 
     def _acquire(self) -> tuple[str | None, str | None]:
         lock_file = self.path(LOCK_NAME)
-        self.root.mkdir(parents=True, exist_ok=True)
         note = None
         for _ in range(8):
             text = self._lock_text()
             try:
+                self.root.mkdir(parents=True, exist_ok=True)
                 fd = os.open(lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 held = self._holder(lock_file)
@@ -158,10 +183,16 @@ class Project:
                     lock_file.unlink(missing_ok=True)
                 note = f"recovered the stale lock of process {pid} (started {started}): it is gone"
                 continue
+            except PermissionError as error:
+                raise UserError(
+                    f"cannot write in project directory {self.root} ({error.strerror}); fix its "
+                    "permissions or choose another -p/--project"
+                ) from None
             with os.fdopen(fd, "w") as handle:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
+            self._remove_orphans()
             return text, note
         raise UserError(f"could not lock project {self.root}; remove {lock_file} and retry")
 
@@ -173,10 +204,30 @@ class Project:
             text = lock_file.read_text()
         except FileNotFoundError:
             return None
+        except IsADirectoryError:
+            raise UserError(f"{lock_file} is a directory, not prunectl's lock file; remove it "
+                            "(nothing of the project is in it) and retry") from None
+        except UnicodeDecodeError:
+            text = "\0"
         lines = text.splitlines() + ["", "", "", ""]
+        if text.strip() and not lines[0].strip().isdigit():
+            raise UserError(f"{lock_file} is not a prunectl lock file (its first line is no "
+                            "process id); if no prunectl command is running on this project, "
+                            "remove it")
         pid = int(lines[0]) if lines[0].strip().isdigit() else 0
         host = lines[1].strip() or socket.gethostname()
         return pid, host, lines[2].strip(), lines[3].strip() or None, text
+
+    def _remove_orphans(self) -> None:
+        """Remove what killed writes left behind: ``.NAME.*.tmp`` files of ``io.atomic_path``
+        and ``NAME.tmp-*`` / ``NAME.old-*`` directories of ``save_model``.  Called with the lock
+        just taken, so no other prunectl process is writing them."""
+        for path in list(self.root.rglob("*")):
+            name = path.name
+            if path.is_file() and name.startswith(".") and name.endswith(".tmp"):
+                path.unlink(missing_ok=True)
+            elif path.is_dir() and (".tmp-" in name or ".old-" in name):
+                shutil.rmtree(path, ignore_errors=True)
 
     def _release(self, text: str) -> None:
         lock_file = self.path(LOCK_NAME)
@@ -268,18 +319,57 @@ class Project:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def is_up_to_date(self, step: str, fingerprint: str) -> bool:
+        """Whether ``step`` finished with this fingerprint and all it wrote is still there (a
+        deleted output re-runs the step).  Raises ``UserError`` when an output is there but not
+        as the step wrote it: see :meth:`verify_outputs`."""
         record = self.record(step)
-        return (
+        current = (
             record is not None
             and record.get("status") == "done"
             and record.get("fingerprint") == fingerprint
             and all((self.root / output).exists() for output in record.get("outputs", []))
+            and all((self.root / file).is_file() for file in record.get("files", {}))
         )
+        if current:
+            self.verify_outputs(step)
+        return current
+
+    def _file_records(self, outputs: list[Path]) -> dict[str, dict[str, Any]]:
+        """Size, modification time and sha256 of every file among ``outputs`` (directories
+        walked), as :meth:`finish` records them."""
+        files: dict[str, dict[str, Any]] = {}
+        for output in map(Path, outputs):
+            for file in sorted(output.rglob("*")) if output.is_dir() else [output]:
+                if file.is_file():
+                    stat = file.stat()
+                    files[self._relative(file)] = {
+                        "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                        "sha256": file_digest(file),
+                    }
+        return files
+
+    def verify_outputs(self, step: str) -> None:
+        """Refuse to trust ``step`` when a file it wrote has changed since (truncated, edited,
+        overwritten): one line naming the file and the two ways on.  A file whose size and
+        modification time are as recorded is not hashed again (git's rule), so checking a
+        large model costs a ``stat`` unless it was touched."""
+        for relative, seen in (self.record(step) or {}).get("files", {}).items():
+            file = self.root / relative
+            stat = file.stat()
+            if stat.st_size == seen["size"] and stat.st_mtime_ns == seen["mtime_ns"]:
+                continue
+            if stat.st_size == seen["size"] and file_digest(file) == seen["sha256"]:
+                continue
+            raise UserError(
+                f"{file} is not what step '{step}' wrote (size {stat.st_size} bytes, recorded "
+                f"{seen['size']}, content changed); re-run it with --force to rewrite it, or "
+                f"delete {file} and the step re-runs on the next command"
+            )
 
     def start(self, step: str, fingerprint: str) -> None:
         self._update(
             step, replace=True, status="running", fingerprint=fingerprint, started=now(),
-            finished=None, duration_s=None, outputs=[], summary={}, error=None,
+            finished=None, duration_s=None, outputs=[], files={}, summary={}, error=None,
             environment=environment(),
         )
 
@@ -290,13 +380,17 @@ class Project:
         self._update(
             step, status="done", fingerprint=fingerprint, finished=now(),
             duration_s=round(float(duration_s), 3),
-            outputs=[self._relative(p) for p in outputs], summary=summary, error=None,
+            outputs=[self._relative(p) for p in outputs], files=self._file_records(outputs),
+            summary=summary, error=None,
         )
 
     def fail(self, step: str, error: str) -> None:
         self._update(step, status="failed", finished=now(), error=error)
 
     def mark_skipped(self, step: str, reason: str) -> None:
+        record = self.record(step) or {}
+        if record.get("status") == "skipped" and record.get("summary") == {"reason": reason}:
+            return  # recorded already: a re-run leaves state.json as it is
         self._update(
             step, replace=True, status="skipped", fingerprint=None, started=None, finished=now(),
             duration_s=None, outputs=[], summary={"reason": reason}, error=None,
@@ -312,7 +406,15 @@ class Project:
         if not file.exists():
             return None
         try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8"))
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(
+                f"{file} (the pinned recipe) is not text; restore it, or move it away and pass "
+                "-r/--recipe"
+            ) from None
+        _check_pin_digest(file, text)
+        try:
+            data = yaml.safe_load(text)
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
@@ -335,14 +437,16 @@ class Project:
         old = self.pinned_recipe()
         if old == resolved:
             return []
+        body = yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
         header = (
             f"# Resolved recipe pinned by prunectl {__version__} on {now()}: the recipe file with\n"
             "# its extends and --set overrides applied, defaults filled in.  Commands without\n"
             "# -r/--recipe use it; -r or --set replace it (the old one: recipe.previous.yaml).\n"
+            f"{PIN_DIGEST}{_sha256(body)}\n"
         )
         if old is not None:
             write_text(self.path("recipe.previous.yaml"), file.read_text(encoding="utf-8"))
-        write_text(file, header + yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+        write_text(file, header + body)
         if old is None:
             return []
         return [k for k in dict.fromkeys([*resolved, *old]) if old.get(k) != resolved.get(k)]

@@ -30,6 +30,7 @@ from pydantic import (
 
 from prunectl.errors import UserError
 from prunectl.methods.base import MethodConfig
+from prunectl.yaml_unique import load_unique
 
 PINNED_LABEL = "the project's pinned recipe.yaml"
 
@@ -320,7 +321,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise UserError(f"recipe file {path} does not exist; `prunectl recipes ls` lists the "
                         "shipped recipes, `prunectl recipes cp NAME .` copies one")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_unique(path.read_text(encoding="utf-8"), str(path))
+    except UnicodeDecodeError:
+        raise UserError(
+            f"{path} is not a recipe (not UTF-8 text); pass the recipe's YAML file"
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -130,6 +130,8 @@ def load_texts(dataset: str, split: str | None = None, *, kind: Kind = "calibrat
     from datasets import load_dataset
 
     builder = LOCAL_SUFFIXES[path.suffix.lower()]
+    if builder != "parquet":
+        _check_text_file(path)
     try:
         with _quiet_datasets():
             rows = load_dataset(builder, data_files=str(path), split="train")
@@ -229,6 +231,23 @@ def _rows_to_texts(rows, source: str) -> list[str]:
         f"{source} has no text field (columns: {', '.join(columns) or 'none'}); "
         f"expected 'text', 'sentence', or alpaca 'instruction'/'input'/'output'"
     )
+
+
+def _check_text_file(path: Path) -> None:
+    """An empty or binary file in one line naming it (``datasets`` says only "An error
+    occurred while generating the dataset").  The first 64 KiB decide."""
+    import codecs
+
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    if not head.strip():
+        raise UserError(f"{path} holds no text rows (the file is empty or blank); use a file "
+                        "with text in it")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} holds no text rows: it is not UTF-8 text (byte {error.start} "
+                        "is not; a binary file?); use a text file") from None
 
 
 def _non_empty(texts: list[str], source: str) -> list[str]:

@@ -111,6 +111,11 @@ def _task_manager(tasks: list[str], task_paths: list[str]):
     for p in paths:
         if not Path(p).exists():
             raise UserError(f"eval.task_paths entry {p} does not exist; fix the path or remove it")
+        if not _index((p,), False).all_tasks:
+            raise UserError(
+                f"eval.task_paths entry {p} defines no lm-eval task (no YAML there with a valid "
+                "`task:` entry); fix the YAML (lm-eval's task format) or remove the entry"
+            )
     if paths:
         own = _index(paths, False)
         if all(t in own.all_tasks for t in tasks):

@@ -106,7 +106,7 @@ def _load_config(source: str, gguf_file: str | None, cfg: Any):
             family_for(model_type)
             return pruned_config_class_for(model_type).from_pretrained(source)
         if gguf_file is not None:
-            return copy.deepcopy(_gguf_config(source, gguf_file))
+            return copy.deepcopy(_read_gguf_config(source, gguf_file))
         return AutoConfig.from_pretrained(
             source,
             revision=getattr(cfg, "revision", None),
@@ -115,6 +115,19 @@ def _load_config(source: str, gguf_file: str | None, cfg: Any):
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"could not read the model config of '{cfg.path}' ({first}); check model.path") from None
+
+
+def _read_gguf_config(source: str, gguf_file: str):
+    """The GGUF file's config; a file the GGUF reader cannot parse to its end (a download cut
+    short: ``struct.error``, a ``ValueError`` on a short tensor...) is named as such."""
+    try:
+        return _gguf_config(source, gguf_file)
+    except Exception as error:  # the reader fails with whatever the cut-off point gives
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        file = Path(source) / gguf_file
+        raise UserError(
+            f"{file} is not a complete GGUF file ({first}); download it again"
+        ) from None
 
 
 @functools.lru_cache(maxsize=4)
@@ -132,6 +145,39 @@ def load_config(cfg: Any):
     config = _load_config(*_source(cfg), cfg)
     family_for(getattr(config, "model_type", "?"))
     return config
+
+
+def check_weight_files(cfg: Any) -> None:
+    """Refuse a local model whose safetensors files are cut short or are not safetensors at all,
+    from their headers alone (no weight is read): the check made before a new recipe is pinned,
+    so a broken model changes nothing in the project."""
+    source, gguf_file = _source(cfg)
+    if gguf_file is not None or not Path(source).is_dir():
+        return  # a GGUF file is parsed whole by load_config; a hub id is the hub's
+    for file in sorted(Path(source).glob("*.safetensors")):
+        problem = _safetensors_problem(file)
+        if problem:
+            raise UserError(f"{file} {problem}; copy the model again (model.path)")
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """What is wrong with a safetensors file's framing: an 8-byte header length, a JSON header,
+    and data that ends exactly where the header's offsets say."""
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= size - 8:
+            return "is not a safetensors file (no valid header)"
+        try:
+            header = json.loads(handle.read(length))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
+                      default=0)
+        except (ValueError, TypeError, KeyError, IndexError):
+            return "is not a safetensors file (its header is not valid)"
+    if 8 + length + end != size:
+        return f"is truncated or damaged ({size} bytes, its header describes {8 + length + end})"
+    return None
 
 
 def load_model(cfg: Any, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, Any]:
@@ -158,9 +204,10 @@ def load_model(cfg: Any, device: torch.device, dtype: torch.dtype) -> tuple[nn.M
             device_map = getattr(cfg, "device_map", None)
             placement = {"device_map": device_map} if device_map is not None else {}
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **common, **placement)
-    except (OSError, ValueError) as error:
+    except _unreadable() as error:
         first = str(error).strip().splitlines()[0]
-        raise UserError(f"could not load the weights of '{cfg.path}' ({first}); check model.path") from None
+        raise UserError(f"could not load the weights of '{cfg.path}' ({first}); check model.path "
+                        "(a truncated or damaged weights file: copy it again)") from None
     if gguf_file is not None:
         model = _without_quantization_config(model)
     try:
@@ -243,8 +290,20 @@ def load_project_model(directory: Path, device: torch.device, dtype: torch.dtype
         model_cls = pruned_class_for(config["model_type"])
     else:
         model_cls = AutoModelForCausalLM
-    model = model_cls.from_pretrained(directory, dtype=dtype)
+    try:
+        model = model_cls.from_pretrained(directory, dtype=dtype)
+    except _unreadable() as error:
+        first = str(error).strip().splitlines()[0]
+        raise UserError(f"could not load the model in {directory} ({first}); delete that "
+                        "directory and re-run the step that wrote it") from None
     return model.to(device).eval()
+
+
+def _unreadable() -> tuple[type[BaseException], ...]:
+    """What loading a damaged weights file raises: the user's to fix, not an internal error."""
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, SafetensorError
 
 
 def load_project_tokenizer(directory: Path):

@@ -8,7 +8,8 @@ under ``out_dir`` (``recovered/`` of the project):
   last one (global step, optimizer, scheduler and data order continue);
 - ``inputs.json``: the ``recover`` section and the source model's files (name, size, mtime) the
   checkpoints were made from; when they differ (or with ``--force``) training starts afresh;
-- ``eval_before.json``: validation loss of the pruned model, measured once;
+- ``eval_before.json``: validation loss of the pruned model, measured at every start without
+  a checkpoint (it is part of the run's random stream), kept when resuming from one;
 - ``adapter/``: the LoRA adapter alone (peft format), for users who keep it separate;
 - ``model/``: the merged model (``merge_and_unload``), saved with ``save_model``;
 - ``summary.json``: the figures ``run_recovery`` returns;
@@ -120,18 +121,22 @@ def run_recovery(
 
         train_set, val_set, trainer_class = distill_trainer(run, train_set, val_set, out_dir)
     before_file = out_dir / "eval_before.json"
-    decided = None
-    if dist.is_main:  # inputs checked, checkpoints kept or dropped: one rank decides and writes
+
+    def start_or_resume() -> str | None:  # inputs checked, checkpoints kept or dropped
         out_dir.mkdir(parents=True, exist_ok=True)
         _start_or_resume(run, source_dir, out_dir)
-        decided = last_checkpoint(out_dir / "checkpoints"), not before_file.exists()
-    resume, measure_before = dist.broadcast_object(decided)
+        return last_checkpoint(out_dir / "checkpoints")
+
+    resume = dist.decide(start_or_resume)  # one rank decides and writes
     run.ui.info(f"recover: {len(train_set)} training and {len(val_set)} validation examples, "
                 f"{dist.world_size} process(es), {strategy}")
     # the pruned model's loss (LoRA starts as a no-op) is measured inside train(), once the
     # Trainer has wrapped the model: a Trainer.evaluate() before train() would leave it
-    # unwrapped under DDP (accelerate marks it prepared), so the ranks would not sync gradients
-    measure = bool(val_set) and measure_before and resume is None
+    # unwrapped under DDP (accelerate marks it prepared), so the ranks would not sync gradients.
+    # Measured on every start without a checkpoint, even when eval_before.json exists (a run
+    # killed before its first checkpoint): the evaluation is part of the run's random stream,
+    # and a resume must give the uninterrupted result
+    measure = bool(val_set) and resume is None
     args = training_arguments(cfg, out_dir / "checkpoints", run.device, run.dtype,
                               len(train_set), bool(val_set), dist.world_size, eval_on_start=measure)
     model = load_project_model(source_dir, run.device, run.dtype)

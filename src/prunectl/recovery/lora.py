@@ -127,6 +127,40 @@ def _ui_callback(ui: UI):
     return Report()
 
 
+LOSS_STATE = "RunningLoss"
+
+
+def _running_loss(trainer):
+    """Carries the Trainer's sum of training losses through checkpoints, so a resumed run's
+    ``train_loss`` is the mean over the whole run (the Trainer's own covers only the steps of
+    its last ``train()`` call).  Every checkpoint is made a logging step too: the Trainer adds a
+    step's loss to its sum only when it logs, so the sum saved is exact, and a resumed run adds
+    the later steps in the same order as an uninterrupted one (bit-identical figures)."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+
+    class RunningLoss(TrainerCallback, ExportableState):
+        def state(self) -> dict:
+            total = getattr(trainer, "_total_loss_scalar", 0.0)
+            return {"args": {}, "attributes": {"loss_sum": total}}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            trainer._total_loss_scalar = saved_loss_sum(state)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save:
+                control.should_log = True
+            return control
+
+    return RunningLoss()
+
+
+def saved_loss_sum(state) -> float:
+    """The sum of training losses up to ``state.global_step`` kept by :func:`_running_loss`."""
+    saved = (state.stateful_callbacks or {}).get(LOSS_STATE) or {}
+    return float(saved.get("attributes", {}).get("loss_sum", 0.0))
+
+
 def before_callback(path: Path):
     """Writes the evaluation before the first step (``eval_on_start``) to ``path``, from the
     main process, as soon as it is known: a resumed run must not measure again."""
@@ -197,6 +231,7 @@ def make_trainer(
         ),
         callbacks=[_ui_callback(ui), *callbacks],
     )
+    trainer.add_callback(_running_loss(trainer))
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
@@ -209,18 +244,24 @@ def train(trainer, resume: str | None, dist: Distributed, ui: UI = SILENT) -> di
     Returns figures, equal on every rank: the training loss is the mean of the ranks' means
     (equal shares of every step), the losses and steps are the Trainer's global ones.
     """
-    if resume:
-        ui.info(f"recover: resuming from {resume}")
     # counted before the Trainer wraps (and maybe shards) the model
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    result = trainer.train(resume_from_checkpoint=resume)
-    state = trainer.state
     has_eval = trainer.eval_dataset is not None
+    if resume and _finished(resume):
+        ui.info(f"recover: {resume} is the end of the run; loading it, no step to train")
+        _reload_finished(trainer, resume, has_eval)
+    else:
+        if resume:
+            ui.info(f"recover: resuming from {resume}")
+        trainer.train(resume_from_checkpoint=resume)
+    state = trainer.state
     resumed_step = int(Path(resume).name.split("-")[-1]) if resume else None
-    trained = state.global_step > (resumed_step or 0)  # not when a finished run was only reloaded
-    losses = dist.gather_objects(result.training_loss)
+    loss_sum = getattr(trainer, "_total_loss_scalar", None)
+    if loss_sum is None:
+        loss_sum = saved_loss_sum(state)
+    losses = dist.gather_objects(loss_sum / max(state.global_step, 1))
     return {
-        "train_loss": sum(losses) / len(losses) if trained else None,
+        "train_loss": sum(losses) / len(losses) if state.global_step else None,
         "eval_loss_after": state.best_metric if has_eval else None,
         "eval_losses": [log["eval_loss"] for log in state.log_history
                         if "eval_loss" in log and log["step"] > 0],
@@ -228,3 +269,20 @@ def train(trainer, resume: str | None, dist: Distributed, ui: UI = SILENT) -> di
         "resumed_from_step": resumed_step,
         "trainable_parameters": trainable,
     }
+
+
+def _finished(checkpoint: str) -> bool:
+    """Whether ``checkpoint`` is the run's last step: training from it would run one step past
+    ``max_steps`` (the Trainer checks for the end only after a step)."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return state["global_step"] >= state["max_steps"]
+
+
+def _reload_finished(trainer, checkpoint: str, has_eval: bool) -> None:
+    """What ``train()`` ends with, without training: the run's state, and the adapter of its best
+    checkpoint (``load_best_model_at_end``) or of its last one."""
+    from transformers import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint if has_eval else None
+    trainer._load_from_checkpoint(best if best and Path(best).is_dir() else checkpoint)

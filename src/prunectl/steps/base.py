@@ -51,12 +51,18 @@ def execute(
     """
     project = run.project
     main = run.dist.is_main
-    run.dist.barrier()  # every rank sees the state rank 0 left
-    fingerprint = project.fingerprint(step, *key(run, **options))
-    if not run.force and project.is_up_to_date(step, fingerprint):
-        record = project.record(step) or {}
+
+    def decision() -> tuple[str, dict[str, Any] | None]:
+        fingerprint = project.fingerprint(step, *key(run, **options))
+        if not run.force and project.is_up_to_date(step, fingerprint):
+            return fingerprint, (project.record(step) or {}).get("summary", {})
+        return fingerprint, None
+
+    # rank 0 decides, after its own records of the earlier steps: the others never read state.json
+    fingerprint, kept_summary = run.dist.decide(decision)
+    if kept_summary is not None:
         run.ui.info(f"[dim]{step}: up to date, skipped (use --force to re-run)[/]")
-        return StepResult(step, "up-to-date", record.get("summary", {}))
+        return StepResult(step, "up-to-date", kept_summary)
     run.ui.info(f"[bold]{step}[/] …")
     before = snapshot([project.state_file])
     if main:
@@ -75,6 +81,7 @@ def execute(
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(traceback.format_exc())
         project.fail(step, f"{type(error).__name__}: {error} (traceback in {log})")
+        error.add_note(f"traceback in {log}")  # the CLI's line points there
         raise
     seconds = time.perf_counter() - started
     summary = {**outcome.summary, "options": options} if options else outcome.summary

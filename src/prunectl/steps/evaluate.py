@@ -44,12 +44,21 @@ def model_fingerprints(run: RunContext) -> dict[str, str]:
     return found
 
 
+def _tokenizer_digest(tokenizer) -> str:
+    """What the tokenizer is, not where it was loaded from: the dense and the pruned model
+    share one token cache (their tokenizers' paths differ, their vocabularies do not)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return hashlib.sha256(backend.to_str().encode()).hexdigest()
+    return _digest(sorted(tokenizer.get_vocab().items()))
+
+
 def _evaluation_tokens(run: RunContext, tokenizer, dataset: str) -> torch.Tensor:
     """Evaluation text tokenized once per project and cached beside the results."""
     from prunectl.data import evaluation_tokens
 
     cfg = run.recipe.eval.perplexity
-    key = _digest([dataset, cfg.split, cfg.add_bos, tokenizer.name_or_path, len(tokenizer)])
+    key = _digest([dataset, cfg.split, cfg.add_bos, _tokenizer_digest(tokenizer)])
     cache = run.project.path("eval", "tokens", f"{_slug(dataset)}-{key}.safetensors")
     if cache.exists():
         return load_tensors(cache)["input_ids"]
@@ -57,6 +66,18 @@ def _evaluation_tokens(run: RunContext, tokenizer, dataset: str) -> torch.Tensor
     if run.dist.is_main:  # under torchrun every rank tokenizes; rank 0 alone writes files
         save_tensors(cache, {"input_ids": tokens})
     return tokens
+
+
+def _saved_perplexity(run: RunContext, out: Path, fingerprint: str, settings: dict) -> float | None:
+    """The perplexity saved in ``out`` if it was measured on this model with these settings."""
+    if run.force or not out.exists():
+        return None
+    cached = read_json(out)
+    if not isinstance(cached, dict):
+        return None
+    if cached.get("model_fingerprint") == fingerprint and cached.get("settings") == settings:
+        return cached["perplexity"]
+    return None
 
 
 def _perplexities(run: RunContext, role: str, fingerprint: str, model, tokenizer) -> dict:
@@ -74,11 +95,10 @@ def _perplexities(run: RunContext, role: str, fingerprint: str, model, tokenizer
             "dtype": str(run.dtype).removeprefix("torch."),
         }
         out = run.project.path("eval", role, f"perplexity-{_slug(dataset)}.json")
-        if out.exists() and not run.force:
-            cached = read_json(out)
-            if cached.get("model_fingerprint") == fingerprint and cached.get("settings") == settings:
-                results[dataset] = cached["perplexity"]
-                continue
+        cached = run.dist.decide(lambda: _saved_perplexity(run, out, fingerprint, settings))
+        if cached is not None:
+            results[dataset] = cached
+            continue
         tokens = _evaluation_tokens(run, tokenizer, dataset)
         result = perplexity(
             model, tokens, cfg.seqlen, cfg.batch_size, max_windows=cfg.max_windows, ui=run.ui
@@ -137,7 +157,7 @@ def key(run: RunContext, tasks: list[str] | None = None, speed: bool | None = No
 
 
 def evaluate(run: RunContext, tasks: list[str] | None = None, speed: bool | None = None) -> StepResult:
-    fingerprints = model_fingerprints(run)
+    fingerprints = run.dist.decide(lambda: model_fingerprints(run))
 
     def body() -> StepOutcome:
         artifacts.check_memory(run, "eval")
@@ -173,7 +193,9 @@ def evaluate(run: RunContext, tasks: list[str] | None = None, speed: bool | None
             from prunectl.evaluation.report import write_report
 
             write_report(run.project.root)
-        return StepOutcome([run.project.path("eval")], summary)
+        # the models' result files: eval/report.md and the plots are rewritten by `report`
+        results = [run.project.path("eval", role) for role in fingerprints]
+        return StepOutcome([d for d in results if d.exists()], summary)
 
     options = {k: v for k, v in (("tasks", tasks), ("speed", speed)) if v is not None}
     return execute(run, "eval", key, options, body)

@@ -96,7 +96,7 @@ def key(run: RunContext, output: Path | str | None = None) -> tuple[dict, list]:
 
 
 def export(run: RunContext, output: Path | None = None) -> StepResult:
-    role = export_source(run)
+    role = run.dist.decide(lambda: export_source(run))
     directory = output or run.project.path(*artifacts.EXPORT)
     if output is not None and output.exists() and any(output.iterdir()) and not run.force:
         raise UserError(f"{output} exists and is not empty; choose another --output or pass --force")

@@ -23,7 +23,7 @@ def key(run: RunContext) -> tuple[dict, list]:
 def recover(run: RunContext) -> StepResult:
     if run.recipe.recover is None:
         return skip(run, "recover", "the recipe has no `recover` section")
-    source = artifacts.require(run, artifacts.PRUNED, "apply")
+    source = run.dist.decide(lambda: artifacts.require(run, artifacts.PRUNED, "apply"))
 
     def body() -> StepOutcome:
         from prunectl.recovery import run_recovery

@@ -40,6 +40,9 @@ def _retire_foreign_progress(run: RunContext) -> None:
 
 def search(run: RunContext) -> StepResult:
     method = create_method(run.recipe.method)
+    if run.recipe.target.blocks == 0:
+        run.ui.warn("target.blocks is 0: nothing will be removed (the pruned model is the "
+                    "dense one)")
 
     def body() -> StepOutcome:
         if run.dist.is_main:
