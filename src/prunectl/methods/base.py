@@ -39,6 +39,9 @@ class Method:
     uses_statistics: ClassVar[bool] = False
     #: True when the method reads calibration tokens at all (``mag-sp`` and ``manual`` do not).
     uses_calibration: ClassVar[bool] = True
+    #: True when ``apply`` needs the calibration tokens (``tokens=``): a least-squares
+    #: reconstruction runs its sequential pass there.
+    apply_uses_tokens: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig):
         self.config = config

@@ -11,7 +11,7 @@ from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.params import count_parameters
 from prunectl.modeling.pruned_format import save_model
 from prunectl.steps import artifacts
-from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections
+from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections, upstream
 
 
 def layer_structure(adapter: Adapter, plan: Plan) -> list[dict]:
@@ -48,6 +48,9 @@ def key(run: RunContext, blocks: int | None = None) -> tuple[dict, list]:
     """The plan file is hashed, not only the search fingerprint: a hand-edited plan re-applies."""
     sections = recipe_sections(run, "model", "method", "target")
     sections["apply"] = {"blocks": blocks}
+    if create_method(run.recipe.method).apply_uses_tokens:  # a reconstruction reads them
+        sections["calibration"] = recipe_sections(run, "calibration")["calibration"]
+        sections["calibration_step"] = upstream(run, "calibrate")
     return sections, [artifacts.require(run, artifacts.PLAN, "search")]
 
 
@@ -62,7 +65,8 @@ def apply(run: RunContext, blocks: int | None = None) -> StepResult:
             plan = plan_for_k(plan, blocks)
         dense = count_parameters(model)
         structure = layer_structure(adapter, plan)
-        pruned = method.apply(run, model, plan, artifacts.statistics(run))
+        extra = {"tokens": artifacts.calibration_tokens(run)} if method.apply_uses_tokens else {}
+        pruned = method.apply(run, model, plan, artifacts.statistics(run), **extra)
         artifacts.forget_dense(run)  # sliced in place: no longer the dense model
         directory = artifacts.path(run, artifacts.PRUNED)
         if run.dist.is_main:  # every rank keeps the pruned model in memory for the next steps

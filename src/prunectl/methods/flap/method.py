@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
@@ -21,6 +21,11 @@ from prunectl.methods.flap.compensation import compensation_bias
 from prunectl.methods.flap.metrics import channel_metric, layer_scores
 from prunectl.methods.flap.structure import LayerScores, Selection, select
 from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.methods.reconstruct.options import (
+    Reconstruct,
+    ReconstructOptions,
+    reconstruction_biases,
+)
 from prunectl.methods.width_common import layer_plan, layer_shape, removed_o_channels
 from prunectl.modeling.adapters import Adapter
 
@@ -33,7 +38,7 @@ Structure = Literal["UL-UM", "UL-MM", "AL-MM", "AL-AM"]
 HeadUnitOpt = Literal["kv_group", "query_head"]
 
 
-class _WidthConfig(MethodConfig):
+class _WidthConfig(MethodConfig, ReconstructOptions):
     #: which units go: per-layer uniform (UL-*) or model-wide adaptive (AL-*) heads / channels
     structure: Structure = "AL-AM"
     #: a KV head with its query heads, or one query head from every KV group at once
@@ -45,16 +50,36 @@ class _WidthConfig(MethodConfig):
     min_kept: int = Field(1, ge=0)
 
 
-class FlapConfig(_WidthConfig):
+class _CompensatingConfig(_WidthConfig):
+    """``bias_compensation`` predates ``reconstruct``; it stays as the same switch
+    (``true`` = ``reconstruct: bias``), and the two may not disagree."""
+
+    bias_compensation: bool = False
+
+    @model_validator(mode="after")
+    def _one_switch(self):
+        explicit = self.model_fields_set
+        if "bias_compensation" in explicit and "reconstruct" in explicit:
+            if self.bias_compensation != (self.reconstruct == "bias"):
+                raise ValueError(
+                    f"bias_compensation: {str(self.bias_compensation).lower()} contradicts "
+                    f"reconstruct: {self.reconstruct}; set only method.reconstruct")
+        elif "bias_compensation" in explicit:
+            self.reconstruct = "bias" if self.bias_compensation else "none"
+        self.bias_compensation = self.reconstruct == "bias"
+        return self
+
+
+class FlapConfig(_CompensatingConfig):
     name: Literal["flap"] = "flap"
     metric: Literal["IFV", "WIFV", "WIFN"] = "WIFV"
     bias_compensation: bool = True
+    reconstruct: Reconstruct = "bias"
 
 
-class WandaSPConfig(_WidthConfig):
+class WandaSPConfig(_CompensatingConfig):
     name: Literal["wanda-sp"] = "wanda-sp"
     structure: Structure = "UL-UM"
-    bias_compensation: bool = False
 
 
 class MagSPConfig(_WidthConfig):
@@ -75,7 +100,11 @@ class _WidthMethod(Method):
 
     @property
     def bias_compensation(self) -> bool:
-        return bool(getattr(self.config, "bias_compensation", False))
+        return self.config.reconstruct == "bias"
+
+    @property
+    def apply_uses_tokens(self) -> bool:
+        return self.config.reconstruct == "least_squares"
 
     # --- calibrate --------------------------------------------------------------------------
     def statistics(self, run: RunContext, model: nn.Module, tokens: torch.Tensor):
@@ -161,8 +190,9 @@ class _WidthMethod(Method):
         return extra
 
     def _added_bias(self, adapter: Adapter, plan: Plan) -> int:
-        """Parameters compensation adds: a bias on each pruned o_proj / down_proj lacking one."""
-        if not self.bias_compensation:
+        """Parameters compensation or least squares add: a bias on each pruned o_proj /
+        down_proj lacking one."""
+        if self.config.reconstruct == "none":
             return 0
         return adapter.hidden_size * sum(
             (lp.q_heads is not None and adapter.o_proj(i).bias is None)
@@ -225,10 +255,11 @@ class _WidthMethod(Method):
             )
 
     # --- apply ------------------------------------------------------------------------------
-    def apply(self, run, model, plan: Plan, stats) -> nn.Module:
+    def apply(self, run, model, plan: Plan, stats, tokens=None) -> nn.Module:
         from prunectl.modeling.surgery import apply_plan
 
-        biases = self.compensation(Adapter(model), plan, stats) if self.bias_compensation else None
+        biases = reconstruction_biases(self.config, run, model, plan, stats, tokens,
+                                       self.compensation)
         return apply_plan(model, plan, biases=biases)
 
     def compensation(self, adapter: Adapter, plan: Plan, stats) -> dict[str, torch.Tensor]:
@@ -274,9 +305,16 @@ class WandaSPMethod(_WidthMethod):
 
 
 class MagSPMethod(_WidthMethod):
-    """Structured magnitude, FLAP's baseline: the weight column norm, no data."""
+    """Structured magnitude, FLAP's baseline: the weight column norm, no data (unless a
+    reconstruction asks for calibration text)."""
 
     name = "mag-sp"
     Config = MagSPConfig
-    uses_statistics = False
-    uses_calibration = False
+
+    @property
+    def uses_statistics(self) -> bool:
+        return self.config.reconstruct == "bias"
+
+    @property
+    def uses_calibration(self) -> bool:
+        return self.config.reconstruct != "none"
