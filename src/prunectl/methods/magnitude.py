@@ -28,11 +28,13 @@ from pydantic import Field
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
+from prunectl.methods.reconstruct.hooks import ReconstructHooks
+from prunectl.methods.reconstruct.options import ReconstructOptions
 from prunectl.methods.width_common import head_unit_members, layer_plan, layer_shape
 from prunectl.modeling.adapters import Adapter
 
 
-class MagnitudeConfig(MethodConfig):
+class MagnitudeConfig(MethodConfig, ReconstructOptions):
     name: Literal["magnitude"] = "magnitude"
     #: fraction of hidden channels, head units and MLP channels removed; None: solved from
     #: ``target.params_ratio``
@@ -82,12 +84,16 @@ def kept_count(n: int, ratio: float, multiple: int) -> int:
     return min(max(kept, multiple), n // multiple * multiple)
 
 
-class MagnitudeMethod(Method):
-    """Uniform width pruning by group L2 magnitude; no calibration data."""
+class MagnitudeMethod(ReconstructHooks, Method):
+    """Uniform width pruning by group L2 magnitude; no calibration data unless a reconstruction
+    asks for it."""
 
     name = "magnitude"
     Config = MagnitudeConfig
-    uses_calibration = False
+
+    @property
+    def uses_calibration(self) -> bool:
+        return self.config.reconstruct != "none"
 
     def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
         return group_importance(Adapter(model))

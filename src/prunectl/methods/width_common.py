@@ -125,3 +125,19 @@ def removed_o_channels(q_heads_kept: list[int] | None, num_heads: int, head_dim:
         return []
     kept = set(q_heads_kept)
     return [h * head_dim + d for h in range(num_heads) if h not in kept for d in range(head_dim)]
+
+
+def removed_channels(adapter: Adapter, plan, i: int, name: str) -> list[int]:
+    """Input channels of layer ``i``'s ``o_proj``/``down_proj`` that ``plan`` removes (all of
+    them when the block goes)."""
+    lp = plan.layer(i)
+    if name == "o_proj":
+        if not lp.attention:
+            return list(range(adapter.o_proj(i).in_features))
+        return removed_o_channels(lp.q_heads, adapter.num_heads(i), adapter.head_dim)
+    if not lp.mlp:
+        return list(range(adapter.intermediate_size(i)))
+    if lp.mlp_channels is None:
+        return []
+    kept = set(lp.mlp_channels)
+    return [c for c in range(adapter.intermediate_size(i)) if c not in kept]

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.flap.collect import collect_statistics, stat_key
-from prunectl.methods.flap.compensation import compensation_bias
+from prunectl.methods.flap.compensation import plan_biases
 from prunectl.methods.flap.metrics import channel_metric, layer_scores
 from prunectl.methods.flap.structure import LayerScores, Selection, select
 from prunectl.methods.plan import LayerPlan, Plan
@@ -26,7 +26,7 @@ from prunectl.methods.reconstruct.options import (
     ReconstructOptions,
     reconstruction_biases,
 )
-from prunectl.methods.width_common import layer_plan, layer_shape, removed_o_channels
+from prunectl.methods.width_common import layer_plan, layer_shape
 from prunectl.modeling.adapters import Adapter
 
 if TYPE_CHECKING:
@@ -264,25 +264,7 @@ class _WidthMethod(Method):
 
     def compensation(self, adapter: Adapter, plan: Plan, stats) -> dict[str, torch.Tensor]:
         """``layers.N.o_proj`` / ``layers.N.down_proj`` → bias to add, from the dense weights."""
-        biases = {}
-        for i, lp in plan.layers.items():
-            o_removed = removed_o_channels(lp.q_heads, adapter.num_heads(i), adapter.head_dim)
-            mlp_removed = []
-            if lp.mlp_channels is not None:
-                kept = set(lp.mlp_channels)
-                mlp_removed = [c for c in range(adapter.intermediate_size(i)) if c not in kept]
-            for module, removed, linear in (("o_proj", o_removed, adapter.o_proj(i)),
-                                            ("down_proj", mlp_removed, adapter.down_proj(i))):
-                if not removed:
-                    continue
-                key = f"{stat_key(i, module)}.mean"
-                if key not in stats:
-                    raise UserError(
-                        f"calibration statistics lack {key} for bias compensation; "
-                        "re-run `prunectl calibrate --force`"
-                    )
-                biases[stat_key(i, module)] = compensation_bias(linear.weight, stats[key], removed)
-        return biases
+        return plan_biases(adapter, plan, stats)
 
 
 class FlapMethod(_WidthMethod):

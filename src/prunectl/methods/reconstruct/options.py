@@ -20,7 +20,7 @@ from prunectl.errors import UserError
 from prunectl.methods.plan import Plan
 from prunectl.methods.reconstruct.least_squares import solve_kept
 from prunectl.methods.reconstruct.sequential import Solution, sequential_pass
-from prunectl.methods.width_common import removed_o_channels
+from prunectl.methods.width_common import removed_channels
 from prunectl.modeling.adapters import Adapter
 from prunectl.ui import SILENT
 
@@ -38,22 +38,6 @@ class ReconstructOptions(BaseModel):
     reconstruct_target: Literal["dense", "self"] = "dense"
     #: ridge damping, relative to the mean diagonal of the input covariance (GPTQ's percdamp)
     reconstruct_damp: float = Field(0.01, ge=0, le=10)
-
-
-def removed_channels(adapter: Adapter, plan: Plan, i: int, name: str) -> list[int]:
-    """Input channels of layer ``i``'s ``o_proj``/``down_proj`` that ``plan`` removes (all of
-    them when the block goes)."""
-    lp = plan.layer(i)
-    if name == "o_proj":
-        if not lp.attention:
-            return list(range(adapter.o_proj(i).in_features))
-        return removed_o_channels(lp.q_heads, adapter.num_heads(i), adapter.head_dim)
-    if not lp.mlp:
-        return list(range(adapter.intermediate_size(i)))
-    if lp.mlp_channels is None:
-        return []
-    kept = set(lp.mlp_channels)
-    return [c for c in range(adapter.intermediate_size(i)) if c not in kept]
 
 
 def full_weight(solved: torch.Tensor, kept: torch.Tensor, n: int) -> torch.Tensor:

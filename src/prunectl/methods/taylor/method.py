@@ -19,6 +19,8 @@ from pydantic import Field
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
+from prunectl.methods.reconstruct.hooks import ReconstructHooks
+from prunectl.methods.reconstruct.options import ReconstructOptions
 from prunectl.methods.taylor import groups, selection
 from prunectl.methods.taylor.gradients import GradientStore, accumulate_gradients
 from prunectl.methods.taylor.importance import GRADIENT_KINDS, random_importance
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from prunectl.context import RunContext
 
 
-class TaylorConfig(MethodConfig):
+class TaylorConfig(MethodConfig, ReconstructOptions):
     name: Literal["taylor"] = "taylor"
     scope: Literal["block", "channel"] = "block"
     layer_start: int = Field(4, ge=0)
@@ -46,7 +48,7 @@ class TaylorConfig(MethodConfig):
     seed: int = 42  # for importance: random
 
 
-class TaylorMethod(Method):
+class TaylorMethod(ReconstructHooks, Method):
     name = "taylor"
     Config = TaylorConfig
 
