@@ -44,7 +44,7 @@ def test_solve_equals_lstsq(cross):
     torch.testing.assert_close(solved, expected, rtol=1e-8, atol=1e-8)
 
 
-def test_damping_is_ridge_on_the_weights_not_the_bias():
+def test_damping_is_ridge_toward_the_dense_weights_not_on_the_bias():
     x, _, w, b = _data(seed=1)
     kept = torch.tensor([1, 2, 4, 6, 9])
     moments = SecondMoments(x.shape[1], False)
@@ -57,7 +57,8 @@ def test_damping_is_ridge_on_the_weights_not_the_bias():
     penalty = torch.zeros(len(kept), len(kept) + 1, dtype=x.dtype)
     penalty[:, :-1] = torch.eye(len(kept), dtype=x.dtype) * (lam * n) ** 0.5
     stacked = torch.cat([design, penalty])
-    targets = torch.cat([x @ w.T + b, torch.zeros(len(kept), w.shape[0], dtype=x.dtype)])
+    anchor = w[:, kept].T * (lam * n) ** 0.5  # the penalty pulls W'_K toward W_K
+    targets = torch.cat([x @ w.T + b, anchor])
     expected = torch.linalg.lstsq(stacked, targets).solution.T
     torch.testing.assert_close(solved, expected, rtol=1e-8, atol=1e-8)
 

@@ -21,6 +21,7 @@ METHODS: dict[str, str] = {
     "mag-sp": "prunectl.methods.flap:MagSPMethod",
     "magnitude": "prunectl.methods.magnitude:MagnitudeMethod",
     "taylor": "prunectl.methods.taylor:TaylorMethod",
+    "slimgpt": "prunectl.methods.slimgpt:SlimGPTMethod",
 }
 
 ALIASES: dict[str, str] = {

@@ -4,15 +4,21 @@ A projection ``y = W x + b`` (``o_proj`` after heads go, ``down_proj`` after MLP
 the input columns ``K``.  With the input augmented by a constant, ``x~ = [x; 1]`` and
 ``W~ = [W, b]``, the kept weights and the bias come out of one solve
 
-    W~'_K = W~ G_{:,K} (H_KK + lambda I_K)^-1,   H = E[x~ x~^T] (pruned inputs),
-                                                   G = E[x~_t x~^T] (target inputs x pruned inputs)
+    W~'_K = (W~ G_{:,K} + lambda W~_K) (H_KK + lambda I_K)^-1,   H = E[x~ x~^T] (pruned inputs),
+                                       G = E[x~_t x~^T] (target inputs x pruned inputs)
 
-which minimises ``E||W~ x~_t - W~'_K x~_K||^2 + lambda ||W'_K||^2``.  ``x_t`` is the input the
-target output is computed from: the dense model's own input for the same token (``dense``) or the
-pruned input itself (``self``, then ``G = H``).  ``lambda`` is ``damp`` times the mean diagonal of
-``H`` over the real input channels (GPTQ / SparseGPT's ``percdamp``); the constant column is not
+which minimises ``E||W~ x~_t - W~'_K x~_K||^2 + lambda ||W'_K - W_K||^2``.  ``x_t`` is the input
+the target output is computed from: the dense model's own input for the same token (``dense``) or
+the pruned input itself (``self``, then ``G = H``).  ``lambda`` is ``damp`` times the mean diagonal
+of ``H`` over the real input channels (GPTQ / SparseGPT's ``percdamp``); the constant column is not
 damped, so the bias is the unpenalised intercept.  Everything is float64 and solved with a Cholesky
 factor, never an explicit inverse.
+
+Deviation from the issue's ``W H_{:,K} (H_KK + lambda I)^-1``: the ridge pulls the kept weights
+toward their dense values, not toward zero.  That is what damping ``H`` means in OBS / SparseGPT
+(``(W - W') (H + lambda I) (W - W')^T``), so SlimGPT's updates and this solve agree exactly, and a
+large ``damp`` degrades to plain slicing instead of shrinking the layer; at ``damp: 0`` both are
+the plain least-squares optimum.
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ def solve_kept(
     h_kk = h.index_select(0, cols).index_select(1, cols).clone()
     idx = torch.arange(len(cols) - 1, device=h.device)
     h_kk[idx, idx] += lam
-    rhs = weight.to(h.device, torch.float64) @ g.index_select(1, cols)  # [out, |K|+1]
+    w = weight.to(h.device, torch.float64)
+    rhs = w @ g.index_select(1, cols)  # [out, |K|+1]
+    rhs[:, :-1] += lam * w.index_select(1, cols[:-1])
     factor = cholesky(h_kk, what)
     return torch.cholesky_solve(rhs.T, factor).T
