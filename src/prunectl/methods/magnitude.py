@@ -129,6 +129,14 @@ class MagnitudeMethod(ReconstructHooks, Method):
             total += 2 * c * (h + s.up_bias) + h * c + s.down_bias * h
         return total
 
+    def _added_bias(self, shapes, counts: dict) -> int:
+        """Parameters a reconstruction adds: a bias on each pruned o_proj / down_proj lacking one."""
+        if self.config.reconstruct == "none":
+            return 0
+        return counts["hidden"] * sum(
+            (counts["head_units"] < s.num_head_units and not s.o_bias)
+            + (counts["channels"] < s.intermediate and not s.down_bias) for s in shapes)
+
     def _ratio(self, run, adapter, shapes, total: int) -> tuple[float, list[str]]:
         if self.config.pruning_ratio is not None:
             return self.config.pruning_ratio, []
@@ -170,7 +178,7 @@ class MagnitudeMethod(ReconstructHooks, Method):
             keep = scores["hidden"].argsort(descending=True, stable=True)[: counts["hidden"]]
             plan.hidden_channels = sorted(keep.tolist())
         dense = self._params(adapter, shapes, self._counts(adapter, shapes, 0.0))
-        removed = dense - self._params(adapter, shapes, counts)
+        removed = dense - self._params(adapter, shapes, counts) - self._added_bias(shapes, counts)
         total = counts_dense["total"]
         target = None if self.config.pruning_ratio is not None else run.recipe.target.params_ratio
         plan.achieved = {
