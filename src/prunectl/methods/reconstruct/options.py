@@ -74,7 +74,7 @@ def write_back(adapter: Adapter, solutions: dict[str, Solution]) -> dict[str, to
         _, i, name = key.split(".")
         linear = getattr(adapter, name)(int(i))
         linear.weight.copy_(solution.weight[:, :-1].to(linear.weight.device, linear.weight.dtype))
-        bias = solution.weight[:, -1]
+        bias = solution.weight[:, -1].to(torch.float64)  # a new, contiguous vector
         if linear.bias is not None:
             bias = bias - linear.bias.detach().to(bias.device, torch.float64)
         biases[key] = bias.to(linear.weight.dtype)

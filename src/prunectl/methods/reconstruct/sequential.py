@@ -102,7 +102,9 @@ def sequential_pass(
     target: str = "dense", ui: UI = SILENT,
 ) -> dict[str, Solution]:
     """``layers.N.o_proj`` / ``layers.N.down_proj`` -> :class:`Solution` for every projection
-    ``solve`` changed.  The model's weights are left as they were (hooks only, removed at the end)."""
+    ``solve`` changed, its weight in the model's dtype (one extra copy of the pruned projections,
+    in host memory when layers stream).  The model's weights are left as they were (hooks only,
+    removed at the end)."""
     if target not in TARGETS:
         raise ValueError(f"unknown reconstruction target {target!r}")
     batches = [slice(s, s + batch_size) for s in range(0, tokens.shape[0], batch_size)]
@@ -133,7 +135,8 @@ def sequential_pass(
                     weight = augmented(linear.weight, linear.bias)
                     solution = solve(i, name, weight, moments)
                     del moments
-                    if solution is not None:
+                    if solution is not None:  # kept in the model's dtype, beside its weights
+                        solution.weight = solution.weight.to(store, linear.weight.dtype)
                         solutions[f"layers.{i}.{name}"] = solution
                         handles.append(linear.register_forward_hook(_replace(solution)))
                 layer.advance(pruned, block)
