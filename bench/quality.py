@@ -115,8 +115,10 @@ def main() -> None:
     eval_tokens = evaluation_tokens(tokenizer, str(args.eval))
     loaded = time.perf_counter() - start
     start = time.perf_counter()
-    flap_stats = create_method(parse_method_config({"name": "flap"})).statistics(
-        context(args, None, Path(".")), dense, tokens)
+    flap_stats = {}
+    if any(create_method(parse_method_config(ROWS[r])).uses_statistics for r in args.rows):
+        flap_stats = create_method(parse_method_config({"name": "flap"})).statistics(
+            context(args, None, Path(".")), dense, tokens)
     stats_s = time.perf_counter() - start
     dense_ppl = perplexity(dense, eval_tokens, args.eval_seqlen, args.batch_size,
                            max_windows=args.eval_windows)["perplexity"]
