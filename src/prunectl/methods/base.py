@@ -43,6 +43,9 @@ class Method:
     #: non_embedding or layers, or a count; ``units``: ``ratio_of: units``), checked before
     #: anything runs
     targets: ClassVar[frozenset[str]] = frozenset({"blocks", "params", "units"})
+    #: True when ``apply`` needs the calibration tokens (``tokens=``): a least-squares
+    #: reconstruction runs its sequential pass there.
+    apply_uses_tokens: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig):
         self.config = config

@@ -33,6 +33,8 @@ from pydantic import Field
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
+from prunectl.methods.reconstruct.hooks import ReconstructHooks
+from prunectl.methods.reconstruct.options import ReconstructOptions
 from prunectl.methods.target import ParamsTarget, resolve_params_target
 from prunectl.methods.width_common import (
     check_round_to,
@@ -47,7 +49,7 @@ from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.structure import Structure, from_model
 
 
-class MagnitudeConfig(MethodConfig):
+class MagnitudeConfig(MethodConfig, ReconstructOptions):
     name: Literal["magnitude"] = "magnitude"
     #: fraction of hidden channels, head units and MLP channels removed; None: from the target
     #: (``ratio_of: units`` is this ratio; other targets are solved for)
@@ -101,13 +103,17 @@ def kept_count(n: int, ratio: float, multiple: int) -> int:
     return min(max(kept, multiple), n // multiple * multiple)
 
 
-class MagnitudeMethod(Method):
-    """Uniform width pruning by group L2 magnitude; no calibration data."""
+class MagnitudeMethod(ReconstructHooks, Method):
+    """Uniform width pruning by group L2 magnitude; no calibration data unless a reconstruction
+    asks for it."""
 
     name = "magnitude"
     Config = MagnitudeConfig
     targets = frozenset({"params", "units"})
-    uses_calibration = False
+
+    @property
+    def uses_calibration(self) -> bool:
+        return self.config.reconstruct != "none"
 
     def check(self, config) -> None:
         check_width_model(config.model_type, self.name, attention_only_ok=False)
@@ -139,6 +145,17 @@ class MagnitudeMethod(Method):
         resized = dense.resized(counts["hidden"], heads=heads, kv_heads=kv,
                                 intermediate=counts["channels"])
         return cost.parameters(resized)["total"]
+
+    def _added_bias(self, adapter: Adapter, counts: dict) -> int:
+        """Parameters a reconstruction adds: a bias on each pruned o_proj / down_proj lacking
+        one (magnitude prunes every layer alike, so layer 0's shape speaks for all)."""
+        if self.config.reconstruct == "none":
+            return 0
+        s = layer_shape(adapter, 0, self.config.head_unit)
+        return counts["hidden"] * sum(
+            (counts["head_units"] < s.num_head_units and adapter.o_proj(i).bias is None)
+            + (counts["channels"] < s.intermediate and adapter.down_proj(i).bias is None)
+            for i in range(adapter.num_layers))
 
     def _ratio(self, adapter, dense: Structure, shapes, goal: ParamsTarget
                ) -> tuple[float, list[str]]:
@@ -195,7 +212,8 @@ class MagnitudeMethod(Method):
             keep = scores["hidden"].argsort(descending=True, stable=True)[: counts["hidden"]]
             plan.hidden_channels = sorted(keep.tolist())
         dense = self._params(structure, shapes, self._counts(adapter, shapes, 0.0))
-        removed = dense - self._params(structure, shapes, counts)
+        removed = (dense - self._params(structure, shapes, counts)
+                   - self._added_bias(adapter, counts))
         total = counts_dense["total"]
         plan.achieved = {
             "params_total": total,

@@ -22,6 +22,7 @@ METHODS: dict[str, str] = {
     "magnitude": "prunectl.methods.magnitude:MagnitudeMethod",
     "taylor": "prunectl.methods.taylor:TaylorMethod",
     "reap": "prunectl.methods.reap:ReapMethod",
+    "slimgpt": "prunectl.methods.slimgpt:SlimGPTMethod",
 }
 
 ALIASES: dict[str, str] = {

@@ -191,3 +191,19 @@ def check_round_to(multiple: int, sizes: dict[int, int]) -> None:
             f"method.round_to={multiple} exceeds the {sizes[narrow]} MLP channels of layer "
             f"{narrow}; use a smaller multiple (1, 8, 64 or 128)"
         )
+
+
+def removed_channels(adapter: Adapter, plan, i: int, name: str) -> list[int]:
+    """Input channels of layer ``i``'s ``o_proj``/``down_proj`` that ``plan`` removes (all of
+    them when the block goes)."""
+    lp = plan.layer(i)
+    if name == "o_proj":
+        if not lp.attention:
+            return list(range(adapter.o_proj(i).in_features))
+        return removed_o_channels(lp.q_heads, adapter.num_heads(i), adapter.head_dim)
+    if not lp.mlp:
+        return list(range(adapter.intermediate_size(i)))
+    if lp.mlp_channels is None:
+        return []
+    kept = set(lp.mlp_channels)
+    return [c for c in range(adapter.intermediate_size(i)) if c not in kept]

@@ -11,13 +11,16 @@ from prunectl.modeling.params import count_parameters
 from prunectl.modeling.pruned_format import save_model
 from prunectl.modeling.structure import from_model, layer_rows, with_plan
 from prunectl.steps import artifacts
-from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections
+from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections, upstream
 
 
 def key(run: RunContext, blocks: int | None = None) -> tuple[dict, list]:
     """The plan file is hashed, not only the search fingerprint: a hand-edited plan re-applies."""
     sections = recipe_sections(run, "model", "method", "target")
     sections["apply"] = {"blocks": blocks}
+    if create_method(run.recipe.method).apply_uses_tokens:  # a reconstruction reads them
+        sections["calibration"] = recipe_sections(run, "calibration")["calibration"]
+        sections["calibration_step"] = upstream(run, "calibrate")
     return sections, [artifacts.require(run, artifacts.PLAN, "search")]
 
 
@@ -36,7 +39,8 @@ def apply(run: RunContext, blocks: int | None = None) -> StepResult:
         size = next(model.parameters()).element_size()
         per_token = {name: {"kv_cache_bytes": cost.kv_cache_bytes_per_token(s, size),
                             "flops": cost.flops_per_token(s)} for name, s in shapes.items()}
-        pruned = method.apply(run, model, plan, artifacts.statistics(run))
+        extra = {"tokens": artifacts.calibration_tokens(run)} if method.apply_uses_tokens else {}
+        pruned = method.apply(run, model, plan, artifacts.statistics(run), **extra)
         artifacts.forget_dense(run)  # sliced in place: no longer the dense model
         directory = artifacts.path(run, artifacts.PRUNED)
         if run.dist.is_main:  # every rank keeps the pruned model in memory for the next steps

@@ -12,21 +12,25 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.flap.collect import collect_statistics, stat_key
-from prunectl.methods.flap.compensation import compensation_bias
+from prunectl.methods.flap.compensation import plan_biases
 from prunectl.methods.flap.metrics import channel_metric, layer_scores
 from prunectl.methods.flap.structure import LayerScores, Selection, round_selection, select
 from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.methods.reconstruct.options import (
+    Reconstruct,
+    ReconstructOptions,
+    reconstruction_biases,
+)
 from prunectl.methods.target import ParamsTarget, resolve_params_target
 from prunectl.methods.width_common import (
     check_width_model,
     layer_plan,
     layer_shape,
-    removed_o_channels,
 )
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.structure import from_model
@@ -40,7 +44,7 @@ Structure = Literal["UL-UM", "UL-MM", "AL-MM", "AL-AM"]
 HeadUnitOpt = Literal["kv_group", "query_head"]
 
 
-class _WidthConfig(MethodConfig):
+class _WidthConfig(MethodConfig, ReconstructOptions):
     #: which units go: per-layer uniform (UL-*) or model-wide adaptive (AL-*) heads / channels
     structure: Structure = "AL-AM"
     #: a KV head with its query heads, or one query head from every KV group at once
@@ -55,16 +59,36 @@ class _WidthConfig(MethodConfig):
     round_to: int = Field(1, ge=1)
 
 
-class FlapConfig(_WidthConfig):
+class _CompensatingConfig(_WidthConfig):
+    """``bias_compensation`` predates ``reconstruct``; it stays as the same switch
+    (``true`` = ``reconstruct: bias``), and the two may not disagree."""
+
+    bias_compensation: bool = False
+
+    @model_validator(mode="after")
+    def _one_switch(self):
+        explicit = self.model_fields_set
+        if "bias_compensation" in explicit and "reconstruct" in explicit:
+            if self.bias_compensation != (self.reconstruct == "bias"):
+                raise ValueError(
+                    f"bias_compensation: {str(self.bias_compensation).lower()} contradicts "
+                    f"reconstruct: {self.reconstruct}; set only method.reconstruct")
+        elif "bias_compensation" in explicit:
+            self.reconstruct = "bias" if self.bias_compensation else "none"
+        self.bias_compensation = self.reconstruct == "bias"
+        return self
+
+
+class FlapConfig(_CompensatingConfig):
     name: Literal["flap"] = "flap"
     metric: Literal["IFV", "WIFV", "WIFN"] = "WIFV"
     bias_compensation: bool = True
+    reconstruct: Reconstruct = "bias"
 
 
-class WandaSPConfig(_WidthConfig):
+class WandaSPConfig(_CompensatingConfig):
     name: Literal["wanda-sp"] = "wanda-sp"
     structure: Structure = "UL-UM"
-    bias_compensation: bool = False
 
 
 class MagSPConfig(_WidthConfig):
@@ -86,7 +110,11 @@ class _WidthMethod(Method):
 
     @property
     def bias_compensation(self) -> bool:
-        return bool(getattr(self.config, "bias_compensation", False))
+        return self.config.reconstruct == "bias"
+
+    @property
+    def apply_uses_tokens(self) -> bool:
+        return self.config.reconstruct == "least_squares"
 
     def check(self, config) -> None:
         check_width_model(config.model_type, self.name, attention_only_ok=True)
@@ -172,8 +200,9 @@ class _WidthMethod(Method):
         return extra
 
     def _added_bias(self, adapter: Adapter, plan: Plan) -> int:
-        """Parameters compensation adds: a bias on each pruned o_proj / down_proj lacking one."""
-        if not self.bias_compensation:
+        """Parameters compensation or least squares add: a bias on each pruned o_proj /
+        down_proj lacking one."""
+        if self.config.reconstruct == "none":
             return 0
         return adapter.hidden_size * sum(
             (lp.q_heads is not None and adapter.o_proj(i).bias is None)
@@ -236,34 +265,16 @@ class _WidthMethod(Method):
             )
 
     # --- apply ------------------------------------------------------------------------------
-    def apply(self, run, model, plan: Plan, stats) -> nn.Module:
+    def apply(self, run, model, plan: Plan, stats, tokens=None) -> nn.Module:
         from prunectl.modeling.surgery import apply_plan
 
-        biases = self.compensation(Adapter(model), plan, stats) if self.bias_compensation else None
+        biases = reconstruction_biases(self.config, run, model, plan, stats, tokens,
+                                       self.compensation)
         return apply_plan(model, plan, biases=biases)
 
     def compensation(self, adapter: Adapter, plan: Plan, stats) -> dict[str, torch.Tensor]:
         """``layers.N.o_proj`` / ``layers.N.down_proj`` → bias to add, from the dense weights."""
-        biases = {}
-        for i, lp in plan.layers.items():
-            o_removed = removed_o_channels(lp.q_heads, adapter.num_heads(i), adapter.head_dim)
-            mlp_removed = []
-            if lp.mlp_channels is not None:
-                kept = set(lp.mlp_channels)
-                mlp_removed = [c for c in range(adapter.intermediate_size(i)) if c not in kept]
-            for module, removed, linear in (("o_proj", o_removed, adapter.o_proj(i)),
-                                            ("down_proj", mlp_removed,
-                                             adapter.down_proj(i) if mlp_removed else None)):
-                if not removed:
-                    continue
-                key = f"{stat_key(i, module)}.mean"
-                if key not in stats:
-                    raise UserError(
-                        f"calibration statistics lack {key} for bias compensation; "
-                        "re-run `prunectl calibrate --force`"
-                    )
-                biases[stat_key(i, module)] = compensation_bias(linear.weight, stats[key], removed)
-        return biases
+        return plan_biases(adapter, plan, stats)
 
 
 class FlapMethod(_WidthMethod):
@@ -286,9 +297,16 @@ class WandaSPMethod(_WidthMethod):
 
 
 class MagSPMethod(_WidthMethod):
-    """Structured magnitude, FLAP's baseline: the weight column norm, no data."""
+    """Structured magnitude, FLAP's baseline: the weight column norm, no data (unless a
+    reconstruction asks for calibration text)."""
 
     name = "mag-sp"
     Config = MagSPConfig
-    uses_statistics = False
-    uses_calibration = False
+
+    @property
+    def uses_statistics(self) -> bool:
+        return self.config.reconstruct == "bias"
+
+    @property
+    def uses_calibration(self) -> bool:
+        return self.config.reconstruct != "none"

@@ -22,6 +22,8 @@ from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
 from prunectl.methods.target import resolve_params_target
+from prunectl.methods.reconstruct.hooks import ReconstructHooks
+from prunectl.methods.reconstruct.options import ReconstructOptions
 from prunectl.methods.taylor import groups, selection
 from prunectl.methods.taylor.gradients import GradientStore, accumulate_gradients
 from prunectl.methods.taylor.importance import GRADIENT_KINDS, random_importance
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     from prunectl.context import RunContext
 
 
-class TaylorConfig(MethodConfig):
+class TaylorConfig(MethodConfig, ReconstructOptions):
     name: Literal["taylor"] = "taylor"
     scope: Literal["block", "channel"] = "block"
     layer_start: int = Field(4, ge=0)
@@ -51,7 +53,7 @@ class TaylorConfig(MethodConfig):
     round_to: int = Field(1, ge=1)  # kept MLP channels per layer: multiples of this (or all)
 
 
-class TaylorMethod(Method):
+class TaylorMethod(ReconstructHooks, Method):
     name = "taylor"
     Config = TaylorConfig
     targets = frozenset({"params", "units"})

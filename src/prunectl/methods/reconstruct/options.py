@@ -1,0 +1,111 @@
+"""``method.reconstruct*`` keys shared by every width method, and the apply that honours them.
+
+``reconstruct: none`` slices the plan's units out; ``bias`` folds their calibration mean into the
+``o_proj``/``down_proj`` bias (FLAP's compensation, from the dense calibration statistics);
+``least_squares`` re-solves the kept columns and the bias of every pruned projection in a
+sequential pass over the calibration tokens (:mod:`.sequential`, :mod:`.least_squares`).  The
+statistics of ``least_squares`` depend on the plan (inputs come through the pruned layers), so
+they are computed in ``apply``, not in ``calibrate``; the result is the saved pruned model, so a
+finished ``apply`` is never repeated, and an interrupted one starts again from the first layer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, Field
+
+from prunectl.errors import UserError
+from prunectl.methods.plan import Plan
+from prunectl.methods.reconstruct.least_squares import solve_kept
+from prunectl.methods.reconstruct.sequential import Solution, sequential_pass
+from prunectl.methods.width_common import removed_channels
+from prunectl.modeling.adapters import Adapter
+from prunectl.ui import SILENT
+
+Reconstruct = Literal["none", "bias", "least_squares"]
+
+#: fewer calibration tokens than this many per projection input overfit the refit (measured on
+#: SmolLM2: 2048 tokens for 1536 MLP channels made held-out perplexity worse than bias)
+TOKENS_PER_INPUT = 8
+
+
+class ReconstructOptions(BaseModel):
+    """Mixed into a width method's config; each method sets its own ``reconstruct`` default."""
+
+    #: what the projections reading removed heads/channels get: nothing, a mean bias, or a
+    #: least-squares refit of their kept columns and bias
+    reconstruct: Reconstruct = "none"
+    #: least_squares fits the pruned layer to the dense model's output (``dense``) or to its own
+    #: unpruned output on the pruned inputs (``self``)
+    reconstruct_target: Literal["dense", "self"] = "dense"
+    #: ridge damping, relative to the mean diagonal of the input covariance (GPTQ's percdamp)
+    reconstruct_damp: float = Field(0.01, ge=0, le=10)
+
+
+def full_weight(solved: torch.Tensor, kept: torch.Tensor, n: int) -> torch.Tensor:
+    """``[out, n + 1]`` with the solved kept columns and bias, zeros at the removed columns."""
+    out = solved.new_zeros(solved.shape[0], n + 1)
+    out[:, kept] = solved[:, :-1]
+    out[:, n] = solved[:, -1]
+    return out
+
+
+def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, batch_size: int,
+                            target: str, damp: float, ui=SILENT) -> dict[str, Solution]:
+    """Every pruned projection's least-squares solution, layer by layer (sequential)."""
+
+    def solve(i, name, weight, moments):
+        removed = removed_channels(adapter, plan, i, name)
+        if not removed:
+            return None
+        n = weight.shape[1] - 1
+        gone = set(removed)
+        kept = torch.tensor([c for c in range(n) if c not in gone], dtype=torch.long)
+        solved = solve_kept(weight, moments.h, moments.g, kept, damp, f"layers.{i}.{name}")
+        return Solution(removed, full_weight(solved, kept.to(solved.device), n))
+
+    return sequential_pass(adapter, tokens, batch_size, solve, target, ui)
+
+
+@torch.no_grad()
+def write_back(adapter: Adapter, solutions: dict[str, Solution]) -> dict[str, torch.Tensor]:
+    """Copy the solved weights into the dense model (surgery slices the kept columns next) and
+    return the bias *changes* in ``apply_plan``'s ``biases`` form."""
+    biases = {}
+    for key, solution in solutions.items():
+        _, i, name = key.split(".")
+        linear = getattr(adapter, name)(int(i))
+        linear.weight.copy_(solution.weight[:, :-1].to(linear.weight.device, linear.weight.dtype))
+        bias = solution.weight[:, -1].to(torch.float64)  # a new, contiguous vector
+        if linear.bias is not None:
+            bias = bias - linear.bias.detach().to(bias.device, torch.float64)
+        biases[key] = bias.to(linear.weight.dtype)
+    return biases
+
+
+def reconstruction_biases(config, run, model, plan: Plan, stats, tokens, compensation):
+    """The ``biases`` for ``apply_plan`` that ``config.reconstruct`` asks for (``None``: none);
+    ``least_squares`` also rewrites the kept weights of the model in place."""
+    adapter = Adapter(model)
+    if config.reconstruct == "none":
+        return None
+    if config.reconstruct == "bias":
+        return compensation(adapter, plan, stats)
+    if plan.hidden_channels is not None:
+        raise UserError("method.reconstruct: least_squares cannot follow a pruned hidden size "
+                        "(set method.prune_hidden: false, or reconstruct: bias / none)")
+    if tokens is None or tokens.numel() == 0:
+        raise UserError("method.reconstruct: least_squares needs calibration tokens; run "
+                        "`prunectl calibrate` first")
+    ui = getattr(run, "ui", SILENT)
+    widest = max(adapter.intermediate_size(i) for i in range(adapter.num_layers))
+    if tokens.numel() < TOKENS_PER_INPUT * widest:
+        ui.warn(f"reconstruct: least_squares fits up to {widest + 1} weights per output row on "
+                f"{tokens.numel()} calibration tokens and will overfit; calibrate on at least "
+                f"{TOKENS_PER_INPUT * widest} tokens or raise method.reconstruct_damp")
+    solutions = least_squares_solutions(
+        adapter, plan, tokens, run.recipe.calibration.batch_size, config.reconstruct_target,
+        config.reconstruct_damp, ui)
+    return write_back(adapter, solutions)

@@ -1,0 +1,147 @@
+"""``method: slimgpt`` — SlimGPT (Ling et al., NeurIPS 2024, arXiv 2412.18110).
+
+``search`` runs the sequential pass (:mod:`prunectl.methods.reconstruct.sequential`): layer by
+layer, on inputs that went through the already pruned layers, each ``o_proj`` loses its head units
+and each ``down_proj`` its MLP channels by greedy OBS error with the kept columns updated after
+every batch (:mod:`.obs`); how many each layer loses comes from the allocation
+(:mod:`.allocation`: ``ipr`` by default, ``uniform``, or FLAP's ``AL-AM`` counts).  The plan
+records which units went.  ``apply`` re-solves the kept weights with the shared least-squares
+reconstruction: OBS removals compose into the constrained least-squares optimum on the same
+statistics, so with ``reconstruct_target: self`` (the default, as the reference) that gives the
+weights SlimGPT's updates give, without storing them between steps; ``dense`` fits the dense
+model's outputs instead.  Head units are whole KV groups (GQA) or heads (MHA).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from prunectl.errors import UserError
+from prunectl.methods.base import Method, MethodConfig
+from prunectl.methods.flap.structure import LayerScores, select
+from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.methods.reconstruct.hooks import ReconstructHooks
+from prunectl.methods.reconstruct.options import Reconstruct, ReconstructOptions
+from prunectl.methods.reconstruct.sequential import Solution, sequential_pass
+from prunectl.methods.slimgpt import allocation
+from prunectl.methods.slimgpt.obs import greedy_prune, mlp_batches
+from prunectl.methods.target import resolve_params_target
+from prunectl.methods.width_common import check_width_model, layer_plan, layer_shape
+from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.structure import from_model
+from prunectl.ui import SILENT
+
+
+class SlimGPTConfig(MethodConfig, ReconstructOptions):
+    name: Literal["slimgpt"] = "slimgpt"
+    #: per-layer pruning ratios: Incremental Pruning Ratio, one ratio, or FLAP's adaptive counts
+    allocation: Literal["ipr", "uniform", "AL-AM"] = "ipr"
+    #: ipr: the first layer's ratio as a fraction of the last layer's (reference 0.06 / 0.3)
+    ipr_first: float = Field(0.2, ge=0, le=1)
+    #: head units and channels every layer keeps
+    min_kept: int = Field(1, ge=1)
+    reconstruct: Reconstruct = "least_squares"
+    reconstruct_target: Literal["dense", "self"] = "self"
+
+
+class SlimGPTMethod(ReconstructHooks, Method):
+    name = "slimgpt"
+    Config = SlimGPTConfig
+    targets = frozenset({"params"})
+
+    def check(self, config) -> None:
+        check_width_model(config.model_type, self.name, attention_only_ok=False)
+
+    @property
+    def uses_statistics(self) -> bool:
+        return self.config.allocation == "AL-AM" or self.config.reconstruct == "bias"
+
+    def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
+        """FLAP's WIFV scores for ``AL-AM``; OBS errors need the pruned stream, so the other
+        allocations score nothing here."""
+        if self.config.allocation != "AL-AM":
+            return {}
+        from prunectl.methods.flap.method import FlapConfig, FlapMethod
+
+        return FlapMethod(FlapConfig(structure="AL-AM")).score(run, model, tokens, stats)
+
+    def _counts(self, adapter, shapes, scores, budget, biased) -> tuple[list[tuple[int, int]], dict]:
+        cfg = self.config
+        if cfg.allocation == "AL-AM":
+            if "layers.0.heads" not in scores:
+                raise UserError("scores lack FLAP's AL-AM scores; re-run `prunectl score --force`")
+            layers = {i: LayerScores(s, scores[f"layers.{i}.heads"], scores[f"layers.{i}.channels"])
+                      for i, s in enumerate(shapes)}
+            sel = select("AL-AM", layers, budget, min_kept=cfg.min_kept)
+            counts = [(len(sel.heads.get(i, [])), len(sel.channels.get(i, [])))
+                      for i in range(len(shapes))]
+            return counts, {"allocation": "AL-AM"}
+        weights = allocation.shape_weights(cfg.allocation, len(shapes), cfg.ipr_first)
+        counts, scale = allocation.solve_counts(shapes, weights, budget, adapter.hidden_size,
+                                                biased, cfg.min_kept)
+        ratios = [round(min(scale * w, 1.0), 4) for w in weights]
+        return counts, {"allocation": cfg.allocation, "layer_ratios": ratios}
+
+    def search(self, run, model, tokens, scores) -> Plan:
+        if tokens.numel() == 0:
+            raise UserError("slimgpt needs calibration tokens; run `prunectl calibrate` first")
+        adapter = Adapter(model)
+        goal = resolve_params_target(run.recipe.target, model, self.name)
+        structure = from_model(model)
+        shapes = [layer_shape(adapter, i, "kv_group", structure) for i in range(adapter.num_layers)]
+        biased = [(adapter.o_proj(i).bias is not None, adapter.down_proj(i).bias is not None)
+                  for i in range(adapter.num_layers)]
+        counts, how = self._counts(adapter, shapes, scores, goal.remove, biased)
+        removed = self._prune(run, adapter, shapes, counts, tokens)
+        plan = Plan(method=self.name)
+        for i, s in enumerate(shapes):
+            heads, channels = removed.get((i, "o_proj"), []), removed.get((i, "down_proj"), [])
+            lp = layer_plan(s, torch.zeros(s.num_heads), sorted(heads), sorted(channels))
+            if lp != LayerPlan():
+                plan.layers[i] = lp
+        gone = allocation.removed_params(shapes, counts, adapter.hidden_size, biased)
+        if self.config.reconstruct == "none":
+            gone += adapter.hidden_size * sum((h > 0 and not o) + (c > 0 and not d)
+                                              for (o, d), (h, c) in zip(biased, counts))
+        plan.achieved = {
+            "params_total": goal.total, "params_non_embedding": goal.non_embedding,
+            "params_removed": gone, "params_ratio": gone / goal.total,
+            "params_ratio_non_embedding": gone / goal.non_embedding, **goal.achieved(),
+            "head_unit": "kv_group",
+            "head_units_removed": sum(h for h, _ in counts),
+            "mlp_channels_removed": sum(c for _, c in counts), **how,
+        }
+        return plan
+
+    def _prune(self, run, adapter, shapes, counts, tokens) -> dict[tuple[int, str], list[int]]:
+        """Greedy OBS over the sequential pass; which head units / channels each layer lost."""
+        removed: dict[tuple[int, str], list[int]] = {}
+        damp = self.config.reconstruct_damp
+
+        def solve(i, name, weight, moments):
+            heads, channels = counts[i]
+            s = shapes[i]
+            if name == "o_proj":
+                if heads == 0:
+                    return None
+                width = s.group_size * s.head_dim  # one KV group's query heads
+                groups = torch.arange(s.num_kv_heads * width).reshape(s.num_kv_heads, width)
+                result = greedy_prune(weight, moments.h, groups.to(weight.device), heads,
+                                      damp=damp)
+                columns = groups[result.removed].reshape(-1).tolist()
+            else:
+                if channels == 0:
+                    return None
+                groups = torch.arange(s.intermediate).reshape(-1, 1)
+                result = greedy_prune(weight, moments.h, groups.to(weight.device), channels,
+                                      mlp_batches(channels), damp=damp)
+                columns = result.removed
+            removed[(i, name)] = result.removed
+            return Solution(sorted(columns), result.weight)
+
+        sequential_pass(adapter, tokens, run.recipe.calibration.batch_size, solve, "self",
+                        getattr(run, "ui", SILENT))
+        return removed

@@ -1,0 +1,139 @@
+"""Least-squares reconstruction: the pure solve against ``torch.linalg.lstsq`` (plain and ridge),
+and the sequential pass on a tiny model against an independent fit on activations captured from
+the finished pruned model and the dense model with ordinary forward hooks."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from prunectl.errors import UserError
+from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.methods.reconstruct.least_squares import augmented, solve_kept
+from prunectl.methods.reconstruct.moments import SecondMoments
+from prunectl.methods.registry import create_method, parse_method_config
+from prunectl.ui import SILENT
+
+
+def _data(n=400, d=12, out=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d, d, generator=g, dtype=torch.float64)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) @ mix + 0.3  # correlated, non-centred
+    x_target = x + 0.1 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(out, d, generator=g, dtype=torch.float64)
+    b = torch.randn(out, generator=g, dtype=torch.float64)
+    return x, x_target, w, b
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_solve_equals_lstsq(cross):
+    x, x_target, w, b = _data()
+    if not cross:
+        x_target = x
+    kept = torch.tensor([0, 2, 3, 5, 7, 8, 11])
+    moments = SecondMoments(x.shape[1], cross)
+    for chunk in range(0, x.shape[0], 64):  # streamed in batches
+        moments.update(x[chunk:chunk + 64], x_target[chunk:chunk + 64] if cross else None)
+    solved = solve_kept(augmented(w, b), moments.h, moments.g, kept, damp=0.0)
+    design = torch.cat([x[:, kept], torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
+    expected = torch.linalg.lstsq(design, x_target @ w.T + b).solution.T
+    torch.testing.assert_close(solved, expected, rtol=1e-8, atol=1e-8)
+
+
+def test_damping_is_ridge_toward_the_dense_weights_not_on_the_bias():
+    x, _, w, b = _data(seed=1)
+    kept = torch.tensor([1, 2, 4, 6, 9])
+    moments = SecondMoments(x.shape[1], False)
+    moments.update(x)
+    damp = 0.05
+    solved = solve_kept(augmented(w, b), moments.h, moments.g, kept, damp=damp)
+    n = x.shape[0]
+    lam = damp * float((x * x).sum(0).mean()) / n  # damp x mean diagonal of E[x x^T]
+    design = torch.cat([x[:, kept], torch.ones(n, 1, dtype=x.dtype)], dim=1)
+    penalty = torch.zeros(len(kept), len(kept) + 1, dtype=x.dtype)
+    penalty[:, :-1] = torch.eye(len(kept), dtype=x.dtype) * (lam * n) ** 0.5
+    stacked = torch.cat([design, penalty])
+    anchor = w[:, kept].T * (lam * n) ** 0.5  # the penalty pulls W'_K toward W_K
+    targets = torch.cat([x @ w.T + b, anchor])
+    expected = torch.linalg.lstsq(stacked, targets).solution.T
+    torch.testing.assert_close(solved, expected, rtol=1e-8, atol=1e-8)
+
+
+def test_singular_covariance_is_a_user_error():
+    x = torch.zeros(50, 4, dtype=torch.float64)  # channel never varies
+    moments = SecondMoments(4, False)
+    moments.update(x)
+    with pytest.raises(UserError, match="reconstruct_damp"):
+        solve_kept(augmented(torch.ones(2, 4), None), moments.h, moments.g,
+                   torch.tensor([0, 1]), damp=0.0)
+
+
+# --- the sequential pass on a tiny Llama --------------------------------------------------------
+
+PLAN = Plan(method="flap", layers={
+    0: LayerPlan(q_heads=[0, 1], kv_heads=[0], mlp_channels=list(range(0, 96, 2))),
+    1: LayerPlan(mlp_channels=list(range(60))),
+    2: LayerPlan(q_heads=[2, 3], kv_heads=[1]),
+})
+
+
+def _capture(model, tokens):
+    """Inputs and outputs of every o_proj / down_proj on a plain forward (ordinary hooks)."""
+    seen, handles = {}, []
+    for i, layer in enumerate(model.model.layers):
+        for name, linear in (("o_proj", layer.self_attn.o_proj), ("down_proj", layer.mlp.down_proj)):
+            def hook(_m, args, out, key=f"layers.{i}.{name}"):
+                x = args[0].reshape(-1, args[0].shape[-1]).double()
+                seen.setdefault(key, []).append((x, out.reshape(-1, out.shape[-1]).double()))
+            handles.append(linear.register_forward_hook(hook))
+    with torch.no_grad():
+        for chunk in tokens.split(4):
+            model(chunk)
+    for h in handles:
+        h.remove()
+    return {k: (torch.cat([a for a, _ in v]), torch.cat([o for _, o in v])) for k, v in seen.items()}
+
+
+def _pruned(dense, tokens, reconstruct, **extra):
+    method = create_method(parse_method_config({"name": "flap", "reconstruct": reconstruct,
+                                                **extra}))
+    run = SimpleNamespace(recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=4)),
+                          ui=SILENT)
+    stats = create_method(parse_method_config({"name": "flap"})).statistics(
+        run, copy.deepcopy(dense), tokens)
+    return method.apply(run, copy.deepcopy(dense), PLAN, stats, tokens=tokens).eval()
+
+
+def test_sequential_least_squares_is_the_optimum_and_beats_bias():
+    dense = tiny_model("llama", seed=3)
+    tokens = torch.randint(4, 260, (12, 32), generator=torch.Generator().manual_seed(0))
+    ls = _pruned(dense, tokens, "least_squares", reconstruct_damp=0.0)
+    biased = _pruned(dense, tokens, "bias")
+    dense_io, ls_io, bias_io = (_capture(m, tokens) for m in (dense, ls, biased))
+    checked = 0
+    for i, lp in PLAN.layers.items():
+        layer = ls.model.layers[i]
+        for name, linear, gone in (("o_proj", layer.self_attn.o_proj, lp.q_heads is not None),
+                                   ("down_proj", layer.mlp.down_proj, lp.mlp_channels is not None)):
+            if not gone:
+                continue
+            key = f"layers.{i}.{name}"
+            x_pruned, y_ls = ls_io[key]
+            target = dense_io[key][1]  # the dense model's output for the same tokens
+            design = torch.cat([x_pruned, torch.ones(x_pruned.shape[0], 1, dtype=torch.float64)], 1)
+            fit = torch.linalg.lstsq(design, target).solution.T
+            got = torch.cat([linear.weight.double(), linear.bias.double()[:, None]], 1)
+            torch.testing.assert_close(got, fit, rtol=2e-3, atol=2e-3)
+            ls_err = (y_ls - target).pow(2).sum()
+            optimum = (design @ fit.T - target).pow(2).sum()
+            torch.testing.assert_close(ls_err, optimum, rtol=1e-3, atol=1e-6)
+            if key == "layers.0.o_proj":  # identical inputs in both models: bias can only lose
+                bias_err = (bias_io[key][1] - target).pow(2).sum()
+                assert ls_err <= bias_err * (1 + 1e-6), (key, ls_err, bias_err)
+                assert ls_err < bias_err
+            checked += 1
+    assert checked == 4
