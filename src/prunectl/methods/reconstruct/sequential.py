@@ -112,13 +112,6 @@ def sequential_pass(
     store = torch.device("cpu") if is_streamed(adapter.model) else device
     pruned = adapter.embed_tokens(tokens.to(device)).to(store)
     dense = pruned.clone() if target == "dense" else None
-    block_inputs: dict[tuple, dict] = {}
-
-    def inputs_for(chunk):
-        key = tuple(chunk.shape)
-        if key not in block_inputs:
-            block_inputs[key] = adapter.block_inputs(chunk)
-        return block_inputs[key]
 
     solutions: dict[str, Solution] = {}
     handles = []
@@ -126,7 +119,7 @@ def sequential_pass(
         for i in ui.progress(range(adapter.num_layers), total=adapter.num_layers,
                              description="sequential reconstruction"):
             layer = _Layer(adapter, i, batches, store, device)
-            attention = lambda h, i=i: adapter.attention_block(i, h, inputs_for(h))  # noqa: E731
+            attention = lambda h, i=i: adapter.attention_block(i, h, adapter.block_inputs(h))  # noqa: E731
             mlp = lambda h, i=i: adapter.mlp_block(i, h)  # noqa: E731
             for name, block, present in (("o_proj", attention, adapter.attention(i)),
                                          ("down_proj", mlp, adapter.mlp(i))):
