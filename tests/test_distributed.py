@@ -369,6 +369,31 @@ def test_a_bad_collective_timeout_stops_before_the_group_forms(monkeypatch, valu
     assert not dist.is_initialized()
 
 
+@pytest.mark.slow  # spawns a process
+def test_a_rank_that_never_joins_stops_rank_0_at_the_rendezvous(tmp_path, text_file):
+    """Rank 1 never starts: rank 0 gives up joining the group after PRUNECTL_DIST_TIMEOUT
+    seconds with the same one line as any lost rank, exit 1, and touches no project file."""
+    from conftest import save_tiny
+    from test_block_cli import write_recipe
+
+    model_dir = save_tiny(tmp_path / "tiny", "llama", num_hidden_layers=2)
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
+    project = tmp_path / "project"
+    env = _launch_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+                      WORLD_SIZE=str(WORLD), PRUNECTL_DIST_TIMEOUT="2")
+    alone = subprocess.run(
+        [str(Path(sys.executable).with_name("prunectl")), "search", "-p", str(project),
+         "-r", str(recipe), "--quiet"],
+        check=False, capture_output=True, text=True, env=env | {"RANK": "0", "LOCAL_RANK": "0"},
+        timeout=300)
+    assert alone.returncode == 1, alone.stderr
+    assert re.fullmatch(
+        r"stopped: rank 0 of 2: init_process_group failed \([^)]*\); another rank stopped, or "
+        r"did not answer within 2 s \(PRUNECTL_DIST_TIMEOUT\); re-run the same command to "
+        r"resume\n", alone.stderr, flags=re.IGNORECASE), alone.stderr
+    assert not project.exists() or not any(project.iterdir())
+
+
 @pytest.mark.slow  # spawns processes
 def test_a_silent_rank_stops_rank_0_after_the_timeout(tmp_path, text_file):
     """Rank 1 joins the group and then never reaches a collective (alive, not dead: torchrun
@@ -382,7 +407,7 @@ def test_a_silent_rank_stops_rank_0_after_the_timeout(tmp_path, text_file):
     recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
     project = tmp_path / "project"
     env = _launch_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-                      WORLD_SIZE=str(WORLD), PRUNECTL_DIST_TIMEOUT="2")
+                      WORLD_SIZE=str(WORLD), PRUNECTL_DIST_TIMEOUT="10")
     silent = subprocess.Popen(
         [sys.executable, "-c",
          "import time, torch.distributed as d; d.init_process_group('gloo'); time.sleep(600)"],
@@ -400,7 +425,7 @@ def test_a_silent_rank_stops_rank_0_after_the_timeout(tmp_path, text_file):
     assert re.fullmatch(
         r"stopped: rank 0 of 2: broadcast_object_list failed \([^)]*timed out[^)]*\); another "
         r"rank stopped, "
-        r"or did not answer within 2 s \(PRUNECTL_DIST_TIMEOUT\); re-run the same command to "
+        r"or did not answer within 10 s \(PRUNECTL_DIST_TIMEOUT\); re-run the same command to "
         r"resume\n", first.stderr, flags=re.IGNORECASE), first.stderr
     assert not (project / ".prunectl.lock").exists()
     assert not (project / "state.json").exists()  # no step had started

@@ -188,7 +188,9 @@ def current() -> Distributed:
         return Distributed()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_seconds()))
+        joining = Distributed(rank=int(os.environ.get("RANK", "0")), world_size=world_size)
+        with joining._collective("init_process_group"):  # a rank that never joins is a lost rank
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_seconds()))
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size())
