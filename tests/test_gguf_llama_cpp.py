@@ -73,6 +73,8 @@ def assert_same(path: Path, model, ids: list[int]) -> float:
 TINY = [("llama", "uniform", False, {}), ("llama", "blocks", False, {}), ("llama", "widths", True, {}),
         ("qwen2", "mlp_only", False, {}), ("qwen2", "uniform", False, {}), ("qwen2", "widths", True, {}), ("qwen3", "uniform", False, {}),
         ("mistral", "blocks", False, {}), ("llama", "blocks", False, {"tie_word_embeddings": True}),
+        ("phi3", "mlp_only", False, {}), ("phi3", "uniform", False, {}), ("phi3", "blocks", False, {}),
+        ("phi3", "widths", True, {}),
         ("llama", "widths", False, {"rope_parameters": {
             "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 64}})]

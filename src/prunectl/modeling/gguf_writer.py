@@ -68,8 +68,20 @@ def _add_hparams(writer: gguf.GGUFWriter, model, layout: GgufLayout, name: str, 
     writer.add_value_length(layout.head_dim)
     writer.add_file_type(FILE_TYPES[outtype])
     writer.add_vocab_size(model.get_input_embeddings().weight.shape[0])
-    if layout.permute_qk:
+    if layout.permute_qk or layout.fused:
         writer.add_rope_dimension_count(layout.head_dim)
+    if layout.fused:
+        _add_phi3_hparams(writer, config)
+
+
+def _add_phi3_hparams(writer: gguf.GGUFWriter, config) -> None:
+    """The keys convert_hf_to_gguf adds for Phi-3: the pre-training context (which LongRoPE would
+    scale from) and the window, which llama.cpp's ``phi3`` loader reads and then disables."""
+    params = getattr(config, "rope_parameters", None) or {}
+    writer.add_rope_scaling_orig_ctx_len(params.get(
+        "original_max_position_embeddings",
+        getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings))
+    writer.add_sliding_window(config.sliding_window or 0)
 
 
 def write_gguf(model, tokenizer: Any, path: Path, outtype: str = "f16", name: str = "",
