@@ -18,7 +18,7 @@ import gguf
 from prunectl.errors import UserError
 from prunectl.modeling.gguf_layout import GgufLayout, gguf_layout
 from prunectl.modeling.gguf_tensors import FILE_TYPES, OUTTYPES, encode, gguf_tensors
-from prunectl.modeling.gguf_vocab import check_vocab, copy_vocab, write_vocab
+from prunectl.modeling.gguf_vocab import check_name_and_vocab, check_vocab, copy_vocab, write_vocab
 
 
 @dataclass
@@ -29,8 +29,9 @@ class GgufResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def check_gguf(model, tokenizer: Any, outtype: str, vocab_source: Path | None) -> GgufLayout:
-    """The layout to write, after every check that could refuse the export."""
+def check_gguf(model, tokenizer: Any, outtype: str, vocab_source: Path | None, name: str = "") -> GgufLayout:
+    """The layout to write, after every check that could refuse the export (``name``: the
+    ``general.name`` to write, which llama.cpp's vocabulary loader also reads)."""
     if outtype not in OUTTYPES:
         raise UserError(f"unknown GGUF out type '{outtype}'; choose one of {', '.join(OUTTYPES)}")
     layout = gguf_layout(model)
@@ -39,6 +40,7 @@ def check_gguf(model, tokenizer: Any, outtype: str, vocab_source: Path | None) -
             raise UserError("the model has no tokenizer, which a GGUF file must carry; "
                             "export with --format hf instead")
         check_vocab(tokenizer)
+        check_name_and_vocab(name, tokenizer)
     return layout
 
 
@@ -88,14 +90,15 @@ def write_gguf(model, tokenizer: Any, path: Path, outtype: str = "f16", name: st
                vocab_source: Path | None = None) -> GgufResult:
     """Write ``model`` to ``path``.  ``vocab_source``: the GGUF file the dense model was read from,
     whose tokenizer keys are copied; otherwise ``tokenizer`` is converted."""
-    layout = check_gguf(model, tokenizer, outtype, vocab_source)
     path = Path(path)
+    name = name or path.stem
+    layout = check_gguf(model, tokenizer, outtype, vocab_source, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     writer = gguf.GGUFWriter(tmp, layout.arch)
     warnings: list[str] = []
     try:
-        _add_hparams(writer, model, layout, name or path.stem, outtype)
+        _add_hparams(writer, model, layout, name, outtype)
         if vocab_source is not None:
             copy_vocab(writer, vocab_source)
         else:
