@@ -39,7 +39,7 @@ from prunectl.modeling.adapters import Adapter
 UNIFORM_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
 #: families whose non-uniform results llama.cpp's ``deci`` graph computes exactly
 DECI_FAMILIES = ("llama", "mistral", "qwen2", "phi3")
-#: architectures whose llama.cpp loader wants heads x head size = hidden size (``src/models/qwen2.cpp``)
+#: architectures whose llama.cpp loader wants heads x head size = hidden size (``src/models/qwen2.cpp``, ``phi3.cpp``)
 FULL_WIDTH_ATTENTION_ARCHS = ("qwen2", "phi3")
 #: architectures that store q/k/v as one ``attn_qkv`` and gate+up as one ``ffn_up`` (Phi-3's own layout)
 FUSED_ARCHS = ("phi3",)
