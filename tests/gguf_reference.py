@@ -1,8 +1,9 @@
 """A small numpy forward pass over a GGUF file, written from llama.cpp's graph semantics.
 
 It lets the default suite check what a written file *computes* without llama.cpp: RMSNorm,
-interleaved-pair RoPE for ``llama``/``deci`` and half-split RoPE for ``qwen2``/``qwen3``, grouped
-query attention, SwiGLU, and ``deci``'s per-layer rules as ``src/models/deci.cpp`` has them (no
+interleaved-pair RoPE for ``llama``/``deci`` and half-split RoPE for ``qwen2``/``qwen3``/``phi3``,
+grouped query attention (q, k, v rows from one ``attn_qkv`` under ``phi3``), SwiGLU (gate then up
+rows in one ``ffn_up`` under ``phi3``), and ``deci``'s per-layer rules as ``src/models/deci.cpp`` has them (no
 attention when ``head_count`` is 0; a layer whose ``feed_forward_length`` is 0 leaves the hidden
 state unchanged).  The opt-in test runs llama.cpp itself.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-NEOX_ARCHS = ("qwen2", "qwen3")
+NEOX_ARCHS = ("qwen2", "qwen3", "phi3")
 
 
 class GgufFile:
@@ -68,9 +69,12 @@ def _linear(file: GgufFile, name: str, x):
 def _attention(file, i, x, n_head, n_kv, d, base, eps, factors):
     t = x.shape[0]
     h = _rms_norm(x, file.array(f"blk.{i}.attn_norm.weight"), eps)
-    q = _linear(file, f"blk.{i}.attn_q", h).reshape(t, n_head, d)
-    k = _linear(file, f"blk.{i}.attn_k", h).reshape(t, n_kv, d)
-    v = _linear(file, f"blk.{i}.attn_v", h).reshape(t, n_kv, d)
+    if f"blk.{i}.attn_qkv.weight" in file.tensors:
+        qkv = _linear(file, f"blk.{i}.attn_qkv", h)
+        q, k, v = np.split(qkv, [n_head * d, (n_head + n_kv) * d], axis=-1)
+    else:
+        q, k, v = (_linear(file, f"blk.{i}.attn_{x}", h) for x in "qkv")
+    q, k, v = q.reshape(t, n_head, d), k.reshape(t, n_kv, d), v.reshape(t, n_kv, d)
     if f"blk.{i}.attn_q_norm.weight" in file.tensors:
         q = _rms_norm(q, file.array(f"blk.{i}.attn_q_norm.weight"), eps)
         k = _rms_norm(k, file.array(f"blk.{i}.attn_k_norm.weight"), eps)
@@ -89,8 +93,11 @@ def _attention(file, i, x, n_head, n_kv, d, base, eps, factors):
 
 def _mlp(file, i, x, eps):
     h = _rms_norm(x, file.array(f"blk.{i}.ffn_norm.weight"), eps)
-    gate = _linear(file, f"blk.{i}.ffn_gate", h)
-    return _linear(file, f"blk.{i}.ffn_down", gate / (1 + np.exp(-gate)) * _linear(file, f"blk.{i}.ffn_up", h))
+    if f"blk.{i}.ffn_gate.weight" in file.tensors:
+        gate, up = _linear(file, f"blk.{i}.ffn_gate", h), _linear(file, f"blk.{i}.ffn_up", h)
+    else:
+        gate, up = np.split(_linear(file, f"blk.{i}.ffn_up", h), 2, axis=-1)
+    return _linear(file, f"blk.{i}.ffn_down", gate / (1 + np.exp(-gate)) * up)
 
 
 def reference_logits(path: Path, ids: list[int]) -> np.ndarray:

@@ -22,6 +22,7 @@ LAYER_NAMES = {
     "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm",
+    "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up",  # Phi-3's fused projections
 }
 GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight",
                 "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
@@ -46,6 +47,32 @@ def heads_of(model, i: int, proj: str) -> int:
     return getattr(layer.self_attn, proj).weight.shape[0] // d
 
 
+def split_parts(file, hf_name: str) -> list[str] | None:
+    """The tensors a fused Phi-3 projection was split into under ``deci``, or None when
+    ``hf_name`` is stored as one tensor."""
+    name = gguf_name(hf_name)
+    if file.arch != "deci" or not re.search(r"qkv_proj|gate_up_proj", hf_name):
+        return None
+    if ".attn_qkv." in name:
+        return [name.replace("attn_qkv", part) for part in ("attn_q", "attn_k", "attn_v")]
+    return [name.replace("ffn_up", "ffn_gate"), name]
+
+
+def stored_in_hf_order(file, model, hf_name: str, permuted: bool) -> np.ndarray:
+    """The file's rows for ``name`` in Hugging Face's order: llama.cpp's RoPE pairs undone, and a
+    Phi-3 projection that ``deci`` holds split put back together (q, k, v; gate, up)."""
+    parts = split_parts(file, hf_name) or [gguf_name(hf_name)]
+    rows = []
+    for part in parts:
+        array = file.array(part)
+        assert array is not None, f"{part} missing"
+        if permuted and re.search(r"attn_[qk]\.", part):
+            n_heads = array.shape[0] // model.config.head_dim
+            array = half_split_rows(array, n_heads)
+        rows.append(array)
+    return np.concatenate(rows) if len(rows) > 1 else rows[0]
+
+
 def write(model, tmp_path, outtype="f32", name="model.gguf"):
     return write_gguf(model, bpe_tokenizer(), tmp_path / name, outtype)
 
@@ -55,7 +82,11 @@ CASES = [("llama", "uniform", False, "llama"), ("mistral", "uniform", False, "ll
          # llama.cpp's qwen2 loader wants heads x head size = hidden: fewer heads go to deci
          ("qwen2", "uniform", False, "deci"),
          ("llama", "blocks", False, "deci"), ("llama", "widths", True, "deci"),
-         ("qwen2", "widths", True, "deci"), ("mistral", "blocks", False, "deci")]
+         ("qwen2", "widths", True, "deci"), ("mistral", "blocks", False, "deci"),
+         # Phi-3: its own fused layout when heads x head size = hidden, else deci with q/k/v and
+         # gate/up split (llama.cpp's phi3 loader also wants the full attention width)
+         ("phi3", "mlp_only", False, "phi3"), ("phi3", "uniform", False, "deci"),
+         ("phi3", "blocks", False, "deci"), ("phi3", "widths", True, "deci")]
 
 
 @pytest.mark.parametrize("family,plan,biases,arch", CASES)
@@ -69,13 +100,9 @@ def test_every_tensor_reads_back_equal_to_the_pruned_model(tmp_path, family, pla
     for hf_name, tensor in model.state_dict().items():
         name = gguf_name(hf_name)
         expected = tensor.numpy()
-        stored = file.array(name)
-        assert stored is not None, f"{name} missing"
-        if permuted and re.search(r"attn_[qk]\.", name):
-            proj = "q_proj" if ".attn_q." in name else "k_proj"
-            stored = half_split_rows(stored, heads_of(model, int(name.split(".")[1]), proj))
+        stored = stored_in_hf_order(file, model, hf_name, permuted)
         np.testing.assert_array_equal(stored.reshape(expected.shape), expected, err_msg=name)
-        seen.add(name)
+        seen.update(split_parts(file, hf_name) or [name])
     extra = set(file.tensors) - seen
     # the only tensors the model does not hold are deci's all-zero stand-ins (see gguf_layout)
     for name in extra:
@@ -178,9 +205,40 @@ def test_llama3_rope_scaling_writes_rope_freqs(tmp_path):
     np.testing.assert_allclose(reference_logits(path, IDS), expected, atol=1e-4, rtol=0)
 
 
+PHI3_LONGROPE = {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 8,
+                 "long_factor": [2.0] * 8, "original_max_position_embeddings": 256}
+
+
+def test_phi3_keys_follow_the_converter(tmp_path):
+    model = pruned("phi3", "mlp_only", sliding_window=16)
+    path = write(model, tmp_path).path
+    file = GgufFile(path)
+    config = model.config
+    layer = model.model.layers[0]
+    assert file.key("phi3.block_count") == 4
+    assert file.key("phi3.attention.head_count") == config.num_attention_heads
+    assert file.key("phi3.attention.head_count_kv") == config.num_key_value_heads
+    assert file.key("phi3.feed_forward_length") == layer.mlp.down_proj.in_features == 64
+    assert file.key("phi3.rope.dimension_count") == config.head_dim
+    assert file.key("phi3.context_length") == config.max_position_embeddings
+    assert file.key("phi3.rope.scaling.original_context_length") == config.original_max_position_embeddings
+    assert file.key("phi3.attention.sliding_window") == 16
+    # fused as llama.cpp's phi3 loader wants them: [q; k; v] rows, [gate; up] rows, nothing split
+    assert file.array("blk.0.attn_qkv.weight").shape == ((4 + 2 * 2) * config.head_dim, config.hidden_size)
+    assert file.array("blk.0.ffn_up.weight").shape == (2 * 64, config.hidden_size)
+    assert not {"blk.0.attn_q.weight", "blk.0.ffn_gate.weight"} & set(file.tensors)
+    # the window is dropped, as llama.cpp's phi3 loader drops it: equal up to the window length
+    with torch.no_grad():
+        expected = model(torch.tensor([IDS])).logits[0].double().numpy()
+    np.testing.assert_allclose(reference_logits(path, IDS), expected, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda: pruned("qwen3", "blocks"), "no per-head q/k norms"),
-    (lambda: pruned("phi3", "uniform"), "phi3 models is not implemented"),
+    (lambda: pruned("phi3", "mlp_only", rope_parameters=PHI3_LONGROPE), "phi3 supports RoPE types default, not 'longrope'"),
+    (lambda: pruned("phi3", "blocks", rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                                      "partial_rotary_factor": 0.5}),
+     "phi3 does not write a partial rotary factor"),
     (lambda: pruned("llama", "uniform", rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0,
                                                         "original_max_position_embeddings": 64}),
      "RoPE types default, llama3, not 'yarn'"),

@@ -130,3 +130,45 @@ def test_the_model_card_names_the_llama_cpp_that_scripts_llama_cpp_builds():
     script = (Path(__file__).parents[1] / "scripts" / "llama_cpp.sh").read_text()
     (version,) = re.findall(r"^SDIST_VERSION=(\S+)$", script, flags=re.MULTILINE)
     assert LLAMA_CPP_CHECKED.endswith(f"llama-cpp-python {version}")
+
+
+def phi3_dir(tmp_path: Path, directory_name: str = "tiny-fused", **config) -> Path:
+    """A tiny Phi-3 checkpoint; its directory name becomes the GGUF ``general.name``."""
+    directory = tmp_path / directory_name
+    tiny_model("phi3", vocab_size=VOCAB, **config).save_pretrained(directory)
+    bpe_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def test_a_phi3_result_exports_to_deci_with_its_projections_split(tmp_path, text_file):
+    project = tmp_path / "project"
+    prune(project, recipe(tmp_path, phi3_dir(tmp_path), text_file))
+    result = invoke("export", "-p", project, "--format", "gguf", "--outtype", "f32", "--quiet")
+    assert result.exit_code == 0, result.output
+    (path,) = (project / "export").glob("*.gguf")
+    file = GgufFile(path)
+    assert file.arch == "deci" and "blk.1.attn_q.weight" in file.tensors
+    np.testing.assert_allclose(reference_logits(path, IDS), pruned_logits(project), atol=1e-4, rtol=0)
+
+
+def test_phi3_longrope_is_refused_in_one_line_before_writing(tmp_path, text_file):
+    rope = {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 8,
+            "long_factor": [2.0] * 8, "original_max_position_embeddings": 256}
+    project = tmp_path / "project"
+    prune(project, recipe(tmp_path, phi3_dir(tmp_path, rope_parameters=rope), text_file))
+    result = invoke("export", "-p", project, "--format", "gguf")
+    assert result.exit_code == 2
+    assert "phi3 supports RoPE types default, not 'longrope'" in error_line(result.output)
+    assert not (project / "export").exists()
+
+
+def test_a_phi3_name_without_phi3s_special_tokens_is_refused(tmp_path, text_file):
+    """llama.cpp reads a ``general.name`` containing 'phi3' as Phi-3 and looks up '<|endoftext|>'
+    and friends by text; the tiny byte-level vocabulary has no '<|endoftext|>'."""
+    project = tmp_path / "project"
+    prune(project, recipe(tmp_path, phi3_dir(tmp_path, "tiny-phi3"), text_file))
+    result = invoke("export", "-p", project, "--format", "gguf")
+    assert result.exit_code == 2
+    line = error_line(result.output)
+    assert "named 'tiny-phi3-manual-f16' as Phi-3" in line and "<|endoftext|>" in line and "</s>" not in line
+    assert not (project / "export").exists()

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from gguf_models import bpe_tokenizer, pruned
+from conftest import tiny_model
+from gguf_models import VOCAB, bpe_tokenizer, pruned
 from typer.testing import CliRunner
 
 from prunectl.cli import app
@@ -73,6 +74,8 @@ def assert_same(path: Path, model, ids: list[int]) -> float:
 TINY = [("llama", "uniform", False, {}), ("llama", "blocks", False, {}), ("llama", "widths", True, {}),
         ("qwen2", "mlp_only", False, {}), ("qwen2", "uniform", False, {}), ("qwen2", "widths", True, {}), ("qwen3", "uniform", False, {}),
         ("mistral", "blocks", False, {}), ("llama", "blocks", False, {"tie_word_embeddings": True}),
+        ("phi3", "mlp_only", False, {}), ("phi3", "uniform", False, {}), ("phi3", "blocks", False, {}),
+        ("phi3", "widths", True, {}),
         ("llama", "widths", False, {"rope_parameters": {
             "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 64}})]
@@ -127,3 +130,26 @@ def test_smollm2_pruned_runs_the_same_in_llama_cpp(tmp_path, method):
     assert [int(t) for t in llama_cpp(path, "tokenize", PROMPT)[0].split()] == ids
     difference = assert_same(path, model, ids)
     print(f"{method}: {path.name} max |logit difference| {difference:.2e}")
+
+
+def test_tiny_phi3_pruned_by_magnitude_through_the_cli_runs_the_same(tmp_path, text_file):
+    """The whole path for Phi-3: ``prunectl run`` with ``magnitude`` (whole KV groups, so fewer
+    heads: ``deci`` with the fused projections split) and a GGUF export, run by llama.cpp."""
+    source = tmp_path / "tiny-fused"  # a 'phi3' name would make llama.cpp want Phi-3's tokens
+    tiny_model("phi3", vocab_size=VOCAB).save_pretrained(source)
+    bpe_tokenizer().save_pretrained(source)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"path": str(source), "dtype": "float32", "device": "cpu"},
+        "calibration": {"dataset": str(text_file), "nsamples": 2, "seqlen": 16, "seed": 1},
+        "method": METHODS["magnitude"][0], "target": {"params_ratio": 0.2},
+        "eval": {"perplexity": {"datasets": [str(text_file)], "seqlen": 32, "max_windows": 1}},
+        "export": {"format": "gguf", "outtype": "f32"},
+    }))
+    project = tmp_path / "project"
+    result = CliRunner().invoke(app, ["run", "-p", str(project), "-r", str(recipe), "--quiet"])
+    assert result.exit_code == 0, result.output
+    (path,) = (project / "export").glob("*.gguf")
+    model = load_project_model(project / "pruned", torch.device("cpu"), torch.float32).eval()
+    assert model.model.layers[0].self_attn.o_proj.in_features < model.config.hidden_size
+    assert_same(path, model, [1, 5, 70, 100, 30, 261, 7, 9, 260, 44])

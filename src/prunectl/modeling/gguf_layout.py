@@ -2,9 +2,11 @@
 
 A uniform result (every layer keeps both blocks, equal head, KV-head and MLP counts, no bias the
 family lacks) keeps its family's own architecture, as llama.cpp's ``convert_hf_to_gguf.py`` would
-write it: Llama and Mistral → ``llama``, Qwen2 → ``qwen2``, Qwen3 → ``qwen3``; llama.cpp's
-``qwen2`` loader insists on heads x head size = hidden size, so a Qwen2 result with fewer heads
-goes to ``deci`` too.  Anything else of the Llama family (Llama, Mistral, Qwen2) becomes ``deci``, the architecture llama.cpp runs NVIDIA's
+write it: Llama and Mistral → ``llama``, Qwen2 → ``qwen2``, Qwen3 → ``qwen3``, Phi-3 → ``phi3``
+(fused ``attn_qkv`` and gate+up ``ffn_up``); llama.cpp's ``qwen2`` and ``phi3`` loaders insist on
+heads x head size = hidden size, so such a result with fewer heads goes to ``deci`` too.  Anything
+else of the Llama family (Llama, Mistral, Qwen2, and Phi-3 with its fused projections split)
+becomes ``deci``, the architecture llama.cpp runs NVIDIA's
 Nemotron-NAS models with: per-layer ``head_count``, ``head_count_kv`` and ``feed_forward_length``,
 optional output-projection biases (FLAP's compensation) and q/k/v biases (Qwen2).
 
@@ -19,9 +21,11 @@ blocks rather than refused, because BlockPruner produces both shapes routinely:
   (q, k, v and output weights 0): softmax-weighted zero values, projected by zeros, add exactly 0.
 
 Refused, before anything is written: Qwen3 non-uniform results (``deci`` has no per-head q/k
-norms), Phi-3 (not implemented here), RoPE scaling other than none and ``llama3``, and
+norms), RoPE scaling other than none and ``llama3`` (Phi-3: none only, e.g. no LongRoPE factors;
+no partial rotary factor), and
 Qwen2 sliding-window layers (llama.cpp's ``qwen2``/``deci`` run full attention; Mistral's window is
-dropped as llama.cpp's converter drops it, so outputs agree up to the window length).
+dropped as llama.cpp's converter drops it, and Phi-3's as llama.cpp's ``phi3`` loader disables it,
+so outputs agree up to the window length).
 """
 
 from __future__ import annotations
@@ -32,14 +36,20 @@ from prunectl.errors import UserError
 from prunectl.modeling.adapters import Adapter
 
 #: the family's own llama.cpp architecture for uniform results (convert_hf_to_gguf's choice)
-UNIFORM_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+UNIFORM_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
 #: families whose non-uniform results llama.cpp's ``deci`` graph computes exactly
-DECI_FAMILIES = ("llama", "mistral", "qwen2")
-#: architectures whose llama.cpp loader wants heads x head size = hidden size (``src/models/qwen2.cpp``)
-FULL_WIDTH_ATTENTION_ARCHS = ("qwen2",)
+DECI_FAMILIES = ("llama", "mistral", "qwen2", "phi3")
+#: architectures whose llama.cpp loader wants heads x head size = hidden size (``src/models/qwen2.cpp``, ``phi3.cpp``)
+FULL_WIDTH_ATTENTION_ARCHS = ("qwen2", "phi3")
+#: architectures that store q/k/v as one ``attn_qkv`` and gate+up as one ``ffn_up`` (Phi-3's own layout)
+FUSED_ARCHS = ("phi3",)
+#: families whose window llama.cpp ignores, as its converter or loader does (outputs agree up to it)
+WINDOW_DROPPED = ("mistral", "phi3")
 #: families whose q/k rows llama.cpp wants in its interleaved RoPE order (the converter permutes)
 PERMUTED_ARCHS = ("llama", "deci")
 ROPE_TYPES = ("default", "llama3")
+#: Phi-3: llama.cpp's ``phi3`` graph reads only LongRoPE factors, not ``rope_freqs``; not written here
+PHI3_ROPE_TYPES = ("default",)
 #: width of the all-zero MLP that stands for a removed MLP next to a kept attention in ``deci``
 ZERO_MLP_WIDTH = 1
 #: query and KV heads of the all-zero attention that stands for a removed attention in layer 0
@@ -75,24 +85,32 @@ class GgufLayout:
     def permute_qk(self) -> bool:
         return self.arch in PERMUTED_ARCHS
 
+    @property
+    def fused(self) -> bool:
+        return self.arch in FUSED_ARCHS
+
 
 def _has_bias(module) -> bool:
     return module is not None and getattr(module, "bias", None) is not None
 
 
-def _rope_type(config) -> str:
+def _rope_type(config, family: str) -> str:
+    """The RoPE type, refused where the written file would rotate differently from the model."""
     params = getattr(config, "rope_parameters", None) or {}
     params = params.get("full_attention", params)
     rope_type = params.get("rope_type", "default")
-    if rope_type not in ROPE_TYPES:
-        raise UserError(f"GGUF export supports RoPE types {', '.join(ROPE_TYPES)}, not "
+    allowed = PHI3_ROPE_TYPES if family == "phi3" else ROPE_TYPES
+    if rope_type not in allowed:
+        raise UserError(f"GGUF export of {family} supports RoPE types {', '.join(allowed)}, not "
                         f"'{rope_type}'; {HF_HINT}")
+    if params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) != 1.0:
+        raise UserError(f"GGUF export of {family} does not write a partial rotary factor; {HF_HINT}")
     return rope_type
 
 
 def _check_attention_types(adapter: Adapter) -> None:
-    if adapter.family.name == "mistral":
-        return  # convert_hf_to_gguf writes Mistral as plain ``llama`` too, window dropped
+    if adapter.family.name in WINDOW_DROPPED:
+        return  # llama.cpp runs these windows as full attention too (see the module doc)
     for i in range(adapter.num_layers):
         if adapter.attention(i) is not None and adapter.attention_type(i) != "full_attention":
             raise UserError(f"layer {i} uses sliding-window attention, which llama.cpp's GGUF "
@@ -140,7 +158,7 @@ def gguf_layout(model) -> GgufLayout:
     family = adapter.family.name
     if family not in UNIFORM_ARCH:
         raise UserError(f"GGUF export of {family} models is not implemented; {HF_HINT}")
-    rope_type = _rope_type(model.config)
+    rope_type = _rope_type(model.config, family)
     _check_attention_types(adapter)
     layers = _raw_layers(adapter)
     tied = adapter.lm_head.weight is adapter.embed_tokens.weight

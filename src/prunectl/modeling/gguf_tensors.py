@@ -3,7 +3,9 @@
 Names come from the ``gguf`` package's own table (``gguf.TENSOR_NAMES``), so they are the ones
 llama.cpp loads.  As in ``convert_hf_to_gguf.py``: Llama-architecture q/k rows (and Qwen2 q/k
 biases under ``deci``) are permuted from Hugging Face's half-split RoPE layout to llama.cpp's
-interleaved one; a tied ``lm_head`` is not written (llama.cpp reuses ``token_embd``); norms, biases
+interleaved one; under ``phi3`` Phi-3's fused ``qkv_proj`` is ``attn_qkv`` and its ``gate_up_proj``
+(gate rows, then up rows) is ``ffn_up``, both unchanged, while ``deci`` gets them split by the
+adapter into q/k/v and gate/up; a tied ``lm_head`` is not written (llama.cpp reuses ``token_embd``); norms, biases
 and other 1-D tensors stay F32; a matrix whose rows do not split into the out type's blocks (q8_0
 blocks are 32 wide, pruned widths often are not) falls back to F16.
 """
@@ -57,6 +59,11 @@ def llama3_rope_factors(config) -> torch.Tensor:
     return (plain / scaled).float()
 
 
+def _bias(module, name: str) -> torch.Tensor | None:
+    """The bias of projection ``name``, or None; Phi-3 has no separate q/k/v projections at all."""
+    return getattr(getattr(module, name, None), "bias", None)
+
+
 def _attention(adapter: Adapter, layout: GgufLayout, i: int) -> Iterator[tuple[str, torch.Tensor]]:
     spec = layout.layers[i]
     hidden, d = adapter.hidden_size, layout.head_dim
@@ -70,10 +77,14 @@ def _attention(adapter: Adapter, layout: GgufLayout, i: int) -> Iterator[tuple[s
         return
     attn = adapter.attention(i)
     yield tensor_name(T.ATTN_NORM, layer=i), adapter.input_norm(i).weight
+    if layout.fused:
+        yield tensor_name(T.ATTN_QKV, layer=i), attn.qkv_proj.weight
+        yield tensor_name(T.ATTN_OUT, layer=i), attn.o_proj.weight
+        return
     weights = adapter.attention_weights(i)
     q, k = weights.q, weights.k
-    q_bias = getattr(attn.q_proj, "bias", None)
-    k_bias = getattr(attn.k_proj, "bias", None)
+    q_bias = _bias(attn, "q_proj")
+    k_bias = _bias(attn, "k_proj")
     if layout.permute_qk:
         q, k = interleave_rope_rows(q, spec.heads), interleave_rope_rows(k, spec.kv_heads)
         if q_bias is not None:
@@ -82,7 +93,7 @@ def _attention(adapter: Adapter, layout: GgufLayout, i: int) -> Iterator[tuple[s
     yield tensor_name(T.ATTN_Q, layer=i), q
     yield tensor_name(T.ATTN_K, layer=i), k
     yield tensor_name(T.ATTN_V, layer=i), weights.v
-    for kind, bias in ((T.ATTN_Q, q_bias), (T.ATTN_K, k_bias), (T.ATTN_V, getattr(attn.v_proj, "bias", None)),
+    for kind, bias in ((T.ATTN_Q, q_bias), (T.ATTN_K, k_bias), (T.ATTN_V, _bias(attn, "v_proj")),
                        (T.ATTN_OUT, attn.o_proj.bias)):
         if bias is not None:
             yield tensor_name(kind, "bias", i), bias
@@ -105,8 +116,11 @@ def _mlp(adapter: Adapter, layout: GgufLayout, i: int) -> Iterator[tuple[str, to
         return
     weights = adapter.mlp_weights(i)
     yield tensor_name(T.FFN_NORM, layer=i), adapter.post_attention_norm(i).weight
-    yield tensor_name(T.FFN_GATE, layer=i), weights.gate
-    yield tensor_name(T.FFN_UP, layer=i), weights.up
+    if layout.fused:  # llama.cpp splits ffn_up's rows itself: the first half is the gate
+        yield tensor_name(T.FFN_UP, layer=i), adapter.mlp(i).gate_up_proj.weight
+    else:
+        yield tensor_name(T.FFN_GATE, layer=i), weights.gate
+        yield tensor_name(T.FFN_UP, layer=i), weights.up
     yield tensor_name(T.FFN_DOWN, layer=i), weights.down
     if adapter.down_proj(i).bias is not None:
         yield tensor_name(T.FFN_DOWN, "bias", i), adapter.down_proj(i).bias

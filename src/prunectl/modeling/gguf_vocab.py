@@ -27,6 +27,10 @@ import gguf
 from prunectl.errors import UserError
 
 DEFAULT_PRE = "default"
+#: llama.cpp's vocabulary loader looks these tokens up by text, and fails to load the file when one
+#: is missing, whenever ``general.name`` contains one of PHI3_NAMES (Phi-3's own special tokens)
+PHI3_NAMES = ("phi-3", "phi3")
+PHI3_TOKENS = ("</s>", "<unk>", "<s>", "<|endoftext|>")
 
 
 def copy_vocab(writer: gguf.GGUFWriter, source: Path) -> None:
@@ -79,6 +83,18 @@ def check_vocab(tokenizer: Any) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
         _tokenizer_kind(Path(tmp))
+
+
+def check_name_and_vocab(name: str, tokenizer: Any) -> None:
+    """Refuse a file name llama.cpp would read as Phi-3's when the vocabulary lacks Phi-3's
+    special tokens: llama.cpp matches ``general.name`` and then cannot load the file at all."""
+    if not any(key in name.lower() for key in PHI3_NAMES):
+        return
+    missing = [token for token in PHI3_TOKENS if token not in tokenizer.get_vocab()]
+    if missing:
+        raise UserError(f"llama.cpp treats a GGUF model named '{name}' as Phi-3 and cannot load it "
+                        f"without the tokens {', '.join(missing)}; name the model without "
+                        f"'phi3'/'phi-3' or export with --format hf instead")
 
 
 def write_vocab(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> list[str]:

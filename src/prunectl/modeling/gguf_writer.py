@@ -18,7 +18,7 @@ import gguf
 from prunectl.errors import UserError
 from prunectl.modeling.gguf_layout import GgufLayout, gguf_layout
 from prunectl.modeling.gguf_tensors import FILE_TYPES, OUTTYPES, encode, gguf_tensors
-from prunectl.modeling.gguf_vocab import check_vocab, copy_vocab, write_vocab
+from prunectl.modeling.gguf_vocab import check_name_and_vocab, check_vocab, copy_vocab, write_vocab
 
 
 @dataclass
@@ -29,8 +29,9 @@ class GgufResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def check_gguf(model, tokenizer: Any, outtype: str, vocab_source: Path | None) -> GgufLayout:
-    """The layout to write, after every check that could refuse the export."""
+def check_gguf(model, tokenizer: Any, outtype: str, vocab_source: Path | None, name: str = "") -> GgufLayout:
+    """The layout to write, after every check that could refuse the export (``name``: the
+    ``general.name`` to write, which llama.cpp's vocabulary loader also reads)."""
     if outtype not in OUTTYPES:
         raise UserError(f"unknown GGUF out type '{outtype}'; choose one of {', '.join(OUTTYPES)}")
     layout = gguf_layout(model)
@@ -39,6 +40,7 @@ def check_gguf(model, tokenizer: Any, outtype: str, vocab_source: Path | None) -
             raise UserError("the model has no tokenizer, which a GGUF file must carry; "
                             "export with --format hf instead")
         check_vocab(tokenizer)
+        check_name_and_vocab(name, tokenizer)
     return layout
 
 
@@ -68,22 +70,35 @@ def _add_hparams(writer: gguf.GGUFWriter, model, layout: GgufLayout, name: str, 
     writer.add_value_length(layout.head_dim)
     writer.add_file_type(FILE_TYPES[outtype])
     writer.add_vocab_size(model.get_input_embeddings().weight.shape[0])
-    if layout.permute_qk:
+    if layout.permute_qk or layout.fused:
         writer.add_rope_dimension_count(layout.head_dim)
+    if layout.fused:
+        _add_phi3_hparams(writer, config)
+
+
+def _add_phi3_hparams(writer: gguf.GGUFWriter, config) -> None:
+    """The keys convert_hf_to_gguf adds for Phi-3: the pre-training context (which LongRoPE would
+    scale from) and the window, which llama.cpp's ``phi3`` loader reads and then disables."""
+    params = getattr(config, "rope_parameters", None) or {}
+    writer.add_rope_scaling_orig_ctx_len(params.get(
+        "original_max_position_embeddings",
+        getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings))
+    writer.add_sliding_window(config.sliding_window or 0)
 
 
 def write_gguf(model, tokenizer: Any, path: Path, outtype: str = "f16", name: str = "",
                vocab_source: Path | None = None) -> GgufResult:
     """Write ``model`` to ``path``.  ``vocab_source``: the GGUF file the dense model was read from,
     whose tokenizer keys are copied; otherwise ``tokenizer`` is converted."""
-    layout = check_gguf(model, tokenizer, outtype, vocab_source)
     path = Path(path)
+    name = name or path.stem
+    layout = check_gguf(model, tokenizer, outtype, vocab_source, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     writer = gguf.GGUFWriter(tmp, layout.arch)
     warnings: list[str] = []
     try:
-        _add_hparams(writer, model, layout, name or path.stem, outtype)
+        _add_hparams(writer, model, layout, name, outtype)
         if vocab_source is not None:
             copy_vocab(writer, vocab_source)
         else:

@@ -73,8 +73,8 @@ def body(run: RunContext, role: str, directory: Path,
     """The step: load the project model, refuse what llama.cpp cannot run, then write the new
     export directory (GGUF file + model card, ``model_card`` from the Hugging Face export)."""
     model, tokenizer = artifacts.project_model(run, role)
-    check_gguf(model, tokenizer, outtype(run), vocab_source(run))
     gguf_file = directory / file_name(run)
+    check_gguf(model, tokenizer, outtype(run), vocab_source(run), gguf_file.stem)
     summary = {"source": role, "directory": str(directory), "gguf": str(gguf_file)}
     if not run.dist.is_main:  # under torchrun the other ranks hold the same model
         return StepOutcome([directory], summary)
