@@ -108,8 +108,9 @@ def _pruned(dense, tokens, reconstruct, **extra):
     return method.apply(run, copy.deepcopy(dense), PLAN, stats, tokens=tokens).eval()
 
 
-def test_sequential_least_squares_is_the_optimum_and_beats_bias():
-    dense = tiny_model("llama", seed=3)
+@pytest.mark.parametrize("family", ["llama", "gemma2"])  # Gemma: sandwich norms, soft caps
+def test_sequential_least_squares_is_the_optimum_and_beats_bias(family):
+    dense = tiny_model(family, seed=3)
     tokens = torch.randint(4, 260, (12, 32), generator=torch.Generator().manual_seed(0))
     ls = _pruned(dense, tokens, "least_squares", reconstruct_damp=0.0)
     biased = _pruned(dense, tokens, "bias")

@@ -88,9 +88,10 @@ def test_batch_schedule_and_ipr_shape():
     assert shape_weights("uniform", 4, 0.2) == [1.0] * 4
 
 
-@pytest.mark.parametrize("allocation", ["ipr", "uniform", "AL-AM"])
-def test_slimgpt_prunes_to_the_target_on_a_gqa_model(allocation):
-    dense = tiny_model("llama", seed=3, num_attention_heads=8, num_key_value_heads=4)
+@pytest.mark.parametrize(("allocation", "family"), [("ipr", "llama"), ("uniform", "llama"),
+                                                    ("AL-AM", "llama"), ("ipr", "gemma2")])
+def test_slimgpt_prunes_to_the_target_on_a_gqa_model(allocation, family):
+    dense = tiny_model(family, seed=3, num_attention_heads=8, num_key_value_heads=4)
     tokens = torch.randint(4, 260, (12, 32), generator=torch.Generator().manual_seed(0))
     run = SimpleNamespace(recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=4),
                                                  target=SimpleNamespace(params_ratio=0.25)),
