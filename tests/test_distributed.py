@@ -369,10 +369,9 @@ def test_a_bad_collective_timeout_stops_before_the_group_forms(monkeypatch, valu
     assert not dist.is_initialized()
 
 
-@pytest.mark.slow  # spawns a process
-def test_a_rank_that_never_joins_stops_rank_0_at_the_rendezvous(tmp_path, text_file):
-    """Rank 1 never starts: rank 0 gives up joining the group after PRUNECTL_DIST_TIMEOUT
-    seconds with the same one line as any lost rank, exit 1, and touches no project file."""
+def _rank_0_search(tmp_path, text_file, timeout_s: int):
+    """A tiny block-search project and rank 0's environment of a 2-rank group whose collectives
+    time out after ``timeout_s``; returns (project, env, run) where ``run()`` starts rank 0."""
     from conftest import save_tiny
     from test_block_cli import write_recipe
 
@@ -380,12 +379,24 @@ def test_a_rank_that_never_joins_stops_rank_0_at_the_rendezvous(tmp_path, text_f
     recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
     project = tmp_path / "project"
     env = _launch_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-                      WORLD_SIZE=str(WORLD), PRUNECTL_DIST_TIMEOUT="2")
-    alone = subprocess.run(
-        [str(Path(sys.executable).with_name("prunectl")), "search", "-p", str(project),
-         "-r", str(recipe), "--quiet"],
-        check=False, capture_output=True, text=True, env=env | {"RANK": "0", "LOCAL_RANK": "0"},
-        timeout=300)
+                      WORLD_SIZE=str(WORLD), PRUNECTL_DIST_TIMEOUT=str(timeout_s))
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(Path(sys.executable).with_name("prunectl")), "search", "-p", str(project),
+             "-r", str(recipe), "--quiet"],
+            check=False, capture_output=True, text=True,
+            env=env | {"RANK": "0", "LOCAL_RANK": "0"}, timeout=300)
+
+    return project, env, run
+
+
+@pytest.mark.slow  # spawns a process
+def test_a_rank_that_never_joins_stops_rank_0_at_the_rendezvous(tmp_path, text_file):
+    """Rank 1 never starts: rank 0 gives up joining the group after PRUNECTL_DIST_TIMEOUT
+    seconds with the same one line as any lost rank, exit 1, and touches no project file."""
+    project, _env, run = _rank_0_search(tmp_path, text_file, 2)
+    alone = run()
     assert alone.returncode == 1, alone.stderr
     assert re.fullmatch(
         r"stopped: rank 0 of 2: init_process_group failed \([^)]*\); another rank stopped, or "
@@ -400,24 +411,13 @@ def test_a_silent_rank_stops_rank_0_after_the_timeout(tmp_path, text_file):
     would not notice).  Rank 0 of `prunectl search` gives up at its first collective (the
     broadcast of the recipe it pinned) after PRUNECTL_DIST_TIMEOUT seconds with one line and
     exit 1, and releases the lock."""
-    from conftest import save_tiny
-    from test_block_cli import write_recipe
-
-    model_dir = save_tiny(tmp_path / "tiny", "llama", num_hidden_layers=2)
-    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
-    project = tmp_path / "project"
-    env = _launch_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-                      WORLD_SIZE=str(WORLD), PRUNECTL_DIST_TIMEOUT="10")
+    project, env, run = _rank_0_search(tmp_path, text_file, 10)
     silent = subprocess.Popen(
         [sys.executable, "-c",
          "import time, torch.distributed as d; d.init_process_group('gloo'); time.sleep(600)"],
         env=env | {"RANK": "1", "LOCAL_RANK": "1"})
     try:
-        first = subprocess.run(
-            [str(Path(sys.executable).with_name("prunectl")), "search", "-p", str(project),
-             "-r", str(recipe), "--quiet"],
-            check=False, capture_output=True, text=True, env=env | {"RANK": "0", "LOCAL_RANK": "0"},
-            timeout=300)
+        first = run()
     finally:
         silent.kill()
         silent.wait()
