@@ -166,3 +166,11 @@ def text_file(tmp_path) -> Path:
     paragraphs = [f"Paragraph {i}. " + TEXT * (1 + i % 3) for i in range(60)]
     path.write_text("\n\n".join(paragraphs))
     return path
+
+
+@pytest.fixture(autouse=True)
+def gguf_cache_dir(tmp_path_factory, monkeypatch) -> Path:
+    """De-quantized GGUF copies go to this session's temporary directory, never to ~/.cache."""
+    directory = tmp_path_factory.getbasetemp() / "gguf-cache"
+    monkeypatch.setenv("PRUNECTL_CACHE_DIR", str(directory))
+    return directory

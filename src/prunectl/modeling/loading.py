@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from prunectl.errors import UserError
+from prunectl.modeling import gguf_cache
 from prunectl.modeling.adapters import family_for
 
 DTYPES: dict[str, torch.dtype] = {
@@ -106,6 +107,9 @@ def _load_config(source: str, gguf_file: str | None, cfg: Any):
             family_for(model_type)
             return pruned_config_class_for(model_type).from_pretrained(source)
         if gguf_file is not None:
+            cached = gguf_cache.find(Path(source) / gguf_file)
+            if cached is not None:
+                return AutoConfig.from_pretrained(cached)
             return copy.deepcopy(_read_gguf_config(source, gguf_file))
         return AutoConfig.from_pretrained(
             source,
@@ -185,13 +189,34 @@ def load_model(cfg: Any, device: torch.device, dtype: torch.dtype) -> tuple[nn.M
 
     ``cfg`` is the recipe's ``model`` section (``path``, optional ``gguf_file``, ``revision``,
     ``trust_remote_code``).  A GGUF checkpoint is dequantized by transformers; its gguf
-    ``quantization_config`` is dropped so the model saves as a plain checkpoint.
+    ``quantization_config`` is dropped so the model saves as a plain checkpoint, and the result
+    is cached (``gguf_cache``) for the next step.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     source, gguf_file = _source(cfg)
     config = _load_config(source, gguf_file, cfg)
     family_for(getattr(config, "model_type", "?"))  # refuse before reading any weight
+    device_map = getattr(cfg, "device_map", None)
+    placement = {"device_map": device_map} if device_map is not None else {}
+    loaded = None
+    if gguf_file is not None:
+        loaded = _load_cached_gguf(Path(source) / gguf_file, dtype, placement)
+    if loaded is None:
+        loaded = _load_source(cfg, source, gguf_file, device, dtype, placement)
+        if gguf_file is not None:
+            gguf_cache.store(*loaded, Path(source) / gguf_file, dtype)
+    model, tokenizer = loaded
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model, "hf_device_map", None) is None:  # accelerate placed a device-mapped model
+        model = model.to(device)
+    return model.eval(), tokenizer  # .to(dtype) would also cast fp32 rotary buffers
+
+
+def _load_source(cfg: Any, source: str, gguf_file: str | None, device: torch.device,
+                 dtype: torch.dtype, placement: dict) -> tuple[nn.Module, Any]:
+    """Model and tokenizer from the recipe's source itself (hub id, directory or GGUF file)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     common = {
         "gguf_file": gguf_file,
         "revision": getattr(cfg, "revision", None),
@@ -201,8 +226,6 @@ def load_model(cfg: Any, device: torch.device, dtype: torch.dtype) -> tuple[nn.M
         if gguf_file is None and _is_pruned_directory(source):  # e.g. pruning a pruned model again
             model = load_project_model(Path(source), device, dtype)
         else:
-            device_map = getattr(cfg, "device_map", None)
-            placement = {"device_map": device_map} if device_map is not None else {}
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **common, **placement)
     except _unreadable() as error:
         first = str(error).strip().splitlines()[0]
@@ -215,11 +238,22 @@ def load_model(cfg: Any, device: torch.device, dtype: torch.dtype) -> tuple[nn.M
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0]
         raise UserError(f"'{cfg.path}' has no usable tokenizer ({first}); add the tokenizer files") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if getattr(model, "hf_device_map", None) is None:  # accelerate placed a device-mapped model
-        model = model.to(device)
-    return model.eval(), tokenizer  # .to(dtype) would also cast fp32 rotary buffers
+    return model, tokenizer
+
+
+def _load_cached_gguf(file: Path, dtype: torch.dtype, placement: dict) -> tuple[nn.Module, Any] | None:
+    """The cached de-quantized copy of ``file``, or None (no copy, or a damaged one: discarded)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cached = gguf_cache.find(file, dtype)
+    if cached is None:
+        return None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, **placement)
+        return model, AutoTokenizer.from_pretrained(cached)
+    except _unreadable():
+        gguf_cache.discard(cached)
+        return None
 
 
 def _without_quantization_config(model: nn.Module) -> nn.Module:
