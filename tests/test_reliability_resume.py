@@ -23,8 +23,6 @@ import pytest
 from killpoints import kill_env, prunectl
 from test_run_distributed import pipeline_recipe
 
-pytestmark = pytest.mark.slow
-
 #: files whose bytes must not depend on where a run was interrupted
 WEIGHTS = ("pruned/model.safetensors", "recovered/adapter/adapter_model.safetensors",
            "recovered/model/model.safetensors", "export/model.safetensors")
@@ -103,6 +101,7 @@ def recovered(pruned, tmp_path_factory) -> dict:
     return outcome(project)
 
 
+@pytest.mark.slow  # subprocesses: a pipeline to apply, a straight recovery, kills and re-runs
 @pytest.mark.parametrize("point", [
     ("recovered/eval_before.json", "after", 1),  # before the first checkpoint
     ("recovered/checkpoints/checkpoint-2/trainer_state.json", "after", 1),  # mid-run
@@ -162,6 +161,7 @@ def straight_runs(tmp_path_factory) -> dict:
     return runs
 
 
+@pytest.mark.slow
 @sweep
 @pytest.mark.parametrize("method,point", POINTS, ids=[f"{m}-{p[0]}-{p[1]}-{p[2]}" for m, p in POINTS])
 def test_the_kill_sweep_resumes_every_pipeline_to_the_same_result(straight_runs, tmp_path,

@@ -23,7 +23,6 @@ from typer.testing import CliRunner
 
 from prunectl.cli import app
 
-pytestmark = pytest.mark.slow
 LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 METHODS = {
@@ -73,6 +72,7 @@ def figures(project: Path) -> dict:
     return {name: record["status"] for name, record in steps.items()}, steps["eval"]["summary"]
 
 
+@pytest.mark.slow  # two torchrun processes through a whole pipeline
 @pytest.mark.parametrize("method", list(METHODS))
 def test_torchrun_run_finishes_every_step_like_one_process(tmp_path, text_file, method):
     model_dir = save_tiny(tmp_path / "tiny", "llama")

@@ -30,6 +30,8 @@ from pydantic import (
 
 from prunectl.errors import UserError
 from prunectl.methods.base import MethodConfig
+from prunectl.methods.registry import METHODS, parse_method_config
+from prunectl.recipe_errors import describe_validation_error
 from prunectl.yaml_unique import load_unique
 
 PINNED_LABEL = "the project's pinned recipe.yaml"
@@ -289,8 +291,6 @@ class Recipe(Section):
     @field_validator("method", mode="before")
     @classmethod
     def _method(cls, value: Any) -> Any:
-        from prunectl.methods.registry import METHODS, parse_method_config
-
         if isinstance(value, MethodConfig):
             return value
         if not isinstance(value, dict) or "name" not in value:
@@ -438,8 +438,6 @@ def load_recipe(
     With no ``path``, start from ``pinned`` (the project's pinned recipe).  The resolved dict
     has every default filled in, so pinning it records exactly what ran.
     """
-    from prunectl.recipe_errors import describe_validation_error
-
     if path is not None:
         label = str(path)
         data, origins = _resolve(Path(path))
@@ -457,7 +455,7 @@ def load_recipe(
     try:
         recipe = Recipe.model_validate(data, context={"origins": origins})
     except ValidationError as error:
-        raise UserError(describe_validation_error(error, data, label, origins)) from None
+        raise UserError(describe_validation_error(error, Recipe, data, label, origins)) from None
     except UserError as error:  # an unknown method name, from the registry
         source = origins.get(("method", "name"), label)
         suffix = f" (from {source})" if source != label else ""

@@ -17,6 +17,9 @@ from typing import Any, Literal
 import annotated_types
 from pydantic import BaseModel, ValidationError
 
+from prunectl.errors import UserError
+from prunectl.methods.registry import method_class
+
 HINTS = {
     "model": "add a model section, e.g. model: {path: <hub id, directory or .gguf file>}",
     "model.path": "set model.path to a hub id, a local directory or a .gguf file",
@@ -121,9 +124,6 @@ def _show(value: Any) -> str:
 
 
 def _method_class(data: dict[str, Any]) -> type | None:
-    from prunectl.errors import UserError
-    from prunectl.methods.registry import method_class
-
     section = data.get("method")
     if not isinstance(section, dict) or "name" not in section:
         return None
@@ -178,14 +178,15 @@ def _source(path: list[Any], origins: dict[tuple[str, ...], str], label: str) ->
 
 def describe_validation_error(
     error: ValidationError,
+    root: type[BaseModel],
     data: dict[str, Any],
     label: str,
     origins: dict[tuple[str, ...], str],
 ) -> str:
-    """One line: ``FILE: key.path: problem`` plus where the key came from and how many more."""
-    from prunectl.recipe import Recipe
-
-    root, method_cls = Recipe, _method_class(data)
+    """One line: ``FILE: key.path: problem`` plus where the key came from and how many more.
+    ``root`` is the schema ``data`` failed (``Recipe``), passed in so that this module does not
+    import ``recipe`` back."""
+    method_cls = _method_class(data)
     groups: dict[tuple, list[dict]] = {}
     for item in error.errors():
         loc = tuple(item["loc"])

@@ -1,0 +1,61 @@
+"""The ``prunectl`` command: one small module per command, no algorithm code.
+
+``session.py`` holds what the step commands share (options, project lock, recipe pinning and
+rollback, preflight, signals, error → exit code); ``output.py`` prints results.  Results go to
+stdout (a table, or one JSON object with ``--json``); progress and hints go to stderr.  Exit
+codes: 0 done, 1 internal failure (traceback in the step's log) or a lost rank under torchrun,
+2 bad input, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from prunectl import __version__
+from prunectl.cli import (apply, calibrate, compare, evaluate, export, recipes, recover, report,
+                          run, score, search, status, validate)
+from prunectl.cli.session import Terminated, _sigterm_raises, handles_errors
+
+__all__ = ["Terminated", "_sigterm_raises", "app", "handles_errors", "main"]
+
+app = typer.Typer(
+    name="prunectl",
+    help="Structured pruning of large language models: calibrate, score, search, apply, "
+    "recover, eval, export.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# registration order is the order `prunectl --help` lists them in
+app.command()(calibrate.calibrate)
+app.command()(score.score)
+app.command()(search.search)
+app.command()(apply.apply)
+app.command()(recover.recover)
+app.command("eval")(evaluate.evaluate)
+app.command()(export.export)
+app.command("run")(run.run_all)
+app.command()(report.report)
+app.command()(compare.compare)
+app.command()(status.status)
+app.add_typer(recipes.recipes_app, name="recipes")
+app.command()(validate.validate)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"prunectl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version,
+                                                is_eager=True, help="Show the version.")] = False):
+    """Structured pruning of LLMs: BlockPruner, FLAP, LLM-Pruner and magnitude width pruning."""
+
+
+def main() -> None:
+    app()

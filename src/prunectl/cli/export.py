@@ -1,0 +1,38 @@
+"""``prunectl export`` (Hugging Face directory or GGUF file, with a model card)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prunectl.cli.output import emit
+from prunectl.cli.session import (Common, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt, ProjectOpt,
+                                  QuietOpt, RecipeOpt, SetOpt, handles_errors, session)
+
+
+@handles_errors
+def export(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
+           device: DeviceOpt = None, dtype: DtypeOpt = None,
+           output: Annotated[Path | None, typer.Option(
+               "--output", "-o", help="Directory to write (default: PROJECT/export).",
+               file_okay=False)] = None,
+           format: Annotated[str | None, typer.Option(
+               "--format", help="hf (Hugging Face directory) or gguf (llama.cpp file); "
+               "overrides export.format.")] = None,
+           outtype: Annotated[str | None, typer.Option(
+               "--outtype", help="GGUF tensor type: f32, f16, bf16 or q8_0 (overrides export.outtype).")] = None,
+           force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False):
+    """Write the shareable model directory with its model card.
+
+    Example: prunectl export -p runs/exp1 -o models/llama2-pruned
+    Example: prunectl export -p runs/exp1 --format gguf --outtype q8_0
+    """
+    from prunectl.steps.export import export as step
+
+    opts = Common(project, recipe, set, device, dtype, force, json, quiet)
+    opts.sets += [f"export.{key}={value}" for key, value in (("format", format), ("outtype", outtype))
+                  if value is not None]
+    with session(opts) as run:
+        emit(opts, [step(run, output)])

@@ -1,0 +1,285 @@
+"""What every step command shares: the options, the session (lock the project, resolve, check
+and pin the recipe, put the old pin back if the command then fails on bad input, pick device
+and dtype), and the mapping of errors and signals to one line and an exit code.
+
+Exit codes: 0 done, 1 internal failure (traceback in the step's log) or a lost rank under
+torchrun, 2 bad input, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from prunectl.errors import UserError
+from prunectl.io import restore, snapshot
+from prunectl.ui import UI
+
+# --- options shared by every step -----------------------------------------------------------
+ProjectOpt = Annotated[
+    Path,
+    typer.Option("-p", "--project", envvar="PRUNECTL_PROJECT", help="Project directory.",
+                 file_okay=False),
+]
+RecipeOpt = Annotated[
+    Path | None,
+    typer.Option("-r", "--recipe", help="Recipe YAML; pinned into the project at first use.",
+                 dir_okay=False),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a recipe key: key.path=value, or ~key.path to delete."),
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
+DtypeOpt = Annotated[
+    str | None, typer.Option("--dtype", help="Model dtype: auto, bfloat16, float16, float32.")
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Re-run even when up to date.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON result object on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or hints.")]
+MethodOpt = Annotated[
+    str | None, typer.Option("--method", "-m", help="Pruning method (replaces method section).")
+]
+BlocksOpt = Annotated[int | None, typer.Option("--blocks", help="Number of blocks to remove.")]
+RatioOpt = Annotated[
+    float | None,
+    typer.Option("--ratio", help="Fraction of parameters to remove (0-1), of target.ratio_of."),
+]
+
+
+class Common:
+    """The options every step takes, gathered so commands stay one line each."""
+
+    def __init__(self, project, recipe, sets, device, dtype, force, json_output, quiet):
+        self.project = project
+        self.recipe = recipe
+        self.sets = list(sets or [])
+        self.device = device
+        self.dtype = dtype
+        self.force = force
+        self.json_output = json_output
+        self.quiet = quiet
+
+    def with_step_flags(self, method: str | None = None, blocks=None, ratio=None) -> Common:
+        """Step flags are recipe overrides: ``--method block --blocks 12`` and the like."""
+        if method is not None:
+            self.sets.append(f"method={{name: {method}}}")
+        if blocks is not None and ratio is not None:
+            raise UserError("--blocks and --ratio are alternatives; give one of them")
+        if blocks is not None:
+            self.sets += ["~target", f"target.blocks={blocks}"]
+        if ratio is not None:
+            # keeps target.ratio_of: --ratio is a fraction of what the recipe says
+            self.sets += ["~target.blocks", "~target.params", f"target.params_ratio={ratio}"]
+        return self
+
+
+@contextmanager
+def session(opts: Common) -> Iterator[Any]:
+    """Lock the project, resolve and pin the recipe, pick device and dtype: the run context."""
+    from prunectl import distributed
+    from prunectl.context import RunContext
+    from prunectl.modeling.loading import resolve_device, resolve_dtype
+    from prunectl.project import Project
+    from prunectl.recipe import load_recipe
+
+    dist = distributed.current()
+    quiet = opts.quiet or not dist.is_main  # one voice under torchrun
+    ui = UI(quiet=quiet, json_output=opts.json_output)
+    if quiet:
+        _silence_libraries()
+    project = Project(opts.project)
+    with ExitStack() as held:
+        pinned: dict[str, Any] = {}
+
+        def lock_and_pin() -> dict[str, Any]:
+            note = held.enter_context(project.lock())
+            if note:
+                ui.warn(note)
+            pinned["recipe"], pinned["rollback"] = _pin(project, opts, ui)
+            return pinned["recipe"].to_dict()
+
+        resolved = dist.decide(lock_and_pin)  # rank 0 alone locks and pins; all get its recipe
+        if dist.is_main:
+            recipe, rollback = pinned["recipe"], pinned["rollback"]
+        else:
+            recipe, _ = load_recipe(None, [], pinned=resolved)
+            rollback = {}
+        device = resolve_device(opts.device or recipe.model.device)
+        dtype = resolve_dtype(recipe.model.dtype, device)
+        try:
+            yield RunContext(project, recipe, device, dtype, ui=ui, force=opts.force, dist=dist)
+        except UserError:
+            state = project.state_file
+            if rollback and snapshot([state]) == {state: rollback[state]}:
+                restore(rollback)  # nothing ran with the new recipe: keep the old one pinned
+            raise
+
+
+def _pin(project, opts: Common, ui: UI):
+    """Resolve the recipe (file or pinned copy, plus overrides), check it, pin it; returns it
+    with the bookkeeping files as they were, to put back if the command then fails."""
+    from prunectl.recipe import load_recipe
+
+    pinned = project.pinned_recipe()
+    if opts.recipe is None and pinned is None:
+        raise UserError(f"{opts.project} has no recipe yet; pass one with -r/--recipe "
+                        "(`prunectl recipes ls` lists the shipped ones)")
+    sets = opts.sets + ([f"model.dtype={opts.dtype}"] if opts.dtype else [])
+    recipe, resolved = load_recipe(opts.recipe, sets, pinned=pinned)
+    if resolved != pinned:
+        _preflight(recipe)
+    before = snapshot([project.path("recipe.yaml"), project.path("recipe.previous.yaml"),
+                       project.state_file])
+    changed = project.pin_recipe(resolved)
+    if changed and pinned is not None:
+        ui.warn(f"recipe changed ({', '.join(changed)}); steps that read it will re-run")
+    return recipe, before
+
+
+def _preflight(recipe) -> None:
+    """Check a new recipe against the model's config before pinning it or computing anything:
+    a missing model, an unsupported architecture, a block past the last layer, a calibration
+    window longer than the model's positions or a target the method cannot meet fail here."""
+    from prunectl import preflight
+
+    preflight.check(recipe)
+
+
+def _silence_libraries() -> None:
+    """``--quiet`` means quiet: no progress bars or warnings from the libraries underneath
+    (errors still print)."""
+    import logging
+    from functools import partial
+
+    warnings.filterwarnings("ignore")  # FutureWarnings and the like: errors alone get through
+    import datasets
+    import huggingface_hub
+    import transformers
+    import transformers.modeling_gguf_pytorch_utils as gguf_loading
+    from tqdm.auto import tqdm
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    huggingface_hub.utils.disable_progress_bars()
+    # the GGUF de-quantization bar is a bare tqdm that transformers' switch does not reach
+    gguf_loading.tqdm = partial(tqdm, disable=True)
+    for name in ("lm-eval", "lm_eval", "accelerate", "peft", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class Terminated(BaseException):
+    """SIGTERM raised where the process is, so the lock is released and the step's record says
+    it stopped (torchrun sends it to every rank once one has failed).  A ``BaseException``, like
+    ``KeyboardInterrupt``, so that no ``except Exception`` swallows it."""
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[Callable[[], None]]:
+    """While a command runs and its outcome is reported, SIGTERM raises ``Terminated`` where
+    the process is; a second SIGTERM ends the process at once.  One that arrives while a failure
+    is already being handled (a lost torchrun rank: the collective's error and the launcher's
+    SIGTERM come together) lets that handling finish and report; if the failure was swallowed
+    instead, the check yielded here raises it once the command returns.  A handler someone
+    else installed is left alone."""
+    deferred: list[int] = []
+
+    def raise_deferred() -> None:
+        if deferred:
+            raise Terminated("SIGTERM")
+
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL or \
+            threading.current_thread() is not threading.main_thread():
+        yield raise_deferred
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if sys.exc_info()[1] is not None:
+            deferred.append(signum)
+            return
+        raise Terminated("SIGTERM")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield raise_deferred
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def handles_errors(command: Callable) -> Callable:
+    """Turn user errors into one line and exit 2, internal ones into exit 1 with a log pointer,
+    a lost torchrun rank or a signal into one line saying that a re-run resumes."""
+
+    def reporting(*args, **kwargs):
+        with _sigterm_raises() as raise_deferred_sigterm:
+            try:
+                result = command(*args, **kwargs)
+                raise_deferred_sigterm()
+                return result
+            except UserError as error:
+                typer.echo(f"error: {error}", err=True)
+                raise typer.Exit(2) from None
+            except (typer.Exit, typer.Abort):
+                raise
+            except KeyboardInterrupt:
+                typer.echo("interrupted; re-run the same command to resume", err=True)
+                raise typer.Exit(130) from None
+            except Terminated:
+                launched = os.environ.get("WORLD_SIZE", "1") != "1"
+                why = (f"rank {os.environ.get('RANK', '?')}: stopped by SIGTERM (the launcher "
+                       "stops every rank once one has failed: see its output)") if launched else \
+                    "stopped by SIGTERM"
+                typer.echo(f"{why}; re-run the same command to resume", err=True)
+                raise typer.Exit(143) from None
+            except Exception as error:
+                if os.environ.get("PRUNECTL_DEBUG"):
+                    raise
+                from prunectl.distributed import GroupError
+
+                if isinstance(error, GroupError):
+                    typer.echo(f"stopped: {error}; re-run the same command to resume", err=True)
+                    raise typer.Exit(1) from None
+                logs = [n for n in getattr(error, "__notes__", []) if n.startswith("traceback in")]
+                typer.echo(
+                    f"internal error: {type(error).__name__}: {error} "
+                    f"({logs[0] + '; ' if logs else ''}PRUNECTL_DEBUG=1 to raise)",
+                    err=True,
+                )
+                raise typer.Exit(1) from None
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            result = reporting(*args, **kwargs)
+        except typer.Exit as stop:
+            _end_group(stop.exit_code)
+            raise
+        except BaseException:
+            _end_group(1)
+            raise
+        _end_group(0)
+        return result
+
+    return wrapper
+
+
+def _end_group(code: int) -> None:
+    """Tear the torchrun group down with the command's exit code (only if one was formed:
+    commands that never touch torch do not import it for this)."""
+    group = sys.modules.get("prunectl.distributed")
+    if group is not None:
+        group.end_group(code)
+

@@ -1,0 +1,37 @@
+"""``prunectl status``: each step's state (no session: reads the project without locking it)."""
+
+from __future__ import annotations
+
+import json as jsonlib
+
+import typer
+
+from prunectl.cli.output import fmt
+from prunectl.cli.session import JsonOpt, ProjectOpt, handles_errors
+from prunectl.ui import UI
+
+
+@handles_errors
+def status(project: ProjectOpt, json: JsonOpt = False):
+    """Show each step's state, timing, key figures and whether an input changed since.
+
+    Example: prunectl status -p runs/exp1
+    """
+    from prunectl.steps.pipeline import status_rows
+
+    rows = status_rows(project)
+    if json:
+        typer.echo(jsonlib.dumps(rows, default=str))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"prunectl status: {project}", title_justify="left")
+    for column in ("step", "state", "finished", "time", "figures"):
+        table.add_column(column)
+    for row in rows:
+        state = row["status"] + (" [yellow](stale)[/]" if row.get("stale") else "")
+        figures = ", ".join(f"{k}={fmt(v)}" for k, v in (row.get("summary") or {}).items())
+        seconds = row.get("duration_s")
+        table.add_row(row["step"], state, row.get("finished") or "",
+                      f"{seconds:.1f}s" if seconds else "", figures)
+    UI().out.print(table)
