@@ -23,7 +23,7 @@ from prunectl.methods.block.candidates import candidate_names
 from prunectl.methods.block.plans import parameter_counts, plan_from_decisions, resolve_target
 from prunectl.methods.plan import Plan
 from prunectl.modeling.adapters import Adapter
-from prunectl.modeling.layer_pass import LayerPass
+from prunectl.pipelines.layers import LayerPass
 from prunectl.modeling.placement import execution_device
 
 

@@ -25,7 +25,7 @@ from prunectl.methods.target import resolve_params_target
 from prunectl.methods.reconstruct.hooks import ReconstructHooks
 from prunectl.methods.reconstruct.options import ReconstructOptions
 from prunectl.methods.taylor import groups, selection
-from prunectl.methods.taylor.gradients import GradientStore, accumulate_gradients
+from prunectl.pipelines.gradients import GradientStore, accumulate_gradients
 from prunectl.methods.taylor.importance import GRADIENT_KINDS, random_importance
 from prunectl.methods.width_common import check_width_model
 from prunectl.modeling.adapters import Adapter
