@@ -11,10 +11,10 @@ import torch
 from conftest import tiny_model
 
 from prunectl.errors import UserError
-from prunectl.methods.block import BlockMethod, plan_for_k
-from prunectl.methods.block.candidates import candidate_names
+from prunectl.methods.block import BlockMethod
 from prunectl.methods.inputs import Inputs, Journal, Target
 from prunectl.methods.registry import create_method, parse_method_config
+from prunectl.methods.removal_order import candidate_names, plan_for_k
 from prunectl.modeling.params import count_parameters
 
 

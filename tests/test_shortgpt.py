@@ -8,9 +8,9 @@ import torch
 from conftest import layer_states, tiny_model
 
 from prunectl.errors import UserError
-from prunectl.methods.block import plan_for_k
 from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
+from prunectl.methods.removal_order import plan_for_k
 from prunectl.methods.shortgpt import block_influence
 
 

@@ -19,9 +19,13 @@ from pydantic import Field
 
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
-from prunectl.methods.block.candidates import candidate_names
-from prunectl.methods.block.plans import parameter_counts, plan_from_decisions, resolve_target
 from prunectl.methods.plan import Plan
+from prunectl.methods.removal_order import (
+    candidate_names,
+    parameter_counts,
+    plan_from_decisions,
+    stop_rule,
+)
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.placement import execution_device
 from prunectl.pipelines.layers import LayerPass
@@ -74,7 +78,7 @@ class ShortGPTMethod(Method):
             )
         names = candidate_names(adapter.num_layers, "layer")
         params = parameter_counts(model, adapter, names)
-        target = resolve_target(inputs.target, model, names, params, "layer")
+        target = stop_rule(inputs.target, model, names, params, "layer")
         order = sorted(range(adapter.num_layers), key=lambda i: (float(bi[i]), i))
         decisions, removed = [], 0
         for step, i in enumerate(order, 1):

@@ -6,8 +6,8 @@ import torch
 
 from prunectl.context import RunContext
 from prunectl.io import write_json
-from prunectl.methods.block import plan_for_k
 from prunectl.methods.registry import create_method
+from prunectl.methods.removal_order import plan_for_k
 from prunectl.modeling import cost
 from prunectl.modeling.params import count_parameters
 from prunectl.modeling.pruned_format import save_model

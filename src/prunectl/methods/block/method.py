@@ -16,15 +16,16 @@ from pydantic import Field
 
 from prunectl import distributed
 from prunectl.methods.base import Method, MethodConfig
-from prunectl.methods.block.candidates import candidate_names
-from prunectl.methods.block.plans import parameter_counts, plan_from_decisions, resolve_target
-from prunectl.methods.block.search import (
-    ParameterCounts,
-    SearchSettings,
-    Target,
-    block_search,
-)
+from prunectl.methods.block.search import SearchSettings, block_search
 from prunectl.methods.plan import Plan
+from prunectl.methods.removal_order import (
+    ParameterCounts,
+    StopRule,
+    candidate_names,
+    parameter_counts,
+    plan_from_decisions,
+    stop_rule,
+)
 from prunectl.modeling.adapters import Adapter
 
 
@@ -74,7 +75,7 @@ class BlockMethod(Method):
         """Step 1 of the search: single-removal perplexity of every candidate, canonical order."""
         tokens = inputs.require_tokens("block search", min_length=2)
         _, names, params, settings = self._setup(inputs)
-        result = block_search(inputs.model, tokens, names, Target(), params, settings,
+        result = block_search(inputs.model, tokens, names, StopRule(), params, settings,
                               max_steps=1, progress=inputs.ui.progress)
         first = result.decisions[0]
         return {
@@ -90,7 +91,7 @@ class BlockMethod(Method):
         tokens = inputs.require_tokens("block search", min_length=2)
         adapter, names, params, settings = self._setup(inputs)
         model = inputs.model
-        target = resolve_target(inputs.target, model, names, params, "block")
+        target = stop_rule(inputs.target, model, names, params, "block")
         journal = inputs.journal  # the search step's progress.jsonl: rank 0 reads and appends
         previous = journal.records()
         if not previous:
