@@ -15,7 +15,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from prunectl import distributed
 from prunectl.errors import UserError
+from prunectl.io import append_jsonl, read_jsonl
 from prunectl.ui import SILENT, UI
 
 #: what calibration a method needs, see :mod:`prunectl.pipelines`
@@ -77,18 +79,12 @@ class Journal:
     key: str = ""
 
     def records(self, name: str = "progress.jsonl") -> list[dict]:
-        from prunectl import distributed
-        from prunectl.io import read_jsonl
-
         group = distributed.current()
         file = None if self.directory is None else self.directory / name
         found = read_jsonl(file) if group.is_main and file is not None and file.exists() else []
         return group.broadcast_object(found)
 
     def append(self, record: dict, name: str = "progress.jsonl") -> None:
-        from prunectl import distributed
-        from prunectl.io import append_jsonl
-
         if self.directory is not None and distributed.current().is_main:
             append_jsonl(self.directory / name, record)
 
