@@ -34,9 +34,8 @@ from types import SimpleNamespace
 
 import torch
 
-from prunectl.methods.block.candidates import candidate_names
-from prunectl.methods.block.plans import parameter_counts
-from prunectl.methods.block.search import SearchSettings, Target, block_search
+from prunectl.methods.block.search import SearchSettings, block_search
+from prunectl.methods.removal_order import StopRule, candidate_names, parameter_counts
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.cost import block_parameters
 from prunectl.modeling.structure import from_model
@@ -185,7 +184,7 @@ def main() -> int:
     work = load_workload(args, gguf)
     model, tokens, names, params = work.model, work.tokens, work.names, work.params
     adapter = Adapter(model)
-    target = Target(blocks=args.removals)
+    target = StopRule(blocks=args.removals)
     with torch.inference_mode():
         model(tokens[:1])  # warm-up: first-call allocations do not count against either search
 

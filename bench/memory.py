@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 from block_search import load_workload
 
-from prunectl.methods.block.search import SearchSettings, Target, block_search
+from prunectl.methods.block.search import SearchSettings, block_search
+from prunectl.methods.removal_order import StopRule
 
 MODES = ("model", "layerwise")
 PARTS = ("search", "perplexity")
@@ -109,7 +110,7 @@ def _run_mode(mode: str, gguf: Path, args, device: torch.device) -> tuple[dict, 
     resident = ResidentWeights(model, layerwise)
 
     def search() -> dict:
-        record = block_search(model, tokens, names, Target(blocks=1), params,
+        record = block_search(model, tokens, names, StopRule(blocks=1), params,
                               SearchSettings(batch_size=args.batch_size)).decisions[0]
         return {k: record[k] for k in ("removed", "perplexity", "dense_perplexity", "scores")}
 

@@ -22,22 +22,21 @@ from block_search import calibration_tokens
 from common import SHARED_DATA, print_table, require_inputs
 
 from prunectl.methods.flap.collect import collect_statistics
+from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import load_model
 from prunectl.modeling.params import count_parameters
-from prunectl.ui import SILENT
 
 CALIBRATION = SHARED_DATA / "wikitext2-valid-tokens.txt"
 
 
 def pruned(model, stats, ratio: float, round_to: int):
     method = create_method(parse_method_config({"name": "flap", "round_to": round_to}))
-    run = SimpleNamespace(recipe=SimpleNamespace(target=SimpleNamespace(params_ratio=ratio)),
-                          ui=SILENT)
-    scores = method.score(run, model, None, stats)
-    plan = method.search(run, model, None, scores)
-    return method.apply(run, copy.deepcopy(model), plan, stats).eval()
+    inputs = Inputs(model, target=Target(params_ratio=ratio))
+    scores = method.score(inputs, stats)
+    plan = method.search(inputs, scores)
+    return method.apply(Inputs(copy.deepcopy(model)), plan, stats).eval()
 
 
 def decode_seconds(model, prompt: torch.Tensor, new_tokens: int) -> float:

@@ -25,6 +25,7 @@ import torch
 from prunectl.data import calibration_tokens, evaluation_tokens
 from prunectl.distributed import Distributed
 from prunectl.evaluation.perplexity import perplexity
+from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.modeling.loading import load_model, load_project_model
 from prunectl.modeling.params import count_parameters
@@ -69,18 +70,18 @@ def main() -> None:
     figures = {"dense_params": count_parameters(dense)["total"], "dense_ppl": ppl(dense)}
     method = create_method(parse_method_config({
         "name": "taylor", "importance": args.importance, "grad_batch_size": 10}))
-    run = SimpleNamespace(ui=UI(), recipe=SimpleNamespace(
-        target=SimpleNamespace(params_ratio=args.ratio), recover=RecoverConfig(
+    inputs = Inputs(dense, tokens, target=Target(params_ratio=args.ratio), ui=UI())
+    run = SimpleNamespace(ui=UI(), recipe=SimpleNamespace(recover=RecoverConfig(
             dataset=str(args.calib), format="text", cutoff_len=args.cutoff,
             batch_size=args.micro_batch, micro_batch_size=args.micro_batch,
             max_steps=args.steps, val_set_size=16, save_steps=max(1, args.steps // 2),
             learning_rate=args.lr)),
         device=CPU, dtype=torch.float32, force=False, dist=Distributed())
     start = time.perf_counter()
-    scores = method.score(run, dense, tokens, {})
+    scores = method.score(inputs, {})
     scored = time.perf_counter()
-    plan = method.search(run, dense, tokens, scores)
-    pruned = method.apply(run, dense, plan, {})
+    plan = method.search(inputs, scores)
+    pruned = method.apply(inputs, plan, {})
     applied = time.perf_counter()
     figures.update(
         score_s=round(scored - start, 1), search_apply_s=round(applied - scored, 1),

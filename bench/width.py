@@ -23,6 +23,7 @@ import torch
 
 from prunectl.data import calibration_tokens, evaluation_tokens
 from prunectl.evaluation.perplexity import perplexity
+from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.modeling.loading import load_model
 from prunectl.modeling.params import count_parameters
@@ -39,26 +40,16 @@ METHODS = {
 }
 
 
-def context(args, ratio: float | None) -> SimpleNamespace:
-    from prunectl.ui import SILENT
-
-    return SimpleNamespace(
-        recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=args.batch_size),
-                               target=SimpleNamespace(params_ratio=ratio, blocks=None)),
-        ui=SILENT,
-    )
-
-
 def run_one(args, dense, tokens, stats, eval_tokens, section, ratio) -> dict:
     method = create_method(parse_method_config(section))
-    run = context(args, ratio)
     model = copy.deepcopy(dense)
+    inputs = Inputs(model, tokens, args.batch_size, Target(params_ratio=ratio))
     total = count_parameters(model)["total"]
     start = time.perf_counter()
-    scores = method.score(run, model, tokens, stats if method.uses_statistics else {})
-    plan = method.search(run, model, tokens, scores)
+    scores = method.score(inputs, stats if method.uses_statistics else {})
+    plan = method.search(inputs, scores)
     searched = time.perf_counter()
-    pruned = method.apply(run, model, plan, stats if method.uses_statistics else {})
+    pruned = method.apply(inputs, plan, stats if method.uses_statistics else {})
     applied = time.perf_counter()
     ppl = perplexity(pruned, eval_tokens, args.eval_seqlen, args.batch_size,
                      max_windows=args.eval_windows)["perplexity"]
@@ -101,7 +92,7 @@ def main() -> None:
     loaded = time.perf_counter()
     stats_start = time.perf_counter()
     stats = create_method(parse_method_config({"name": "flap"})).statistics(
-        context(args, None), dense, tokens)
+        Inputs(dense, tokens, args.batch_size))
     stats_s = time.perf_counter() - stats_start
     dense_ppl = perplexity(dense, eval_tokens, args.eval_seqlen, args.batch_size,
                            max_windows=args.eval_windows)["perplexity"]

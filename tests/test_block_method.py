@@ -5,27 +5,24 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import tiny_model
 
 from prunectl.errors import UserError
-from prunectl.methods.block import BlockMethod, plan_for_k
-from prunectl.methods.block.candidates import candidate_names
+from prunectl.methods.block import BlockMethod
+from prunectl.methods.inputs import Inputs, Journal, Target
 from prunectl.methods.registry import create_method, parse_method_config
+from prunectl.methods.removal_order import candidate_names, plan_for_k
 from prunectl.modeling.params import count_parameters
-from prunectl.ui import SILENT
 
 
-def make_run(tmp_path, blocks=None, params_ratio=None):
-    """The parts of a run context the method reads: project paths, the target, the UI."""
-    return SimpleNamespace(
-        project=SimpleNamespace(path=lambda *parts: tmp_path.joinpath(*parts)),
-        recipe=SimpleNamespace(target=SimpleNamespace(blocks=blocks, params_ratio=params_ratio)),
-        ui=SILENT,
-    )
+def make_inputs(tmp_path, model, ids, blocks=None, params_ratio=None) -> Inputs:
+    """What the search step hands the method: the target, its journal (``search/``) and
+    scratch directory."""
+    return Inputs(model, ids, target=Target(blocks=blocks, params_ratio=params_ratio),
+                  journal=Journal(tmp_path / "search"), scratch=tmp_path / "search" / "cache")
 
 
 def method(**options) -> BlockMethod:
@@ -63,13 +60,13 @@ def test_config_rejects_unknown_keys_and_values():
 def test_search_reuses_step_one_from_score_and_persists_each_decision(tmp_path):
     model, ids = tiny_model("llama", num_hidden_layers=4), calibration()
     block = method(early_stop=False)
-    run = make_run(tmp_path, blocks=3)
-    scores = block.score(run, model, ids, {})
+    inputs = make_inputs(tmp_path, model, ids, blocks=3)
+    scores = block.score(inputs, {})
     names = candidate_names(4, "mix")
     assert scores["perplexity"].shape == (len(names),)
 
     calls = HeadCalls(model)
-    plan = block.search(run, model, ids, scores)
+    plan = block.search(inputs, scores)
     assert calls.rows == (7 + 6) * len(ids)  # steps 2 and 3 only; step 1 came from `score`
 
     lines = progress_lines(tmp_path)
@@ -96,18 +93,19 @@ def test_search_reuses_step_one_from_score_and_persists_each_decision(tmp_path):
 def test_larger_target_resumes_from_the_progress_file(tmp_path):
     model, ids = tiny_model("llama", seed=1, num_hidden_layers=4), calibration(1)
     block = method(early_stop=False)
-    short = block.search(make_run(tmp_path, blocks=2), model, ids, {})
+    short = block.search(make_inputs(tmp_path, model, ids, blocks=2), {})
     calls = HeadCalls(model)
-    longer = block.search(make_run(tmp_path, blocks=4), model, ids, {})
+    longer = block.search(make_inputs(tmp_path, model, ids, blocks=4), {})
 
     assert longer.removal_order[:2] == short.removal_order
     assert calls.rows == (6 + 5) * len(ids)  # steps 3 and 4 only
     assert [line["step"] for line in progress_lines(tmp_path)] == [1, 2, 3, 4]
-    fresh = method(early_stop=False).search(make_run(tmp_path / "fresh", blocks=4), model, ids, {})
+    fresh_inputs = make_inputs(tmp_path / "fresh", model, ids, blocks=4)
+    fresh = method(early_stop=False).search(fresh_inputs, {})
     assert fresh.removal_order == longer.removal_order
 
     calls = HeadCalls(model)
-    smaller = block.search(make_run(tmp_path, blocks=1), model, ids, {})
+    smaller = block.search(make_inputs(tmp_path, model, ids, blocks=1), {})
     assert smaller.removal_order == longer.removal_order and smaller.achieved["blocks"] == 1
     assert calls.rows == 0  # nothing left to compute
 
@@ -115,7 +113,8 @@ def test_larger_target_resumes_from_the_progress_file(tmp_path):
 def test_params_ratio_target_and_prefixes(tmp_path):
     model, ids = tiny_model("llama", seed=2, num_hidden_layers=4), calibration(2)
     total = count_parameters(model)["total"]
-    plan = method(block_type="layer").search(make_run(tmp_path, params_ratio=0.3), model, ids, {})
+    inputs = make_inputs(tmp_path, model, ids, params_ratio=0.3)
+    plan = method(block_type="layer").search(inputs, {})
     ratios = [p["params_ratio"] for p in plan.curve]
     assert ratios[-1] >= 0.3 > ratios[-2]
     assert plan.achieved["blocks"] == len(plan.removal_order)
@@ -141,14 +140,14 @@ def test_params_ratio_target_and_prefixes(tmp_path):
 def test_unreachable_targets_are_user_errors(tmp_path, target, message):
     model, ids = tiny_model("llama", num_hidden_layers=4), calibration()
     with pytest.raises(UserError, match=message):
-        method().search(make_run(tmp_path, **target), model, ids, {})
+        method().search(make_inputs(tmp_path, model, ids, **target), {})
     assert not (tmp_path / "search" / "progress.jsonl").exists()
 
 
 def test_scores_for_other_candidates_are_not_reused(tmp_path):
     model, ids = tiny_model("llama", seed=3, num_hidden_layers=4), calibration(3)
-    mlp_scores = method(block_type="mlp").score(make_run(tmp_path), model, ids, {})
-    plan = method(block_type="mix").search(make_run(tmp_path, blocks=1), model, ids, mlp_scores)
+    mlp_scores = method(block_type="mlp").score(make_inputs(tmp_path, model, ids), {})
+    plan = method(block_type="mix").search(make_inputs(tmp_path, model, ids, blocks=1), mlp_scores)
     first = progress_lines(tmp_path)[0]
     assert len(first["scores"]) == 8
     assert plan.curve[0]["perplexity"] == pytest.approx(first["dense_perplexity"])

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -30,10 +29,10 @@ from prunectl import distributed
 from prunectl.errors import UserError
 from prunectl.evaluation.perplexity import perplexity
 from prunectl.methods.flap.collect import collect_statistics
+from prunectl.methods.inputs import Inputs
 from prunectl.methods.reap.collect import collect_expert_stats
 from prunectl.methods.taylor import TaylorConfig, TaylorMethod
 from prunectl.modeling.adapters import Adapter
-from prunectl.ui import SILENT
 
 WORLD = 2
 LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -56,11 +55,10 @@ def _compute() -> dict:
     out["flap"] = collect_statistics(Adapter(small), _ids(5, 16, 4), batch_size=2)
     out["flap_one_window"] = collect_statistics(Adapter(small), _ids(1, 16, 5), batch_size=2)
     out["reap"] = collect_expert_stats(Adapter(tiny_moe("qwen3_moe", seed=2)), _ids(5, 16, 4), 2)
-    run = SimpleNamespace(ui=SILENT)
     for importance, batch in (("element1", 2), ("element2", 1)):
         method = TaylorMethod(TaylorConfig(layer_start=1, layer_end=3, importance=importance,
                                            grad_batch_size=batch))
-        out[f"taylor_{importance}"] = method.score(run, small, _ids(5, 16, 6), {})
+        out[f"taylor_{importance}"] = method.score(Inputs(small, _ids(5, 16, 6)), {})
     return out
 
 
@@ -80,15 +78,14 @@ def _rank(rank: int, port: int, folder: str) -> None:
 def single_process_search(project: Path, model_dir: Path, layers: int, blocks: int):
     """The search one process computes on the project's calibration tokens."""
     from prunectl.io import load_tensors
-    from prunectl.methods.block.candidates import candidate_names
-    from prunectl.methods.block.plans import parameter_counts
-    from prunectl.methods.block.search import SearchSettings, Target, block_search
+    from prunectl.methods.block.search import SearchSettings, block_search
+    from prunectl.methods.removal_order import StopRule, candidate_names, parameter_counts
     from prunectl.modeling.loading import load_project_model
 
     model = load_project_model(model_dir, torch.device("cpu"), torch.float32)
     tokens = load_tensors(project / "calibration" / "tokens.safetensors")["input_ids"]
     names = candidate_names(layers, "mix")
-    return block_search(model, tokens, names, Target(blocks=blocks),
+    return block_search(model, tokens, names, StopRule(blocks=blocks),
                         parameter_counts(model, Adapter(model), names),
                         SearchSettings(batch_size=2))
 

@@ -3,19 +3,17 @@ is sliced, counts what the plan promised, saves, and reloads with the same logit
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from conftest import byte_tokenizer, tiny_model
 
+from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.methods.width_common import layer_shape
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import load_project_model
 from prunectl.modeling.params import count_parameters
 from prunectl.modeling.pruned_format import save_model
-from prunectl.ui import SILENT
 
 CASES = [
     ("flap", {}),
@@ -32,17 +30,13 @@ def test_width_plan_applies_saves_and_reloads(tmp_path, family, name, options):
     model = tiny_model(family, num_attention_heads=8, num_key_value_heads=4)
     tokens = torch.randint(4, 260, (6, 32), generator=torch.Generator().manual_seed(3))
     method = create_method(parse_method_config({"name": name, **options}))
-    run = SimpleNamespace(
-        recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=4),
-                               target=SimpleNamespace(params_ratio=0.3, blocks=None)),
-        ui=SILENT,
-    )
-    stats = method.statistics(run, model, tokens) if method.uses_statistics else {}
-    plan = method.search(run, model, tokens, method.score(run, model, tokens, stats))
+    inputs = Inputs(model, tokens, batch_size=4, target=Target(params_ratio=0.3))
+    stats = method.statistics(inputs) if method.uses_statistics else {}
+    plan = method.search(inputs, method.score(inputs, stats))
     total = count_parameters(model)["total"]
     unit = max(layer_shape(Adapter(model), i, method.config.head_unit).head_unit_cost
                for i in range(4))
-    pruned = method.apply(run, model, plan, stats)
+    pruned = method.apply(inputs, plan, stats)
     removed = total - count_parameters(pruned)["total"]
     assert removed == plan.achieved["params_removed"]
     if method.config.structure == "AL-AM":  # within one pruning unit of the target
@@ -57,19 +51,15 @@ def test_min_kept_zero_may_empty_a_module_and_counts_what_goes(tmp_path):
     model = tiny_model("llama", num_attention_heads=8, num_key_value_heads=4)
     tokens = torch.randint(4, 260, (6, 32), generator=torch.Generator().manual_seed(4))
     method = create_method(parse_method_config({"name": "flap", "min_kept": 0}))
-    run = SimpleNamespace(
-        recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=4),
-                               target=SimpleNamespace(params_ratio=0.7, blocks=None)),
-        ui=SILENT,
-    )
-    stats = method.statistics(run, model, tokens)
-    scores = method.score(run, model, tokens, stats)
+    inputs = Inputs(model, tokens, batch_size=4, target=Target(params_ratio=0.7))
+    stats = method.statistics(inputs)
+    scores = method.score(inputs, stats)
     scores["layers.2.heads"] -= 100.0  # make layer 2's heads the weakest by far
-    plan = method.search(run, model, tokens, scores)
+    plan = method.search(inputs, scores)
     assert plan.layers[2].attention is False and plan.layers[2].q_heads is None
     assert plan.achieved["query_heads_removed"] >= 8
     total = count_parameters(model)["total"]
-    pruned = method.apply(run, model, plan, stats)
+    pruned = method.apply(inputs, plan, stats)
     assert total - count_parameters(pruned)["total"] == plan.achieved["params_removed"]
     assert Adapter(pruned).attention(2) is None and Adapter(pruned).mlp(2) is not None
     with torch.no_grad():

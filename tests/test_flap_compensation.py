@@ -4,17 +4,16 @@ text."""
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import TEXT, byte_tokenizer, tiny_model
 
 from prunectl.methods.flap.compensation import compensation_bias
+from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.params import count_parameters
-from prunectl.ui import SILENT
 
 
 def test_compensation_bias_is_the_removed_columns_times_their_means():
@@ -29,12 +28,8 @@ def windows(text: str, n: int, seqlen: int = 32) -> torch.Tensor:
     return torch.tensor(ids[: n * seqlen]).reshape(n, seqlen)
 
 
-def run_context(ratio: float):
-    return SimpleNamespace(
-        recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=4),
-                               target=SimpleNamespace(params_ratio=ratio, blocks=None)),
-        ui=SILENT,
-    )
+def inputs_for(model, tokens, ratio: float) -> Inputs:
+    return Inputs(model, tokens, batch_size=4, target=Target(params_ratio=ratio))
 
 
 def layer_errors(dense, pruned, tokens) -> list[float]:
@@ -60,11 +55,11 @@ def test_compensation_reduces_layer_output_error_on_held_out_tokens(family):
     calibration = windows(TEXT * 12, 16)
     held_out = windows("A held-out paragraph about something else entirely. " * 30, 8)
     method = create_method(parse_method_config({"name": "flap"}))
-    run = run_context(0.25)
-    stats = method.statistics(run, dense, calibration)
-    plan = method.search(run, dense, calibration, method.score(run, dense, calibration, stats))
+    inputs = inputs_for(dense, calibration, 0.25)
+    stats = method.statistics(inputs)
+    plan = method.search(inputs, method.score(inputs, stats))
     assert plan.achieved["query_heads_removed"] > 0 and plan.achieved["mlp_channels_removed"] > 0
-    compensated = method.apply(run, copy.deepcopy(dense), plan, stats)
+    compensated = method.apply(inputs_for(copy.deepcopy(dense), calibration, 0.25), plan, stats)
     plain = apply_plan(copy.deepcopy(dense), plan)
     added = count_parameters(compensated)["total"] - count_parameters(plain)["total"]
     assert added == plan.achieved["bias_params_added"] > 0

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from conftest import tiny_model
 from test_flap_statistics import captured_inputs
 
 from prunectl.errors import UserError
+from prunectl.methods.inputs import Inputs
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.modeling.adapters import Adapter
-from prunectl.ui import SILENT
 
 
 def z(x):
@@ -49,10 +47,9 @@ def test_scores_match_direct_computation(family, name, options):
     model = tiny_model(family)
     tokens = torch.randint(4, 260, (4, 16), generator=torch.Generator().manual_seed(2))
     method = create_method(parse_method_config({"name": name, **options}))
-    run = SimpleNamespace(recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=3)),
-                          ui=SILENT)
-    stats = method.statistics(run, model, tokens) if method.uses_statistics else {}
-    scores = method.score(run, model, tokens, stats)
+    inputs = Inputs(model, tokens, batch_size=3)
+    stats = method.statistics(inputs) if method.uses_statistics else {}
+    scores = method.score(inputs, stats)
     acts = captured_inputs(model, tokens)
     adapter = Adapter(model)
     metric = options.get("metric", name)
@@ -77,11 +74,11 @@ def test_missing_statistics_is_a_user_error():
     model = tiny_model("llama")
     method = create_method(parse_method_config({"name": "flap"}))
     with pytest.raises(UserError, match=r"lack layers\.0\.o_proj\.var; re-run `prunectl calibrate"):
-        method.score(None, model, None, {})
+        method.score(Inputs(model), {})
 
 
 def test_baselines_declare_what_calibration_they_need():
-    assert create_method(parse_method_config({"name": "mag-sp"})).uses_calibration is False
+    assert create_method(parse_method_config({"name": "mag-sp"})).calibration == "none"
     assert create_method(parse_method_config({"name": "wanda-sp"})).uses_statistics is True
     assert parse_method_config({"name": "wanda_sp"}).bias_compensation is False
     assert parse_method_config({"name": "flap"}).bias_compensation is True

@@ -4,12 +4,11 @@ group as Torch-Pruning's LLM example does, and ``taylor`` means the same units."
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from conftest import tiny_model
 
+from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.magnitude import group_importance
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.methods.taylor.selection import LayerCosts
@@ -33,8 +32,9 @@ def test_shares_of_units_round_up_and_keep_one(n, ratio, removed):
 def magnitude_plan(model, **config):
     method = create_method(parse_method_config({"name": "magnitude", "pruning_ratio": 0.3,
                                                 "prune_hidden": False, **config}))
-    scores = method.score(None, model, None, {})
-    return scores, method.search(None, model, None, scores)
+    inputs = Inputs(model)
+    scores = method.score(inputs, {})
+    return scores, method.search(inputs, scores)
 
 
 def test_magnitude_default_removes_query_heads_evenly_and_keeps_kv_heads():
@@ -86,9 +86,8 @@ def test_taylor_global_query_heads_keep_every_kv_group():
     model = tiny_model("llama", num_attention_heads=8, num_key_value_heads=2, num_hidden_layers=6)
     method = create_method(parse_method_config({"name": "taylor", "importance": "random",
                                                 "ranking": "global", "layer_start": 1}))
-    run = SimpleNamespace(ui=None, recipe=SimpleNamespace(target=SimpleNamespace(
-        params_ratio=0.2, params=None, ratio_of="total", blocks=None)))
-    plan = method.search(run, model, None, method.score(run, model, None, {}))
+    inputs = Inputs(model, target=Target(params_ratio=0.2))
+    plan = method.search(inputs, method.score(inputs, {}))
     pruned = [lp for lp in plan.layers.values() if lp.q_heads is not None]
     assert pruned
     for lp in pruned:

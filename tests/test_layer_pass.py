@@ -9,7 +9,7 @@ from conftest import MOE_CONFIGS, layer_states, tiny_model, tiny_moe
 
 from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.modeling.adapters import Adapter
-from prunectl.modeling.layer_pass import LayerPass
+from prunectl.pipelines.layers import LayerPass
 from prunectl.modeling.surgery import apply_plan
 
 

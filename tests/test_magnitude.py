@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from conftest import byte_tokenizer, tiny_model
 from transformers import AutoModelForCausalLM
 
 from prunectl.errors import UserError
+from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.magnitude import group_importance, kept_count
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.modeling.adapters import Adapter
@@ -20,8 +20,8 @@ from prunectl.modeling.params import count_parameters
 from prunectl.modeling.pruned_format import save_model
 
 
-def run_context(ratio):
-    return SimpleNamespace(recipe=SimpleNamespace(target=SimpleNamespace(params_ratio=ratio)))
+def inputs_for(model, ratio=None):
+    return Inputs(model, target=Target(params_ratio=ratio))
 
 
 def sq(v):
@@ -67,9 +67,9 @@ def test_result_is_uniform_and_loads_with_plain_from_pretrained(tmp_path, family
                        tie_word_embeddings=True)
     method = create_method(parse_method_config(
         {"name": "magnitude", "head_unit": head_unit, "pruning_ratio": 0.5}))
-    run = run_context(None)
-    scores = method.score(run, model, None, {})
-    plan = method.search(run, model, None, scores)
+    inputs = inputs_for(model)
+    scores = method.score(inputs, {})
+    plan = method.search(inputs, scores)
     dense_total = count_parameters(model)["total"]
     # uniform: every layer keeps the same counts, and the weakest hidden channels went
     def size(kept, dense):
@@ -82,7 +82,7 @@ def test_result_is_uniform_and_loads_with_plain_from_pretrained(tmp_path, family
     assert q % kv == 0 and q < 8 and (kv == 4 if head_unit == "query_head" else q == 2 * kv)
     gone = set(range(64)) - set(plan.hidden_channels)
     assert max(scores["hidden"][list(gone)]) <= min(scores["hidden"][plan.hidden_channels])
-    pruned = method.apply(run, model, plan, {})
+    pruned = method.apply(inputs, plan, {})
     assert dense_total - count_parameters(pruned)["total"] == plan.achieved["params_removed"]
     assert pruned.lm_head.weight is pruned.get_input_embeddings().weight  # still tied
     save_model(pruned, byte_tokenizer(), tmp_path / "out")
@@ -101,16 +101,16 @@ def test_result_is_uniform_and_loads_with_plain_from_pretrained(tmp_path, family
 def test_target_ratio_is_solved_to_the_closest_uniform_ratio(target):
     model = tiny_model("llama", num_attention_heads=8, num_key_value_heads=4)
     method = create_method(parse_method_config({"name": "magnitude"}))
-    plan = method.search(run_context(target), model, None, method.score(None, model, None, {}))
+    plan = method.search(inputs_for(model, target), method.score(inputs_for(model), {}))
     achieved = plan.achieved["params_ratio"]
     # no other ratio on the grid comes closer (checked on fresh plans with explicit ratios)
     for other in (plan.achieved["pruning_ratio"] - 0.05, plan.achieved["pruning_ratio"] + 0.05):
         explicit = create_method(parse_method_config({"name": "magnitude", "pruning_ratio": other}))
-        alt = explicit.search(run_context(None), model, None, explicit.score(None, model, None, {}))
+        alt = explicit.search(inputs_for(model), explicit.score(inputs_for(model), {}))
         assert abs(achieved - target) <= abs(alt.achieved["params_ratio"] - target)
     # hidden 64 moves in multiples of lcm(4, heads): coarse on a tiny model, and said so
     assert any(f"for target {target}" in n for n in plan.notes) == (abs(achieved - target) > 0.005)
-    pruned = method.apply(None, model, plan, {})
+    pruned = method.apply(inputs_for(model), plan, {})
     assert plan.achieved["params_total"] - count_parameters(pruned)["total"] == (
         plan.achieved["params_removed"])
 
@@ -118,9 +118,9 @@ def test_target_ratio_is_solved_to_the_closest_uniform_ratio(target):
 def test_explicit_ratio_and_missing_target():
     model = tiny_model("llama")
     method = create_method(parse_method_config({"name": "magnitude", "pruning_ratio": 0.5}))
-    plan = method.search(run_context(None), model, None, method.score(None, model, None, {}))
+    plan = method.search(inputs_for(model), method.score(inputs_for(model), {}))
     assert plan.achieved["pruning_ratio"] == 0.5 and plan.achieved["target_params_ratio"] is None
     assert plan.achieved["hidden_size"] == 32 and plan.achieved["intermediate_size"] == 48
     default = create_method(parse_method_config({"name": "torch-pruning"}))
     with pytest.raises(UserError, match="needs method.pruning_ratio or target.params_ratio"):
-        default.search(run_context(None), copy.deepcopy(model), None, {})
+        default.search(inputs_for(copy.deepcopy(model)), {})

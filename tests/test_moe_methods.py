@@ -15,8 +15,7 @@ from typer.testing import CliRunner
 
 from conftest import byte_tokenizer, tiny_moe
 from prunectl.cli import app
-from prunectl.methods.block.candidates import candidate_names
-from prunectl.methods.block.plans import parameter_counts
+from prunectl.methods.removal_order import candidate_names, parameter_counts
 from prunectl.modeling.adapters import Adapter
 
 runner = CliRunner()

@@ -5,18 +5,17 @@ the finished pruned model and the dense model with ordinary forward hooks."""
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import tiny_model
 
 from prunectl.errors import UserError
+from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.methods.reconstruct.least_squares import augmented, solve_kept
 from prunectl.methods.reconstruct.moments import SecondMoments
 from prunectl.methods.registry import create_method, parse_method_config
-from prunectl.ui import SILENT
 
 
 def _data(n=400, d=12, out=5, seed=0):
@@ -101,11 +100,9 @@ def _capture(model, tokens):
 def _pruned(dense, tokens, reconstruct, **extra):
     method = create_method(parse_method_config({"name": "flap", "reconstruct": reconstruct,
                                                 **extra}))
-    run = SimpleNamespace(recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=4)),
-                          ui=SILENT)
     stats = create_method(parse_method_config({"name": "flap"})).statistics(
-        run, copy.deepcopy(dense), tokens)
-    return method.apply(run, copy.deepcopy(dense), PLAN, stats, tokens=tokens).eval()
+        Inputs(copy.deepcopy(dense), tokens, batch_size=4))
+    return method.apply(Inputs(copy.deepcopy(dense), tokens, batch_size=4), PLAN, stats).eval()
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2"])  # Gemma: sandwich norms, soft caps

@@ -5,7 +5,6 @@ run in-process on the project's calibration tokens; bad values exit 2 with one l
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,9 +15,9 @@ from typer.testing import CliRunner
 
 from prunectl.cli import app
 from prunectl.io import load_tensors
+from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import Plan
 from prunectl.methods.registry import create_method, parse_method_config
-from prunectl.ui import SILENT
 
 runner = CliRunner()
 STEPS = ("calibrate", "score", "search", "apply", "export")
@@ -52,10 +51,9 @@ def in_process(model_dir, section, project):
     stats = load_tensors(stats_file) if stats_file.exists() else {}
     tokens = load_tensors(project / "calibration" / "tokens.safetensors")["input_ids"]
     plan = Plan.model_validate(json.loads((project / "search" / "plan.json").read_text()))
-    run = SimpleNamespace(recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=4)),
-                          ui=SILENT)
-    extra = {"tokens": tokens} if method.apply_uses_tokens else {}
-    return method.apply(run, dense, plan, stats, **extra).eval(), plan
+    inputs = Inputs(dense, tokens if method.apply_uses_tokens else Inputs(dense).tokens,
+                    batch_size=4)
+    return method.apply(inputs, plan, stats).eval(), plan
 
 
 SECTIONS = {

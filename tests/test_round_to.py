@@ -3,8 +3,6 @@ the parameter target is still met, 1 changes nothing, bad values exit 2 through 
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 import yaml
@@ -13,10 +11,10 @@ from typer.testing import CliRunner
 
 from prunectl.cli import app
 from prunectl.errors import UserError
+from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.methods.width_common import round_kept_channels
 from prunectl.modeling.params import count_parameters
-from prunectl.ui import SILENT
 
 INTERMEDIATE = 256
 WIDTH_METHODS = [("flap", {}), ("flap", {"structure": "UL-MM"}), ("wanda-sp", {}),
@@ -44,15 +42,11 @@ def run_method(name: str, options: dict, ratio: float = 0.3):
                        intermediate_size=INTERMEDIATE)
     tokens = torch.randint(4, 260, (6, 32), generator=torch.Generator().manual_seed(11))
     method = create_method(parse_method_config({"name": name, **options}))
-    run = SimpleNamespace(
-        recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=4),
-                               target=SimpleNamespace(params_ratio=ratio, blocks=None)),
-        ui=SILENT,
-    )
-    stats = method.statistics(run, model, tokens) if method.uses_statistics else {}
-    scores = method.score(run, model, tokens, stats)
-    plan = method.search(run, model, tokens, scores)
-    return model, method, run, plan, stats, scores
+    inputs = Inputs(model, tokens, batch_size=4, target=Target(params_ratio=ratio))
+    stats = method.statistics(inputs) if method.uses_statistics else {}
+    scores = method.score(inputs, stats)
+    plan = method.search(inputs, scores)
+    return model, method, inputs, plan, stats, scores
 
 
 def kept_widths(plan, layers: int) -> list[int]:
@@ -63,7 +57,7 @@ def kept_widths(plan, layers: int) -> list[int]:
 @pytest.mark.parametrize(("name", "options"), WIDTH_METHODS)
 @pytest.mark.parametrize("multiple", [8, 64])
 def test_widths_are_multiples_and_the_target_is_met(name, options, multiple):
-    model, method, run, plan, stats, scores = run_method(name, {**options, "round_to": multiple})
+    model, method, inputs, plan, stats, scores = run_method(name, {**options, "round_to": multiple})
     widths = kept_widths(plan, 4)
     assert all(w % multiple == 0 for w in widths), widths
     total = count_parameters(model)["total"]
@@ -76,7 +70,7 @@ def test_widths_are_multiples_and_the_target_is_met(name, options, multiple):
         if lp is not None and lp.mlp_channels is not None:
             best = scores[f"layers.{i}.channels"].float().argsort(descending=True, stable=True)[:w]
             assert set(lp.mlp_channels) == set(best.tolist())
-    pruned = method.apply(run, model, plan, stats)
+    pruned = method.apply(inputs, plan, stats)
     removed = total - count_parameters(pruned)["total"]
     exact_removed = sum((INTERMEDIATE - e) * channel for e in exact_widths)
     rounded_removed = sum((INTERMEDIATE - w) * channel for w in widths)
@@ -134,11 +128,7 @@ def test_mixture_of_experts_layers_have_no_channels_to_round():
     plans = []
     for multiple in (1, 8):
         method = create_method(parse_method_config({"name": "flap", "round_to": multiple}))
-        run = SimpleNamespace(
-            recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=2),
-                                   target=SimpleNamespace(params_ratio=0.05, blocks=None)),
-            ui=SILENT,
-        )
-        stats = method.statistics(run, model, tokens)
-        plans.append(method.search(run, model, tokens, method.score(run, model, tokens, stats)))
+        inputs = Inputs(model, tokens, batch_size=2, target=Target(params_ratio=0.05))
+        stats = method.statistics(inputs)
+        plans.append(method.search(inputs, method.score(inputs, stats)))
     assert plans[0].layers == plans[1].layers and plans[0].achieved == plans[1].achieved

@@ -3,17 +3,15 @@ plan: lowest-BI layers first, a nested order that ``plan_for_k`` cuts."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from conftest import layer_states, tiny_model
 
 from prunectl.errors import UserError
-from prunectl.methods.block import plan_for_k
+from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
+from prunectl.methods.removal_order import plan_for_k
 from prunectl.methods.shortgpt import block_influence
-from prunectl.ui import SILENT
 
 
 def direct_bi(model, ids: torch.Tensor) -> torch.Tensor:
@@ -36,10 +34,9 @@ def test_plan_removes_lowest_influence_layers_in_order():
     model = tiny_model("llama", seed=8, num_hidden_layers=5)
     ids = torch.randint(4, 260, (4, 16), generator=torch.Generator().manual_seed(8))
     shortgpt = create_method(parse_method_config({"name": "shortgpt", "batch_size": 3}))
-    target = SimpleNamespace(blocks=2, params_ratio=None)
-    run = SimpleNamespace(recipe=SimpleNamespace(target=target), ui=SILENT)
-    scores = shortgpt.score(run, model, ids, {})
-    plan = shortgpt.search(run, model, ids, scores)
+    inputs = Inputs(model, ids, target=Target(blocks=2))
+    scores = shortgpt.score(inputs, {})
+    plan = shortgpt.search(inputs, scores)
 
     ascending = torch.argsort(direct_bi(model, ids), stable=True).tolist()
     assert plan.removal_order == [f"layers.{i}" for i in ascending]
@@ -49,4 +46,4 @@ def test_plan_removes_lowest_influence_layers_in_order():
     assert set(plan_for_k(plan, 4).layers) == set(ascending[:4])
 
     with pytest.raises(UserError, match="no block influence"):
-        shortgpt.search(run, model, ids, {"perplexity": torch.ones(3)})
+        shortgpt.search(inputs, {"perplexity": torch.ones(3)})

@@ -4,19 +4,17 @@ end on a tiny GQA model."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from conftest import tiny_model
 
+from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.reconstruct.least_squares import augmented, solve_kept
 from prunectl.methods.reconstruct.moments import SecondMoments
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.methods.slimgpt.allocation import shape_weights
 from prunectl.methods.slimgpt.obs import greedy_prune, mlp_batches
 from prunectl.modeling.params import count_parameters
-from prunectl.ui import SILENT
 
 
 def _problem(seed=0, n=500, d=12, out=6):
@@ -93,14 +91,12 @@ def test_batch_schedule_and_ipr_shape():
 def test_slimgpt_prunes_to_the_target_on_a_gqa_model(allocation, family):
     dense = tiny_model(family, seed=3, num_attention_heads=8, num_key_value_heads=4)
     tokens = torch.randint(4, 260, (12, 32), generator=torch.Generator().manual_seed(0))
-    run = SimpleNamespace(recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=4),
-                                                 target=SimpleNamespace(params_ratio=0.25)),
-                          ui=SILENT)
+    inputs = Inputs(dense, tokens, batch_size=4, target=Target(params_ratio=0.25))
     method = create_method(parse_method_config({"name": "slimgpt", "allocation": allocation}))
-    stats = method.statistics(run, dense, tokens)
-    plan = method.search(run, dense, tokens, method.score(run, dense, tokens, stats))
+    stats = method.statistics(inputs)
+    plan = method.search(inputs, method.score(inputs, stats))
     before = count_parameters(dense)["total"]
-    pruned = method.apply(run, dense, plan, stats, tokens=tokens)
+    pruned = method.apply(inputs, plan, stats)
     removed = before - count_parameters(pruned)["total"]
     assert removed == plan.achieved["params_removed"]
     assert abs(removed / before - 0.25) < 0.03

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from typer.testing import CliRunner
 
 from prunectl.cli import app
 from prunectl.errors import UserError
+from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.methods.target import ratio_bases, resolve_params_target
 from prunectl.modeling.params import count_parameters
@@ -45,15 +45,6 @@ def meta_llama(**config):
         return transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
 
 
-def target(**keys):
-    return SimpleNamespace(**{"blocks": None, "params_ratio": None, "params": None,
-                              "ratio_of": "total", **keys})
-
-
-def run_with(**keys):
-    return SimpleNamespace(recipe=SimpleNamespace(target=target(**keys)))
-
-
 def test_hand_computed_sizes_are_the_known_ones():
     assert L7_TOTAL == 6_738_415_616 and L7_LAYER_WEIGHTS == 202_375_168
     assert SM_TOTAL == 134_515_008 and SM_LAYER_WEIGHTS == 3_538_944
@@ -72,19 +63,19 @@ def test_every_base_matches_the_config(config, expected):
 
 
 def test_flap_ratio_of_layers_is_19_22_percent_of_llama2_7b():
-    goal = resolve_params_target(target(params_ratio=0.2, ratio_of="layers"),
+    goal = resolve_params_target(Target(params_ratio=0.2, ratio_of="layers"),
                                  meta_llama(**LLAMA2_7B), "flap")
     assert goal.remove == 1_295_201_075  # round(0.2 x 6,476,005,376)
     assert round(goal.remove / L7_TOTAL, 4) == 0.1922
-    total = resolve_params_target(target(params_ratio=0.2), meta_llama(**LLAMA2_7B), "flap")
+    total = resolve_params_target(Target(params_ratio=0.2), meta_llama(**LLAMA2_7B), "flap")
     assert total.remove == round(0.2 * L7_TOTAL)  # the default base removes 4% more
 
 
 def test_smollm2_total_ratio_removes_27_percent_more_than_flap_s():
     model = meta_llama(**SMOLLM2_135M)
-    of_total = resolve_params_target(target(params_ratio=0.2), model, "flap")
-    of_layers = resolve_params_target(target(params_ratio=0.2, ratio_of="layers"), model, "flap")
-    of_body = resolve_params_target(target(params_ratio=0.2, ratio_of="non_embedding"), model, "x")
+    of_total = resolve_params_target(Target(params_ratio=0.2), model, "flap")
+    of_layers = resolve_params_target(Target(params_ratio=0.2, ratio_of="layers"), model, "flap")
+    of_body = resolve_params_target(Target(params_ratio=0.2, ratio_of="non_embedding"), model, "x")
     assert of_layers.remove == round(0.2 * 30 * SM_LAYER_WEIGHTS) == 21_233_664
     assert of_body.remove == round(0.2 * (SM_TOTAL - 49152 * 576))
     assert round(of_total.remove / of_layers.remove, 2) == 1.27
@@ -92,12 +83,12 @@ def test_smollm2_total_ratio_removes_27_percent_more_than_flap_s():
 
 def test_absolute_params_and_missing_or_impossible_targets():
     model = meta_llama(**SMOLLM2_135M)
-    goal = resolve_params_target(target(params=20_000_000), model, "flap")
+    goal = resolve_params_target(Target(params=20_000_000), model, "flap")
     assert (goal.remove, goal.ratio, goal.label) == (20_000_000, None, "target.params=20000000")
     with pytest.raises(UserError, match="flap needs target.params_ratio or target.params"):
-        resolve_params_target(target(blocks=4), model, "flap")
+        resolve_params_target(Target(blocks=4), model, "flap")
     with pytest.raises(UserError, match=f"target.params=200000000 is not below .*{SM_TOTAL:,}"):
-        resolve_params_target(target(params=200_000_000), model, "flap")
+        resolve_params_target(Target(params=200_000_000), model, "flap")
 
 
 def random_width_scores(num_layers, heads, channels, hidden=None):
@@ -117,7 +108,7 @@ def test_flap_search_on_llama2_7b_removes_the_paper_s_share():
     (4 x 4096 x 128 = 2,097,152), of the budget."""
     model = meta_llama(**LLAMA2_7B)
     method = create_method(parse_method_config({"name": "flap"}))
-    plan = method.search(run_with(params_ratio=0.2, ratio_of="layers"), model, None,
+    plan = method.search(Inputs(model, target=Target(params_ratio=0.2, ratio_of="layers")),
                          random_width_scores(32, 32, 11008))
     assert abs(plan.achieved["params_removed"] - 1_295_201_075) <= 2_097_152 // 2
     assert round(plan.achieved["params_ratio"], 3) == 0.192
@@ -128,8 +119,8 @@ def test_flap_search_on_llama2_7b_removes_the_paper_s_share():
 def taylor_plan(model, **target_keys):
     """LLM-Pruner's defaults (layers 4..L-2, local ranking) with random importance."""
     method = create_method(parse_method_config({"name": "taylor", "importance": "random"}))
-    run = SimpleNamespace(ui=None, recipe=SimpleNamespace(target=target(**target_keys)))
-    return method.search(run, model, None, method.score(run, model, None, {}))
+    inputs = Inputs(model, target=Target(**target_keys))
+    return method.search(inputs, method.score(inputs, {}))
 
 
 def test_llm_pruner_units_on_llama2_7b_keep_24_heads_and_8256_channels():
@@ -159,15 +150,16 @@ def test_magnitude_units_is_torch_pruning_s_ratio_and_layers_is_solved():
     model = meta_llama(**SMOLLM2_135M)
     method = create_method(parse_method_config({"name": "magnitude"}))
     scores = random_width_scores(30, 9, 1536, hidden=576)
-    plan = method.search(run_with(params_ratio=0.25, ratio_of="units"), model, None, scores)
+    plan = method.search(Inputs(model, target=Target(params_ratio=0.25, ratio_of="units")), scores)
     assert plan.achieved["pruning_ratio"] == 0.25
     assert plan.achieved["intermediate_size"] == 1152  # 1536 - int(0.25 x 1536), a multiple of 4
-    solved = method.search(run_with(params_ratio=0.2, ratio_of="layers"), model, None, scores)
+    solved = method.search(Inputs(model, target=Target(params_ratio=0.2, ratio_of="layers")),
+                           scores)
     assert solved.achieved["target_params_removed"] == 21_233_664
     # one uniform ratio moves SmolLM2's 3 KV groups a third at a time: coarse, and said so
     off = abs(solved.achieved["params_removed"] - 21_233_664) > 0.005 * SM_TOTAL
     assert off == any("(target.params_ratio=0.2 of layers)" in n for n in solved.notes)
-    of_total = method.search(run_with(params_ratio=0.2), model, None, scores)
+    of_total = method.search(Inputs(model, target=Target(params_ratio=0.2)), scores)
     assert solved.achieved["pruning_ratio"] < of_total.achieved["pruning_ratio"]
 
 
@@ -177,12 +169,13 @@ def test_block_removal_takes_a_params_target_and_refuses_units():
     model = tiny_model("llama")
     method = create_method(parse_method_config({"name": "shortgpt"}))
     scores = {"block_influence": torch.tensor([0.5, 0.1, 0.2, 0.9])}
-    plan = method.search(run_with(params=2 * 30_720), model, None, scores)
+    plan = method.search(Inputs(model, target=Target(params=2 * 30_720)), scores)
     assert sorted(plan.removal_order[: plan.achieved["blocks"]]) == ["layers.1", "layers.2"]
-    layers = method.search(run_with(params_ratio=0.5, ratio_of="layers"), model, None, scores)
+    layers = method.search(Inputs(model, target=Target(params_ratio=0.5, ratio_of="layers")),
+                           scores)
     assert layers.achieved["blocks"] == 2
     with pytest.raises(UserError, match="ratio_of: units is a share of heads and channels"):
-        method.search(run_with(params_ratio=0.5, ratio_of="units"), model, None, scores)
+        method.search(Inputs(model, target=Target(params_ratio=0.5, ratio_of="units")), scores)
 
 
 def write_recipe(tmp_path, model_dir, text_file, target_section, method="mag-sp"):
@@ -244,8 +237,8 @@ def test_shipped_llm_pruner_recipe_leaves_5_42b_of_llama2_7b():
     assert recipe.eval.perplexity.seqlen == 128
     model = meta_llama(**LLAMA2_7B)
     method = create_method(recipe.method)
-    run = SimpleNamespace(ui=None, recipe=recipe)
-    plan = method.search(run, model, None, method.score(run, model, None, {}))
+    inputs = Inputs(model, target=Target.of(recipe.target))
+    plan = method.search(inputs, method.score(inputs, {}))
     assert {32 - len(lp.q_heads) for lp in plan.layers.values()} == {8}
     assert {11008 - len(lp.mlp_channels) for lp in plan.layers.values()} == {2752}
     left = L7_TOTAL - plan.achieved["params_removed_estimate"]

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from conftest import tiny_model
 
+from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.taylor import TaylorConfig, TaylorMethod
-from prunectl.ui import SILENT
 
-RUN = SimpleNamespace(ui=SILENT, recipe=SimpleNamespace(target=SimpleNamespace(params_ratio=0.2)))
 D = 16  # head_dim of the tiny models (hidden 64, 4 heads)
 
 
@@ -39,7 +36,7 @@ def layer_weights(model, i):
 
 def scores_for(model, x, **cfg):
     method = TaylorMethod(TaylorConfig(layer_start=1, layer_end=3, **cfg))
-    return method.score(RUN, model, x, {})
+    return method.score(Inputs(model, x, target=Target(params_ratio=0.2)), {})
 
 
 def test_element1_query_heads_and_vector_channels_match_direct():
@@ -120,7 +117,7 @@ def test_hidden_channels_touch_every_weight_and_norm(family):
             expected += s.sum(1)
         else:  # embedding, lm_head and every projection reading the residual stream
             expected += s.sum(0)
-    s = TaylorMethod(TaylorConfig(scope="channel")).score(RUN, model, x, {})
+    s = TaylorMethod(TaylorConfig(scope="channel")).score(Inputs(model, x), {})
     torch.testing.assert_close(s["hidden"], expected.detach(), rtol=1e-4, atol=1e-9)
 
 

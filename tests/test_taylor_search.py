@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from conftest import tiny_model
 
 from prunectl.errors import UserError
+from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.modeling.params import count_parameters
-from prunectl.ui import SILENT
 
 EMPTY = torch.empty(0, 0, dtype=torch.long)
 
 
-def run_with(ratio):
-    return SimpleNamespace(ui=SILENT, recipe=SimpleNamespace(target=SimpleNamespace(params_ratio=ratio)))
+def inputs_for(model, ratio, tokens=EMPTY):
+    return Inputs(model, tokens, target=Target(params_ratio=ratio))
 
 
 def method(**cfg):
@@ -26,8 +24,8 @@ def method(**cfg):
 
 def plan_for(model, ratio=0.2, **cfg):
     m = method(importance=cfg.pop("importance", "l2"), **cfg)
-    scores = m.score(run_with(ratio), model, EMPTY, {})
-    return scores, m.search(run_with(ratio), model, EMPTY, scores)
+    scores = m.score(inputs_for(model, ratio), {})
+    return scores, m.search(inputs_for(model, ratio), scores)
 
 
 def removed_by_hand(model, plan):
@@ -110,11 +108,11 @@ def test_channel_scope_keeps_the_best_hidden_dimensions():
 def test_missing_ratio_and_bad_layer_range_are_user_errors():
     model = tiny_model("llama")
     m = method(importance="l1")
-    scores = m.score(run_with(0.2), model, EMPTY, {})
+    scores = m.score(inputs_for(model, 0.2), {})
     with pytest.raises(UserError, match="target.params_ratio"):
-        m.search(run_with(None), model, EMPTY, scores)
+        m.search(inputs_for(model, None), scores)
     with pytest.raises(UserError, match="layer_start=3 / layer_end=2"):
-        method(importance="l1", layer_start=3, layer_end=2).score(run_with(0.2), model, EMPTY, {})
+        method(importance="l1", layer_start=3, layer_end=2).score(inputs_for(model, 0.2), {})
 
 
 def test_unknown_importance_is_rejected_by_the_schema():
@@ -131,7 +129,8 @@ def test_plan_applies_and_removes_the_estimated_parameters(family, scope):
     model = tiny_model(family, num_hidden_layers=5)
     x = torch.randint(4, 260, (4, 16), generator=torch.Generator().manual_seed(0))
     m = method(importance="element1", layer_start=1, layer_end=4, scope=scope)
-    plan = m.search(run_with(0.2), model, x, m.score(run_with(0.2), model, x, {}))
+    inputs = inputs_for(model, 0.2, x)
+    plan = m.search(inputs, m.score(inputs, {}))
     before = count_parameters(model)["total"]
     pruned = apply_plan(model, plan)
     assert before - count_parameters(pruned)["total"] == plan.achieved["params_removed_estimate"]

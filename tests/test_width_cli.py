@@ -4,7 +4,6 @@ with the exported model checked against the plan applied in-process to the dense
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from typer.testing import CliRunner
 
 from prunectl.cli import app
 from prunectl.io import load_tensors
+from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import Plan
 from prunectl.methods.registry import create_method, parse_method_config
 
@@ -48,7 +48,7 @@ def in_process(model_dir, method_section, plan, stats):
     """The dense model pruned by the method's own ``apply`` with the saved plan and statistics."""
     dense = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     method = create_method(parse_method_config(method_section))
-    return method.apply(SimpleNamespace(), dense, plan, stats).eval()
+    return method.apply(Inputs(dense), plan, stats).eval()
 
 
 @pytest.mark.parametrize("family", ["qwen2", "phi3"])

@@ -1,10 +1,12 @@
-"""What every pruning method provides, step by step.
+"""What every pruning method provides, step by step: the method contract.
 
 A method is a small class configured by its own pydantic ``Config`` (the recipe's ``method``
-section).  The steps call it in order; each hook receives the run context and the artefacts the
-previous steps saved, and returns plain tensors or a :class:`Plan` that the step persists.  Pure
-tensor math lives beside the method in functions with no hooks and no I/O, which is what the unit
-tests exercise.
+section).  It declares what it needs: ``calibration`` (the kind of calibration data, see
+:mod:`prunectl.pipelines`) and ``targets`` (the target kinds it can meet).  The steps check the
+target, build the :class:`~prunectl.methods.inputs.Inputs` once and call the hooks in order; each
+hook gets those inputs and the artefacts the previous steps saved, and returns plain tensors or a
+:class:`Plan` that the step persists.  Pure tensor math lives beside the method in functions with
+no hooks and no I/O, which is what the unit tests exercise.
 """
 
 from __future__ import annotations
@@ -13,13 +15,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from prunectl.methods.inputs import Calibration, Inputs
 from prunectl.methods.plan import Plan
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-    from prunectl.context import RunContext
 
 
 class MethodConfig(BaseModel):
@@ -35,16 +36,20 @@ class Method:
 
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
-    #: True when ``calibrate`` must run the model to collect activation statistics.
+    #: the calibration data it reads: ``none`` (the weights alone), ``tokens`` (windows as they
+    #: are), ``layer_inputs`` (layer by layer on cached inputs), ``gradients`` (LM-loss
+    #: gradients, which need the whole model on the device); ``calibrate`` makes tokens unless
+    #: ``none``.  A property where the config decides.
+    calibration: ClassVar[Calibration] = "tokens"
+    #: True when ``calibrate`` runs the ``statistics`` hook and saves what it returns
     uses_statistics: ClassVar[bool] = False
-    #: True when the method reads calibration tokens at all (``mag-sp`` and ``manual`` do not).
-    uses_calibration: ClassVar[bool] = True
     #: the target kinds the method can meet (``blocks``; ``params``: a ratio of total,
-    #: non_embedding or layers, or a count; ``units``: ``ratio_of: units``), checked before
-    #: anything runs
+    #: non_embedding or layers, or a count; ``units``: ``ratio_of: units``; ``experts``),
+    #: checked before anything runs
     targets: ClassVar[frozenset[str]] = frozenset({"blocks", "params", "units"})
-    #: True when ``apply`` needs the calibration tokens (``tokens=``): a least-squares
-    #: reconstruction runs its sequential pass there.
+    #: True when ``apply`` needs the calibration tokens in its inputs: a least-squares
+    #: reconstruction runs its sequential pass there (the apply step then fingerprints the
+    #: calibrate step too).
     apply_uses_tokens: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig):
@@ -54,36 +59,21 @@ class Method:
         """Refuse settings this model cannot take (a block index past its last layer, say)
         before anything is computed; ``config`` is the model's Hugging Face config."""
 
-    def statistics(
-        self, run: RunContext, model: nn.Module, tokens: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
+    def statistics(self, inputs: Inputs) -> dict[str, torch.Tensor]:
         """Activation statistics from calibration tokens (``calibrate`` step)."""
         return {}
 
-    def score(
-        self,
-        run: RunContext,
-        model: nn.Module,
-        tokens: torch.Tensor,
-        stats: dict[str, torch.Tensor],
-    ) -> dict[str, torch.Tensor]:
+    def score(self, inputs: Inputs, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Importance scores (``score`` step); saved to ``scores/scores.safetensors``."""
         return {}
 
-    def search(
-        self,
-        run: RunContext,
-        model: nn.Module,
-        tokens: torch.Tensor,
-        scores: dict[str, torch.Tensor],
-    ) -> Plan:
+    def search(self, inputs: Inputs, scores: dict[str, torch.Tensor]) -> Plan:
         """Decide what to remove (``search`` step); saved to ``search/plan.json``."""
         raise NotImplementedError
 
-    def apply(
-        self, run: RunContext, model: nn.Module, plan: Plan, stats: dict[str, torch.Tensor]
-    ) -> nn.Module:
-        """Remove what the plan says, physically (``apply`` step)."""
+    def apply(self, inputs: Inputs, plan: Plan, stats: dict[str, torch.Tensor]) -> nn.Module:
+        """Remove what the plan says, physically (``apply`` step); ``inputs.tokens`` holds the
+        calibration windows only when ``apply_uses_tokens``."""
         from prunectl.modeling.surgery import apply_plan
 
-        return apply_plan(model, plan)
+        return apply_plan(inputs.model, plan)

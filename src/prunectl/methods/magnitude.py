@@ -112,14 +112,14 @@ class MagnitudeMethod(ReconstructHooks, Method):
     targets = frozenset({"params", "units"})
 
     @property
-    def uses_calibration(self) -> bool:
-        return self.config.reconstruct != "none"
+    def calibration(self) -> str:
+        return "none" if self.config.reconstruct == "none" else "layer_inputs"
 
     def check(self, config) -> None:
         check_width_model(config.model_type, self.name, attention_only_ok=False)
 
-    def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
-        return group_importance(Adapter(model))
+    def score(self, inputs, stats) -> dict[str, torch.Tensor]:
+        return group_importance(inputs.adapter)
 
     # --- how many of each unit a ratio keeps, and what that costs ---------------------------
     def _counts(self, adapter: Adapter, shapes, ratio: float) -> dict:
@@ -171,20 +171,20 @@ class MagnitudeMethod(ReconstructHooks, Method):
         best = min((k / 1000 for k in range(1000)), key=lambda r: abs(removed(r) - goal.remove))
         return best, [f"uniform pruning_ratio {best:.3f} solved for {goal.label}"]
 
-    def _goal(self, run, model) -> ParamsTarget | None:
+    def _goal(self, inputs) -> ParamsTarget | None:
         """The recipe's target, or None when ``method.pruning_ratio`` says it all."""
         if self.config.pruning_ratio is not None:
             return None
-        target = run.recipe.target
+        target = inputs.target
         if all(getattr(target, key, None) is None for key in ("params_ratio", "params")):
             raise UserError("magnitude needs method.pruning_ratio or target.params_ratio "
                             "(a fraction of parameters to remove, e.g. --ratio 0.2)")
-        return resolve_params_target(target, model, self.name)
+        return resolve_params_target(target, inputs.model, self.name)
 
-    def search(self, run, model, tokens, scores) -> Plan:
+    def search(self, inputs, scores) -> Plan:
         from prunectl.modeling.params import count_parameters
 
-        adapter = Adapter(model)
+        adapter, model = inputs.adapter, inputs.model
         structure = from_model(model)
         shapes = [layer_shape(adapter, i, self.config.head_unit, structure)
                   for i in range(adapter.num_layers)]
@@ -193,7 +193,7 @@ class MagnitudeMethod(ReconstructHooks, Method):
                             "in shape (use flap or wanda-sp)")
         check_round_to(self.config.round_to, {i: s.intermediate for i, s in enumerate(shapes)})
         counts_dense = count_parameters(model)
-        goal = self._goal(run, model)
+        goal = self._goal(inputs)
         ratio, notes = (self.config.pruning_ratio, []) if goal is None else \
             self._ratio(adapter, structure, shapes, goal)
         counts = self._counts(adapter, shapes, ratio)

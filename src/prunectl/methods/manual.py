@@ -8,7 +8,6 @@ from pydantic import Field
 
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan, parse_block_name, plan_from_removals
-from prunectl.modeling.adapters import Adapter
 
 
 class ManualConfig(MethodConfig):
@@ -22,14 +21,14 @@ class ManualMethod(Method):
 
     name = "manual"
     Config = ManualConfig
-    uses_calibration = False
+    calibration = "none"
 
     def check(self, config) -> None:
         for name in self.config.remove:
             parse_block_name(name, config.num_hidden_layers)
 
-    def search(self, run, model, tokens, scores) -> Plan:
+    def search(self, inputs, scores) -> Plan:
         removed = list(dict.fromkeys(self.config.remove))  # keep order, drop repeats
         return plan_from_removals(
-            "manual", removed, Adapter(model).num_layers, removal_order=removed
+            "manual", removed, inputs.adapter.num_layers, removal_order=removed
         )

@@ -19,12 +19,16 @@ from pydantic import Field
 
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
-from prunectl.methods.block.candidates import candidate_names
-from prunectl.methods.block.plans import parameter_counts, plan_from_decisions, resolve_target
 from prunectl.methods.plan import Plan
+from prunectl.methods.removal_order import (
+    candidate_names,
+    parameter_counts,
+    plan_from_decisions,
+    stop_rule,
+)
 from prunectl.modeling.adapters import Adapter
-from prunectl.modeling.layer_pass import LayerPass
 from prunectl.modeling.placement import execution_device
+from prunectl.pipelines.layers import LayerPass
 
 
 def block_influence(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -57,15 +61,15 @@ class ShortGPTMethod(Method):
 
     name = "shortgpt"
     Config = ShortGPTConfig
+    calibration = "layer_inputs"
     targets = frozenset({"blocks", "params"})
 
-    def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
-        if tokens.numel() == 0:
-            raise UserError("shortgpt needs calibration tokens; run `prunectl calibrate` first")
-        return {"block_influence": block_influence(model, tokens, self.config.batch_size)}
+    def score(self, inputs, stats) -> dict[str, torch.Tensor]:
+        tokens = inputs.require_tokens("shortgpt")
+        return {"block_influence": block_influence(inputs.model, tokens, self.config.batch_size)}
 
-    def search(self, run, model, tokens, scores) -> Plan:
-        adapter = Adapter(model)
+    def search(self, inputs, scores) -> Plan:
+        adapter, model = inputs.adapter, inputs.model
         bi = scores.get("block_influence")
         if bi is None or bi.shape != (adapter.num_layers,):
             raise UserError(
@@ -74,7 +78,7 @@ class ShortGPTMethod(Method):
             )
         names = candidate_names(adapter.num_layers, "layer")
         params = parameter_counts(model, adapter, names)
-        target = resolve_target(run.recipe.target, model, names, params, "layer")
+        target = stop_rule(inputs.target, model, names, params, "layer")
         order = sorted(range(adapter.num_layers), key=lambda i: (float(bi[i]), i))
         decisions, removed = [], 0
         for step, i in enumerate(order, 1):

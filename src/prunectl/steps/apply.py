@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import torch
+
 from prunectl.context import RunContext
 from prunectl.io import write_json
-from prunectl.methods.block import plan_for_k
 from prunectl.methods.registry import create_method
+from prunectl.methods.removal_order import plan_for_k
 from prunectl.modeling import cost
 from prunectl.modeling.params import count_parameters
 from prunectl.modeling.pruned_format import save_model
 from prunectl.modeling.structure import from_model, layer_rows, with_plan
 from prunectl.steps import artifacts
 from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections, upstream
+from prunectl.steps.inputs import method_inputs
 
 
 def key(run: RunContext, blocks: int | None = None) -> tuple[dict, list]:
@@ -39,8 +42,9 @@ def apply(run: RunContext, blocks: int | None = None) -> StepResult:
         size = next(model.parameters()).element_size()
         per_token = {name: {"kv_cache_bytes": cost.kv_cache_bytes_per_token(s, size),
                             "flops": cost.flops_per_token(s)} for name, s in shapes.items()}
-        extra = {"tokens": artifacts.calibration_tokens(run)} if method.apply_uses_tokens else {}
-        pruned = method.apply(run, model, plan, artifacts.statistics(run), **extra)
+        empty = None if method.apply_uses_tokens else torch.empty(0, 0, dtype=torch.long)
+        inputs = method_inputs(run, method, model, None, tokens=empty)
+        pruned = method.apply(inputs, plan, artifacts.statistics(run))
         artifacts.forget_dense(run)  # sliced in place: no longer the dense model
         directory = artifacts.path(run, artifacts.PRUNED)
         if run.dist.is_main:  # every rank keeps the pruned model in memory for the next steps

@@ -8,6 +8,7 @@ from prunectl.io import save_tensors, write_json
 from prunectl.methods.registry import create_method
 from prunectl.steps import artifacts
 from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections
+from prunectl.steps.inputs import calibration_journal, method_inputs
 
 
 def key(run: RunContext) -> tuple[dict, list]:
@@ -25,7 +26,7 @@ def calibrate(run: RunContext) -> StepResult:
         cfg = run.recipe.calibration
         outputs = []
         summary = {"method": method.name}
-        if method.uses_calibration:
+        if method.calibration != "none":
             artifacts.check_memory(run, "calibrate")
             model, tokenizer = artifacts.dense_model(run)
             tokens = calibration_tokens(
@@ -37,7 +38,8 @@ def calibrate(run: RunContext) -> StepResult:
             outputs.append(artifacts.path(run, artifacts.TOKENS))
             summary.update(windows=tokens.shape[0], seqlen=tokens.shape[1], seed=cfg.seed)
             if method.uses_statistics:
-                stats = method.statistics(run, model, tokens.to(run.device))
+                stats = method.statistics(method_inputs(run, method, model, "calibration",
+                                                        tokens, calibration_journal(run)))
                 if run.dist.is_main:
                     save_tensors(artifacts.path(run, artifacts.STATS), stats)
                 outputs.append(artifacts.path(run, artifacts.STATS))

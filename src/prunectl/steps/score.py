@@ -7,6 +7,7 @@ from prunectl.io import save_tensors, write_json
 from prunectl.methods.registry import create_method
 from prunectl.steps import artifacts
 from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections, upstream
+from prunectl.steps.inputs import method_inputs
 
 
 def _summarise(scores: dict) -> dict:
@@ -29,8 +30,8 @@ def score(run: RunContext) -> StepResult:
     def body() -> StepOutcome:
         artifacts.check_memory(run, "score")
         model, _ = artifacts.dense_model(run)
-        tokens = artifacts.calibration_tokens(run).to(run.device)
-        scores = method.score(run, model, tokens, artifacts.statistics(run))
+        scores = method.score(method_inputs(run, method, model, "scores"),
+                              artifacts.statistics(run))
         summary_file = artifacts.path(run, ("scores", "summary.json"))
         if run.dist.is_main:
             save_tensors(artifacts.path(run, artifacts.SCORES), scores)

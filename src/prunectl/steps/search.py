@@ -8,9 +8,11 @@ import time
 
 from prunectl.context import RunContext
 from prunectl.io import write_json, write_text
+from prunectl.methods.inputs import Journal
 from prunectl.methods.registry import create_method
 from prunectl.steps import artifacts
 from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections, upstream
+from prunectl.steps.inputs import method_inputs
 
 
 def key(run: RunContext) -> tuple[dict, list]:
@@ -19,16 +21,20 @@ def key(run: RunContext) -> tuple[dict, list]:
     return sections, []
 
 
-def _retire_foreign_progress(run: RunContext) -> None:
+def _progress_key(run: RunContext) -> str:
+    """What the recorded decisions were made with: the search key less ``target``."""
+    sections, _ = key(run)
+    sections.pop("target")
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
+
+
+def _retire_foreign_progress(run: RunContext, progress_key: str) -> None:
     """Keep recorded decisions only for the inputs they were made with.
 
     The key leaves out ``target``: a nested removal order stays valid when the target grows, so
     a larger target resumes the search instead of restarting it.  A progress file made for other
     inputs is renamed aside, never deleted.
     """
-    sections, _ = key(run)
-    sections.pop("target")
-    progress_key = hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
     progress = artifacts.path(run, artifacts.PROGRESS)
     key_file = progress.with_name("progress.key")
     if progress.exists() and (not key_file.exists() or key_file.read_text().strip() != progress_key):
@@ -45,13 +51,16 @@ def search(run: RunContext) -> StepResult:
                     "dense one)")
 
     def body() -> StepOutcome:
+        progress_key = _progress_key(run)
         if run.dist.is_main:
-            _retire_foreign_progress(run)
+            _retire_foreign_progress(run, progress_key)
         run.dist.barrier()
         artifacts.check_memory(run, "search")
         model, _ = artifacts.dense_model(run)
-        tokens = artifacts.calibration_tokens(run).to(run.device)
-        plan = method.search(run, model, tokens, artifacts.scores(run))
+        # the search owns search/progress.jsonl; a method appends its decisions there
+        journal = Journal(artifacts.path(run, artifacts.PROGRESS).parent, progress_key)
+        plan = method.search(method_inputs(run, method, model, "search", journal=journal),
+                             artifacts.scores(run))
         plan_file = artifacts.path(run, artifacts.PLAN)
         if run.dist.is_main:
             write_json(plan_file, plan.model_dump(mode="json"))

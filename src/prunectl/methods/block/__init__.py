@@ -1,6 +1,5 @@
-"""BlockPruner block search (arXiv 2406.10594) and its nested removal order."""
+"""BlockPruner block search (arXiv 2406.10594); its nested removal order: ``methods.removal_order``."""
 
 from prunectl.methods.block.method import BlockMethod
-from prunectl.methods.block.plans import plan_for_k
 
-__all__ = ["BlockMethod", "plan_for_k"]
+__all__ = ["BlockMethod"]

@@ -15,17 +15,17 @@ import torch
 from pydantic import Field
 
 from prunectl import distributed
-from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
-from prunectl.methods.block.candidates import candidate_names
-from prunectl.methods.block.plans import parameter_counts, plan_from_decisions, resolve_target
-from prunectl.methods.block.search import (
-    ParameterCounts,
-    SearchSettings,
-    Target,
-    block_search,
-)
+from prunectl.methods.block.search import SearchSettings, block_search
 from prunectl.methods.plan import Plan
+from prunectl.methods.removal_order import (
+    ParameterCounts,
+    StopRule,
+    candidate_names,
+    parameter_counts,
+    plan_from_decisions,
+    stop_rule,
+)
 from prunectl.modeling.adapters import Adapter
 
 
@@ -55,9 +55,10 @@ class BlockMethod(Method):
     Config = BlockConfig
     targets = frozenset({"blocks", "params"})
 
-    def _setup(self, run, model) -> tuple[Adapter, list[str], ParameterCounts, SearchSettings]:
+    def _setup(self, inputs) -> tuple[Adapter, list[str], ParameterCounts, SearchSettings]:
         cfg = self.config
-        adapter = Adapter(model)
+        adapter, model = inputs.adapter, inputs.model
+        rank = distributed.current().rank
         names = candidate_names(adapter.num_layers, cfg.block_type)
         settings = SearchSettings(
             batch_size=cfg.batch_size,
@@ -65,24 +66,17 @@ class BlockMethod(Method):
             bound_topk=cfg.bound_topk,
             cache=cfg.cache,
             cache_budget_gb=cfg.cache_budget_gb,
-            cache_dir=run.project.path("search", "cache", f"rank-{distributed.current().rank}"),
+            cache_dir=None if inputs.scratch is None else inputs.scratch / f"rank-{rank}",
             candidates_order=cfg.candidates_order,
         )
         return adapter, names, parameter_counts(model, adapter, names), settings
 
-    @staticmethod
-    def _require_tokens(tokens: torch.Tensor) -> None:
-        if tokens.numel() == 0 or tokens.shape[1] < 2:
-            raise UserError(
-                "block search needs calibration tokens; run `prunectl calibrate` first"
-            )
-
-    def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
+    def score(self, inputs, stats) -> dict[str, torch.Tensor]:
         """Step 1 of the search: single-removal perplexity of every candidate, canonical order."""
-        self._require_tokens(tokens)
-        _, names, params, settings = self._setup(run, model)
-        result = block_search(model, tokens, names, Target(), params, settings, max_steps=1,
-                              progress=run.ui.progress)
+        tokens = inputs.require_tokens("block search", min_length=2)
+        _, names, params, settings = self._setup(inputs)
+        result = block_search(inputs.model, tokens, names, StopRule(), params, settings,
+                              max_steps=1, progress=inputs.ui.progress)
         first = result.decisions[0]
         return {
             "perplexity": torch.tensor([first["scores"][n]["ppl"] for n in names],
@@ -93,31 +87,22 @@ class BlockMethod(Method):
             "seconds": torch.tensor([first["seconds"]], dtype=torch.float64),
         }
 
-    def search(self, run, model, tokens, scores) -> Plan:
-        from prunectl.io import append_jsonl, read_jsonl
-
-        self._require_tokens(tokens)
-        adapter, names, params, settings = self._setup(run, model)
-        target = resolve_target(run.recipe.target, model, names, params, "block")
-        progress_file = run.project.path("search", "progress.jsonl")
-        group = distributed.current()
-        # rank 0 reads and alone appends; the others take its records, so no rank sees a torn file
-        previous = read_jsonl(progress_file) if group.is_main and progress_file.exists() else []
-        previous = group.broadcast_object(previous)
+    def search(self, inputs, scores) -> Plan:
+        tokens = inputs.require_tokens("block search", min_length=2)
+        adapter, names, params, settings = self._setup(inputs)
+        model = inputs.model
+        target = stop_rule(inputs.target, model, names, params, "block")
+        journal = inputs.journal  # the search step's progress.jsonl: rank 0 reads and appends
+        previous = journal.records()
         if not previous:
             first = first_decision(scores, names, params)
             if first is not None:
-                if group.is_main:
-                    append_jsonl(progress_file, first)
+                journal.append(first)
                 previous = [first]
-
-        def record(decision: dict) -> None:
-            if group.is_main:
-                append_jsonl(progress_file, decision)
 
         result = block_search(
             model, tokens, names, target, params, settings,
-            previous=previous, on_decision=record, progress=run.ui.progress,
+            previous=previous, on_decision=journal.append, progress=inputs.ui.progress,
         )
         dense = {"perplexity": result.decisions[0].get("dense_perplexity")}
         return plan_from_decisions("block", result.decisions, target, adapter.num_layers, params,

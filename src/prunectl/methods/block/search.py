@@ -44,6 +44,7 @@ from prunectl.methods.block.bound import NllLowerBound, drop_margin
 from prunectl.methods.block.cache import BoundaryCache, CachePlan, plan_cache
 from prunectl.methods.block.candidates import unit_span
 from prunectl.methods.block.runner import DEFAULT_CHUNK_TOKENS, UnitRunner
+from prunectl.methods.removal_order import ParameterCounts, StopRule
 
 Progress = Callable[..., Iterable]
 
@@ -59,28 +60,6 @@ class SearchSettings:
     mode: str = "fast"  # or "naive"
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS
     bound_topk: int = 32
-
-
-@dataclass
-class Target:
-    """When to stop: after ``blocks`` removals, or once ``params_ratio`` of all params is gone."""
-
-    blocks: int | None = None
-    params_ratio: float | None = None
-
-    def reached(self, decisions: list[dict]) -> bool:
-        if self.blocks is not None:
-            return len(decisions) >= self.blocks
-        if self.params_ratio is not None:
-            return bool(decisions) and decisions[-1]["params_ratio"] >= self.params_ratio
-        return False
-
-
-@dataclass
-class ParameterCounts:
-    total: int
-    non_embedding: int
-    per_candidate: dict[str, int]
 
 
 @dataclass
@@ -144,7 +123,7 @@ def block_search(
     model: torch.nn.Module,
     tokens: torch.Tensor,
     candidates: list[str],
-    target: Target,
+    target: StopRule,
     params: ParameterCounts,
     settings: SearchSettings | None = None,
     previous: list[dict] | None = None,

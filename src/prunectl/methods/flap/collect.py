@@ -1,6 +1,6 @@
 """Layer-by-layer calibration pass that records the o_proj and down_proj input moments.
 
-Each decoder layer runs over every window (:class:`~prunectl.modeling.layer_pass.LayerPass`) with
+Each decoder layer runs over every window (:class:`~prunectl.pipelines.layers.LayerPass`) with
 forward pre-hooks on its ``o_proj`` and ``down_proj`` feeding :class:`RunningMoments`.  Only one
 layer's work is in flight at a time, as in the reference's ``prune_flap`` loop, so the activations
 kept are one ``[windows, seqlen, hidden]`` buffer whatever the depth.
@@ -13,7 +13,7 @@ import torch
 from prunectl import distributed
 from prunectl.methods.flap.statistics import RunningMoments
 from prunectl.modeling.adapters import Adapter
-from prunectl.modeling.layer_pass import LayerPass
+from prunectl.pipelines.layers import LayerPass
 from prunectl.modeling.placement import execution_device
 from prunectl.ui import SILENT, UI
 

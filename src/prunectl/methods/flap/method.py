@@ -38,7 +38,7 @@ from prunectl.modeling.structure import from_model
 if TYPE_CHECKING:
     from torch import nn
 
-    from prunectl.context import RunContext
+    from prunectl.methods.inputs import Inputs
 
 Structure = Literal["UL-UM", "UL-MM", "AL-MM", "AL-AM"]
 HeadUnitOpt = Literal["kv_group", "query_head"]
@@ -99,6 +99,7 @@ class MagSPConfig(_WidthConfig):
 class _WidthMethod(Method):
     """The shared hooks; subclasses set the metric and what calibration they need."""
 
+    calibration = "layer_inputs"
     uses_statistics = True
     targets = frozenset({"params", "units"})
     #: FLAP squares the attention metric before aggregating it per head; the baselines do not
@@ -120,12 +121,12 @@ class _WidthMethod(Method):
         check_width_model(config.model_type, self.name, attention_only_ok=True)
 
     # --- calibrate --------------------------------------------------------------------------
-    def statistics(self, run: RunContext, model: nn.Module, tokens: torch.Tensor):
-        return collect_statistics(Adapter(model), tokens, run.recipe.calibration.batch_size, run.ui)
+    def statistics(self, inputs: Inputs):
+        return collect_statistics(inputs.adapter, inputs.tokens, inputs.batch_size, inputs.ui)
 
     # --- score ------------------------------------------------------------------------------
-    def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
-        adapter = Adapter(model)
+    def score(self, inputs: Inputs, stats) -> dict[str, torch.Tensor]:
+        adapter = inputs.adapter
         adaptive = self.config.structure.startswith("AL")
         scores = {}
         for i in range(adapter.num_layers):
@@ -153,9 +154,9 @@ class _WidthMethod(Method):
         )
 
     # --- search -----------------------------------------------------------------------------
-    def search(self, run, model, tokens, scores) -> Plan:
-        adapter = Adapter(model)
-        goal = resolve_params_target(run.recipe.target, model, self.name)
+    def search(self, inputs: Inputs, scores) -> Plan:
+        adapter = inputs.adapter
+        goal = resolve_params_target(inputs.target, inputs.model, self.name)
         layers = self._layer_scores(adapter, scores)
         target = goal.remove
         offset = 0  # compensation biases gained minus norms of emptied blocks, against the cut
@@ -265,12 +266,11 @@ class _WidthMethod(Method):
             )
 
     # --- apply ------------------------------------------------------------------------------
-    def apply(self, run, model, plan: Plan, stats, tokens=None) -> nn.Module:
+    def apply(self, inputs: Inputs, plan: Plan, stats) -> nn.Module:
         from prunectl.modeling.surgery import apply_plan
 
-        biases = reconstruction_biases(self.config, run, model, plan, stats, tokens,
-                                       self.compensation)
-        return apply_plan(model, plan, biases=biases)
+        biases = reconstruction_biases(self.config, inputs, plan, stats, self.compensation)
+        return apply_plan(inputs.model, plan, biases=biases)
 
     def compensation(self, adapter: Adapter, plan: Plan, stats) -> dict[str, torch.Tensor]:
         """``layers.N.o_proj`` / ``layers.N.down_proj`` → bias to add, from the dense weights."""
@@ -308,5 +308,5 @@ class MagSPMethod(_WidthMethod):
         return self.config.reconstruct == "bias"
 
     @property
-    def uses_calibration(self) -> bool:
-        return self.config.reconstruct != "none"
+    def calibration(self) -> str:
+        return "none" if self.config.reconstruct == "none" else "layer_inputs"

@@ -8,18 +8,18 @@ drops their stacked weights and router rows.  Shared experts (Qwen2-MoE) are nev
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 import torch
 
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
+from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.methods.reap.collect import collect_expert_stats, stat_prefix
 from prunectl.methods.reap.saliency import ExpertStats
 from prunectl.methods.reap.targets import expert_parameters, experts_to_remove, moe_layers
-from prunectl.modeling.adapters import FAMILIES, Adapter, family_for
+from prunectl.modeling.adapters import FAMILIES, family_for
 from prunectl.modeling.params import count_parameters
 
 MOE_TYPES = [t for f in FAMILIES if f.moe for t in f.model_types]
@@ -36,6 +36,7 @@ class ReapMethod(Method):
 
     name = "reap"
     Config = ReapConfig
+    calibration = "layer_inputs"
     uses_statistics = True
     targets = frozenset({"experts", "params"})
 
@@ -44,18 +45,14 @@ class ReapMethod(Method):
             raise UserError(f"method reap removes experts, and '{config.model_type}' has none; "
                             f"mixture-of-experts model types: {', '.join(MOE_TYPES)}")
 
-    def statistics(self, run, model, tokens):
-        adapter = Adapter(model)
-        experts_to_remove(adapter, run.recipe.target)  # a bad target fails before the pass
-        key = json.dumps({name: run.recipe.section_dict(name) for name in ("model", "calibration")}
-                         | {"dtype": str(run.dtype)}, sort_keys=True, default=str)
-        return collect_expert_stats(
-            adapter, tokens, run.recipe.calibration.batch_size,
-            run.project.path("calibration", "progress"), key, run.ui,
-        )
+    def statistics(self, inputs: Inputs):
+        adapter = inputs.adapter
+        experts_to_remove(adapter, inputs.target)  # a bad target fails before the pass
+        return collect_expert_stats(adapter, inputs.tokens, inputs.batch_size,
+                                    inputs.journal.directory, inputs.journal.key, inputs.ui)
 
-    def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
-        adapter = Adapter(model)
+    def score(self, inputs: Inputs, stats) -> dict[str, torch.Tensor]:
+        adapter = inputs.adapter
         scores = {}
         for i in moe_layers(adapter):
             layer = ExpertStats.from_dict(stats, stat_prefix(i))
@@ -65,9 +62,9 @@ class ReapMethod(Method):
             scores[stat_prefix(i)] = layer.saliency(self.config.criterion)
         return scores
 
-    def search(self, run, model, tokens, scores) -> Plan:
-        adapter = Adapter(model)
-        removals = experts_to_remove(adapter, run.recipe.target)
+    def search(self, inputs: Inputs, scores) -> Plan:
+        adapter = inputs.adapter
+        removals = experts_to_remove(adapter, inputs.target)
         plan = Plan(method=self.name)
         removed = 0
         for i, n in removals.items():
@@ -79,7 +76,7 @@ class ReapMethod(Method):
             kept = [e for e in range(saliency.numel()) if e not in gone]
             plan.layers[i] = LayerPlan(experts=kept)
             removed += n * expert_parameters(adapter, i)
-        counts = count_parameters(model)
+        counts = count_parameters(inputs.model)
         plan.achieved = {
             "params_total": counts["total"],
             "params_non_embedding": counts["non_embedding"],

@@ -7,7 +7,6 @@ from __future__ import annotations
 from prunectl.methods.flap.collect import collect_statistics
 from prunectl.methods.flap.compensation import plan_biases
 from prunectl.methods.reconstruct.options import reconstruction_biases
-from prunectl.modeling.adapters import Adapter
 
 
 class ReconstructHooks:
@@ -22,13 +21,13 @@ class ReconstructHooks:
     def apply_uses_tokens(self) -> bool:
         return self.config.reconstruct == "least_squares"
 
-    def statistics(self, run, model, tokens):
+    def statistics(self, inputs):
         if not self.uses_statistics:
             return {}
-        return collect_statistics(Adapter(model), tokens, run.recipe.calibration.batch_size, run.ui)
+        return collect_statistics(inputs.adapter, inputs.tokens, inputs.batch_size, inputs.ui)
 
-    def apply(self, run, model, plan, stats, tokens=None):
+    def apply(self, inputs, plan, stats):
         from prunectl.modeling.surgery import apply_plan
 
-        biases = reconstruction_biases(self.config, run, model, plan, stats, tokens, plan_biases)
-        return apply_plan(model, plan, biases=biases)
+        biases = reconstruction_biases(self.config, inputs, plan, stats, plan_biases)
+        return apply_plan(inputs.model, plan, biases=biases)

@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from prunectl.errors import UserError
+from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import Plan
 from prunectl.methods.reconstruct.least_squares import solve_kept
 from prunectl.methods.reconstruct.sequential import Solution, sequential_pass
@@ -85,10 +86,10 @@ def write_back(adapter: Adapter, solutions: dict[str, Solution]) -> dict[str, to
     return biases
 
 
-def reconstruction_biases(config, run, model, plan: Plan, stats, tokens, compensation):
+def reconstruction_biases(config, inputs: Inputs, plan: Plan, stats, compensation):
     """The ``biases`` for ``apply_plan`` that ``config.reconstruct`` asks for (``None``: none);
-    ``least_squares`` also rewrites the kept weights of the model in place."""
-    adapter = Adapter(model)
+    ``least_squares`` also rewrites the kept weights of ``inputs.model`` in place."""
+    adapter = inputs.adapter
     if config.reconstruct == "none":
         return None
     if config.reconstruct == "bias":
@@ -96,16 +97,14 @@ def reconstruction_biases(config, run, model, plan: Plan, stats, tokens, compens
     if plan.hidden_channels is not None:
         raise UserError("method.reconstruct: least_squares cannot follow a pruned hidden size "
                         "(set method.prune_hidden: false, or reconstruct: bias / none)")
-    if tokens is None or tokens.numel() == 0:
-        raise UserError("method.reconstruct: least_squares needs calibration tokens; run "
-                        "`prunectl calibrate` first")
-    ui = getattr(run, "ui", SILENT)
+    tokens = inputs.require_tokens("method.reconstruct: least_squares")
+    ui = inputs.ui
     widest = max(adapter.intermediate_size(i) for i in range(adapter.num_layers))
     if tokens.numel() < TOKENS_PER_INPUT * widest:
         ui.warn(f"reconstruct: least_squares fits up to {widest + 1} weights per output row on "
                 f"{tokens.numel()} calibration tokens and will overfit; calibrate on at least "
                 f"{TOKENS_PER_INPUT * widest} tokens or raise method.reconstruct_damp")
     solutions = least_squares_solutions(
-        adapter, plan, tokens, run.recipe.calibration.batch_size, config.reconstruct_target,
+        adapter, plan, tokens, inputs.batch_size, config.reconstruct_target,
         config.reconstruct_damp, ui)
     return write_back(adapter, solutions)

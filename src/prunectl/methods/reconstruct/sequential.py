@@ -2,17 +2,17 @@
 projection's statistics come from inputs that already went through the pruned and reconstructed
 layers before it.
 
-Like FLAP's ``collect`` pass, every window is embedded once and one decoder layer at a time runs
-over the cached hidden states in batches.  Two streams are kept: the *pruned* one (earlier layers
-pruned and reconstructed) and, for ``target: dense``, the *dense* one (the untouched model on the
-same tokens).  Per layer: (1) attention on both streams, recording ``o_proj``'s inputs; the
-``solve`` callback decides the new ``o_proj``; (2) the pruned stream takes the new attention, and
-both streams' MLPs record ``down_proj``'s inputs; ``solve`` decides the new ``down_proj``; (3) the
-pruned stream takes the new MLP.  A pruned projection is emulated by a forward hook computing
-``W' x + b'`` with the removed columns of ``W'`` zero, which is exactly what the sliced model
-computes (removed heads and channels then contribute nothing).  Nothing is written to the model:
-the caller gets every solution and decides (``apply`` slices them in; SlimGPT's ``search`` keeps
-only which units went).  Under ``torchrun`` every rank runs all windows (no sharding).
+It runs on the shared layer-by-layer pipeline (:class:`~prunectl.pipelines.layers.LayerPass`)
+with two streams: the *pruned* one (earlier layers pruned and reconstructed) and, for ``target:
+dense``, the *dense* one (the untouched model on the same tokens).  Per layer: (1) attention on
+both streams, recording ``o_proj``'s inputs; the ``solve`` callback decides the new ``o_proj``;
+(2) the pruned stream takes the new attention, and both streams' MLPs record ``down_proj``'s
+inputs; ``solve`` decides the new ``down_proj``; (3) the pruned stream takes the new MLP.  A pruned
+projection is emulated by a forward hook computing ``W' x + b'`` with the removed columns of ``W'``
+zero, which is exactly what the sliced model computes (removed heads and channels then contribute
+nothing).  Nothing is written to the model: the caller gets every solution and decides (``apply``
+slices them in; SlimGPT's ``search`` keeps only which units went).  Under ``torchrun`` every rank
+runs all windows (no sharding).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from prunectl.methods.reconstruct.least_squares import augmented
 from prunectl.methods.reconstruct.moments import SecondMoments
 from prunectl.modeling.adapters import Adapter
-from prunectl.modeling.placement import execution_device, is_streamed
+from prunectl.pipelines.layers import LayerPass
 from prunectl.ui import SILENT, UI
 
 TARGETS = ("dense", "self")
@@ -62,38 +62,28 @@ def _record(captured: dict):
     return hook
 
 
-class _Layer:
-    """One layer's pass over both streams, batch by batch."""
+def _capture(layers: LayerPass, linear, run_block, dense: bool, device) -> SecondMoments:
+    """Run ``run_block`` on every batch of both streams, recording ``linear``'s inputs; the dense
+    stream advances (its layer is never replaced), the pruned one waits for the solution."""
+    moments = SecondMoments(linear.in_features, dense, device)
+    captured: dict = {}
 
-    def __init__(self, adapter, i, batches, store, device):
-        self.adapter, self.i, self.batches = adapter, i, batches
-        self.store, self.device = store, device
+    def step(_b, xs):
+        run_block(xs[0])
+        x_pruned = captured["x"]
+        if not dense:
+            moments.update(x_pruned, None)
+            return [None]
+        out = run_block(xs[1])
+        moments.update(x_pruned, captured["x"])
+        return [None, out]
 
-    def capture(self, name: str, pruned, dense, run_block):
-        """Run ``run_block`` on every batch of both streams, recording ``name``'s inputs; the
-        dense stream advances in place (its layer is never replaced)."""
-        linear = getattr(self.adapter, name)(self.i)
-        moments = SecondMoments(linear.in_features, dense is not None, self.device)
-        captured: dict = {}
-        handle = linear.register_forward_pre_hook(_record(captured))
-        try:
-            for b in self.batches:
-                chunk = pruned[b].to(self.device)
-                run_block(chunk)
-                x_pruned = captured["x"]
-                x_dense = None
-                if dense is not None:
-                    out = run_block(dense[b].to(self.device))
-                    x_dense = captured["x"]
-                    dense[b] = out.to(self.store)
-                moments.update(x_pruned, x_dense)
-        finally:
-            handle.remove()
-        return linear, moments
-
-    def advance(self, pruned, run_block):
-        for b in self.batches:
-            pruned[b] = run_block(pruned[b].to(self.device)).to(self.store)
+    handle = linear.register_forward_pre_hook(_record(captured))
+    try:
+        layers.map(step, (0, 1) if dense else (0,))
+    finally:
+        handle.remove()
+    return moments
 
 
 @torch.inference_mode()
@@ -107,32 +97,27 @@ def sequential_pass(
     removed at the end)."""
     if target not in TARGETS:
         raise ValueError(f"unknown reconstruction target {target!r}")
-    batches = [slice(s, s + batch_size) for s in range(0, tokens.shape[0], batch_size)]
-    device = execution_device(adapter.model)
-    store = torch.device("cpu") if is_streamed(adapter.model) else device
-    pruned = adapter.embed_tokens(tokens.to(device)).to(store)
-    dense = pruned.clone() if target == "dense" else None
-
+    layers = LayerPass(adapter, tokens, batch_size, streams=2 if target == "dense" else 1)
     solutions: dict[str, Solution] = {}
     handles = []
     try:
         for i in ui.progress(range(adapter.num_layers), total=adapter.num_layers,
                              description="sequential reconstruction"):
-            layer = _Layer(adapter, i, batches, store, device)
             attention = lambda h, i=i: adapter.attention_block(i, h, adapter.block_inputs(h))  # noqa: E731
             mlp = lambda h, i=i: adapter.mlp_block(i, h)  # noqa: E731
             for name, block, present in (("o_proj", attention, adapter.attention(i)),
                                          ("down_proj", mlp, adapter.mlp(i))):
                 if present is not None:
-                    linear, moments = layer.capture(name, pruned, dense, block)
+                    linear = getattr(adapter, name)(i)
+                    moments = _capture(layers, linear, block, target == "dense", layers.device)
                     weight = augmented(linear.weight, linear.bias)
                     solution = solve(i, name, weight, moments)
                     del moments
                     if solution is not None:  # kept in the model's dtype, beside its weights
-                        solution.weight = solution.weight.to(store, linear.weight.dtype)
+                        solution.weight = solution.weight.to(layers.store, linear.weight.dtype)
                         solutions[f"layers.{i}.{name}"] = solution
                         handles.append(linear.register_forward_hook(_replace(solution)))
-                layer.advance(pruned, block)
+                layers.map(lambda _b, xs, block=block: [block(xs[0])])
     finally:
         for handle in handles:
             handle.remove()

@@ -22,6 +22,7 @@ from pydantic import Field
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.flap.structure import LayerScores, select
+from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.methods.reconstruct.hooks import ReconstructHooks
 from prunectl.methods.reconstruct.options import Reconstruct, ReconstructOptions
@@ -30,9 +31,7 @@ from prunectl.methods.slimgpt import allocation
 from prunectl.methods.slimgpt.obs import greedy_prune, mlp_batches
 from prunectl.methods.target import resolve_params_target
 from prunectl.methods.width_common import check_width_model, layer_plan, layer_shape
-from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.structure import from_model
-from prunectl.ui import SILENT
 
 
 class SlimGPTConfig(MethodConfig, ReconstructOptions):
@@ -50,6 +49,7 @@ class SlimGPTConfig(MethodConfig, ReconstructOptions):
 class SlimGPTMethod(ReconstructHooks, Method):
     name = "slimgpt"
     Config = SlimGPTConfig
+    calibration = "layer_inputs"
     targets = frozenset({"params"})
 
     def check(self, config) -> None:
@@ -59,14 +59,14 @@ class SlimGPTMethod(ReconstructHooks, Method):
     def uses_statistics(self) -> bool:
         return self.config.allocation == "AL-AM" or self.config.reconstruct == "bias"
 
-    def score(self, run, model, tokens, stats) -> dict[str, torch.Tensor]:
+    def score(self, inputs: Inputs, stats) -> dict[str, torch.Tensor]:
         """FLAP's WIFV scores for ``AL-AM``; OBS errors need the pruned stream, so the other
         allocations score nothing here."""
         if self.config.allocation != "AL-AM":
             return {}
         from prunectl.methods.flap.method import FlapConfig, FlapMethod
 
-        return FlapMethod(FlapConfig(structure="AL-AM")).score(run, model, tokens, stats)
+        return FlapMethod(FlapConfig(structure="AL-AM")).score(inputs, stats)
 
     def _counts(self, adapter, shapes, scores, budget, biased) -> tuple[list[tuple[int, int]], dict]:
         cfg = self.config
@@ -85,17 +85,16 @@ class SlimGPTMethod(ReconstructHooks, Method):
         ratios = [round(min(scale * w, 1.0), 4) for w in weights]
         return counts, {"allocation": cfg.allocation, "layer_ratios": ratios}
 
-    def search(self, run, model, tokens, scores) -> Plan:
-        if tokens.numel() == 0:
-            raise UserError("slimgpt needs calibration tokens; run `prunectl calibrate` first")
-        adapter = Adapter(model)
-        goal = resolve_params_target(run.recipe.target, model, self.name)
+    def search(self, inputs: Inputs, scores) -> Plan:
+        inputs.require_tokens("slimgpt")
+        adapter, model = inputs.adapter, inputs.model
+        goal = resolve_params_target(inputs.target, model, self.name)
         structure = from_model(model)
         shapes = [layer_shape(adapter, i, "kv_group", structure) for i in range(adapter.num_layers)]
         biased = [(adapter.o_proj(i).bias is not None, adapter.down_proj(i).bias is not None)
                   for i in range(adapter.num_layers)]
         counts, how = self._counts(adapter, shapes, scores, goal.remove, biased)
-        removed = self._prune(run, adapter, shapes, counts, tokens)
+        removed = self._prune(inputs, shapes, counts)
         plan = Plan(method=self.name)
         for i, s in enumerate(shapes):
             heads, channels = removed.get((i, "o_proj"), []), removed.get((i, "down_proj"), [])
@@ -116,7 +115,7 @@ class SlimGPTMethod(ReconstructHooks, Method):
         }
         return plan
 
-    def _prune(self, run, adapter, shapes, counts, tokens) -> dict[tuple[int, str], list[int]]:
+    def _prune(self, inputs: Inputs, shapes, counts) -> dict[tuple[int, str], list[int]]:
         """Greedy OBS over the sequential pass; which head units / channels each layer lost."""
         removed: dict[tuple[int, str], list[int]] = {}
         damp = self.config.reconstruct_damp
@@ -142,6 +141,5 @@ class SlimGPTMethod(ReconstructHooks, Method):
             removed[(i, name)] = result.removed
             return Solution(sorted(columns), result.weight)
 
-        sequential_pass(adapter, tokens, run.recipe.calibration.batch_size, solve, "self",
-                        getattr(run, "ui", SILENT))
+        sequential_pass(inputs.adapter, inputs.tokens, inputs.batch_size, solve, "self", inputs.ui)
         return removed

@@ -21,21 +21,18 @@ from pydantic import Field
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
-from prunectl.methods.target import resolve_params_target
 from prunectl.methods.reconstruct.hooks import ReconstructHooks
 from prunectl.methods.reconstruct.options import ReconstructOptions
+from prunectl.methods.target import resolve_params_target
 from prunectl.methods.taylor import groups, selection
-from prunectl.methods.taylor.gradients import GradientStore, accumulate_gradients
 from prunectl.methods.taylor.importance import GRADIENT_KINDS, random_importance
 from prunectl.methods.width_common import check_width_model
 from prunectl.modeling.adapters import Adapter
-from prunectl.modeling.placement import execution_device, is_streamed
 from prunectl.modeling.structure import from_model
+from prunectl.pipelines.gradients import GradientStore, accumulate_gradients, require_whole_model
 
 if TYPE_CHECKING:
-    from torch import nn
-
-    from prunectl.context import RunContext
+    from prunectl.methods.inputs import Inputs
 
 
 class TaylorConfig(MethodConfig, ReconstructOptions):
@@ -58,6 +55,12 @@ class TaylorMethod(ReconstructHooks, Method):
     Config = TaylorConfig
     targets = frozenset({"params", "units"})
 
+    @property
+    def calibration(self) -> str:
+        """``gradients`` for the gradient criteria; the others still take the tokens, which a
+        ``least_squares`` reconstruction reads in ``apply``."""
+        return "gradients" if self.config.importance in GRADIENT_KINDS else "tokens"
+
     def check(self, config) -> None:
         check_width_model(config.model_type, self.name, attention_only_ok=False)
 
@@ -73,34 +76,23 @@ class TaylorMethod(ReconstructHooks, Method):
             )
         return range(cfg.layer_start, end)
 
-    def score(
-        self, run: RunContext, model: nn.Module, tokens: torch.Tensor, stats: dict
-    ) -> dict[str, torch.Tensor]:
+    def score(self, inputs: Inputs, stats: dict) -> dict[str, torch.Tensor]:
         cfg = self.config
-        adapter = Adapter(model)
+        adapter, model = inputs.adapter, inputs.model
         layers = self.layers(adapter) if cfg.scope == "block" else range(0)
         if cfg.importance == "random":
             return self._random_scores(adapter, layers)
         store = None
         if cfg.importance in GRADIENT_KINDS:
-            if tokens.numel() == 0:
-                raise UserError(
-                    "method taylor needs calibration tokens; run `prunectl calibrate` first"
-                )
-            if is_streamed(model):
-                raise UserError(
-                    f"taylor importance {cfg.importance!r} needs gradients through the whole "
-                    "model, which layer-wise streaming cannot give (each piece's weights leave the "
-                    "device before its gradient exists); set execution.mode: model and, for a "
-                    "model larger than one device, model.device_map: auto")
+            tokens = inputs.require_tokens("method taylor")
+            require_whole_model(model, f"taylor importance {cfg.importance!r}")
             weights = groups.scored_parameters(adapter, cfg.scope, layers)
             store = GradientStore(model, weights, fisher=cfg.importance == "element2")
-            device = execution_device(model)
             loss = accumulate_gradients(
-                model, tokens.to(device), store, cfg.grad_batch_size,
-                cfg.gradient_checkpointing, run.ui,
+                model, tokens.to(inputs.device), store, cfg.grad_batch_size,
+                cfg.gradient_checkpointing, inputs.ui,
             )
-            run.ui.info(f"taylor: calibration loss {loss:.4f} over {tokens.shape[0]} samples")
+            inputs.ui.info(f"taylor: calibration loss {loss:.4f} over {tokens.shape[0]} samples")
         score = groups.scorer(cfg.importance, store, adapter.family.norm_offset)
         with torch.no_grad():
             if cfg.scope == "channel":
@@ -127,17 +119,11 @@ class TaylorMethod(ReconstructHooks, Method):
             scores[f"layers.{i}.channels"] = random_importance(costs.intermediate, generator)
         return scores
 
-    def search(
-        self,
-        run: RunContext,
-        model: nn.Module,
-        tokens: torch.Tensor,
-        scores: dict[str, torch.Tensor],
-    ) -> Plan:
+    def search(self, inputs: Inputs, scores: dict[str, torch.Tensor]) -> Plan:
         cfg = self.config
-        adapter = Adapter(model)
+        adapter = inputs.adapter
         layers = self.layers(adapter) if cfg.scope == "block" else None
-        goal = resolve_params_target(run.recipe.target, model, self.name, layers)
+        goal = resolve_params_target(inputs.target, inputs.model, self.name, layers)
         total, target = goal.total, goal.remove
         achieved = {"params_total": total, "target_ratio": goal.ratio, **goal.achieved()}
         if cfg.scope == "channel":

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from prunectl import distributed
+from prunectl.errors import UserError
 from prunectl.ui import SILENT, UI
 
 
@@ -49,6 +50,19 @@ class GradientStore:
 
         fisher = None if self.fisher is None else match(self.fisher[id(base)])
         return match(self.grad[id(base)]), fisher
+
+
+def require_whole_model(model: nn.Module, who: str) -> None:
+    """Refuse a layer-wise streamed model: each piece's weights leave the device before its
+    gradient exists."""
+    from prunectl.modeling.placement import is_streamed
+
+    if is_streamed(model):
+        raise UserError(
+            f"{who} needs gradients through the whole model, which layer-wise streaming cannot "
+            "give (each piece's weights leave the device before its gradient exists); set "
+            "execution.mode: model and, for a model larger than one device, model.device_map: "
+            "auto")
 
 
 def accumulate_gradients(

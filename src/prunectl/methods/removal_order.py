@@ -1,19 +1,68 @@
-"""From a nested removal order to a plan: targets, parameter counts, curve, prefixes.
+"""A nested removal order of whole blocks: candidates, their sizes, when to stop, plans, prefixes.
 
-Shared by ``block`` (greedy search) and ``shortgpt`` (one-shot order): both produce an ordered
-list of removed blocks, and any prefix of it is a valid plan, so ``apply --blocks K`` never
-searches again.
+Shared by ``block`` (greedy search), ``shortgpt`` (one-shot order) and the apply step's
+``--blocks``: a method produces an ordered list of removed blocks, and any prefix of it is a
+valid plan, so ``apply --blocks K`` never searches again.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from prunectl.errors import UserError
-from prunectl.methods.block.candidates import candidate_parameters
-from prunectl.methods.block.search import ParameterCounts, Target
 from prunectl.methods.plan import Plan, parse_block_name, plan_from_removals
 from prunectl.methods.target import resolve_params_target
+
+
+def candidate_names(num_layers: int, block_type: str) -> list[str]:
+    """Candidates in their canonical order, which also breaks ties between equal perplexities.
+
+    ``mix`` lists every attention block before every MLP block, as the reference's
+    ``block_search.py`` does, so an exact tie resolves to the same block there and here.
+    """
+    attn = [f"layers.{i}.attn" for i in range(num_layers)]
+    mlp = [f"layers.{i}.mlp" for i in range(num_layers)]
+    table = {
+        "mha": attn,
+        "mlp": mlp,
+        "mix": attn + mlp,
+        "layer": [f"layers.{i}" for i in range(num_layers)],
+    }
+    return table[block_type]
+
+
+def candidate_parameters(structure, name: str) -> int:
+    """Parameters a candidate holds (its norm included), from the shared cost model."""
+    from prunectl.modeling.cost import block_parameters
+
+    index, kind = parse_block_name(name, len(structure.layers))
+    counts = block_parameters(structure, index)
+    if kind == "layer":
+        return counts["attn"] + counts["mlp"]
+    return counts[kind]
+
+
+@dataclass
+class StopRule:
+    """When to stop: after ``blocks`` removals, or once ``params_ratio`` of all params is gone."""
+
+    blocks: int | None = None
+    params_ratio: float | None = None
+
+    def reached(self, decisions: list[dict]) -> bool:
+        if self.blocks is not None:
+            return len(decisions) >= self.blocks
+        if self.params_ratio is not None:
+            return bool(decisions) and decisions[-1]["params_ratio"] >= self.params_ratio
+        return False
+
+
+@dataclass
+class ParameterCounts:
+    total: int
+    non_embedding: int
+    per_candidate: dict[str, int]
 
 
 def parameter_counts(model, adapter, names: list[str]) -> ParameterCounts:
@@ -29,9 +78,9 @@ def parameter_counts(model, adapter, names: list[str]) -> ParameterCounts:
     )
 
 
-def resolve_target(
+def stop_rule(
     target_config: Any, model, names: list[str], params: ParameterCounts, unit: str
-) -> Target:
+) -> StopRule:
     """The recipe's ``target`` as a stop rule, refusing targets the candidates cannot reach.
 
     A parameter target (any ``ratio_of`` but ``units``, or ``params``) becomes the share of all
@@ -50,7 +99,7 @@ def resolve_target(
                 f"target.blocks={blocks} exceeds the {len(names)} candidate {unit}s; "
                 f"lower it to at most {len(names)}"
             )
-        return Target(blocks=blocks)
+        return StopRule(blocks=blocks)
     if getattr(target_config, "ratio_of", "total") == "units":
         raise UserError(
             f"target.ratio_of: units is a share of heads and channels, which whole {unit}s "
@@ -63,10 +112,10 @@ def resolve_target(
             f"{goal.label} is out of reach: removing every candidate {unit} "
             f"removes {reachable:.4f} of the parameters; lower it"
         )
-    return Target(params_ratio=goal.remove / params.total)
+    return StopRule(params_ratio=goal.remove / params.total)
 
 
-def prefix_length(decisions: list[dict], target: Target) -> int:
+def prefix_length(decisions: list[dict], target: StopRule) -> int:
     """How many leading decisions the target asks for (all of them when it was not reached)."""
     for k in range(1, len(decisions) + 1):
         if target.reached(decisions[:k]):
@@ -85,7 +134,7 @@ def _curve_point(k: int, record: dict) -> dict[str, Any]:
 def plan_from_decisions(
     method: str,
     decisions: list[dict],
-    target: Target,
+    target: StopRule,
     num_layers: int,
     params: ParameterCounts,
     dense: dict[str, Any],
