@@ -62,6 +62,8 @@ def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, 
         if not removed:
             return None
         n = weight.shape[1] - 1
+        if len(removed) == n:  # the whole block goes: no bias survives it, so none is fitted
+            return Solution(removed, weight.new_zeros(weight.shape))
         gone = set(removed)
         kept = torch.tensor([c for c in range(n) if c not in gone], dtype=torch.long)
         solved = solve_kept(weight, moments.h, moments.g, kept, damp, f"layers.{i}.{name}")

@@ -45,7 +45,9 @@ class Solution:
 Solver = Callable[[int, str, torch.Tensor, SecondMoments], "Solution | None"]
 
 
-def _replace(solution: Solution):
+def replace_output(solution: Solution):
+    """A forward hook making a projection compute ``solution`` (``W' x + b'``, removed columns
+    zero): exactly what the sliced model computes, so a plan can be tried without surgery."""
     w, b = solution.weight[:, :-1], solution.weight[:, -1]
 
     def hook(_module, args, output):
@@ -116,7 +118,7 @@ def sequential_pass(
                     if solution is not None:  # kept in the model's dtype, beside its weights
                         solution.weight = solution.weight.to(layers.store, linear.weight.dtype)
                         solutions[f"layers.{i}.{name}"] = solution
-                        handles.append(linear.register_forward_hook(_replace(solution)))
+                        handles.append(linear.register_forward_hook(replace_output(solution)))
                 layers.map(lambda _b, xs, block=block: [block(xs[0])])
     finally:
         for handle in handles:

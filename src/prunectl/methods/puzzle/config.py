@@ -1,0 +1,36 @@
+"""``method: puzzle``'s recipe section (shared by the library, the solver and the method)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from prunectl.methods.base import MethodConfig
+from prunectl.methods.reconstruct.options import Reconstruct, ReconstructOptions
+
+
+class PuzzleConfig(MethodConfig, ReconstructOptions):
+    name: Literal["puzzle"] = "puzzle"
+    #: how the units inside a variant are chosen: FLAP's fluctuation (WIFV), SlimGPT's greedy
+    #: OBS error, or weight magnitude
+    importance: Literal["flap", "slimgpt", "magnitude"] = "flap"
+    #: a variant's score: KL of the final next-token distribution from the dense one (``kl``),
+    #: or the block's own output error on its dense inputs (``local``: no suffix, coarser)
+    score: Literal["kl", "local"] = "kl"
+    #: kept MLP widths between "remove" and "keep", as fractions of the dense width
+    mlp_widths: list[float] = Field(default_factory=lambda: [k / 8 for k in range(1, 8)])
+    #: solutions of the solver re-scored with true calibration perplexity (0: trust the sum)
+    verify: int = Field(3, ge=0)
+    #: verified candidates differ from each other in at least this many layer choices
+    diversity: int = Field(2, ge=1)
+    reconstruct: Reconstruct = "least_squares"
+    reconstruct_damp: float = Field(1.0, ge=0, le=10)
+
+    @field_validator("mlp_widths")
+    @classmethod
+    def _fractions(cls, widths: list[float]) -> list[float]:
+        if any(not 0 < w < 1 for w in widths):
+            raise ValueError(f"got {widths}, expected fractions strictly between 0 and 1 "
+                             "(remove and keep are always variants)")
+        return sorted(set(widths))
