@@ -18,6 +18,3 @@ A score is the damage of that one variant in the otherwise dense model (lower is
 ``search`` step turns scores and the cost model's costs into a plan by an exact MILP.
 """
 
-from prunectl.methods.puzzle.method import PuzzleMethod
-
-__all__ = ["PuzzleMethod"]
