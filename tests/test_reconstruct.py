@@ -16,6 +16,7 @@ from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.methods.reconstruct.least_squares import augmented, solve_kept
 from prunectl.methods.reconstruct.moments import SecondMoments
 from prunectl.methods.registry import create_method, parse_method_config
+from prunectl.modeling.adapters import Adapter
 
 
 def _data(n=400, d=12, out=5, seed=0):
@@ -135,3 +136,34 @@ def test_sequential_least_squares_is_the_optimum_and_beats_bias(family):
                 assert ls_err < bias_err
             checked += 1
     assert checked == 4
+
+
+def test_a_removed_block_passes_nothing_on_to_the_layers_after_it():
+    """The pass emulates a removed attention block as zero output (the sliced model has no block
+    and no bias there), so the next layer's refit equals ``lstsq`` on the pruned model's inputs."""
+    dense = tiny_model("llama", seed=3)
+    tokens = torch.randint(4, 260, (12, 32), generator=torch.Generator().manual_seed(0))
+    plan = Plan(method="flap", layers={0: LayerPlan(attention=False),
+                                       1: LayerPlan(mlp_channels=list(range(60)))})
+    method = create_method(parse_method_config({"name": "flap", "reconstruct": "least_squares",
+                                                "reconstruct_damp": 0.0}))
+    pruned = method.apply(Inputs(copy.deepcopy(dense), tokens, batch_size=4), plan, {}).eval()
+    assert Adapter(pruned).attention(0) is None
+    down = Adapter(pruned).down_proj(1)
+    seen = []
+    handle = down.register_forward_hook(lambda _m, args, _out: seen.append(
+        args[0].reshape(-1, args[0].shape[-1]).double()))
+    target = []
+    dense_handle = dense.model.layers[1].mlp.down_proj.register_forward_hook(
+        lambda _m, _args, out: target.append(out.reshape(-1, out.shape[-1]).double()))
+    with torch.no_grad():
+        for chunk in tokens.split(4):
+            pruned(chunk)
+            dense(chunk)
+    handle.remove()
+    dense_handle.remove()
+    x = torch.cat(seen)
+    design = torch.cat([x, torch.ones(x.shape[0], 1, dtype=torch.float64)], 1)
+    fit = torch.linalg.lstsq(design, torch.cat(target)).solution.T
+    got = torch.cat([down.weight.double(), down.bias.double()[:, None]], 1)
+    torch.testing.assert_close(got, fit, rtol=2e-3, atol=2e-3)
