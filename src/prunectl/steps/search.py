@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 
 from prunectl.context import RunContext
@@ -13,7 +11,14 @@ from prunectl.io import write_json, write_text
 from prunectl.methods.inputs import Inputs, Journal
 from prunectl.methods.registry import create_method
 from prunectl.steps import artifacts
-from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections, upstream
+from prunectl.steps.base import (
+    StepOutcome,
+    StepResult,
+    execute,
+    recipe_sections,
+    sections_digest,
+    upstream,
+)
 from prunectl.steps.inputs import method_inputs
 
 
@@ -79,7 +84,7 @@ def _progress_key(run: RunContext) -> str:
     """What the recorded decisions were made with: the search key less ``target``."""
     sections, _ = key(run)
     sections.pop("target")
-    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
+    return sections_digest(sections)
 
 
 def _retire_foreign_progress(run: RunContext, progress_key: str) -> None:
