@@ -47,9 +47,9 @@ def library(model, seed: int, widths=WIDTHS) -> dict[str, torch.Tensor]:
             "mlp.score": mlp}
 
 
-def brute_force(model, lib, caps: dict[str, int], exclude=(), diversity=1):
-    """Every combination, costed by the plan it gives (``with_plan``, not the solver's tables);
-    the lowest summed score within ``caps``."""
+def brute_force(model, lib, caps: dict[str, int], exclude=(), diversity=1, biases=False):
+    """Every combination, costed by the plan it gives (``with_plan``, not the solver's tables;
+    ``biases``: narrowed projections get one); the lowest summed score within ``caps``."""
     s = from_model(model)
     layers, groups = lib["attn.score"].shape
     group = [layer.heads // layer.kv_heads for layer in s.layers]
@@ -64,7 +64,12 @@ def brute_force(model, lib, caps: dict[str, int], exclude=(), diversity=1):
             continue
         if best is not None and score >= best.score:
             continue
-        pruned = with_plan(s, choice_plan(choice, lib, group))
+        plan = choice_plan(choice, lib, group)
+        added = [f"layers.{i}.{name}" for i, lp in plan.layers.items()
+                 for name, narrowed in (("o_proj", lp.attention and lp.kv_heads is not None),
+                                        ("down_proj", lp.mlp and lp.mlp_channels is not None))
+                 if narrowed] if biases else []
+        pruned = with_plan(s, plan, added)
         totals = {"params": cost.parameters(pruned)["total"],
                   "kv_cache": cost.kv_cache_bytes_per_token(pruned, 4),
                   "flops": cost.flops_per_token(pruned)}
@@ -77,15 +82,15 @@ def scores_of(lib):
     return lib["attn.score"].numpy(), lib["mlp.score"].numpy()
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_solver_equals_brute_force(seed):
+@pytest.mark.parametrize(("seed", "biases"), [(0, False), (1, False), (2, True), (3, True)])
+def test_solver_equals_brute_force(seed, biases):
     model = tiny_model("llama", num_hidden_layers=3)
     lib = library(model, seed)
-    costs = variant_costs(from_model(model), lib["mlp.channels"].numpy(), 4)
+    costs = variant_costs(from_model(model), lib["mlp.channels"].numpy(), 4, biases)
     rng = np.random.default_rng(seed)
     for kinds in (["params"], ["kv_cache"], ["flops"], ["params", "kv_cache", "flops"]):
         caps = {k: int(costs.dense[k] * (1 - rng.uniform(0.1, 0.6))) for k in kinds}
-        expected = brute_force(model, lib, caps)
+        expected = brute_force(model, lib, caps, biases=biases)
         got = solve(*scores_of(lib), costs, caps)
         assert got.score == pytest.approx(expected.score, abs=1e-12), (kinds, caps)
         assert all(costs.total(k, list(got.attn), list(got.mlp)) <= cap for k, cap in caps.items())
@@ -120,16 +125,17 @@ def calibration(seed=0, n=6, seqlen=32):
     return torch.randint(4, 260, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("target", [Target(params_ratio=0.3),
-                                    Target(params_ratio=0.2, ratio_of="non_embedding",
-                                           kv_cache_ratio=0.4),
-                                    Target(flops_ratio=0.35)])
-def test_applied_plan_has_the_costs_the_solver_counted(target):
+@pytest.mark.parametrize(("target", "reconstruct"), [
+    (Target(params_ratio=0.3), "none"),
+    (Target(params_ratio=0.3), "least_squares"),
+    (Target(params_ratio=0.2, ratio_of="non_embedding", kv_cache_ratio=0.4), "least_squares"),
+    (Target(flops_ratio=0.35), "none")])
+def test_applied_plan_has_the_costs_the_solver_counted(target, reconstruct):
     model = tiny_model("llama")
     lib = library(model, 3)
-    method = PuzzleMethod(PuzzleConfig(verify=0, reconstruct="none"))
+    method = PuzzleMethod(PuzzleConfig(verify=0, reconstruct=reconstruct))
     plan = method.search(Inputs(model, target=target), lib)
-    pruned = method.apply(Inputs(copy.deepcopy(model)), plan, {})
+    pruned = method.apply(Inputs(copy.deepcopy(model), calibration(), 3), plan, {})
     got, dense = from_model(pruned), from_model(model)
     a = plan.achieved
     assert count_parameters(pruned)["total"] == a["params_kept"]

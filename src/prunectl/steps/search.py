@@ -68,7 +68,8 @@ def _sweep(run: RunContext, method, inputs: Inputs, scores, sweep: list[float]) 
         for label, plan in plans.items():
             series.setdefault(label, []).append(
                 {"budget": budget, "params": plan.achieved.get("params_kept"),
-                 "perplexity": plan.achieved.get("calibration_ppl")})
+                 "perplexity": plan.achieved.get("calibration_ppl"),
+                 "library_score": plan.achieved.get("library_score")})
         outputs.append(artifacts.path(run, artifacts.sweep_plan(budget)))
         if run.dist.is_main:
             write_json(outputs[-1], plans[method.name].model_dump(mode="json"))

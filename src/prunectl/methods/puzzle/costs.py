@@ -57,10 +57,13 @@ def _dense(s: Structure, bytes_per_value: int) -> dict[str, int]:
             "flops": cost.flops_per_token(s)}
 
 
-def variant_costs(s: Structure, channels: np.ndarray, bytes_per_value: int = 2) -> Costs:
+def variant_costs(s: Structure, channels: np.ndarray, bytes_per_value: int = 2,
+                  biases: bool = False) -> Costs:
     """Costs of every variant of a dense structure ``s``; ``channels`` [L, W] are the MLP width
     options (the library's ``mlp.channels``).  Attention option ``g`` keeps ``g`` KV groups with
-    all their query heads."""
+    all their query heads.  ``biases``: a narrowed ``o_proj``/``down_proj`` gets a bias (what
+    ``reconstruct: bias`` and ``least_squares`` write), as ``with_plan``'s ``added_biases``
+    counts it."""
     attn = {k: np.zeros((len(s.layers), s.layers[0].kv_heads + 1), dtype=np.int64) for k in KINDS}
     mlp = {k: np.zeros(channels.shape, dtype=np.int64) for k in KINDS}
     for i, dense in enumerate(s.layers):
@@ -68,11 +71,13 @@ def variant_costs(s: Structure, channels: np.ndarray, bytes_per_value: int = 2) 
         no_mlp = replace(dense, mlp=False, intermediate=0)
         no_attn = replace(dense, attention=False, heads=0, kv_heads=0)
         for g in range(dense.kv_heads + 1):
-            layer = replace(no_mlp, attention=g > 0, heads=g * group, kv_heads=g)
+            layer = replace(no_mlp, attention=g > 0, heads=g * group, kv_heads=g,
+                            o_bias=dense.o_bias or (biases and 0 < g < dense.kv_heads))
             for k in KINDS:
                 attn[k][i, g] = _block(s, layer, i, k, bytes_per_value)
         for w, c in enumerate(channels[i].tolist()):
-            layer = replace(no_attn, mlp=c > 0, intermediate=int(c))
+            layer = replace(no_attn, mlp=c > 0, intermediate=int(c),
+                            down_bias=dense.down_bias or (biases and 0 < c < dense.intermediate))
             for k in KINDS:
                 mlp[k][i, w] = _block(s, layer, i, k, bytes_per_value)
     return Costs(attn, mlp, _dense(s, bytes_per_value))

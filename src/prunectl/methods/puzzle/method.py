@@ -84,7 +84,8 @@ class PuzzleMethod(ReconstructHooks, Method):
         channels = scores["mlp.channels"].numpy()
         structure = from_model(model)
         costs = variant_costs.variant_costs(structure, channels,
-                                            next(model.parameters()).element_size())
+                                            next(model.parameters()).element_size(),
+                                            biases=cfg.reconstruct != "none")
         group = [layer.heads // layer.kv_heads for layer in structure.layers]
         caps, target_notes = budget_caps(inputs, costs)
         found = candidates(attn_score, mlp_score, costs, caps, max(cfg.verify, 1),
