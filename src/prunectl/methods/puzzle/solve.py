@@ -11,6 +11,9 @@ differs from earlier ones in at least ``d`` block choices is one more row per ea
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,10 +63,13 @@ def solve(attn_score: np.ndarray, mlp_score: np.ndarray, costs: Costs, caps: dic
         one[layers + l, layers * n_attn + l * n_mlp:layers * n_attn + (l + 1) * n_mlp] = 1
     rows, lower, upper = [one], [np.ones(2 * layers)], [np.ones(2 * layers)]
     for kind, cap in caps.items():
-        rows.append(np.concatenate([costs.attn[kind].ravel(), costs.mlp[kind].ravel()])[None]
-                    .astype(np.float64))
+        row = np.concatenate([costs.attn[kind].ravel(), costs.mlp[kind].ravel()])
+        # every total is a multiple of the row's gcd: dividing by it (the cap rounded down)
+        # keeps the row exact and gives HiGHS small integers (KV bytes: 0 .. G per layer)
+        unit = max(int(np.gcd.reduce(row)), 1)
+        rows.append((row // unit)[None].astype(np.float64))
         lower.append(np.array([-np.inf]))
-        upper.append(np.array([float(cap - costs.fixed(kind))]))
+        upper.append(np.array([float((cap - costs.fixed(kind)) // unit)]))
     high = np.ones(n) if allowed is None else np.concatenate(
         [allowed[0].ravel(), allowed[1].ravel()]).astype(np.float64)
     cuts = [(c, diversity) for c in exclude]
@@ -71,8 +77,9 @@ def solve(attn_score: np.ndarray, mlp_score: np.ndarray, costs: Costs, caps: dic
         a = np.vstack(rows + [_cut(c, d, layers, n_attn, n_mlp, n) for c, d in cuts])
         lo = np.concatenate(lower + [np.array([-np.inf])] * len(cuts))
         hi = np.concatenate(upper + [np.array([2 * layers - d], dtype=float) for _, d in cuts])
-        result = milp(objective, integrality=np.ones(n), bounds=Bounds(0, high),
-                      constraints=LinearConstraint(a, lo, hi), options={"mip_rel_gap": 0})
+        with _no_c_stdout():
+            result = milp(objective, integrality=np.ones(n), bounds=Bounds(0, high),
+                          constraints=LinearConstraint(a, lo, hi), options={"mip_rel_gap": 0})
         if result.x is None:
             raise Infeasible(_infeasible(caps, costs, bool(exclude), diversity))
         x = np.round(result.x).astype(int)
@@ -85,6 +92,26 @@ def solve(attn_score: np.ndarray, mlp_score: np.ndarray, costs: Costs, caps: dic
         if all(costs.total(k, list(attn), list(mlp)) <= cap for k, cap in caps.items()):
             return choice
         cuts.append((choice, 1))  # passed only within HiGHS's tolerance: cut it off
+
+
+@contextlib.contextmanager
+def _no_c_stdout():
+    """HiGHS 1.12 (scipy 1.17) prints a stray debug line to the C stdout whatever its options
+    (ERGO-Code/HiGHS#2783), which would corrupt ``--json`` output: send fd 1 to /dev/null
+    while it solves."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1 to protect
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _cut(choice: Choice, d: int, layers: int, n_attn: int, n_mlp: int, n: int) -> np.ndarray:
