@@ -90,19 +90,15 @@ class PuzzleMethod(ReconstructHooks, Method):
         caps, target_notes = budget_caps(inputs, costs)
         found = candidates(attn_score, mlp_score, costs, caps, max(cfg.verify, 1),
                            cfg.diversity, allowed)
-        if cfg.verify == 0:
-            best, curve = found[0], []
-        else:
-            ppl = self._verify(inputs, scores, found[:cfg.verify], group)
-            curve = [{"library_score": c.score, "calibration_ppl": ppl[c.key],
-                      "choices": c.key} for c in found[:cfg.verify]]
-            best = min(found[:cfg.verify], key=lambda c: (ppl[c.key], c.score))
+        ppl = self._verify(inputs, scores, found, group) if cfg.verify else {}
+        best = min(found, key=lambda c: (ppl[c.key], c.score)) if ppl else found[0]
+        curve = [{"library_score": c.score, "calibration_ppl": ppl[c.key], "choices": c.key}
+                 for c in found] if ppl else []
         plan = choice_plan(best, scores, group, curve=curve)
         plan.achieved.update(achieved(costs, best, caps) | target_notes)
         plan.achieved["library_score"] = best.score
-        if curve:
-            plan.achieved["calibration_ppl"] = next(p["calibration_ppl"] for p in curve
-                                                    if p["choices"] == best.key)
+        if ppl:
+            plan.achieved["calibration_ppl"] = ppl[best.key]
         return plan
 
     def _verify(self, inputs: Inputs, scores, found: list[Choice],
