@@ -210,3 +210,14 @@ def test_killed_verification_resumes_to_the_identical_plan(tmp_path, monkeypatch
     resumed = method.search(Inputs(model, tokens, 4, target, journal=journal), lib)
     assert len(calls) == 2  # the recorded candidate is not measured again
     assert resumed == whole
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
+def test_mixture_of_experts_is_refused_naming_reap(family):
+    from conftest import tiny_moe
+
+    config = tiny_moe(family).config
+    with pytest.raises(UserError, match="use method: reap") as error:
+        PuzzleMethod(PuzzleConfig()).check(config)
+    assert "\n" not in str(error.value)
+    PuzzleMethod(PuzzleConfig()).check(tiny_model("qwen2").config)  # a dense model passes
