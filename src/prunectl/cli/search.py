@@ -24,9 +24,9 @@ def search(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
 
     Example: prunectl search -p runs/exp1 --method block --blocks 12
     """
+    from prunectl.methods.registry import create_method
     from prunectl.steps.calibrate import calibrate as calibrate_step
     from prunectl.steps.score import score as score_step
-    from prunectl.methods.registry import create_method
     from prunectl.steps.search import check_sweep, parse_sweep
     from prunectl.steps.search import search as step
 
