@@ -296,3 +296,22 @@ def test_an_interrupted_build_resumes_to_the_uninterrupted_library(model, tokens
                           config)
     assert len(calls) == 15
     assert all(torch.equal(fresh[k], straight[k]) for k in straight)
+
+
+def test_refuses_a_non_uniform_model_and_missing_tokens(model, tokens):
+    from prunectl.errors import UserError
+
+    narrower = apply_plan(copy.deepcopy(model),
+                          Plan(method="t", layers={1: LayerPlan(mlp_channels=list(range(48)))}))
+    with pytest.raises(UserError, match="same attention and MLP widths"):
+        build_library(Inputs(narrower, tokens), PuzzleConfig())
+    with pytest.raises(UserError, match="calibrate"):
+        build_library(Inputs(model), PuzzleConfig())
+
+
+def test_least_squares_on_few_tokens_warns(model, tokens, capsys):
+    from prunectl.ui import UI
+
+    config = PuzzleConfig(mlp_widths=[0.5], score="local")
+    build_library(Inputs(model, tokens, batch_size=4, ui=UI(quiet=False)), config)
+    assert "will overfit" in " ".join(capsys.readouterr().err.split())
