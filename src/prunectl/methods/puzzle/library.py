@@ -38,7 +38,7 @@ from prunectl.methods.puzzle.importance import unit_columns, unit_order
 from prunectl.methods.puzzle.variants import attention_kept, mlp_kept
 from prunectl.methods.reconstruct.least_squares import augmented, solve_kept
 from prunectl.methods.reconstruct.moments import SecondMoments
-from prunectl.methods.reconstruct.options import full_weight
+from prunectl.methods.reconstruct.options import TOKENS_PER_INPUT, full_weight
 from prunectl.methods.reconstruct.sequential import Solution, replace_output
 
 BLOCKS = ("attn", "mlp")
@@ -178,6 +178,11 @@ def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tenso
     tokens = inputs.require_tokens("method puzzle's library", min_length=2)
     adapter = inputs.adapter
     groups, channels = _check(adapter)
+    if config.reconstruct == "least_squares" and tokens.numel() < TOKENS_PER_INPUT * channels:
+        inputs.ui.warn(f"method puzzle: least_squares fits up to {channels + 1} weights per "
+                       f"output row on {tokens.numel()} calibration tokens and will overfit; "
+                       f"calibrate on at least {TOKENS_PER_INPUT * channels} tokens or raise "
+                       "method.reconstruct_damp")
     kept_counts = {"attn": attention_kept(groups), "mlp": mlp_kept(channels, config.mlp_widths)}
     layers = adapter.num_layers
     orders = {block: torch.zeros(layers, units, dtype=torch.long)
@@ -192,11 +197,9 @@ def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tenso
             entry = done.get((i, block), {"scores": {}})
             counts, units = kept_counts[block], orders[block].shape[1]
             todo = [k for k in counts if k != units and k not in entry["scores"]]
-            if "order" in entry and not todo:
-                orders[block][i] = torch.tensor(entry["order"])
-            else:
+            if "order" not in entry or todo:
                 entry = _block(inputs, config, dense.ready(), i, block, entry, todo)
-                orders[block][i] = torch.tensor(entry["order"])
+            orders[block][i] = torch.tensor(entry["order"])
             for column, k in enumerate(counts):
                 scores[block][i, column] = 0.0 if k == units else entry["scores"][k]
     finally:
