@@ -93,6 +93,10 @@ class TargetConfig(Section):
     params: int | None = Field(None, gt=0)
     #: share of the routed experts removed from every MoE layer (``method: reap``)
     experts_ratio: float | None = Field(None, gt=0, lt=1)
+    #: share of the KV cache per token removed (``method: puzzle``; with params_ratio or alone)
+    kv_cache_ratio: float | None = Field(None, gt=0, lt=1)
+    #: share of the forward FLOPs per token removed (``method: puzzle``; likewise)
+    flops_ratio: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _one_target(self) -> TargetConfig:
@@ -110,6 +114,12 @@ class TargetConfig(Section):
             raise ValueError(
                 f"got experts_ratio={self.experts_ratio} and another target, expected one of them"
             )
+        budgets = {k: v for k in ("kv_cache_ratio", "flops_ratio")
+                   if (v := getattr(self, k)) is not None}
+        if budgets and (self.blocks is not None or self.experts_ratio is not None):
+            got = " and ".join(f"{k}={v}" for k, v in budgets.items())
+            raise ValueError(f"got {got} with blocks or experts_ratio, expected them alone or "
+                             "with params_ratio / params")
         return self
 
 

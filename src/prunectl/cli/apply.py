@@ -16,6 +16,8 @@ def apply(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
           device: DeviceOpt = None, dtype: DtypeOpt = None,
           blocks: Annotated[int | None, typer.Option(
               "--blocks", help="Apply only the first K removals of the searched order.")] = None,
+          budget: Annotated[float | None, typer.Option(
+              "--budget", help="Apply search/plans/<budget>.json of `search --sweep`.")] = None,
           force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False):
     """Remove the planned blocks, heads or channels physically and save the pruned model.
 
@@ -25,4 +27,4 @@ def apply(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
 
     opts = Common(project, recipe, set, device, dtype, force, json, quiet)
     with session(opts) as run:
-        emit(opts, [step(run, blocks)])
+        emit(opts, [step(run, blocks, budget)])

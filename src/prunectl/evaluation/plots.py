@@ -91,3 +91,29 @@ def layer_structure(rows: list[dict], untouched: set[int], path: Path, title: st
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     top.set_title(title or "Structure of the pruned model")
     return _save(figure, path)
+
+
+def pareto(series: dict[str, list[dict]], path: Path, title: str = "") -> Path:
+    """Calibration perplexity (log scale) against parameters kept, one line per series (a
+    sweep's plans and its references); points are ``{"params": n, "perplexity": p,
+    "budget": b}``, each labelled with its budget."""
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    for (label, points), marker in zip(series.items(), "osD^v<>", strict=False):
+        points = sorted((p for p in points if p.get("perplexity") is not None),
+                        key=lambda p: p["params"])
+        if not points:
+            continue
+        xs, ys = [p["params"] for p in points], [p["perplexity"] for p in points]
+        axes.plot(xs, ys, marker=marker, label=label)
+        for p in points:
+            axes.annotate(f"{p['budget']:g}", (p["params"], p["perplexity"]), fontsize=7,
+                          textcoords="offset points", xytext=(3, 3))
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(ScalarFormatter())
+    axes.set_xlabel("parameters kept")
+    axes.set_ylabel("calibration perplexity")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(loc="upper right")
+    axes.set_title(title or "Calibration perplexity vs parameters")
+    return _save(figure, path)

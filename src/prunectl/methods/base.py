@@ -51,6 +51,9 @@ class Method:
     #: reconstruction runs its sequential pass there (the apply step then fingerprints the
     #: calibrate step too).
     apply_uses_tokens: ClassVar[bool] = False
+    #: True when ``search --sweep`` may call ``search`` once per parameter budget and plot the
+    #: plans beside ``references``
+    supports_sweep: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig):
         self.config = config
@@ -70,6 +73,11 @@ class Method:
     def search(self, inputs: Inputs, scores: dict[str, torch.Tensor]) -> Plan:
         """Decide what to remove (``search`` step); saved to ``search/plan.json``."""
         raise NotImplementedError
+
+    def references(self, inputs: Inputs, scores: dict[str, torch.Tensor]) -> dict[str, Plan]:
+        """Plans for the same target by restricted searches (label -> plan), plotted beside a
+        sweep's plans; their ``achieved`` holds ``params_kept`` and ``calibration_ppl``."""
+        return {}
 
     def apply(self, inputs: Inputs, plan: Plan, stats: dict[str, torch.Tensor]) -> nn.Module:
         """Remove what the plan says, physically (``apply`` step); ``inputs.tokens`` holds the

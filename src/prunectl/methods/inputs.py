@@ -22,13 +22,14 @@ from prunectl.ui import SILENT, UI
 
 #: what calibration a method needs, see :mod:`prunectl.pipelines`
 Calibration = Literal["none", "tokens", "layer_inputs", "gradients"]
-TargetKind = Literal["blocks", "params", "units", "experts", "none"]
+TargetKind = Literal["blocks", "params", "units", "experts", "budget", "none"]
 
 #: how each target kind is asked for, for the error that names what a method takes
 _HOW = {"blocks": "target.blocks (--blocks N)",
         "params": "target.params_ratio (--ratio 0.2) or target.params",
         "units": "target.ratio_of: units",
-        "experts": "target.experts_ratio"}
+        "experts": "target.experts_ratio",
+        "budget": "target.kv_cache_ratio / target.flops_ratio"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Target:
     ratio_of: str = "total"
     params: int | None = None
     experts_ratio: float | None = None
+    kv_cache_ratio: float | None = None  # share of the KV cache per token removed
+    flops_ratio: float | None = None  # share of the forward FLOPs per token removed
 
     @classmethod
     def of(cls, config: Any) -> Target:
@@ -49,9 +52,12 @@ class Target:
 
     @property
     def kind(self) -> TargetKind:
-        """``blocks``, ``params``, ``units``, ``experts`` or ``none``: what the target asks for."""
+        """``blocks``, ``params``, ``units``, ``experts``, ``budget`` (a KV-cache or FLOPs share,
+        with or without a parameter one) or ``none``: what the target asks for."""
         if self.blocks is not None:
             return "blocks"
+        if self.kv_cache_ratio is not None or self.flops_ratio is not None:
+            return "budget"
         if self.experts_ratio is not None:
             return "experts"
         if self.params_ratio is not None and self.ratio_of == "units":

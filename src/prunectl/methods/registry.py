@@ -23,6 +23,7 @@ METHODS: dict[str, str] = {
     "taylor": "prunectl.methods.taylor:TaylorMethod",
     "reap": "prunectl.methods.reap:ReapMethod",
     "slimgpt": "prunectl.methods.slimgpt:SlimGPTMethod",
+    "puzzle": "prunectl.methods.puzzle.method:PuzzleMethod",
 }
 
 ALIASES: dict[str, str] = {

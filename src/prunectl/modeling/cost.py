@@ -55,21 +55,29 @@ def parameters(s: Structure) -> dict[str, int]:
     return {"total": total, "non_embedding": total - embedding, "embedding": embedding}
 
 
+def layer_kv_cache_bytes(s: Structure, layer: LayerStructure, bytes_per_value: int = 2) -> int:
+    """Keys and values one token adds to one layer's cache (0 when its attention is removed)."""
+    return 2 * layer.kv_heads * s.head_dim * bytes_per_value
+
+
 def kv_cache_bytes_per_token(s: Structure, bytes_per_value: int = 2) -> int:
     """Keys and values one token adds to the cache, over every layer that keeps attention."""
-    return sum(2 * layer.kv_heads * s.head_dim for layer in s.layers) * bytes_per_value
+    return sum(layer_kv_cache_bytes(s, layer, bytes_per_value) for layer in s.layers)
+
+
+def layer_flops(s: Structure, layer: LayerStructure, context: int = 0) -> int:
+    """Forward FLOPs of one token through one decoder layer (see :func:`flops_per_token`)."""
+    q, kv = layer.heads * s.head_dim, layer.kv_heads * s.head_dim
+    # routed experts: the top-k the router picks, plus the router and a shared expert
+    active = (min(s.top_k, layer.experts) * layer.expert_intermediate
+              + layer.shared_intermediate if layer.expert_intermediate else layer.intermediate)
+    macs = (2 * q + 2 * kv) * s.hidden + 3 * active * s.hidden + layer.experts * s.hidden
+    macs += 2 * q * context  # q·k over the context, then the weighted sum of values
+    return 2 * macs
 
 
 def flops_per_token(s: Structure, context: int = 0) -> int:
     """Forward FLOPs of one token: two per multiply-add of every projection and the LM head,
     plus the attention scores and weighted values over ``context`` earlier tokens (biases and
     norms, a rounding error, left out)."""
-    macs = s.vocab * s.hidden
-    for layer in s.layers:
-        q, kv = layer.heads * s.head_dim, layer.kv_heads * s.head_dim
-        # routed experts: the top-k the router picks, plus the router and a shared expert
-        active = (min(s.top_k, layer.experts) * layer.expert_intermediate
-                  + layer.shared_intermediate if layer.expert_intermediate else layer.intermediate)
-        macs += (2 * q + 2 * kv) * s.hidden + 3 * active * s.hidden + layer.experts * s.hidden
-        macs += 2 * q * context  # q·k over the context, then the weighted sum of values
-    return 2 * macs
+    return 2 * s.vocab * s.hidden + sum(layer_flops(s, layer, context) for layer in s.layers)

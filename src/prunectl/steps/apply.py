@@ -17,21 +17,27 @@ from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_section
 from prunectl.steps.inputs import method_inputs
 
 
-def key(run: RunContext, blocks: int | None = None) -> tuple[dict, list]:
+def key(run: RunContext, blocks: int | None = None,
+        budget: float | None = None) -> tuple[dict, list]:
     """The plan file is hashed, not only the search fingerprint: a hand-edited plan re-applies."""
     sections = recipe_sections(run, "model", "method", "target")
-    sections["apply"] = {"blocks": blocks}
+    sections["apply"] = {"blocks": blocks} if budget is None else {"blocks": blocks,
+                                                                   "budget": budget}
     if create_method(run.recipe.method).apply_uses_tokens:  # a reconstruction reads them
         sections["calibration"] = recipe_sections(run, "calibration")["calibration"]
         sections["calibration_step"] = upstream(run, "calibrate")
-    return sections, [artifacts.require(run, artifacts.PLAN, "search")]
+    if budget is None:
+        return sections, [artifacts.require(run, artifacts.PLAN, "search")]
+    return sections, [artifacts.require(run, artifacts.sweep_plan(budget),
+                                        f"search --sweep {budget:g}")]
 
 
-def apply(run: RunContext, blocks: int | None = None) -> StepResult:
+def apply(run: RunContext, blocks: int | None = None, budget: float | None = None) -> StepResult:
+    """Apply the searched plan (with ``budget``: that budget's plan of ``search --sweep``)."""
     method = create_method(run.recipe.method)
 
     def body() -> StepOutcome:
-        plan = artifacts.plan(run)
+        plan = artifacts.plan(run, budget)
         model, tokenizer = artifacts.dense_model(run)
         if blocks is not None:
             plan = plan_for_k(plan, blocks)
@@ -71,4 +77,5 @@ def apply(run: RunContext, blocks: int | None = None) -> StepResult:
         run.models["pruned"] = (pruned, tokenizer)
         return StepOutcome([directory], summary)
 
-    return execute(run, "apply", key, {"blocks": blocks} if blocks is not None else {}, body)
+    options = {k: v for k, v in (("blocks", blocks), ("budget", budget)) if v is not None}
+    return execute(run, "apply", key, options, body)

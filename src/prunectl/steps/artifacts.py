@@ -101,8 +101,15 @@ def scores(run: RunContext) -> dict[str, torch.Tensor]:
     return load_tensors(require(run, SCORES, "score"))
 
 
-def plan(run: RunContext) -> Plan:
-    plan_file = require(run, PLAN, "search")
+def sweep_plan(budget: float) -> tuple[str, ...]:
+    """Where ``search --sweep`` writes the plan of one budget: ``search/plans/0.8.json``."""
+    return ("search", "plans", f"{budget:g}.json")
+
+
+def plan(run: RunContext, budget: float | None = None) -> Plan:
+    """The searched plan, or with ``budget`` that budget's plan of a sweep."""
+    plan_file = (require(run, PLAN, "search") if budget is None
+                 else require(run, sweep_plan(budget), f"search --sweep {budget:g}"))
     try:
         return Plan.model_validate(read_json(plan_file))
     except ValueError as error:

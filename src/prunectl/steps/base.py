@@ -8,6 +8,8 @@ decides whether to run it and records the outcome.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import traceback
 from collections.abc import Callable
@@ -113,6 +115,12 @@ def recipe_sections(run: RunContext, *names: str) -> dict[str, Any]:
             section = {k: v for k, v in section.items() if k not in RUNTIME_ONLY_KEYS.get(name, ())}
         chosen[name] = section
     return chosen
+
+
+def sections_digest(sections: dict[str, Any]) -> str:
+    """sha256 of recipe sections as plain data: the key of a step's progress journal, so a
+    rerun resumes only progress made for the same inputs."""
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
 
 
 def upstream(run: RunContext, step: str) -> str:

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from prunectl.context import RunContext
 from prunectl.io import save_tensors, write_json
+from prunectl.methods.inputs import Journal
 from prunectl.methods.registry import create_method
 from prunectl.steps import artifacts
-from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections, upstream
+from prunectl.steps.base import (
+    StepOutcome,
+    StepResult,
+    execute,
+    recipe_sections,
+    sections_digest,
+    upstream,
+)
 from prunectl.steps.inputs import method_inputs
 
 
@@ -30,7 +38,9 @@ def score(run: RunContext) -> StepResult:
     def body() -> StepOutcome:
         artifacts.check_memory(run, "score")
         model, _ = artifacts.dense_model(run)
-        scores = method.score(method_inputs(run, method, model, "scores"),
+        # a method that scores for long (puzzle's library) keeps its progress here
+        journal = Journal(run.project.path("scores", "progress"), sections_digest(key(run)[0]))
+        scores = method.score(method_inputs(run, method, model, "scores", journal=journal),
                               artifacts.statistics(run))
         summary_file = artifacts.path(run, ("scores", "summary.json"))
         if run.dist.is_main:

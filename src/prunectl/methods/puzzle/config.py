@@ -22,7 +22,8 @@ class PuzzleConfig(MethodConfig, ReconstructOptions):
     mlp_widths: list[float] = Field(default_factory=lambda: [k / 8 for k in range(1, 8)])
     #: solutions of the solver re-scored with true calibration perplexity (0: trust the sum)
     verify: int = Field(3, ge=0)
-    #: verified candidates differ from each other in at least this many layer choices
+    #: verified candidates differ from each other in at least this many block choices (the
+    #: option of one attention or MLP block)
     diversity: int = Field(2, ge=1)
     reconstruct: Reconstruct = "least_squares"
     reconstruct_damp: float = Field(1.0, ge=0, le=10)

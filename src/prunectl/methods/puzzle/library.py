@@ -1,0 +1,238 @@
+"""The puzzle library (``score`` step): every block variant of the dense model, scored alone.
+
+For each layer and each of its two residual blocks (attention: ``o_proj``; MLP: ``down_proj``):
+
+1. ``H = E[x~ x~^T]`` of the projection's dense input with a constant 1 appended (float64, one
+   block at a time), on the calibration windows;
+2. the units' importance order (:mod:`.importance`); the variant keeping ``g`` units keeps the
+   first ``g`` of it (:mod:`.variants` lists the counts);
+3. each variant's projection (``method.reconstruct``): ``least_squares`` re-solves the kept
+   columns and the bias on ``H`` (the inputs are dense, so the target is the block's own dense
+   output), ``bias`` folds the removed columns' calibration mean into the bias (FLAP), ``none``
+   zeroes them; a fully removed block outputs nothing (not even a bias);
+4. its score (``method.score``): ``kl`` — mean over the predicted calibration positions (all but
+   each window's last, as perplexity counts them) of ``KL(p_dense || p_variant)`` of the
+   next-token distribution, in nats (log-softmax in float32, sums in float64); ``local`` — mean
+   over calibration tokens of ``||block_variant(x) - block_dense(x)||^2`` on the block's dense
+   inputs.  A variant is emulated by a forward hook on its projection that computes what the
+   sliced model computes; ``kl`` starts from the block search's prefix cache, so only the units
+   from the variant's block on run.  Dense variants score 0 without running.
+
+Progress goes to ``inputs.journal`` (each block's order, each scored variant, all carrying the
+journal's key); a rerun skips what a journal with the same key holds, so an interrupted build
+finishes with exactly the tensors of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from prunectl.errors import UserError
+from prunectl.methods.block.cache import BoundaryCache, plan_cache
+from prunectl.methods.block.runner import UnitRunner
+from prunectl.methods.flap.compensation import compensation_bias
+from prunectl.methods.inputs import Inputs
+from prunectl.methods.puzzle.config import PuzzleConfig
+from prunectl.methods.puzzle.importance import unit_columns, unit_order
+from prunectl.methods.puzzle.variants import attention_kept, mlp_kept
+from prunectl.methods.reconstruct.least_squares import augmented, solve_kept
+from prunectl.methods.reconstruct.moments import SecondMoments
+from prunectl.methods.reconstruct.options import TOKENS_PER_INPUT, full_weight
+from prunectl.methods.reconstruct.sequential import Solution, replace_output
+
+BLOCKS = ("attn", "mlp")
+
+
+def variant_weight(reconstruct: str, weight: torch.Tensor, h: torch.Tensor, kept: torch.Tensor,
+                   damp: float, what: str = "puzzle") -> torch.Tensor:
+    """The variant's augmented ``[W', b']`` ([out, n + 1], float64, removed columns zero) for
+    the dense augmented ``weight`` keeping input channels ``kept``."""
+    n = weight.shape[1] - 1
+    if kept.numel() == 0:  # the block is removed: no bias survives it
+        return weight.new_zeros(weight.shape)
+    kept = kept.to(weight.device)
+    if reconstruct == "least_squares":
+        return full_weight(solve_kept(weight, h, h, kept, damp, what), kept, n)
+    out = weight.clone()
+    mask = torch.ones(n, dtype=torch.bool, device=weight.device)
+    mask[kept] = False
+    removed = mask.nonzero().squeeze(1)
+    if reconstruct == "bias":
+        out[:, n] += compensation_bias(weight[:, :-1], h[:-1, n], removed.tolist())
+    out[:, removed] = 0
+    return out
+
+
+def kl_sum(adapter, dense: torch.Tensor, hidden: torch.Tensor, chunk_tokens: int) -> float:
+    """Summed ``KL(p_dense || p)`` over positions ``0 .. seq-2`` of final hidden states
+    ``dense`` and ``hidden`` ([rows, seq, dim], before the final norm)."""
+    rows, length = hidden.shape[:2]
+    step = max(1, chunk_tokens // max(rows, 1))
+    total = 0.0
+    for start in range(0, length - 1, step):
+        stop = min(start + step, length - 1)
+        logp = F.log_softmax(adapter.logits(dense[:, start:stop]).float(), dim=-1)
+        logq = F.log_softmax(adapter.logits(hidden[:, start:stop]).float(), dim=-1)
+        total += float((logp.exp() * (logp - logq)).sum(dim=-1, dtype=torch.float64).sum())
+    return total
+
+
+class _Dense:
+    """The dense model's unit boundaries on the calibration windows (built on first use)."""
+
+    def __init__(self, inputs: Inputs, tokens: torch.Tensor):
+        self.runner = UnitRunner(inputs.model, tokens, inputs.batch_size)
+        self.cache: BoundaryCache | None = None
+        self.finals: list[torch.Tensor] = []
+
+    def ready(self) -> _Dense:
+        if self.cache is None:
+            runner = self.runner
+            plan = plan_cache("auto", None, runner, runner.adapter.model.dtype)
+            self.cache = BoundaryCache(runner, plan)
+            self.cache.rebuild(set(), 0)
+            self.finals = [self.cache.final(b, set()).to(plan.location)
+                           for b in range(len(runner.batches))]
+        return self
+
+    def boundary(self, b: int, unit: int) -> torch.Tensor:
+        """The input of ``unit`` (``num_units``: the final hidden states) for batch ``b``."""
+        if unit == self.runner.num_units:
+            return self.finals[b].to(self.runner.device)
+        return self.cache.hidden(b, unit, set())
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+
+def _moments(dense: _Dense, unit: int, linear: torch.nn.Linear) -> SecondMoments:
+    runner = dense.runner
+    moments = SecondMoments(linear.in_features, False, runner.device)
+    handle = linear.register_forward_pre_hook(lambda _m, args: moments.update(args[0]))
+    try:
+        for b in range(len(runner.batches)):
+            runner.run(dense.boundary(b, unit), unit, unit + 1, set())
+    finally:
+        handle.remove()
+    return moments
+
+
+def _score(how: str, dense: _Dense, unit: int, linear: torch.nn.Linear,
+           weight: torch.Tensor | None) -> float:
+    """The variant's score; ``weight`` None: the block removed (its unit is skipped)."""
+    runner = dense.runner
+    skip = {unit} if weight is None else set()
+    handle = None if weight is None else linear.register_forward_hook(
+        replace_output(Solution([], weight)))
+    total, count = 0.0, 0
+    try:
+        for b, batch in enumerate(runner.batches):
+            x = dense.boundary(b, unit)
+            if how == "kl":
+                hidden = runner.run(x, unit, runner.num_units, skip)
+                total += kl_sum(runner.adapter, dense.boundary(b, runner.num_units), hidden,
+                                runner.chunk_tokens)
+                count += batch.shape[0] * (batch.shape[1] - 1)
+            else:
+                out = runner.run(x, unit, unit + 1, skip)
+                diff = out.double() - dense.boundary(b, unit + 1).double()
+                total += float(diff.pow(2).sum())
+                count += batch.numel()
+    finally:
+        if handle is not None:
+            handle.remove()
+    return total / count
+
+
+def _check(adapter) -> tuple[int, int]:
+    """``G`` and ``C``, the same in every layer (the library's tensors are rectangular)."""
+    if adapter.family.moe:
+        raise UserError("method puzzle needs dense MLPs; this is a mixture-of-experts model")
+    shapes = {(adapter.num_kv_heads(i), adapter.intermediate_size(i))
+              for i in range(adapter.num_layers)}
+    if len(shapes) != 1 or 0 in next(iter(shapes)):
+        raise UserError("method puzzle needs a dense model whose layers all have the same "
+                        "attention and MLP widths; score the unpruned model")
+    return next(iter(shapes))
+
+
+def _recorded(inputs: Inputs) -> dict[tuple[int, str], dict]:
+    """What a journal with this key holds: per (layer, block) its ``order`` and ``scores``."""
+    done: dict[tuple[int, str], dict] = {}
+    for record in inputs.journal.records():
+        if record.get("key") != inputs.journal.key:
+            continue
+        entry = done.setdefault((record["layer"], record["block"]), {"scores": {}})
+        if "order" in record:
+            entry["order"] = record["order"]
+        else:
+            entry["scores"][record["kept"]] = record["score"]
+    return done
+
+
+@torch.inference_mode()
+def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tensor]:
+    """The library tensors of :mod:`prunectl.methods.puzzle` for the dense ``inputs.model``."""
+    tokens = inputs.require_tokens("method puzzle's library", min_length=2)
+    adapter = inputs.adapter
+    groups, channels = _check(adapter)
+    if config.reconstruct == "least_squares" and tokens.numel() < TOKENS_PER_INPUT * channels:
+        inputs.ui.warn(f"method puzzle: least_squares fits up to {channels + 1} weights per "
+                       f"output row on {tokens.numel()} calibration tokens and will overfit; "
+                       f"calibrate on at least {TOKENS_PER_INPUT * channels} tokens or raise "
+                       "method.reconstruct_damp")
+    kept_counts = {"attn": attention_kept(groups), "mlp": mlp_kept(channels, config.mlp_widths)}
+    layers = adapter.num_layers
+    orders = {block: torch.zeros(layers, units, dtype=torch.long)
+              for block, units in (("attn", groups), ("mlp", channels))}
+    scores = {block: torch.zeros(layers, len(kept_counts[block]), dtype=torch.float64)
+              for block in BLOCKS}
+    done = _recorded(inputs)
+    dense = _Dense(inputs, tokens)
+    tasks = [(i, block) for i in range(layers) for block in BLOCKS]
+    try:
+        for i, block in inputs.ui.progress(tasks, total=len(tasks), description="puzzle library"):
+            entry = done.get((i, block), {"scores": {}})
+            counts, units = kept_counts[block], orders[block].shape[1]
+            todo = [k for k in counts if k != units and k not in entry["scores"]]
+            if "order" not in entry or todo:
+                entry = _block(inputs, config, dense.ready(), i, block, entry, todo)
+            orders[block][i] = torch.tensor(entry["order"])
+            for column, k in enumerate(counts):
+                scores[block][i, column] = 0.0 if k == units else entry["scores"][k]
+    finally:
+        dense.close()
+    return {"attn.order": orders["attn"], "attn.score": scores["attn"],
+            "mlp.order": orders["mlp"], "mlp.score": scores["mlp"],
+            "mlp.channels": torch.tensor(kept_counts["mlp"], dtype=torch.long).repeat(layers, 1)}
+
+
+def _block(inputs: Inputs, config: PuzzleConfig, dense: _Dense, i: int, block: str,
+           entry: dict, todo: list[int]) -> dict:
+    """Order and score layer ``i``'s ``block`` (what ``entry`` lacks), journaling each result."""
+    adapter, journal = inputs.adapter, inputs.journal
+    unit = 2 * i + (block == "mlp")
+    linear = adapter.o_proj(i) if block == "attn" else adapter.down_proj(i)
+    h = _moments(dense, unit, linear).h
+    weight = augmented(linear.weight, linear.bias).to(h.device)
+    what = f"layers.{i}.{'o_proj' if block == 'attn' else 'down_proj'}"
+    if "order" not in entry:
+        order = unit_order(config.importance, adapter, i, block, weight, h,
+                           config.reconstruct_damp)
+        entry = {**entry, "order": order.tolist()}
+        journal.append({"key": journal.key, "layer": i, "block": block, "order": entry["order"]})
+    columns = unit_columns(adapter, i, block)
+    order = torch.tensor(entry["order"], dtype=torch.long)
+    for k in todo:
+        kept = columns[order[:k]].reshape(-1).sort().values
+        solved = None if k == 0 else variant_weight(
+            config.reconstruct, weight, h, kept, config.reconstruct_damp, what
+        ).to(linear.weight.dtype)  # what the sliced model holds
+        score = _score(config.score, dense, unit, linear, solved)
+        entry["scores"][k] = score
+        journal.append({"key": journal.key, "layer": i, "block": block, "kept": k,
+                        "score": score})
+    del h
+    return entry

@@ -1,0 +1,75 @@
+"""True calibration perplexity of a candidate plan, without copying the model.
+
+The plan's pruned projections get the weights ``apply`` would give them — the least-squares
+solutions of the sequential pass (``reconstruct: least_squares``), or the dense weights with the
+removed input columns zero (``none``) plus FLAP's mean bias (``bias``); a removed block's
+projection outputs zero — and forward hooks make ``o_proj``/``down_proj`` compute them
+(:func:`~prunectl.methods.reconstruct.sequential.replace_output`), which is exactly what the
+sliced model computes.  Perplexity is the project's own (:mod:`prunectl.evaluation.perplexity`)
+over the calibration windows; the hooks are removed afterwards.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prunectl.evaluation.perplexity import perplexity
+from prunectl.methods.inputs import Inputs
+from prunectl.methods.plan import Plan
+from prunectl.methods.reconstruct.least_squares import augmented
+from prunectl.methods.reconstruct.options import least_squares_solutions
+from prunectl.methods.reconstruct.sequential import Solution, replace_output
+from prunectl.methods.width_common import removed_channels
+
+
+def zeroed_solutions(inputs: Inputs, plan: Plan,
+                     biases: dict[str, torch.Tensor] | None = None) -> dict[str, Solution]:
+    """Each pruned projection's dense ``[W, b]`` with the removed columns zero (all of it, bias
+    too, when the block goes), ``biases`` (FLAP's compensation) added to ``b``."""
+    adapter, solutions = inputs.adapter, {}
+    for i in range(adapter.num_layers):
+        for name in ("o_proj", "down_proj"):
+            removed = removed_channels(adapter, plan, i, name)
+            if not removed:
+                continue
+            linear = getattr(adapter, name)(i)
+            weight = augmented(linear.weight, linear.bias)
+            if len(removed) == linear.in_features:
+                weight.zero_()
+            else:
+                weight[:, removed] = 0
+                key = f"layers.{i}.{name}"
+                if biases and key in biases:
+                    weight[:, -1] += biases[key].to(weight.device, torch.float64)
+            solutions[f"layers.{i}.{name}"] = Solution(removed, weight)
+    return solutions
+
+
+def plan_solutions(config, inputs: Inputs, plan: Plan, stats: dict | None) -> dict[str, Solution]:
+    """What ``apply`` with ``config.reconstruct`` would give every pruned projection; ``stats``
+    are the dense calibration statistics (``bias`` only)."""
+    if config.reconstruct == "least_squares":
+        return least_squares_solutions(inputs.adapter, plan, inputs.tokens, inputs.batch_size,
+                                       config.reconstruct_target, config.reconstruct_damp)
+    if config.reconstruct == "bias":
+        from prunectl.methods.flap.compensation import plan_biases
+
+        return zeroed_solutions(inputs, plan, plan_biases(inputs.adapter, plan, stats))
+    return zeroed_solutions(inputs, plan)
+
+
+def calibration_perplexity(config, inputs: Inputs, plan: Plan, stats: dict | None = None) -> float:
+    """Perplexity of the calibration windows through the model as ``plan`` would leave it."""
+    tokens = inputs.require_tokens("method.verify")
+    solutions = plan_solutions(config, inputs, plan, stats)
+    adapter, handles = inputs.adapter, []
+    try:
+        for key, solution in solutions.items():
+            _, i, name = key.split(".")
+            linear = getattr(adapter, name)(int(i))
+            handles.append(linear.register_forward_hook(replace_output(solution)))
+        return perplexity(inputs.model, tokens.reshape(-1), tokens.shape[1],
+                          inputs.batch_size)["perplexity"]
+    finally:
+        for handle in handles:
+            handle.remove()
