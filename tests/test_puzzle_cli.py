@@ -142,3 +142,22 @@ def test_bad_values_exit_2_with_one_line(case, tmp_path, model_dir, text_file):
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], \
         result.stderr
     assert not (project / "calibration" / "tokens.safetensors").exists()  # refused up front
+
+
+def test_search_only_keys_reuse_the_library(tmp_path, model_dir, text_file):
+    """``verify`` and ``diversity`` change the search, not the library: the score step stays
+    up to date; ``score_windows`` changes the library and re-scores it."""
+    project = tmp_path / "proj"
+    recipe = recipe_file(tmp_path, model_dir, text_file)
+    assert invoke("search", "-p", project, "-r", recipe, "--quiet").exit_code == 0
+
+    def statuses(*sets):
+        result = invoke("search", "-p", project, "-r", recipe, "--json",
+                        *[a for s in sets for a in ("--set", s)])
+        assert result.exit_code == 0, result.output
+        return {s["step"]: s["status"] for s in json.loads(result.stdout)["steps"]}
+
+    got = statuses("method.verify=1", "method.diversity=1")
+    assert got["score"] == "up-to-date" and got["search"] == "done", got
+    assert statuses("method.verify=1", "method.diversity=1", "method.score_windows=2")[
+        "score"] == "done"

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_model
 
+from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs, Journal
 from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.methods.puzzle import library
@@ -299,7 +300,6 @@ def test_an_interrupted_build_resumes_to_the_uninterrupted_library(model, tokens
 
 
 def test_refuses_a_non_uniform_model_and_missing_tokens(model, tokens):
-    from prunectl.errors import UserError
 
     narrower = apply_plan(copy.deepcopy(model),
                           Plan(method="t", layers={1: LayerPlan(mlp_channels=list(range(48)))}))
@@ -315,3 +315,25 @@ def test_least_squares_on_few_tokens_warns(model, tokens, capsys):
     config = PuzzleConfig(mlp_widths=[0.5], score="local")
     build_library(Inputs(model, tokens, batch_size=4, ui=UI(quiet=False)), config)
     assert "will overfit" in " ".join(capsys.readouterr().err.split())
+
+
+def test_score_windows_score_on_the_first_windows_with_statistics_from_all(model, tokens, built):
+    """Scores run on the first ``score_windows`` windows; orders and refits still use all of
+    them.  With token-free orders and no refit (magnitude, none) that is exactly the library of
+    the first windows alone; with flap's orders, the orders are those of every window."""
+    config = PuzzleConfig(mlp_widths=WIDTHS, importance="magnitude", reconstruct="none",
+                          score_windows=2)
+    subset = build_library(Inputs(model, tokens, batch_size=4), config)
+    alone = build_library(Inputs(model, tokens[:2], batch_size=4),
+                          config.model_copy(update={"score_windows": None}))
+    for name in alone:
+        assert torch.equal(subset[name], alone[name]), name
+    flap = build_library(Inputs(model, tokens, batch_size=4),
+                         PuzzleConfig(mlp_widths=WIDTHS, score_windows=2))
+    full = built()
+    assert torch.equal(flap["attn.order"], full["attn.order"])
+    assert torch.equal(flap["mlp.order"], full["mlp.order"])
+    assert not torch.equal(flap["mlp.score"], full["mlp.score"])
+    with pytest.raises(UserError, match="score_windows=7 exceeds the 6 calibration windows"):
+        build_library(Inputs(model, tokens, batch_size=4),
+                      PuzzleConfig(mlp_widths=WIDTHS, score_windows=7))

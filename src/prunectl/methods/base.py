@@ -54,6 +54,9 @@ class Method:
     #: True when ``search --sweep`` may call ``search`` once per parameter budget and plot the
     #: plans beside ``references``
     supports_sweep: ClassVar[bool] = False
+    #: ``method`` keys only ``search`` and ``apply`` read: the ``score`` step's fingerprint
+    #: leaves them out, so changing one reuses the scores
+    search_only_keys: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: MethodConfig):
         self.config = config

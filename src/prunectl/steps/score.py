@@ -28,6 +28,8 @@ def _summarise(scores: dict) -> dict:
 
 def key(run: RunContext) -> tuple[dict, list]:
     sections = recipe_sections(run, "model", "calibration", "method")
+    ignored = create_method(run.recipe.method).search_only_keys
+    sections["method"] = {k: v for k, v in sections["method"].items() if k not in ignored}
     sections["calibration_step"] = upstream(run, "calibrate")
     return sections, []
 

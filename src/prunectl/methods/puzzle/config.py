@@ -18,6 +18,9 @@ class PuzzleConfig(MethodConfig, ReconstructOptions):
     #: a variant's score: KL of the final next-token distribution from the dense one (``kl``),
     #: or the block's own output error on its dense inputs (``local``: no suffix, coarser)
     score: Literal["kl", "local"] = "kl"
+    #: calibration windows (the first N) the scores run on; the statistics, importance and
+    #: least squares use every window (a refit needs many tokens, a ranking far fewer)
+    score_windows: int | None = Field(None, ge=1)
     #: kept MLP widths between "remove" and "keep", as fractions of the dense width
     mlp_widths: list[float] = Field(default_factory=lambda: [k / 8 for k in range(1, 8)])
     #: solutions of the solver re-scored with true calibration perplexity (0: trust the sum)

@@ -176,6 +176,10 @@ def _recorded(inputs: Inputs) -> dict[tuple[int, str], dict]:
 def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tensor]:
     """The library tensors of :mod:`prunectl.methods.puzzle` for the dense ``inputs.model``."""
     tokens = inputs.require_tokens("method puzzle's library", min_length=2)
+    if config.score_windows is not None and config.score_windows > tokens.shape[0]:
+        raise UserError(f"method.score_windows={config.score_windows} exceeds the "
+                        f"{tokens.shape[0]} calibration windows; lower it or raise "
+                        "calibration.nsamples")
     adapter = inputs.adapter
     groups, channels = _check(adapter)
     if config.reconstruct == "least_squares" and tokens.numel() < TOKENS_PER_INPUT * channels:
@@ -191,6 +195,7 @@ def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tenso
               for block in BLOCKS}
     done = _recorded(inputs)
     dense = _Dense(inputs, tokens)
+    scoring = dense if config.score_windows is None else _Dense(inputs, tokens[:config.score_windows])
     tasks = [(i, block) for i in range(layers) for block in BLOCKS]
     try:
         for i, block in inputs.ui.progress(tasks, total=len(tasks), description="puzzle library"):
@@ -198,20 +203,23 @@ def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tenso
             counts, units = kept_counts[block], orders[block].shape[1]
             todo = [k for k in counts if k != units and k not in entry["scores"]]
             if "order" not in entry or todo:
-                entry = _block(inputs, config, dense.ready(), i, block, entry, todo)
+                entry = _block(inputs, config, dense.ready(), scoring.ready(), i, block, entry,
+                               todo)
             orders[block][i] = torch.tensor(entry["order"])
             for column, k in enumerate(counts):
                 scores[block][i, column] = 0.0 if k == units else entry["scores"][k]
     finally:
         dense.close()
+        scoring.close()
     return {"attn.order": orders["attn"], "attn.score": scores["attn"],
             "mlp.order": orders["mlp"], "mlp.score": scores["mlp"],
             "mlp.channels": torch.tensor(kept_counts["mlp"], dtype=torch.long).repeat(layers, 1)}
 
 
-def _block(inputs: Inputs, config: PuzzleConfig, dense: _Dense, i: int, block: str,
-           entry: dict, todo: list[int]) -> dict:
-    """Order and score layer ``i``'s ``block`` (what ``entry`` lacks), journaling each result."""
+def _block(inputs: Inputs, config: PuzzleConfig, dense: _Dense, scoring: _Dense, i: int,
+           block: str, entry: dict, todo: list[int]) -> dict:
+    """Order and score layer ``i``'s ``block`` (what ``entry`` lacks), journaling each result:
+    statistics from every calibration window (``dense``), scores from ``scoring``'s."""
     adapter, journal = inputs.adapter, inputs.journal
     unit = 2 * i + (block == "mlp")
     linear = adapter.o_proj(i) if block == "attn" else adapter.down_proj(i)
@@ -230,7 +238,7 @@ def _block(inputs: Inputs, config: PuzzleConfig, dense: _Dense, i: int, block: s
         solved = None if k == 0 else variant_weight(
             config.reconstruct, weight, h, kept, config.reconstruct_damp, what
         ).to(linear.weight.dtype)  # what the sliced model holds
-        score = _score(config.score, dense, unit, linear, solved)
+        score = _score(config.score, scoring, unit, linear, solved)
         entry["scores"][k] = score
         journal.append({"key": journal.key, "layer": i, "block": block, "kept": k,
                         "score": score})

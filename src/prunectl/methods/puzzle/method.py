@@ -40,6 +40,8 @@ class PuzzleMethod(ReconstructHooks, Method):
     targets = frozenset({"params", "budget"})
     #: ``search --sweep`` solves one plan per parameter budget and plots them
     supports_sweep = True
+    #: the library does not depend on them (its inputs are dense: both targets fit alike)
+    search_only_keys = frozenset({"verify", "diversity", "reconstruct_target"})
 
     def check(self, config) -> None:
         if family_for(config.model_type).moe:
