@@ -161,3 +161,30 @@ def test_search_only_keys_reuse_the_library(tmp_path, model_dir, text_file):
     assert got["score"] == "up-to-date" and got["search"] == "done", got
     assert statuses("method.verify=1", "method.diversity=1", "method.score_windows=2")[
         "score"] == "done"
+
+
+@pytest.mark.slow  # spawns processes
+@pytest.mark.parametrize("point", [("scores/progress/progress.jsonl", "after", 5),
+                                   ("search/verify.jsonl", "after", 1)],
+                         ids=["scoring", "verification"])
+def test_a_sigkilled_search_resumes_to_the_uninterrupted_library_and_plan(tmp_path, model_dir,
+                                                                          text_file, point):
+    """SIGKILL mid-library (after the 5th journaled record) or mid-verification (after the
+    first verified candidate), then the same command again: the same library bytes and plan."""
+    from killpoints import kill_env, prunectl
+
+    recipe = recipe_file(tmp_path, model_dir, text_file)
+
+    def search(project, env=None):
+        return prunectl("search", "-p", project, "-r", recipe, "--quiet", env=env)
+
+    straight = tmp_path / "straight"
+    assert search(straight).returncode == 0
+    project = tmp_path / "killed"
+    pattern, when, nth = point
+    killed = search(project, kill_env(tmp_path / "hook", project, pattern, when, nth))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    again = search(project)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for name in ("scores/scores.safetensors", "search/plan.json"):
+        assert (project / name).read_bytes() == (straight / name).read_bytes(), name
