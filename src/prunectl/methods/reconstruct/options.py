@@ -55,12 +55,17 @@ def full_weight(solved: torch.Tensor, kept: torch.Tensor, n: int) -> torch.Tenso
 
 def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, batch_size: int,
                             target: str, damp: float, ui=SILENT) -> dict[str, Solution]:
-    """Every pruned projection's least-squares solution, layer by layer (sequential)."""
+    """Every pruned projection's least-squares solution, layer by layer (sequential); the
+    projections the plan leaves alone are not recorded at all."""
+    removals = {}
+    for i in range(adapter.num_layers):
+        for name, block in (("o_proj", adapter.attention(i)), ("down_proj", adapter.mlp(i))):
+            removed = [] if block is None else removed_channels(adapter, plan, i, name)
+            if removed:
+                removals[f"layers.{i}.{name}"] = removed
 
     def solve(i, name, weight, moments):
-        removed = removed_channels(adapter, plan, i, name)
-        if not removed:
-            return None
+        removed = removals[f"layers.{i}.{name}"]
         n = weight.shape[1] - 1
         if len(removed) == n:  # the whole block goes: no bias survives it, so none is fitted
             return Solution(removed, weight.new_zeros(weight.shape))
@@ -69,7 +74,7 @@ def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, 
         solved = solve_kept(weight, moments.h, moments.g, kept, damp, f"layers.{i}.{name}")
         return Solution(removed, full_weight(solved, kept.to(solved.device), n))
 
-    return sequential_pass(adapter, tokens, batch_size, solve, target, ui)
+    return sequential_pass(adapter, tokens, batch_size, solve, target, ui, wanted=removals)
 
 
 @torch.no_grad()
