@@ -37,7 +37,7 @@ from prunectl.methods.removal_order import plan_for_k
 from prunectl.modeling.loading import load_model
 from prunectl.modeling.params import count_parameters
 
-from common import SHARED_DATA, print_table, require_inputs
+from common import SHARED_DATA, load_average, print_table, require_inputs
 
 LS = {"reconstruct": "least_squares"}
 ROWS = {
@@ -147,11 +147,6 @@ class Bench:
             row["settings"]["calibration"] = f"{windows}x{self.tokens.shape[1]}"
             rows.append({**row, "blocks": k, "order": plan.removal_order[:k]})
         return rows
-
-
-def load_average() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 def main() -> None:
