@@ -11,7 +11,8 @@ statistics are computed once and shared by the rows that read them (their time i
 row's ``statistics``), and so are a method's scores across ratios and reconstructions (``score``:
 that one computation).  ``block`` searches once, to the largest ratio, and every smaller ratio is
 a prefix of that nested order (its ``score``/``search`` times are that one search's).
-``--damp`` repeats each ``+ls`` row per ridge value.
+``--damp`` repeats each ``+ls`` row per ridge value; ``--block-windows`` / ``--taylor-windows``
+give the two costliest searches fewer calibration windows (recorded in each row's settings).
 
     python bench/quality.py --ratios 0.1 0.2 0.3 --calib-windows 64 --calib-seqlen 256 \\
         --eval-windows 16 --json bench/results/quality.json
@@ -114,8 +115,11 @@ class Bench:
         key = json.dumps({k: v for k, v in section.items() if not k.startswith("reconstruct")},
                          sort_keys=True)
         if key not in self._scores:
+            windows = self.args.taylor_windows if section["name"] == "taylor" else None
+            scoring = inputs if windows is None else self.inputs(model, ratio,
+                                                                  self.tokens[:windows])
             start = time.perf_counter()
-            self._scores[key] = method.score(inputs, stats), time.perf_counter() - start
+            self._scores[key] = method.score(scoring, stats), time.perf_counter() - start
         scores, times["score"] = self._scores[key]
         start = time.perf_counter()
         plan = method.search(inputs, scores)
@@ -123,7 +127,11 @@ class Bench:
         start = time.perf_counter()
         pruned = method.apply(inputs, plan, stats)
         times["apply"] = time.perf_counter() - start
-        return self.row(name, section, ratio, pruned, times, method)
+        found = self.row(name, section, ratio, pruned, times, method)
+        if section["name"] == "taylor" and self.args.taylor_windows:
+            found["settings"]["score_calibration"] = \
+                f"{self.args.taylor_windows}x{self.tokens.shape[1]}"
+        return found
 
     def block(self, name: str, section: dict, ratios: list[float]) -> list[dict]:
         """One search to the largest ratio; each ratio applies the shortest prefix reaching it."""
@@ -159,6 +167,9 @@ def main() -> None:
     parser.add_argument("--calib-seqlen", type=int, default=256)
     parser.add_argument("--block-windows", type=int, default=None,
                         help="block searches on the first N calibration windows (default: all)")
+    parser.add_argument("--taylor-windows", type=int, default=None,
+                        help="taylor's gradients on the first N calibration windows (default: "
+                             "all; its least squares always uses all)")
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--eval-seqlen", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
