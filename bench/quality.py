@@ -52,7 +52,7 @@ ROWS = {
     "slimgpt+ls": {"name": "slimgpt", "reconstruct_target": "dense"},
     "block": {"name": "block"},
 }
-DEFAULT_ROWS = [r for r in ROWS if r != "slimgpt+ls"]
+DEFAULT_ROWS = [(r, []) for r in ROWS if r != "slimgpt+ls"]
 
 
 class Bench:
@@ -175,7 +175,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2],
                         help="shares of the non-embedding parameters to remove")
-    parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=list(ROWS))
+    parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, type=row_spec,
+                        metavar="ROW[@R,R...]", help=f"rows, in this order, each at --ratios or "
+                        f"at its own ratios (block@0.1,0.3); rows: {', '.join(ROWS)}")
     parser.add_argument("--damp", type=float, nargs="+", default=None,
                         help="reconstruct_damp of the +ls rows, one row per value "
                              "(default: the method's)")
@@ -194,28 +196,40 @@ def main() -> None:
     bench = Bench(args, dense, tokens, evaluation_tokens(tokenizer, str(args.eval)))
     print(f"load+tokenize {time.perf_counter() - start:.0f} s, {torch.get_num_threads()} "
           "threads", file=sys.stderr, flush=True)
+    previous = []
+    if args.append and args.json and args.json.exists():
+        previous = json.loads(args.json.read_text())["rows"]
     rows = []
+
+    def done(found: list[dict]) -> None:
+        """Keep the rows, and with --json write them at once (a killed run keeps its rows)."""
+        rows.extend(found)
+        if args.json:
+            new = {identity(r) for r in rows}
+            kept = [r for r in previous if identity(r) not in new]
+            args.json.write_text(json.dumps({"rows": kept + rows, "partial": True,
+                                             "args": vars(args)}, default=str, indent=1))
+
     if not args.no_dense:
         start = time.perf_counter()
         ppl = bench.ppl(dense)
-        rows.append({"method": "dense", "row": "dense", "ratio": 0.0, "ratio_of": "non_embedding",
-                     "ppl": round(ppl, 3), "params_total": bench.counts["total"],
-                     "params_non_embedding": bench.counts["non_embedding"],
-                     "removed_non_embedding": 0.0,
-                     "wall_s": {"eval": round(time.perf_counter() - start, 1)},
-                     "settings": bench.data,
-                     "load": load_average()})
+        done([{"method": "dense", "row": "dense", "ratio": 0.0, "ratio_of": "non_embedding",
+               "ppl": round(ppl, 3), "params_total": bench.counts["total"],
+               "params_non_embedding": bench.counts["non_embedding"],
+               "removed_non_embedding": 0.0,
+               "wall_s": {"eval": round(time.perf_counter() - start, 1)},
+               "settings": bench.data, "load": load_average()}])
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    for name in args.rows:
-        section = ROWS[name]
+    for name, ratios in args.rows:
+        section, ratios = ROWS[name], ratios or args.ratios
         if name == "block":
-            rows += bench.block(name, section, args.ratios)
+            done(bench.block(name, section, ratios))
             continue
         damps = args.damp if "reconstruct" in section and args.damp else [None]
-        for ratio in args.ratios:
+        for ratio in ratios:
             for damp in damps:
                 extra = {} if damp is None else {"reconstruct_damp": damp}
-                rows.append(bench.width(name, {**section, **extra}, ratio))
+                done([bench.width(name, {**section, **extra}, ratio)])
 
     print(f"SmolLM2-135M, calibration {args.calib_windows}x{args.calib_seqlen} tokens, eval "
           f"{args.eval_windows}x{args.eval_seqlen} WikiText-2 test tokens, batch "
@@ -224,12 +238,21 @@ def main() -> None:
     cells = [[r["row"], f"{r['ratio']:.2f}", str(r["settings"].get("reconstruct_damp", "")),
               f"{r['removed_non_embedding']:.4f}", f"{r['params_total']:,}", f"{r['ppl']:.2f}",
               *(str(r["wall_s"].get(p, "")) for p in phases), r["load"]] for r in rows]
-    if args.append and args.json and args.json.exists():
-        new = {identity(r) for r in rows}
-        rows = [r for r in json.loads(args.json.read_text())["rows"]
-                if identity(r) not in new] + rows
+    new = {identity(r) for r in rows}
+    rows = [r for r in previous if identity(r) not in new] + rows
     print_table(["row", "target (non-emb)", "damp", "removed (non-emb)", "params", "perplexity",
                  *[f"{p} s" for p in phases], "load"], cells, rows, args)
+
+
+def row_spec(text: str) -> tuple[str, list[float]]:
+    """``flap+ls`` or ``flap+ls@0.1,0.3``: a row and its own ratios (empty: ``--ratios``)."""
+    name, _, ratios = text.partition("@")
+    if name not in ROWS:
+        raise argparse.ArgumentTypeError(f"unknown row {name!r}; rows: {', '.join(ROWS)}")
+    try:
+        return name, [float(r) for r in ratios.split(",")] if ratios else []
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad ratios in {text!r}; e.g. block@0.1,0.2,0.3") from None
 
 
 def identity(row: dict) -> tuple:
