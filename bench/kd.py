@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--row", default="flap", choices=[r for r in ROWS if r != "block"],
                         help="the pruning recipe (a bench/quality.py row)")
     parser.add_argument("--ratio", type=float, default=0.2, help="of non-embedding parameters")
+    parser.add_argument("--pruned", type=Path, default=None,
+                        help="the --row model saved by bench/quality.py --save (skips pruning)")
     parser.add_argument("--damp", type=float, default=None,
                         help="reconstruct_damp of a +ls row (default: the method's)")
     parser.add_argument("--calib-windows", type=int, default=64)
@@ -139,21 +141,27 @@ def main() -> None:
     section = {**ROWS[args.row], **({} if args.damp is None else {"reconstruct_damp": args.damp})}
     start = time.perf_counter()
     rows = [row("dense", dense, ppl(dense), {"eval": time.perf_counter() - start}, {})]
-    tokens = calibration_tokens(tokenizer, str(args.calib), nsamples=args.calib_windows,
-                                seqlen=args.calib_seqlen, seed=42)
     method = create_method(parse_method_config(section))
-    inputs = Inputs(copy.deepcopy(dense), tokens, 8,
-                    Target(params_ratio=args.ratio, ratio_of="non_embedding"))
     start = time.perf_counter()
-    stats = method.statistics(inputs) if method.uses_statistics else {}
-    pruned = method.apply(inputs, method.search(inputs, method.score(inputs, stats)), stats)
-    prune_s = time.perf_counter() - start
+    if args.pruned is None:
+        tokens = calibration_tokens(tokenizer, str(args.calib), nsamples=args.calib_windows,
+                                    seqlen=args.calib_seqlen, seed=42)
+        inputs = Inputs(copy.deepcopy(dense), tokens, 8,
+                        Target(params_ratio=args.ratio, ratio_of="non_embedding"))
+        stats = method.statistics(inputs) if method.uses_statistics else {}
+        pruned = method.apply(inputs, method.search(inputs, method.score(inputs, stats)), stats)
+        del inputs
+    else:
+        pruned = load_project_model(args.pruned, CPU, torch.float32)
+    prune_s = time.perf_counter() - start  # loading time with --pruned
     start = time.perf_counter()
     pruned_ppl = ppl(pruned)
     rows.append(row(args.row, pruned, pruned_ppl,
-                    {"prune": prune_s, "eval": time.perf_counter() - start},
+                    {"load" if args.pruned else "prune": prune_s,
+                     "eval": time.perf_counter() - start},
                     {**method.config.model_dump(mode="json"),
-                     "calibration": f"{args.calib_windows}x{args.calib_seqlen}"},
+                     "calibration": f"{args.calib_windows}x{args.calib_seqlen}",
+                     **({"pruned": str(args.pruned)} if args.pruned else {})},
                     gap_closed=0.0))
 
     common = dict(dataset=str(args.calib), format="text", cutoff_len=args.cutoff,
@@ -167,7 +175,7 @@ def main() -> None:
         source = save_model(pruned, tokenizer, Path(work) / "pruned", torch.float32)
         # the dense weights as a plain Hugging Face directory: loads faster than the GGUF
         teacher = save_model(dense, tokenizer, Path(work) / "dense", torch.float32)
-        del dense, pruned, inputs
+        del dense, pruned
         spawn = multiprocessing.get_context("spawn")
         ready = spawn.Barrier(len(runs))
         workers = [spawn.Process(target=recover, args=(name, cfg, str(teacher), str(source),
@@ -187,7 +195,7 @@ def main() -> None:
             start = time.perf_counter()
             value = ppl(model)
             rows.append(row(f"{args.row} + {name}", model, value,
-                            {"prune": prune_s, "recover": summary["wall_s"],
+                            {"recover": summary["wall_s"],
                              "eval": time.perf_counter() - start},
                             {**cfg, "budget_s": args.budget},
                             gap_closed=round((pruned_ppl - value) / gap, 4),

@@ -37,6 +37,7 @@ from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.methods.removal_order import plan_for_k
 from prunectl.modeling.loading import load_model
 from prunectl.modeling.params import count_parameters
+from prunectl.modeling.pruned_format import save_model
 
 from common import SHARED_DATA, load_average, print_table, require_inputs
 
@@ -58,8 +59,9 @@ DEFAULT_ROWS = [(r, []) for r in ROWS if r != "slimgpt+ls"]
 class Bench:
     """The dense model, the token sets and the shared FLAP statistics of one invocation."""
 
-    def __init__(self, args, dense, tokens, eval_tokens):
+    def __init__(self, args, dense, tokenizer, tokens, eval_tokens):
         self.args, self.dense, self.tokens, self.eval_tokens = args, dense, tokens, eval_tokens
+        self.tokenizer = tokenizer
         self.counts = count_parameters(dense)
         self._stats, self.stats_s = None, 0.0
         self._scores: dict[str, tuple[dict, float]] = {}
@@ -88,6 +90,10 @@ class Bench:
                           max_windows=self.args.eval_windows)["perplexity"]
 
     def row(self, name: str, section: dict, ratio: float, pruned, times: dict, method) -> dict:
+        if self.args.save:  # for bench/kd.py --pruned
+            damp = section.get("reconstruct_damp")
+            label = f"{name}-{ratio}" + ("" if damp is None else f"-damp{damp}")
+            save_model(pruned, self.tokenizer, self.args.save / label, torch.float32)
         start = time.perf_counter()
         ppl = self.ppl(pruned)
         times["eval"] = time.perf_counter() - start
@@ -182,6 +188,8 @@ def main() -> None:
                         help="reconstruct_damp of the +ls rows, one row per value "
                              "(default: the method's)")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense row")
+    parser.add_argument("--save", type=Path, help="save every pruned model under this folder "
+                        "(ROW-RATIO[-dampD]/, the pruned model format; bench/kd.py --pruned)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--append", action="store_true",
                         help="keep the rows already in --json, replacing those measured again")
@@ -193,7 +201,7 @@ def main() -> None:
                                   torch.float32)
     tokens = calibration_tokens(tokenizer, str(args.calib), nsamples=args.calib_windows,
                                 seqlen=args.calib_seqlen, seed=42)
-    bench = Bench(args, dense, tokens, evaluation_tokens(tokenizer, str(args.eval)))
+    bench = Bench(args, dense, tokenizer, tokens, evaluation_tokens(tokenizer, str(args.eval)))
     print(f"load+tokenize {time.perf_counter() - start:.0f} s, {torch.get_num_threads()} "
           "threads", file=sys.stderr, flush=True)
     previous = []
