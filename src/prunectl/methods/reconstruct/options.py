@@ -41,8 +41,11 @@ class ReconstructOptions(BaseModel):
     #: least_squares fits the pruned layer to the dense model's output (``dense``) or to its own
     #: unpruned output on the pruned inputs (``self``)
     reconstruct_target: Literal["dense", "self"] = "dense"
-    #: ridge damping, relative to the mean diagonal of the input covariance (GPTQ's percdamp)
-    reconstruct_damp: float = Field(0.01, ge=0, le=10)
+    #: ridge damping, relative to the mean diagonal of the input covariance (GPTQ's percdamp);
+    #: it pulls the kept weights toward their dense values.  1.0 measured best of 0.01 / 0.1 /
+    #: 1.0 on SmolLM2 (flap, 20% of non-embedding parameters, 16,384 calibration tokens:
+    #: held-out perplexity 60.73 / 59.22 / 58.73, bias compensation 64.19)
+    reconstruct_damp: float = Field(1.0, ge=0, le=10)
 
 
 def full_weight(solved: torch.Tensor, kept: torch.Tensor, n: int) -> torch.Tensor:
