@@ -19,8 +19,9 @@ class SecondMoments:
 
     Each batch's products ``x~^T x~`` are formed in float32 (the activations carry no more
     precision; about twice as fast as float64 on CPU) and summed into float64 accumulators, so
-    rounding does not grow with the number of batches: on SmolLM2-like activations ``H`` equals
-    the all-float64 computation to ~1e-6 relative (``tests/test_reconstruct.py``)."""
+    rounding does not grow with the number of batches: on realistic activations (four decades
+    of scale, outlier channels) ``H`` equals the all-float64 computation to better than 1e-6
+    relative (2e-8 measured; ``tests/test_reconstruct.py``)."""
 
     def __init__(self, channels: int, cross: bool, device: torch.device | str = "cpu"):
         size = channels + 1
