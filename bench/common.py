@@ -39,6 +39,12 @@ def _missing(message: str) -> None:
     sys.exit(2)
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as figures measured on a shared machine carry."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def print_table(header: list[str], cells: list[list[str]], rows: list[dict], args) -> None:
     """The load average (``uptime``), a Markdown table, and with ``--json`` the raw rows."""
     import json

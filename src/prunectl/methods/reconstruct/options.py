@@ -41,8 +41,11 @@ class ReconstructOptions(BaseModel):
     #: least_squares fits the pruned layer to the dense model's output (``dense``) or to its own
     #: unpruned output on the pruned inputs (``self``)
     reconstruct_target: Literal["dense", "self"] = "dense"
-    #: ridge damping, relative to the mean diagonal of the input covariance (GPTQ's percdamp)
-    reconstruct_damp: float = Field(0.01, ge=0, le=10)
+    #: ridge damping, relative to the mean diagonal of the input covariance (GPTQ's percdamp);
+    #: it pulls the kept weights toward their dense values.  1.0 measured best of 0.01 / 0.1 /
+    #: 1.0 on SmolLM2 (flap, 20% of non-embedding parameters, 16,384 calibration tokens:
+    #: held-out perplexity 60.73 / 59.22 / 58.73, bias compensation 64.19)
+    reconstruct_damp: float = Field(1.0, ge=0, le=10)
 
 
 def full_weight(solved: torch.Tensor, kept: torch.Tensor, n: int) -> torch.Tensor:
@@ -55,12 +58,17 @@ def full_weight(solved: torch.Tensor, kept: torch.Tensor, n: int) -> torch.Tenso
 
 def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, batch_size: int,
                             target: str, damp: float, ui=SILENT) -> dict[str, Solution]:
-    """Every pruned projection's least-squares solution, layer by layer (sequential)."""
+    """Every pruned projection's least-squares solution, layer by layer (sequential); the
+    projections the plan leaves alone are not recorded at all."""
+    removals = {}
+    for i in range(adapter.num_layers):
+        for name, block in (("o_proj", adapter.attention(i)), ("down_proj", adapter.mlp(i))):
+            removed = [] if block is None else removed_channels(adapter, plan, i, name)
+            if removed:
+                removals[f"layers.{i}.{name}"] = removed
 
     def solve(i, name, weight, moments):
-        removed = removed_channels(adapter, plan, i, name)
-        if not removed:
-            return None
+        removed = removals[f"layers.{i}.{name}"]
         n = weight.shape[1] - 1
         if len(removed) == n:  # the whole block goes: no bias survives it, so none is fitted
             return Solution(removed, weight.new_zeros(weight.shape))
@@ -69,7 +77,7 @@ def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, 
         solved = solve_kept(weight, moments.h, moments.g, kept, damp, f"layers.{i}.{name}")
         return Solution(removed, full_weight(solved, kept.to(solved.device), n))
 
-    return sequential_pass(adapter, tokens, batch_size, solve, target, ui)
+    return sequential_pass(adapter, tokens, batch_size, solve, target, ui, wanted=removals)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ runs all windows (no sharding).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -88,18 +88,25 @@ def _capture(layers: LayerPass, linear, run_block, dense: bool, device) -> Secon
     return moments
 
 
+def _advance(layers: LayerPass, run_block, dense: bool) -> None:
+    """Both streams through a block nobody solves (its inputs are not recorded)."""
+    layers.map(lambda _b, xs: [run_block(x) for x in xs], (0, 1) if dense else (0,))
+
+
 @torch.inference_mode()
 def sequential_pass(
     adapter: Adapter, tokens: torch.Tensor, batch_size: int, solve: Solver,
-    target: str = "dense", ui: UI = SILENT,
+    target: str = "dense", ui: UI = SILENT, wanted: Collection[str] | None = None,
 ) -> dict[str, Solution]:
     """``layers.N.o_proj`` / ``layers.N.down_proj`` -> :class:`Solution` for every projection
     ``solve`` changed, its weight in the model's dtype (one extra copy of the pruned projections,
     in host memory when layers stream).  The model's weights are left as they were (hooks only,
-    removed at the end)."""
+    removed at the end).  ``wanted``: the projections ``solve`` may change (None: every one);
+    the others' inputs are never recorded and ``solve`` is not called for them."""
     if target not in TARGETS:
         raise ValueError(f"unknown reconstruction target {target!r}")
     layers = LayerPass(adapter, tokens, batch_size, streams=2 if target == "dense" else 1)
+    dense = target == "dense"
     solutions: dict[str, Solution] = {}
     handles = []
     try:
@@ -109,16 +116,21 @@ def sequential_pass(
             mlp = lambda h, i=i: adapter.mlp_block(i, h)  # noqa: E731
             for name, block, present in (("o_proj", attention, adapter.attention(i)),
                                          ("down_proj", mlp, adapter.mlp(i))):
-                if present is not None:
-                    linear = getattr(adapter, name)(i)
-                    moments = _capture(layers, linear, block, target == "dense", layers.device)
-                    weight = augmented(linear.weight, linear.bias)
-                    solution = solve(i, name, weight, moments)
-                    del moments
-                    if solution is not None:  # kept in the model's dtype, beside its weights
-                        solution.weight = solution.weight.to(layers.store, linear.weight.dtype)
-                        solutions[f"layers.{i}.{name}"] = solution
-                        handles.append(linear.register_forward_hook(replace_output(solution)))
+                if present is None:  # a removed block is the identity: nothing to run
+                    continue
+                key = f"layers.{i}.{name}"
+                if wanted is not None and key not in wanted:
+                    _advance(layers, block, dense)
+                    continue
+                linear = getattr(adapter, name)(i)
+                moments = _capture(layers, linear, block, dense, layers.device)
+                weight = augmented(linear.weight, linear.bias)
+                solution = solve(i, name, weight, moments)
+                del moments
+                if solution is not None:  # kept in the model's dtype, beside its weights
+                    solution.weight = solution.weight.to(layers.store, linear.weight.dtype)
+                    solutions[key] = solution
+                    handles.append(linear.register_forward_hook(replace_output(solution)))
                 layers.map(lambda _b, xs, block=block: [block(xs[0])])
     finally:
         for handle in handles:

@@ -44,6 +44,9 @@ class SlimGPTConfig(MethodConfig, ReconstructOptions):
     min_kept: int = Field(1, ge=1)
     reconstruct: Reconstruct = "least_squares"
     reconstruct_target: Literal["dense", "self"] = "self"
+    #: also the OBS damping of the selection: SlimGPT's (SparseGPT's) percdamp, not the width
+    #: methods' refit default
+    reconstruct_damp: float = Field(0.01, ge=0, le=10)
 
 
 class SlimGPTMethod(ReconstructHooks, Method):
@@ -124,16 +127,12 @@ class SlimGPTMethod(ReconstructHooks, Method):
             heads, channels = counts[i]
             s = shapes[i]
             if name == "o_proj":
-                if heads == 0:
-                    return None
                 width = s.group_size * s.head_dim  # one KV group's query heads
                 groups = torch.arange(s.num_kv_heads * width).reshape(s.num_kv_heads, width)
                 result = greedy_prune(weight, moments.h, groups.to(weight.device), heads,
                                       damp=damp)
                 columns = groups[result.removed].reshape(-1).tolist()
             else:
-                if channels == 0:
-                    return None
                 groups = torch.arange(s.intermediate).reshape(-1, 1)
                 result = greedy_prune(weight, moments.h, groups.to(weight.device), channels,
                                       mlp_batches(channels), damp=damp)
@@ -141,5 +140,8 @@ class SlimGPTMethod(ReconstructHooks, Method):
             removed[(i, name)] = result.removed
             return Solution(sorted(columns), result.weight)
 
-        sequential_pass(inputs.adapter, inputs.tokens, inputs.batch_size, solve, "self", inputs.ui)
+        wanted = {f"layers.{i}.{name}" for i, (heads, channels) in enumerate(counts)
+                  for name, n in (("o_proj", heads), ("down_proj", channels)) if n}
+        sequential_pass(inputs.adapter, inputs.tokens, inputs.batch_size, solve, "self", inputs.ui,
+                        wanted=wanted)
         return removed
