@@ -33,6 +33,8 @@ METHODS = {
                {"format": "text", "cutoff_len": 32, "batch_size": 8, "micro_batch_size": 2,
                 "max_steps": 4, "save_steps": 2, "val_set_size": 4, "learning_rate": 5e-3,
                 "lora_dropout": 0.0, "max_samples": 40}),
+    "puzzle": ({"name": "puzzle", "mlp_widths": [0.5], "verify": 2, "reconstruct_damp": 1.0},
+               {"params_ratio": 0.2, "kv_cache_ratio": 0.3}, None),
 }
 
 
@@ -98,6 +100,7 @@ def test_torchrun_run_finishes_every_step_like_one_process(tmp_path, text_file, 
     for role in roles:
         (name, value), = multi[role].items()
         assert value == pytest.approx(single[role][name], rel=1e-4), role
-    assert json.loads((tmp_path / "multi" / "search" / "plan.json").read_text())[
-        "removal_order"] == json.loads((tmp_path / "single" / "search" / "plan.json").read_text())[
-        "removal_order"]
+    multi_plan, single_plan = (json.loads((tmp_path / run / "search" / "plan.json").read_text())
+                               for run in ("multi", "single"))
+    assert multi_plan["removal_order"] == single_plan["removal_order"]
+    assert multi_plan["layers"] == single_plan["layers"]

@@ -26,10 +26,7 @@ def key(run: RunContext, blocks: int | None = None,
     if create_method(run.recipe.method).apply_uses_tokens:  # a reconstruction reads them
         sections["calibration"] = recipe_sections(run, "calibration")["calibration"]
         sections["calibration_step"] = upstream(run, "calibrate")
-    if budget is None:
-        return sections, [artifacts.require(run, artifacts.PLAN, "search")]
-    return sections, [artifacts.require(run, artifacts.sweep_plan(budget),
-                                        f"search --sweep {budget:g}")]
+    return sections, [artifacts.plan_path(run, budget)]
 
 
 def apply(run: RunContext, blocks: int | None = None, budget: float | None = None) -> StepResult:

@@ -106,10 +106,17 @@ def sweep_plan(budget: float) -> tuple[str, ...]:
     return ("search", "plans", f"{budget:g}.json")
 
 
+def plan_path(run: RunContext, budget: float | None = None) -> Path:
+    """The searched plan's file, or with ``budget`` that budget's plan of a sweep; a missing
+    one is a user error naming the command that writes it."""
+    if budget is None:
+        return require(run, PLAN, "search")
+    return require(run, sweep_plan(budget), f"search --sweep {budget:g}")
+
+
 def plan(run: RunContext, budget: float | None = None) -> Plan:
     """The searched plan, or with ``budget`` that budget's plan of a sweep."""
-    plan_file = (require(run, PLAN, "search") if budget is None
-                 else require(run, sweep_plan(budget), f"search --sweep {budget:g}"))
+    plan_file = plan_path(run, budget)
     try:
         return Plan.model_validate(read_json(plan_file))
     except ValueError as error:

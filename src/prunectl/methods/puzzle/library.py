@@ -38,7 +38,7 @@ from prunectl.methods.puzzle.importance import unit_columns, unit_order
 from prunectl.methods.puzzle.variants import attention_kept, mlp_kept
 from prunectl.methods.reconstruct.least_squares import augmented, solve_kept
 from prunectl.methods.reconstruct.moments import SecondMoments
-from prunectl.methods.reconstruct.options import TOKENS_PER_INPUT, full_weight
+from prunectl.methods.reconstruct.options import TOKENS_PER_INPUT, full_weight, without_columns
 from prunectl.methods.reconstruct.sequential import Solution, replace_output
 
 BLOCKS = ("attn", "mlp")
@@ -49,18 +49,15 @@ def variant_weight(reconstruct: str, weight: torch.Tensor, h: torch.Tensor, kept
     """The variant's augmented ``[W', b']`` ([out, n + 1], float64, removed columns zero) for
     the dense augmented ``weight`` keeping input channels ``kept``."""
     n = weight.shape[1] - 1
-    if kept.numel() == 0:  # the block is removed: no bias survives it
-        return weight.new_zeros(weight.shape)
     kept = kept.to(weight.device)
-    if reconstruct == "least_squares":
+    if reconstruct == "least_squares" and kept.numel():
         return full_weight(solve_kept(weight, h, h, kept, damp, what), kept, n)
-    out = weight.clone()
     mask = torch.ones(n, dtype=torch.bool, device=weight.device)
     mask[kept] = False
-    removed = mask.nonzero().squeeze(1)
-    if reconstruct == "bias":
-        out[:, n] += compensation_bias(weight[:, :-1], h[:-1, n], removed.tolist())
-    out[:, removed] = 0
+    removed = mask.nonzero().squeeze(1).tolist()
+    out = without_columns(weight, removed)
+    if reconstruct == "bias" and kept.numel():
+        out[:, n] += compensation_bias(weight[:, :-1], h[:-1, n], removed)
     return out
 
 

@@ -17,7 +17,7 @@ from prunectl.evaluation.perplexity import perplexity
 from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import Plan
 from prunectl.methods.reconstruct.least_squares import augmented
-from prunectl.methods.reconstruct.options import least_squares_solutions
+from prunectl.methods.reconstruct.options import least_squares_solutions, without_columns
 from prunectl.methods.reconstruct.sequential import Solution, replace_output
 from prunectl.methods.width_common import removed_channels
 
@@ -32,16 +32,11 @@ def zeroed_solutions(inputs: Inputs, plan: Plan,
             removed = removed_channels(adapter, plan, i, name)
             if not removed:
                 continue
-            linear = getattr(adapter, name)(i)
-            weight = augmented(linear.weight, linear.bias)
-            if len(removed) == linear.in_features:
-                weight.zero_()
-            else:
-                weight[:, removed] = 0
-                key = f"layers.{i}.{name}"
-                if biases and key in biases:
-                    weight[:, -1] += biases[key].to(weight.device, torch.float64)
-            solutions[f"layers.{i}.{name}"] = Solution(removed, weight)
+            linear, key = getattr(adapter, name)(i), f"layers.{i}.{name}"
+            weight = without_columns(augmented(linear.weight, linear.bias), removed)
+            if biases and key in biases and len(removed) < linear.in_features:
+                weight[:, -1] += biases[key].to(weight.device, torch.float64)
+            solutions[key] = Solution(removed, weight)
     return solutions
 
 

@@ -56,6 +56,16 @@ def full_weight(solved: torch.Tensor, kept: torch.Tensor, n: int) -> torch.Tenso
     return out
 
 
+def without_columns(weight: torch.Tensor, removed) -> torch.Tensor:
+    """A copy of ``[W, b]`` with the ``removed`` input columns zero; all of it, bias too, when
+    every column goes (a removed block passes nothing on, not even a bias)."""
+    if len(removed) == weight.shape[1] - 1:
+        return weight.new_zeros(weight.shape)
+    out = weight.clone()
+    out[:, removed] = 0
+    return out
+
+
 def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, batch_size: int,
                             target: str, damp: float, ui=SILENT) -> dict[str, Solution]:
     """Every pruned projection's least-squares solution, layer by layer (sequential); the
@@ -70,8 +80,8 @@ def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, 
     def solve(i, name, weight, moments):
         removed = removals[f"layers.{i}.{name}"]
         n = weight.shape[1] - 1
-        if len(removed) == n:  # the whole block goes: no bias survives it, so none is fitted
-            return Solution(removed, weight.new_zeros(weight.shape))
+        if len(removed) == n:  # the whole block goes: nothing to fit
+            return Solution(removed, without_columns(weight, removed))
         gone = set(removed)
         kept = torch.tensor([c for c in range(n) if c not in gone], dtype=torch.long)
         solved = solve_kept(weight, moments.h, moments.g, kept, damp, f"layers.{i}.{name}")
