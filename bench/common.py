@@ -39,6 +39,14 @@ def _missing(message: str) -> None:
     sys.exit(2)
 
 
+def kv_bytes(model) -> int:
+    """KV-cache bytes a token adds to ``model``'s cache, as the cost model counts them."""
+    from prunectl.modeling import cost
+    from prunectl.modeling.structure import from_model
+
+    return cost.kv_cache_bytes_per_token(from_model(model))
+
+
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages, as figures measured on a shared machine carry."""
     with open("/proc/loadavg") as f:

@@ -104,6 +104,9 @@ def main() -> None:
     parser.add_argument("--cutoff", type=int, default=128, help="training window (tokens)")
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--full-lr", type=float, default=None,
+                        help="learning rate of kd-full (default: --lr); full fine-tuning "
+                             "usually wants a smaller step than adapters")
     parser.add_argument("--kd-objective", choices=["kd", "kd+lm"], default="kd+lm")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--eval-windows", type=int, default=16)
@@ -169,7 +172,8 @@ def main() -> None:
                   max_steps=args.max_steps, save_steps=args.max_steps, val_set_size=8,
                   learning_rate=args.lr, lora_dropout=0.0)
     kd = {"objective": args.kd_objective, "kd": {"temperature": args.temperature}}
-    configs = {"lora": common, "kd": {**common, **kd}, "kd-full": {**common, **kd, "mode": "full"}}
+    configs = {"lora": common, "kd": {**common, **kd}, "kd-full": {**common, **kd, "mode": "full",
+                                                   "learning_rate": args.full_lr or args.lr}}
     runs = {name: configs[name] for name in args.runs}
     with tempfile.TemporaryDirectory() as work:
         source = save_model(pruned, tokenizer, Path(work) / "pruned", torch.float32)

@@ -31,12 +31,10 @@ from prunectl.data import calibration_tokens, evaluation_tokens
 from prunectl.evaluation.perplexity import perplexity
 from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
-from prunectl.modeling import cost
 from prunectl.modeling.loading import load_model
 from prunectl.modeling.params import count_parameters
-from prunectl.modeling.structure import from_model
 
-from common import SHARED_DATA, print_table, require_inputs
+from common import SHARED_DATA, kv_bytes, print_table, require_inputs
 
 REFERENCES = ("block", "flap+ls", "slimgpt", "flap")
 
@@ -44,10 +42,6 @@ REFERENCES = ("block", "flap+ls", "slimgpt", "flap")
 def held_out(args, model, eval_tokens) -> float:
     return perplexity(model, eval_tokens, args.eval_seqlen, args.batch_size,
                       max_windows=args.eval_windows)["perplexity"]
-
-
-def kv_bytes(model) -> int:
-    return cost.kv_cache_bytes_per_token(from_model(model))
 
 
 def run_budget(args, method, dense, tokens, eval_tokens, library, target: Target, label: str,

@@ -13,6 +13,11 @@ that one computation).  ``block`` searches once, to the largest ratio, and every
 a prefix of that nested order (its ``score``/``search`` times are that one search's).
 ``--damp`` repeats each ``+ls`` row per ridge value; ``--block-windows`` / ``--taylor-windows``
 give the two costliest searches fewer calibration windows (recorded in each row's settings).
+Every row records the share of the KV cache it removed.  ``--kv-cache S`` adds, per ratio, the
+same recipe under a KV-cache budget as well (at least ``S`` of the cache removed): ``flap`` rows
+remove ``ceil(S * KV groups)`` groups model-wide and fill the parameter target with MLP channels
+(FLAP's ``AL-MM`` structure); ``block`` rows take the shortest prefix of their one search that
+reaches both budgets.  The other methods have no separate head budget and refuse it.
 
     python bench/quality.py --ratios 0.1 0.2 0.3 --calib-windows 64 --calib-seqlen 256 \\
         --eval-windows 16 --json bench/results/quality.json
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -35,11 +41,13 @@ from prunectl.evaluation.perplexity import perplexity
 from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.methods.removal_order import plan_for_k
+from prunectl.modeling import cost
 from prunectl.modeling.loading import load_model
 from prunectl.modeling.params import count_parameters
 from prunectl.modeling.pruned_format import save_model
+from prunectl.modeling.structure import from_model, with_plan
 
-from common import SHARED_DATA, load_average, print_table, require_inputs
+from common import SHARED_DATA, kv_bytes, load_average, print_table, require_inputs
 
 LS = {"reconstruct": "least_squares"}
 ROWS = {
@@ -54,6 +62,7 @@ ROWS = {
     "block": {"name": "block"},
 }
 DEFAULT_ROWS = [(r, []) for r in ROWS if r != "slimgpt+ls"]
+KV_ROWS = ("flap", "flap+ls", "block")  # the rows that can meet a separate KV-cache budget
 
 
 class Bench:
@@ -63,6 +72,7 @@ class Bench:
         self.args, self.dense, self.tokens, self.eval_tokens = args, dense, tokens, eval_tokens
         self.tokenizer = tokenizer
         self.counts = count_parameters(dense)
+        self.structure, self.dense_kv = from_model(dense), kv_bytes(dense)
         self._stats, self.stats_s = None, 0.0
         self._scores: dict[str, tuple[dict, float]] = {}
         self.data = {"calibration": f"{args.calib_windows}x{args.calib_seqlen}",
@@ -89,10 +99,16 @@ class Bench:
         return perplexity(model, self.eval_tokens, self.args.eval_seqlen, self.args.batch_size,
                           max_windows=self.args.eval_windows)["perplexity"]
 
-    def row(self, name: str, section: dict, ratio: float, pruned, times: dict, method) -> dict:
+    def kv_removed(self, plan) -> float:
+        """The share of the dense KV cache ``plan`` removes, from the cost model."""
+        return 1 - cost.kv_cache_bytes_per_token(with_plan(self.structure, plan)) / self.dense_kv
+
+    def row(self, name: str, section: dict, ratio: float, pruned, times: dict, method,
+            kv: float | None = None) -> dict:
         if self.args.save:  # for bench/kd.py --pruned
             damp = section.get("reconstruct_damp")
-            label = f"{name}-{ratio}" + ("" if damp is None else f"-damp{damp}")
+            label = f"{name}-{ratio}" + ("" if damp is None else f"-damp{damp}") \
+                + ("" if kv is None else f"-kv{kv}")
             save_model(pruned, self.tokenizer, self.args.save / label, torch.float32)
         start = time.perf_counter()
         ppl = self.ppl(pruned)
@@ -104,6 +120,8 @@ class Bench:
             "params_non_embedding": after["non_embedding"],
             "removed_non_embedding": round(1 - after["non_embedding"]
                                            / self.counts["non_embedding"], 4),
+            "kv_cache_ratio": kv,
+            "kv_cache_removed": round(1 - kv_bytes(pruned) / self.dense_kv, 4),
             "wall_s": {k: round(v, 1) for k, v in times.items()},
             "settings": {**method.config.model_dump(mode="json"), **self.data},
             "load": load_average(),
@@ -111,7 +129,11 @@ class Bench:
         print(json.dumps(row), file=sys.stderr, flush=True)
         return row
 
-    def width(self, name: str, section: dict, ratio: float) -> dict:
+    def width(self, name: str, section: dict, ratio: float, kv: float | None = None) -> dict:
+        if kv is not None:  # FLAP's AL-MM: this many KV groups go, channels fill the rest
+            groups = sum(layer.kv_heads for layer in self.structure.layers)
+            section = {**section, "structure": "AL-MM",
+                       "remove_heads": math.ceil(kv * groups - 1e-9)}
         method = create_method(parse_method_config(section))
         model = copy.deepcopy(self.dense)
         inputs = self.inputs(model, ratio)
@@ -133,14 +155,16 @@ class Bench:
         start = time.perf_counter()
         pruned = method.apply(inputs, plan, stats)
         times["apply"] = time.perf_counter() - start
-        found = self.row(name, section, ratio, pruned, times, method)
+        found = self.row(name, section, ratio, pruned, times, method, kv)
         if section["name"] == "taylor" and self.args.taylor_windows:
             found["settings"]["score_calibration"] = \
                 f"{self.args.taylor_windows}x{self.tokens.shape[1]}"
         return found
 
-    def block(self, name: str, section: dict, ratios: list[float]) -> list[dict]:
-        """One search to the largest ratio; each ratio applies the shortest prefix reaching it."""
+    def block(self, name: str, section: dict, ratios: list[float],
+              kv: float | None = None) -> list[dict]:
+        """One search to the largest ratio; each ratio applies the shortest prefix reaching it
+        (and, with ``kv``, also the shortest reaching both it and ``kv`` of the KV cache)."""
         method = create_method(parse_method_config(section))
         windows = self.args.block_windows or len(self.tokens)
         inputs = self.inputs(self.dense, max(ratios), self.tokens[:windows])
@@ -150,14 +174,19 @@ class Bench:
         plan = method.search(inputs, scores)
         search_s = time.perf_counter() - start - score_s
         rows = []
-        for ratio in ratios:
-            k = next(k for k, point in enumerate(plan.curve)
-                     if point["params_ratio_non_embedding"] >= ratio - 1e-9)
+        for ratio, budget in [(r, b) for r in ratios for b in [None] + ([kv] if kv else [])]:
+            k = next((k for k, point in enumerate(plan.curve)
+                      if point["params_ratio_non_embedding"] >= ratio - 1e-9
+                      and self.kv_removed(plan_for_k(plan, k)) >= (budget or 0) - 1e-9), None)
+            if k is None:
+                print(f"block: no prefix of the search to {max(ratios):.0%} removes {budget:.0%} "
+                      f"of the KV cache with {ratio:.0%} of the parameters", file=sys.stderr)
+                continue
             start = time.perf_counter()
             pruned = method.apply(self.inputs(copy.deepcopy(self.dense), ratio),
                                   plan_for_k(plan, k), {})
             times = {"score": score_s, "search": search_s, "apply": time.perf_counter() - start}
-            row = self.row(name, section, ratio, pruned, times, method)
+            row = self.row(name, section, ratio, pruned, times, method, budget)
             row["settings"]["calibration"] = f"{windows}x{self.tokens.shape[1]}"
             rows.append({**row, "blocks": k, "order": plan.removal_order[:k]})
         return rows
@@ -187,6 +216,9 @@ def main() -> None:
     parser.add_argument("--damp", type=float, nargs="+", default=None,
                         help="reconstruct_damp of the +ls rows, one row per value "
                              "(default: the method's)")
+    parser.add_argument("--kv-cache", type=float, default=None,
+                        help="also measure every ratio with this share of the KV cache removed "
+                             f"(rows {', '.join(KV_ROWS)})")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense row")
     parser.add_argument("--save", type=Path, help="save every pruned model under this folder "
                         "(ROW-RATIO[-dampD]/, the pruned model format; bench/kd.py --pruned)")
@@ -194,6 +226,13 @@ def main() -> None:
     parser.add_argument("--append", action="store_true",
                         help="keep the rows already in --json, replacing those measured again")
     args = parser.parse_args()
+    if args.kv_cache is not None:
+        if not 0 < args.kv_cache < 1:
+            parser.error(f"--kv-cache {args.kv_cache} is not a share in (0, 1)")
+        others = [name for name, _ in args.rows if name not in KV_ROWS]
+        if others:
+            parser.error(f"--kv-cache: rows {', '.join(others)} have no separate KV-cache "
+                         f"budget; use only {', '.join(KV_ROWS)}")
     gguf = require_inputs([args.calib, args.eval], args.gguf)
 
     start = time.perf_counter()
@@ -231,24 +270,28 @@ def main() -> None:
     for name, ratios in args.rows:
         section, ratios = ROWS[name], ratios or args.ratios
         if name == "block":
-            done(bench.block(name, section, ratios))
+            done(bench.block(name, section, ratios, args.kv_cache))
             continue
         damps = args.damp if "reconstruct" in section and args.damp else [None]
         for ratio in ratios:
             for damp in damps:
                 extra = {} if damp is None else {"reconstruct_damp": damp}
-                done([bench.width(name, {**section, **extra}, ratio)])
+                for kv in [None] + ([args.kv_cache] if args.kv_cache else []):
+                    done([bench.width(name, {**section, **extra}, ratio, kv)])
 
     print(f"SmolLM2-135M, calibration {args.calib_windows}x{args.calib_seqlen} tokens, eval "
           f"{args.eval_windows}x{args.eval_seqlen} WikiText-2 test tokens, batch "
           f"{args.batch_size}, {torch.get_num_threads()} threads; times in s")
     phases = ["statistics", "score", "search", "apply", "eval"]
     cells = [[r["row"], f"{r['ratio']:.2f}", str(r["settings"].get("reconstruct_damp", "")),
-              f"{r['removed_non_embedding']:.4f}", f"{r['params_total']:,}", f"{r['ppl']:.2f}",
+              f"{r['removed_non_embedding']:.4f}",
+              "" if r.get("kv_cache_removed") is None else f"{r['kv_cache_removed']:.4f}",
+              f"{r['params_total']:,}", f"{r['ppl']:.2f}",
               *(str(r["wall_s"].get(p, "")) for p in phases), r["load"]] for r in rows]
     new = {identity(r) for r in rows}
     rows = [r for r in previous if identity(r) not in new] + rows
-    print_table(["row", "target (non-emb)", "damp", "removed (non-emb)", "params", "perplexity",
+    print_table(["row", "target (non-emb)", "damp", "removed (non-emb)", "KV removed", "params",
+                 "perplexity",
                  *[f"{p} s" for p in phases], "load"], cells, rows, args)
 
 
@@ -264,8 +307,9 @@ def row_spec(text: str) -> tuple[str, list[float]]:
 
 
 def identity(row: dict) -> tuple:
-    """What a row measures: the recipe, the size and the ridge."""
-    return row["row"], row["ratio"], row["settings"].get("reconstruct_damp")
+    """What a row measures: the recipe, the size, the ridge and the KV-cache budget."""
+    return (row["row"], row["ratio"], row["settings"].get("reconstruct_damp"),
+            row.get("kv_cache_ratio"))
 
 
 if __name__ == "__main__":
