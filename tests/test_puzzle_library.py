@@ -337,3 +337,28 @@ def test_score_windows_score_on_the_first_windows_with_statistics_from_all(model
     with pytest.raises(UserError, match="score_windows=7 exceeds the 6 calibration windows"):
         build_library(Inputs(model, tokens, batch_size=4),
                       PuzzleConfig(mlp_widths=WIDTHS, score_windows=7))
+
+
+def test_dense_log_probs_are_computed_once_when_they_fit_and_recomputed_when_not(
+        model, tokens, built, monkeypatch):
+    """KL scores compare every variant with the same dense distribution: it is kept (one head
+    forward per batch for the whole library) under ``LOG_PROBS_CACHE_BYTES`` and recomputed per
+    variant above it, with the same library either way."""
+    heads = []
+    original = library.log_probs
+
+    def counted(adapter, hidden, chunk_tokens):
+        heads.append(hidden.data_ptr())
+        return original(adapter, hidden, chunk_tokens)
+
+    monkeypatch.setattr(library, "log_probs", counted)
+    config = PuzzleConfig(mlp_widths=WIDTHS, importance="magnitude", reconstruct="none")
+    cached = build_library(Inputs(model, tokens, batch_size=4), config)
+    batches, variants = 2, 2 * LAYERS + 3 * LAYERS  # attn keeps 0/1 of 2 groups; mlp 0/24/48
+    assert len(heads) == variants * batches + batches
+    heads.clear()
+    monkeypatch.setattr(library, "LOG_PROBS_CACHE_BYTES", 0)
+    recomputed = build_library(Inputs(model, tokens, batch_size=4), config)
+    assert len(heads) == 2 * variants * batches
+    for name in cached:
+        assert torch.equal(cached[name], recomputed[name]), name

@@ -25,6 +25,8 @@ finishes with exactly the tensors of an uninterrupted one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -42,6 +44,8 @@ from prunectl.methods.reconstruct.options import TOKENS_PER_INPUT, full_weight, 
 from prunectl.methods.reconstruct.sequential import Solution, replace_output
 
 BLOCKS = ("attn", "mlp")
+#: the dense log-probabilities KL scoring compares against are kept up to this size (float32)
+LOG_PROBS_CACHE_BYTES = 2**30
 
 
 def variant_weight(reconstruct: str, weight: torch.Tensor, h: torch.Tensor, kept: torch.Tensor,
@@ -61,18 +65,21 @@ def variant_weight(reconstruct: str, weight: torch.Tensor, h: torch.Tensor, kept
     return out
 
 
-def kl_sum(adapter, dense: torch.Tensor, hidden: torch.Tensor, chunk_tokens: int) -> float:
-    """Summed ``KL(p_dense || p)`` over positions ``0 .. seq-2`` of final hidden states
-    ``dense`` and ``hidden`` ([rows, seq, dim], before the final norm)."""
+def log_probs(adapter, hidden: torch.Tensor, chunk_tokens: int) -> Iterator[torch.Tensor]:
+    """Next-token log-probabilities at positions ``0 .. seq-2`` of final hidden states
+    ``hidden`` ([rows, seq, dim], before the final norm), a chunk of positions at a time so the
+    vocabulary-wide logits never exceed about ``chunk_tokens`` rows."""
     rows, length = hidden.shape[:2]
     step = max(1, chunk_tokens // max(rows, 1))
-    total = 0.0
     for start in range(0, length - 1, step):
         stop = min(start + step, length - 1)
-        logp = F.log_softmax(adapter.logits(dense[:, start:stop]).float(), dim=-1)
-        logq = F.log_softmax(adapter.logits(hidden[:, start:stop]).float(), dim=-1)
-        total += float((logp.exp() * (logp - logq)).sum(dim=-1, dtype=torch.float64).sum())
-    return total
+        yield F.log_softmax(adapter.logits(hidden[:, start:stop]).float(), dim=-1)
+
+
+def kl_sum(dense: Iterable[torch.Tensor], variant: Iterable[torch.Tensor]) -> float:
+    """Summed ``KL(p_dense || p_variant)`` over the positions of matching log-prob chunks."""
+    return sum(float((logp.exp() * (logp - logq)).sum(dim=-1, dtype=torch.float64).sum())
+               for logp, logq in zip(dense, variant, strict=True))
 
 
 class _Dense:
@@ -82,6 +89,7 @@ class _Dense:
         self.runner = UnitRunner(inputs.model, tokens, inputs.batch_size)
         self.cache: BoundaryCache | None = None
         self.finals: list[torch.Tensor] = []
+        self._log_probs: dict[int, list[torch.Tensor]] = {}
 
     def ready(self) -> _Dense:
         if self.cache is None:
@@ -99,7 +107,23 @@ class _Dense:
             return self.finals[b].to(self.runner.device)
         return self.cache.hidden(b, unit, set())
 
+    def log_probs(self, b: int) -> Iterable[torch.Tensor]:
+        """Batch ``b``'s dense next-token log-probabilities, as :func:`kl_sum` reads them: kept
+        after first use when every batch's fit ``LOG_PROBS_CACHE_BYTES`` (every variant compares
+        against them, and the vocabulary-wide head costs as much as several layers), otherwise
+        recomputed from the cached final hidden states each time."""
+        runner = self.runner
+        if b in self._log_probs:
+            return self._log_probs[b]
+        chunks = log_probs(runner.adapter, self.boundary(b, runner.num_units), runner.chunk_tokens)
+        positions = sum(batch.shape[0] * (batch.shape[1] - 1) for batch in runner.batches)
+        if positions * runner.adapter.lm_head.weight.shape[0] * 4 > LOG_PROBS_CACHE_BYTES:
+            return chunks
+        self._log_probs[b] = list(chunks)
+        return self._log_probs[b]
+
     def close(self) -> None:
+        self._log_probs.clear()
         if self.cache is not None:
             self.cache.close()
 
@@ -129,8 +153,8 @@ def _score(how: str, dense: _Dense, unit: int, linear: torch.nn.Linear,
             x = dense.boundary(b, unit)
             if how == "kl":
                 hidden = runner.run(x, unit, runner.num_units, skip)
-                total += kl_sum(runner.adapter, dense.boundary(b, runner.num_units), hidden,
-                                runner.chunk_tokens)
+                total += kl_sum(dense.log_probs(b),
+                                log_probs(runner.adapter, hidden, runner.chunk_tokens))
                 count += batch.shape[0] * (batch.shape[1] - 1)
             else:
                 out = runner.run(x, unit, unit + 1, skip)
