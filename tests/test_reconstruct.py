@@ -139,7 +139,7 @@ def _pruned(dense, tokens, reconstruct, **extra):
 def test_sequential_least_squares_is_the_optimum_and_beats_bias(family):
     dense = tiny_model(family, seed=3)
     tokens = torch.randint(4, 260, (12, 32), generator=torch.Generator().manual_seed(0))
-    ls = _pruned(dense, tokens, "least_squares", reconstruct_damp=0.0)
+    ls = _pruned(dense, tokens, "least_squares", reconstruct_damp=0.0, reconstruct_target="dense")
     biased = _pruned(dense, tokens, "bias")
     dense_io, ls_io, bias_io = (_capture(m, tokens) for m in (dense, ls, biased))
     checked = 0
@@ -175,7 +175,8 @@ def test_a_removed_block_passes_nothing_on_to_the_layers_after_it():
     plan = Plan(method="flap", layers={0: LayerPlan(attention=False),
                                        1: LayerPlan(mlp_channels=list(range(60)))})
     method = create_method(parse_method_config({"name": "flap", "reconstruct": "least_squares",
-                                                "reconstruct_damp": 0.0}))
+                                                "reconstruct_damp": 0.0,
+                                                "reconstruct_target": "dense"}))
     pruned = method.apply(Inputs(copy.deepcopy(dense), tokens, batch_size=4), plan, {}).eval()
     assert Adapter(pruned).attention(0) is None
     down = Adapter(pruned).down_proj(1)
