@@ -96,7 +96,7 @@ def _advance(layers: LayerPass, run_block, dense: bool) -> None:
 @torch.inference_mode()
 def sequential_pass(
     adapter: Adapter, tokens: torch.Tensor, batch_size: int, solve: Solver,
-    target: str = "dense", ui: UI = SILENT, wanted: Collection[str] | None = None,
+    target: str, ui: UI = SILENT, wanted: Collection[str] | None = None,
 ) -> dict[str, Solution]:
     """``layers.N.o_proj`` / ``layers.N.down_proj`` -> :class:`Solution` for every projection
     ``solve`` changed, its weight in the model's dtype (one extra copy of the pruned projections,

@@ -43,7 +43,6 @@ class SlimGPTConfig(MethodConfig, ReconstructOptions):
     #: head units and channels every layer keeps
     min_kept: int = Field(1, ge=1)
     reconstruct: Reconstruct = "least_squares"
-    reconstruct_target: Literal["dense", "self"] = "self"
     #: also the OBS damping of the selection: SlimGPT's (SparseGPT's) percdamp, not the width
     #: methods' refit default
     reconstruct_damp: float = Field(0.01, ge=0, le=10)
