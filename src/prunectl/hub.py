@@ -15,9 +15,14 @@ _GGUF_FIELDS = ("general.base_model.0.repo_url", "general.source.huggingface.rep
                 "general.source.url", "general.url", "general.repo_url")
 
 
+def looks_like_hub_id(text: str) -> bool:
+    """``org/name``, whether or not such a file exists here."""
+    return bool(_HUB_ID.fullmatch(text))
+
+
 def is_hub_id(path: str) -> bool:
     """``org/name`` that is not a file or directory here."""
-    return bool(_HUB_ID.fullmatch(path)) and not Path(path).expanduser().exists()
+    return looks_like_hub_id(path) and not Path(path).expanduser().exists()
 
 
 def _as_hub_id(value: str) -> str | None:

@@ -1,10 +1,13 @@
 """The recipe: one YAML file that says what to prune, how, and how to judge the result.
 
-Loading follows three rules: ``extends: base.yaml`` (relative to the including file) is merged
+Loading follows four rules: ``extends: base.yaml`` (relative to the including file) is merged
 first, recursively (mappings merge, lists and scalars replace; a ``method`` section naming another
 method replaces the base's instead, since options of one method mean nothing to another); then
 ``--set key.path=value`` / ``~key.path`` overrides apply in order (torchtune's grammar, values
-parsed as YAML); then the schema below validates the result.  Every model forbids unknown keys, and every error becomes one
+parsed as YAML); then every local path (:data:`PATH_KEYS`) becomes absolute, resolved against the
+directory of the file that wrote it (the current directory for ``--set`` and flags), so a recipe
+travels with its data and the pinned copy works from any directory; then the schema below
+validates the result.  Every model forbids unknown keys, and every error becomes one
 line naming the file, the dotted key, what was wrong and what is allowed
 (:mod:`prunectl.recipe_errors`).
 """
@@ -25,6 +28,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -44,6 +48,9 @@ class Section(BaseModel):
 class ModelConfig(Section):
     #: hub id, local Hugging Face directory, or a .gguf file
     path: str
+    #: a local config.json (or its folder) standing in for the model's own when checking a
+    #: recipe (``prunectl validate``): a 70B recipe checks on a laptop, offline
+    config: str | None = None
     #: the .gguf file inside ``path`` when ``path`` is a directory or hub id
     gguf_file: str | None = None
     #: auto = bfloat16 on CUDA, float32 on CPU
@@ -54,6 +61,14 @@ class ModelConfig(Section):
     revision: str | None = None
     #: spread one model over several devices (layer-wise execution, later)
     device_map: None | Literal["auto", "balanced", "sequential"] | dict[str, Any] = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_config(self, handler: Any) -> dict[str, Any]:
+        """Leave ``config`` out when unset, so recipes pinned before it existed stay equal."""
+        data = handler(self)
+        if data.get("config") is None:
+            data.pop("config", None)
+        return data
 
     @field_validator("device")
     @classmethod
@@ -396,6 +411,59 @@ def _resolve(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], 
     return data, origins
 
 
+#: recipe keys that may name a local file or directory (a list: each entry)
+PATH_KEYS = (("model", "path"), ("model", "config"), ("calibration", "dataset"),
+             ("recover", "dataset"), ("eval", "perplexity", "datasets"), ("eval", "task_paths"))
+#: keys whose value is always local (never a hub id nor a dataset name)
+_ALWAYS_LOCAL = {("model", "config"), ("eval", "task_paths")}
+_LOCAL_SUFFIXES = {".gguf", ".txt", ".json", ".jsonl", ".parquet", ".yaml", ".yml", ".safetensors"}
+_EXPLICIT = ("/", "~", "./", "../", ".\\", "..\\")
+
+
+def _anchor(origin: str) -> tuple[Path, str]:
+    """The directory a path from ``origin`` is relative to, and how to say so."""
+    if origin and not origin.startswith("--set") and Path(origin).is_file():
+        return Path(origin).resolve().parent, f"the directory of {origin}"
+    return Path.cwd(), "the current directory"
+
+
+def _local_path(key: tuple[str, ...], value: Any, origin: str, label: str) -> Any:
+    """``value`` as an absolute path when it names a local file or directory; a hub id or a
+    dataset name stays as it is; a local-looking path that does not exist is an error."""
+    from prunectl.data.sources import BUILTIN, NAMED
+    from prunectl.hub import looks_like_hub_id
+
+    if not isinstance(value, str) or not value or value in NAMED or value == BUILTIN:
+        return value
+    base, relative_to = _anchor(origin)
+    path = Path(value).expanduser()
+    full = (path if path.is_absolute() else base / path).resolve()
+    if full.exists():
+        return str(full)
+    local = (key in _ALWAYS_LOCAL or value.startswith(_EXPLICIT)
+             or path.suffix.lower() in _LOCAL_SUFFIXES)
+    if not local and (looks_like_hub_id(value) or "/" not in value):
+        return value  # a hub id (org/name, or a bare name such as gpt2) or a dataset name
+    raise UserError(f"{label}: {'.'.join(key)}: {value} does not exist (looked for {full}, "
+                    f"relative to {relative_to}); a recipe file's paths are relative to its "
+                    "directory, --set paths to the current directory")
+
+
+def _resolve_paths(data: dict[str, Any], origins: Origins, label: str) -> None:
+    """Make every local path the recipe file or an override names absolute, in place; keys
+    without an origin come from a pinned recipe, whose paths were resolved when it was pinned."""
+    for key in PATH_KEYS:
+        parent: Any = data
+        for part in key[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        origin = origins.get(key)
+        if not isinstance(parent, dict) or key[-1] not in parent or origin is None:
+            continue
+        value = parent[key[-1]]
+        parent[key[-1]] = ([_local_path(key, v, origin, label) for v in value]
+                           if isinstance(value, list) else _local_path(key, value, origin, label))
+
+
 def _parse_value(override: str, text: str) -> Any:
     try:
         return yaml.safe_load(text)
@@ -462,6 +530,7 @@ def load_recipe(
     if "extends" in data:
         raise UserError(f"{label}: extends: only a recipe file may extend another; "
                         "use --set key.path=value to change keys")
+    _resolve_paths(data, origins, label)
     try:
         recipe = Recipe.model_validate(data, context={"origins": origins})
     except ValidationError as error:
