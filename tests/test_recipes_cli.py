@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from prunectl import catalog
 from prunectl.cli import app
 from prunectl.modeling.params import count_parameters
+from prunectl.recipe import load_recipe
 
 runner = CliRunner()
 REPO = Path(__file__).parent.parent
@@ -37,13 +38,20 @@ def test_the_package_carries_the_repository_s_recipes():
         assert catalog.shipped()[path.stem].read_bytes() == path.read_bytes()
 
 
-def test_recipes_ls_prints_one_line_per_recipe():
+def test_recipes_ls_prints_one_whole_line_per_recipe_and_config():
     result = runner.invoke(app, ["recipes", "ls"])
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
-    assert [line.split()[0] for line in lines] == [p.stem for p in SOURCE]
+    lines = result.stdout.strip().splitlines()
+    configs = sorted(p.name for p in (REPO / "recipes").glob("*.json"))
+    assert [line.split()[0] for line in lines] == [p.stem for p in SOURCE] + configs
     flap = next(line for line in lines if line.startswith("llama2-7b-flap "))
-    assert "FLAP (AAAI 2024)" in flap
+    # the whole first sentence of the recipe's comment, not its first line cut mid-sentence
+    assert flap.endswith("FLAP (AAAI 2024), the reference setup for LLaMA/Llama-2-7B: WIFV metric, "
+                         "adaptive structure across layers and modules (AL-AM), bias compensation, "
+                         "no retraining.")
+    zero = next(line for line in lines if line.startswith("ds-zero2.json "))
+    assert "recover.distributed.deepspeed" in zero
+    assert str(catalog.directory()) in result.stderr  # where they are
 
 
 def test_recipes_cp_copies_once_and_refuses_to_overwrite(tmp_path):
@@ -62,7 +70,25 @@ def test_recipes_cp_copies_once_and_refuses_to_overwrite(tmp_path):
     one_error_line(runner.invoke(app, ["recipes", "cp", "flap-9000", str(tmp_path / "x.yaml")]),
                    "no shipped recipe named 'flap-9000'", "llama2-7b-flap")
     assert runner.invoke(app, ["recipes", "cp", "ds-zero2.json", str(tmp_path)]).exit_code == 0
-    assert (tmp_path / "ds-zero2.json").is_file()
+    assert (tmp_path / "ds-zero2.json").read_bytes() == (REPO / "recipes" / "ds-zero2.json"
+                                                           ).read_bytes()
+
+
+@pytest.mark.parametrize("source", SOURCE, ids=lambda p: p.stem)
+def test_every_shipped_recipe_copied_elsewhere_validates_as_the_original(tmp_path, source):
+    """A copy is self-contained: its extends: chain is merged in, so it loads far from the
+    package and means what the shipped recipe means; `recipes show` prints the same text."""
+    # the demo's placeholder GGUF is replaced by its documented --set model.path=
+    sets = [f"model.path={tmp_path}"] if "--set model.path=" in source.read_text() else []
+    result = runner.invoke(app, ["recipes", "cp", source.stem, str(tmp_path / "mine.yaml")])
+    assert result.exit_code == 0, result.output
+    copied = (tmp_path / "mine.yaml").read_text()
+    assert "extends" not in yaml.safe_load(copied)
+    _, expected = load_recipe(source, sets)
+    _, got = load_recipe(tmp_path / "mine.yaml", sets)
+    assert got == expected
+    shown = runner.invoke(app, ["recipes", "show", source.stem])
+    assert shown.exit_code == 0 and shown.stdout == copied
 
 
 def test_a_copied_recipe_validates_against_a_local_model(tmp_path):

@@ -411,6 +411,12 @@ def _resolve(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], 
     return data, origins
 
 
+def merged(path: Path) -> dict[str, Any]:
+    """A recipe file's own keys with everything it ``extends`` merged in (no overrides, no
+    defaults, paths as written): what a self-contained copy holds."""
+    return _resolve(Path(path))[0]
+
+
 #: recipe keys that may name a local file or directory (a list: each entry)
 PATH_KEYS = (("model", "path"), ("model", "config"), ("calibration", "dataset"),
              ("recover", "dataset"), ("eval", "perplexity", "datasets"), ("eval", "task_paths"))
