@@ -101,8 +101,13 @@ def test_a_copied_recipe_validates_against_a_local_model(tmp_path):
     from transformers import AutoModelForCausalLM
 
     total = count_parameters(AutoModelForCausalLM.from_pretrained(model_dir))["total"]
-    assert result.output.strip() == (f"ok: flap on llama, 4 layers, 4 heads / 2 KV heads, "
-                                     f"{total:,} parameters; target: params")
+    layers = sum(p.numel() for n, p in AutoModelForCausalLM.from_pretrained(model_dir)
+                 .named_parameters() if ".layers." in n and "norm" not in n)
+    remove = round(0.2 * layers)  # the recipe's FLAP ratio is of the layers' weights
+    assert result.output.strip() == (
+        f"ok: flap on llama, 4 layers, 4 heads / 2 KV heads, {total:,} parameters; target: "
+        f"params_ratio 0.2 of layers ({layers:,}), removes {remove:,} parameters "
+        f"({remove / total:.2%} of {total:,})")
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
@@ -118,6 +123,78 @@ def test_validate_refuses_what_cannot_run(tmp_path):
                                        "model.path=/nowhere/model"]), "/nowhere/model")
     one_error_line(runner.invoke(app, ["validate", "-r", str(tmp_path / "none.yaml")]),
                    "does not exist", "prunectl recipes ls")
+
+
+def test_validate_checks_a_hub_recipe_against_a_stand_in_config(tmp_path):
+    """A 70B recipe on a laptop: --config (file or folder) or model.config stands in for the
+    hub model's config.json; nothing is downloaded, nothing written."""
+    model_dir = save_tiny(tmp_path / "tiny")
+    from transformers import AutoModelForCausalLM
+
+    total = count_parameters(AutoModelForCausalLM.from_pretrained(model_dir))["total"]
+    recipe = REPO / "recipes" / "llama2-7b-shortgpt.yaml"  # a hub id, and extends another
+    fit = ["--set", "calibration.seqlen=64"]
+    outputs = set()
+    for given in (model_dir / "config.json", model_dir):
+        result = runner.invoke(app, ["validate", "-r", str(recipe), "--config", str(given), *fit])
+        assert result.exit_code == 0, result.output
+        outputs.add(result.output.strip())
+    copy = tmp_path / "mine.yaml"
+    # model.config relative to the recipe file, like every path in it
+    copy.write_text(catalog.text("llama2-7b-shortgpt").replace(
+        "model:\n", "model:\n  config: tiny/config.json\n", 1))
+    result = runner.invoke(app, ["validate", "-r", str(copy), *fit])
+    assert result.exit_code == 0, result.output
+    outputs.add(result.output.strip())
+    assert len(outputs) == 1
+    # shortgpt removes whole layers: 9 blocks of a 4-layer model cannot be; 2 can
+    layer = (total - count_parameters(AutoModelForCausalLM.from_pretrained(model_dir))
+             ["embedding"] - 64) // 4
+    result = runner.invoke(app, ["validate", "-r", str(copy), *fit, "--set", "target.blocks=2"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(
+        f"target: blocks 2 of 4 layers, removes {2 * layer:,} to {2 * layer:,} parameters "
+        f"({2 * layer / total:.2%} to {2 * layer / total:.2%}; the search picks which)")
+    one_error_line(runner.invoke(app, ["validate", "-r", str(recipe), "--config",
+                                       str(tmp_path / "none.json")]),
+                   "--config:", "none.json is neither a config.json file nor a folder")
+
+
+@pytest.mark.parametrize("offline", ["env", "no connection"])
+def test_validate_without_the_hub_fails_at_once_naming_the_local_fix(tmp_path, monkeypatch,
+                                                                     offline):
+    """No retries and no wait: offline (HF_HUB_OFFLINE) or with nothing listening where the hub
+    should be (a refused connection), one line naming model.config and --config."""
+    import huggingface_hub.constants
+
+    if offline == "env":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    result = runner.invoke(app, ["validate", "-r", str(REPO / "recipes" / "llama2-7b-flap.yaml"),
+                                 "--set", "model.path=nobody-here/no-such-model"])
+    one_error_line(result, "model.path nobody-here/no-such-model: cannot read its config.json",
+                   "HF_HUB_OFFLINE is set" if offline == "env" else "no connection to 127.0.0.1",
+                   "give model.config (or validate --config) a config.json file or folder, or "
+                   "model.path a local model directory")
+    assert "Retry" not in result.output
+
+
+def test_validate_refuses_data_that_is_neither_named_nor_here(tmp_path):
+    model_dir = save_tiny(tmp_path / "tiny")
+    recipe = REPO / "recipes" / "llama2-7b-flap.yaml"
+    base = ["validate", "-r", str(recipe), "--set", f"model.path={model_dir}"]
+    one_error_line(runner.invoke(app, [*base, "--set", "calibration.dataset=mydata"]),
+                   "calibration.dataset: mydata is neither a named dataset nor a file or folder")
+    one_error_line(runner.invoke(app, [*base, "--set", "eval.perplexity.datasets=[wikitext2, x]"]),
+                   "eval.perplexity.datasets: x is neither a named dataset")
+    # a method that reads no calibration data does not care what calibration.dataset says
+    result = runner.invoke(app, [*base, "--set", "method={name: mag-sp}",
+                                 "--set", "calibration.dataset=mydata"])
+    assert result.exit_code == 0, result.output
 
 
 @pytest.mark.parametrize(("method", "flags", "message"), [

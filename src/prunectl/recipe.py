@@ -34,7 +34,7 @@ from pydantic import (
 
 from prunectl.errors import UserError
 from prunectl.methods.base import MethodConfig
-from prunectl.methods.registry import METHODS, parse_method_config
+from prunectl.methods.registry import METHODS, canonical_name, parse_method_config
 from prunectl.recipe_errors import describe_validation_error
 from prunectl.yaml_unique import load_unique
 
@@ -315,7 +315,7 @@ class Recipe(Section):
 
     @field_validator("method", mode="before")
     @classmethod
-    def _method(cls, value: Any) -> Any:
+    def _method(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, MethodConfig):
             return value
         if not isinstance(value, dict) or "name" not in value:
@@ -323,6 +323,8 @@ class Recipe(Section):
                 f"got {value!r}, expected a mapping with a name, e.g. "
                 f"{{name: manual, remove: [layers.3.mlp]}}; methods: {', '.join(METHODS)}"
             )
+        if (info.context or {}).get("light"):  # the name alone: its options need its module
+            return MethodConfig(name=canonical_name(str(value["name"])))
         return parse_method_config(value)
 
     def section_dict(self, name: str) -> dict[str, Any] | None:
@@ -516,11 +518,14 @@ def load_recipe(
     path: Path | str | None,
     overrides: list[str] | tuple[str, ...] = (),
     pinned: dict[str, Any] | None = None,
+    light: bool = False,
 ) -> tuple[Recipe, dict[str, Any]]:
     """Read, merge, override and validate a recipe; returns it and its resolved plain dict.
 
     With no ``path``, start from ``pinned`` (the project's pinned recipe).  The resolved dict
-    has every default filled in, so pinning it records exactly what ran.
+    has every default filled in, so pinning it records exactly what ran.  ``light`` checks the
+    method section's name only, so that a recipe is refused before torch is imported (a method's
+    own options live in its module): commands call it first, the full load after.
     """
     if path is not None:
         label = str(path)
@@ -538,7 +543,7 @@ def load_recipe(
                         "use --set key.path=value to change keys")
     _resolve_paths(data, origins, label)
     try:
-        recipe = Recipe.model_validate(data, context={"origins": origins})
+        recipe = Recipe.model_validate(data, context={"origins": origins, "light": light})
     except ValidationError as error:
         raise UserError(describe_validation_error(error, Recipe, data, label, origins)) from None
     except UserError as error:  # an unknown method name, from the registry
