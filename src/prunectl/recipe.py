@@ -545,7 +545,9 @@ def load_recipe(
     try:
         recipe = Recipe.model_validate(data, context={"origins": origins, "light": light})
     except ValidationError as error:
-        raise UserError(describe_validation_error(error, Recipe, data, label, origins)) from None
+        # light: no method section to describe (its schema would import the method's module)
+        described = {k: v for k, v in data.items() if k != "method"} if light else data
+        raise UserError(describe_validation_error(error, Recipe, described, label, origins)) from None
     except UserError as error:  # an unknown method name, from the registry
         source = origins.get(("method", "name"), label)
         suffix = f" (from {source})" if source != label else ""
