@@ -39,21 +39,31 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def write_example(path: Path) -> Path:
+    """EXAMPLE at ``path``, with the model folder and data files it names beside it."""
+    (path.parent / "models" / "tiny").mkdir(parents=True, exist_ok=True)
+    write(path.parent / "data" / "calib.txt", "calibration text")
+    write(path.parent / "data" / "eval.txt", "evaluation text")
+    return write(path, EXAMPLE)
+
+
 @pytest.fixture
 def example(tmp_path) -> Path:
-    return write(tmp_path / "recipe.yaml", EXAMPLE)
+    return write_example(tmp_path / "recipe.yaml")
 
 
 def test_example_loads_with_defaults_and_round_trips_through_the_pin(example):
     recipe, resolved = load_recipe(example)
-    assert recipe.model.path == "models/tiny" and recipe.model.device == "auto"
+    here = example.parent.resolve()
+    assert recipe.model.path == str(here / "models" / "tiny") and recipe.model.device == "auto"
+    assert recipe.calibration.dataset == str(here / "data" / "calib.txt")
     assert recipe.method.name == "manual" and recipe.method.remove == ["layers.1.mlp", "layers.2.attn"]
     assert recipe.calibration.seed == 42 and recipe.calibration.batch_size == 8
     assert recipe.recover is None and recipe.section_dict("recover") is None
     assert resolved == recipe.to_dict()
     assert resolved["method"] == {"name": "manual", "remove": ["layers.1.mlp", "layers.2.attn"]}
     assert resolved["eval"]["perplexity"] == {
-        "datasets": ["data/eval.txt"], "split": None, "seqlen": 64, "batch_size": 4,
+        "datasets": [str(here / "data" / "eval.txt")], "split": None, "seqlen": 64, "batch_size": 4,
         "max_windows": None, "add_bos": False,
     }
     assert json.loads(json.dumps(resolved)) == resolved
@@ -114,7 +124,7 @@ def test_override_grammar_edge_cases():
 
 
 def test_extends_chain_resolves_relative_paths_and_merges(tmp_path):
-    write(tmp_path / "team" / "base.yaml", EXAMPLE)
+    write_example(tmp_path / "team" / "base.yaml")
     write(tmp_path / "team" / "models" / "tiny.yaml", """\
 extends: ../base.yaml
 model: {path: other/model}
@@ -128,6 +138,8 @@ calibration: {seed: 7}
 """)
     recipe, _ = load_recipe(child)
     assert recipe.model.path == "other/model" and recipe.model.dtype == "float32"  # dicts merge
+    # each path resolves against the file that wrote it: base.yaml's data beside base.yaml
+    assert recipe.calibration.dataset == str((tmp_path / "team" / "data" / "calib.txt").resolve())
     assert (recipe.calibration.nsamples, recipe.calibration.seqlen, recipe.calibration.seed) == (8, 64, 7)
     assert recipe.method.remove == ["layers.0.mlp"]  # lists replace
     assert recipe.eval.perplexity.datasets == ["wikitext2"] and recipe.eval.perplexity.seqlen == 64
@@ -135,7 +147,7 @@ calibration: {seed: 7}
 
 
 def test_extends_with_another_method_replaces_the_method_section(tmp_path):
-    write(tmp_path / "base.yaml", EXAMPLE)
+    write_example(tmp_path / "base.yaml")
     child = write(tmp_path / "child.yaml", "extends: base.yaml\nmethod: {name: block}\n")
     recipe, _ = load_recipe(child)
     assert recipe.method.name == "block" and recipe.method.block_type == "mix"

@@ -1,12 +1,18 @@
-"""What makes an exported directory hub-ready: ``base_model`` as a hub id, and no path of this
-machine in any file (a model card or config that names ``/home/me/models/x`` means nothing on
-the hub and tells the world about the exporter's disk)."""
+"""The hub, seen from prunectl: what makes an exported directory hub-ready (``base_model`` as a
+hub id, and no path of this machine in any file: a model card or config that names
+``/home/me/models/x`` means nothing on the hub and tells the world about the exporter's disk),
+and a hub model's ``config.json`` fetched without waiting on a network that is not there."""
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+from prunectl.errors import UserError
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _HUB_URL = re.compile(r"https?://huggingface\.co/([A-Za-z0-9][\w.-]*/[\w.-]+?)/?$")
@@ -15,9 +21,14 @@ _GGUF_FIELDS = ("general.base_model.0.repo_url", "general.source.huggingface.rep
                 "general.source.url", "general.url", "general.repo_url")
 
 
+def looks_like_hub_id(text: str) -> bool:
+    """``org/name``, whether or not such a file exists here."""
+    return bool(_HUB_ID.fullmatch(text))
+
+
 def is_hub_id(path: str) -> bool:
     """``org/name`` that is not a file or directory here."""
-    return bool(_HUB_ID.fullmatch(path)) and not Path(path).expanduser().exists()
+    return looks_like_hub_id(path) and not Path(path).expanduser().exists()
 
 
 def _as_hub_id(value: str) -> str | None:
@@ -70,3 +81,43 @@ def portable(value: Any) -> Any:
     if isinstance(value, str) and _local(value):
         return re.split(r"[\\/]", value.rstrip("\\/"))[-1]
     return value
+
+
+_NO_HUB_FIX = ("give model.config (or validate --config) a config.json file or folder, or "
+               "model.path a local model directory")
+
+
+def _offline() -> bool:
+    return any(os.environ.get(name, "").upper() in {"1", "ON", "YES", "TRUE"}
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """Why the hub at ``endpoint`` cannot be reached (one TCP connect, 3 s at most), or None."""
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=3).close()
+    except OSError as error:
+        return f"no connection to {url.hostname} ({error.strerror or type(error).__name__})"
+    return None
+
+
+def config_file(repo: str, revision: str | None = None) -> Path:
+    """A hub model's ``config.json``: from the local cache, else downloaded, else a one-line
+    error at once naming the local fix (never the hub client's retries)."""
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return Path(cached)
+    why = ("HF_HUB_OFFLINE is set" if _offline() or constants.HF_HUB_OFFLINE
+           else _unreachable(constants.ENDPOINT))
+    if why is None:
+        try:
+            return Path(hf_hub_download(repo, "config.json", revision=revision))
+        except Exception as error:  # gated, missing, or the connection dropped: the hub's words
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            why = f"the hub said: {first}"
+    raise UserError(f"model.path {repo}: cannot read its config.json from the hub ({why}) and it "
+                    f"is not cached; {_NO_HUB_FIX}")

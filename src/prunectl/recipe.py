@@ -1,10 +1,13 @@
 """The recipe: one YAML file that says what to prune, how, and how to judge the result.
 
-Loading follows three rules: ``extends: base.yaml`` (relative to the including file) is merged
+Loading follows four rules: ``extends: base.yaml`` (relative to the including file) is merged
 first, recursively (mappings merge, lists and scalars replace; a ``method`` section naming another
 method replaces the base's instead, since options of one method mean nothing to another); then
 ``--set key.path=value`` / ``~key.path`` overrides apply in order (torchtune's grammar, values
-parsed as YAML); then the schema below validates the result.  Every model forbids unknown keys, and every error becomes one
+parsed as YAML); then every local path (:data:`PATH_KEYS`) becomes absolute, resolved against the
+directory of the file that wrote it (the current directory for ``--set`` and flags), so a recipe
+travels with its data and the pinned copy works from any directory; then the schema below
+validates the result.  Every model forbids unknown keys, and every error becomes one
 line naming the file, the dotted key, what was wrong and what is allowed
 (:mod:`prunectl.recipe_errors`).
 """
@@ -25,12 +28,13 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from prunectl.errors import UserError
 from prunectl.methods.base import MethodConfig
-from prunectl.methods.registry import METHODS, parse_method_config
+from prunectl.methods.registry import METHODS, canonical_name, parse_method_config
 from prunectl.recipe_errors import describe_validation_error
 from prunectl.yaml_unique import load_unique
 
@@ -44,6 +48,9 @@ class Section(BaseModel):
 class ModelConfig(Section):
     #: hub id, local Hugging Face directory, or a .gguf file
     path: str
+    #: a local config.json (or its folder) standing in for the model's own when checking a
+    #: recipe (``prunectl validate``): a 70B recipe checks on a laptop, offline
+    config: str | None = None
     #: the .gguf file inside ``path`` when ``path`` is a directory or hub id
     gguf_file: str | None = None
     #: auto = bfloat16 on CUDA, float32 on CPU
@@ -54,6 +61,14 @@ class ModelConfig(Section):
     revision: str | None = None
     #: spread one model over several devices (layer-wise execution, later)
     device_map: None | Literal["auto", "balanced", "sequential"] | dict[str, Any] = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_config(self, handler: Any) -> dict[str, Any]:
+        """Leave ``config`` out when unset, so recipes pinned before it existed stay equal."""
+        data = handler(self)
+        if data.get("config") is None:
+            data.pop("config", None)
+        return data
 
     @field_validator("device")
     @classmethod
@@ -300,7 +315,7 @@ class Recipe(Section):
 
     @field_validator("method", mode="before")
     @classmethod
-    def _method(cls, value: Any) -> Any:
+    def _method(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, MethodConfig):
             return value
         if not isinstance(value, dict) or "name" not in value:
@@ -308,6 +323,8 @@ class Recipe(Section):
                 f"got {value!r}, expected a mapping with a name, e.g. "
                 f"{{name: manual, remove: [layers.3.mlp]}}; methods: {', '.join(METHODS)}"
             )
+        if (info.context or {}).get("light"):  # the name alone: its options need its module
+            return MethodConfig(name=canonical_name(str(value["name"])))
         return parse_method_config(value)
 
     def section_dict(self, name: str) -> dict[str, Any] | None:
@@ -396,6 +413,65 @@ def _resolve(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], 
     return data, origins
 
 
+def merged(path: Path) -> dict[str, Any]:
+    """A recipe file's own keys with everything it ``extends`` merged in (no overrides, no
+    defaults, paths as written): what a self-contained copy holds."""
+    return _resolve(Path(path))[0]
+
+
+#: recipe keys that may name a local file or directory (a list: each entry)
+PATH_KEYS = (("model", "path"), ("model", "config"), ("calibration", "dataset"),
+             ("recover", "dataset"), ("eval", "perplexity", "datasets"), ("eval", "task_paths"))
+#: keys whose value is always local (never a hub id nor a dataset name)
+_ALWAYS_LOCAL = {("model", "config"), ("eval", "task_paths")}
+_LOCAL_SUFFIXES = {".gguf", ".txt", ".json", ".jsonl", ".parquet", ".yaml", ".yml", ".safetensors"}
+_EXPLICIT = ("/", "~", "./", "../", ".\\", "..\\")
+
+
+def _anchor(origin: str) -> tuple[Path, str]:
+    """The directory a path from ``origin`` is relative to, and how to say so."""
+    if origin and not origin.startswith("--set") and Path(origin).is_file():
+        return Path(origin).resolve().parent, f"the directory of {origin}"
+    return Path.cwd(), "the current directory"
+
+
+def _local_path(key: tuple[str, ...], value: Any, origin: str, label: str) -> Any:
+    """``value`` as an absolute path when it names a local file or directory; a hub id or a
+    dataset name stays as it is; a local-looking path that does not exist is an error."""
+    from prunectl.data.sources import BUILTIN, NAMED
+    from prunectl.hub import looks_like_hub_id
+
+    if not isinstance(value, str) or not value or value in NAMED or value == BUILTIN:
+        return value
+    base, relative_to = _anchor(origin)
+    path = Path(value).expanduser()
+    full = (path if path.is_absolute() else base / path).resolve()
+    if full.exists():
+        return str(full)
+    local = (key in _ALWAYS_LOCAL or value.startswith(_EXPLICIT)
+             or path.suffix.lower() in _LOCAL_SUFFIXES)
+    if not local and (looks_like_hub_id(value) or "/" not in value):
+        return value  # a hub id (org/name, or a bare name such as gpt2) or a dataset name
+    raise UserError(f"{label}: {'.'.join(key)}: {value} does not exist (looked for {full}, "
+                    f"relative to {relative_to}); a recipe file's paths are relative to its "
+                    "directory, --set paths to the current directory")
+
+
+def _resolve_paths(data: dict[str, Any], origins: Origins, label: str) -> None:
+    """Make every local path the recipe file or an override names absolute, in place; keys
+    without an origin come from a pinned recipe, whose paths were resolved when it was pinned."""
+    for key in PATH_KEYS:
+        parent: Any = data
+        for part in key[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        origin = origins.get(key)
+        if not isinstance(parent, dict) or key[-1] not in parent or origin is None:
+            continue
+        value = parent[key[-1]]
+        parent[key[-1]] = ([_local_path(key, v, origin, label) for v in value]
+                           if isinstance(value, list) else _local_path(key, value, origin, label))
+
+
 def _parse_value(override: str, text: str) -> Any:
     try:
         return yaml.safe_load(text)
@@ -442,11 +518,14 @@ def load_recipe(
     path: Path | str | None,
     overrides: list[str] | tuple[str, ...] = (),
     pinned: dict[str, Any] | None = None,
+    light: bool = False,
 ) -> tuple[Recipe, dict[str, Any]]:
     """Read, merge, override and validate a recipe; returns it and its resolved plain dict.
 
     With no ``path``, start from ``pinned`` (the project's pinned recipe).  The resolved dict
-    has every default filled in, so pinning it records exactly what ran.
+    has every default filled in, so pinning it records exactly what ran.  ``light`` checks the
+    method section's name only, so that a recipe is refused before torch is imported (a method's
+    own options live in its module): commands call it first, the full load after.
     """
     if path is not None:
         label = str(path)
@@ -462,10 +541,13 @@ def load_recipe(
     if "extends" in data:
         raise UserError(f"{label}: extends: only a recipe file may extend another; "
                         "use --set key.path=value to change keys")
+    _resolve_paths(data, origins, label)
     try:
-        recipe = Recipe.model_validate(data, context={"origins": origins})
+        recipe = Recipe.model_validate(data, context={"origins": origins, "light": light})
     except ValidationError as error:
-        raise UserError(describe_validation_error(error, Recipe, data, label, origins)) from None
+        # light: no method section to describe (its schema would import the method's module)
+        described = {k: v for k, v in data.items() if k != "method"} if light else data
+        raise UserError(describe_validation_error(error, Recipe, described, label, origins)) from None
     except UserError as error:  # an unknown method name, from the registry
         source = origins.get(("method", "name"), label)
         suffix = f" (from {source})" if source != label else ""

@@ -124,6 +124,10 @@ def session(opts: Common) -> Iterator[Any]:
             if rollback and snapshot([state]) == {state: rollback[state]}:
                 restore(rollback)  # nothing ran with the new recipe: keep the old one pinned
             raise
+        if dist.is_main:  # while every step module is loaded: `status` then needs none
+            from prunectl.steps.pipeline import remember_status
+
+            remember_status(project)
 
 
 def _pin(project, opts: Common, ui: UI):
@@ -219,6 +223,27 @@ def _sigterm_raises() -> Iterator[Callable[[], None]]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _parse_first(options: dict[str, Any]) -> None:
+    """Refuse a recipe that cannot be parsed or validated (YAML syntax, unknown keys, bad
+    values, missing paths) before the command imports torch, which takes seconds to a minute
+    on a busy machine; a method's own options are checked by the full load after."""
+    recipe, sets = options.get("recipe"), list(options.get("set") or [])
+    if recipe is None and not sets:
+        return
+    from prunectl.recipe import load_recipe
+
+    pinned = None
+    if recipe is None:
+        if options.get("project") is None:
+            return
+        from prunectl.project import Project
+
+        pinned = Project(options["project"]).pinned_recipe()
+        if pinned is None:
+            return  # the session says the project has no recipe yet
+    load_recipe(recipe, sets, pinned=pinned, light=True)
+
+
 def handles_errors(command: Callable) -> Callable:
     """Turn user errors into one line and exit 2, internal ones into exit 1 with a log pointer,
     a lost torchrun rank or a signal into one line saying that a re-run resumes."""
@@ -226,6 +251,7 @@ def handles_errors(command: Callable) -> Callable:
     def reporting(*args, **kwargs):
         with _sigterm_raises() as raise_deferred_sigterm:
             try:
+                _parse_first(kwargs)
                 result = command(*args, **kwargs)
                 raise_deferred_sigterm()
                 return result

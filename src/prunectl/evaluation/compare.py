@@ -13,8 +13,7 @@ from typing import Any
 from rich.table import Table
 
 from prunectl.errors import UserError
-from prunectl.evaluation.results import MODEL_ORDER, ProjectResults, load_results
-from prunectl.evaluation.speed import speed_ratios
+from prunectl.evaluation.results import MODEL_ORDER, ProjectResults, load_results, speed_ratios
 from prunectl.evaluation.tasks import task_average
 
 

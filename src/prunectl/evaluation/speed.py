@@ -259,37 +259,3 @@ def measure_speed(
         "notes": notes,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def speed_ratios(pruned: dict, dense: dict) -> dict[str, float | bool]:
-    """Pruned / dense for every figure both measured: above 1 is faster for throughput, below 1
-    is smaller for memory, parameters and disk.  ``same_device`` is False when the two were
-    measured on different machines or dtypes, where the speed ratios mean little."""
-    ratios: dict[str, float | bool] = {}
-
-    def put(name: str, a: float | None, b: float | None) -> None:
-        if a is not None and b:
-            ratios[name] = round(a / b, 4)
-
-    dense_prefill = {r["seq_len"]: r["tokens_per_s"] for r in dense.get("prefill", [])}
-    for row in pruned.get("prefill", []):
-        put(f"prefill_{row['seq_len']}", row["tokens_per_s"], dense_prefill.get(row["seq_len"]))
-    dense_decode = {r["batch"]: r["tokens_per_s"] for r in dense.get("decode", [])}
-    for row in pruned.get("decode", []):
-        put(f"decode_b{row['batch']}", row["tokens_per_s"], dense_decode.get(row["batch"]))
-    put(
-        "peak_memory",
-        pruned.get("memory", {}).get("peak_bytes"),
-        dense.get("memory", {}).get("peak_bytes"),
-    )
-    put(
-        "parameters",
-        pruned.get("parameters", {}).get("total"),
-        dense.get("parameters", {}).get("total"),
-    )
-    put("disk", pruned.get("disk_bytes"), dense.get("disk_bytes"))
-    ratios["same_device"] = (pruned.get("device"), pruned.get("dtype")) == (
-        dense.get("device"),
-        dense.get("dtype"),
-    )
-    return ratios

@@ -26,12 +26,14 @@ import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prunectl.distributed import Distributed, current
 from prunectl.errors import UserError
 from prunectl.io import read_json, write_json
 from prunectl.ui import SILENT, UI
+
+if TYPE_CHECKING:  # reading saved task results (report, compare) needs no torch
+    from prunectl.distributed import Distributed
 
 #: the seven zero-shot tasks of LLM-Pruner / FLAP / BlockPruner tables
 PAPER_TASKS = [
@@ -171,6 +173,8 @@ def run_tasks(
         "batch_size": batch_size,
         "dtype": dtype,
     }
+    from prunectl.distributed import current
+
     group = current()
     records: dict[str, dict] = {}
     if group.is_main:  # rank 0 decides what is done; every rank must run the same tasks
@@ -245,6 +249,8 @@ def _evaluate(
 
     runs = group
     if group.enabled and _documents(leaves, settings["limit"]) < group.world_size:
+        from prunectl.distributed import Distributed
+
         runs = Distributed()
         ui.info(f"{settings['model']}: {task} has fewer documents than ranks, rank 0 runs it")
         if not group.is_main:

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from prunectl.methods.inputs import Calibration, Inputs
 from prunectl.methods.plan import Plan
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: parsing a recipe must not import torch
     import torch
     from torch import nn
+
+    from prunectl.methods.inputs import Calibration, Inputs
 
 
 class MethodConfig(BaseModel):

@@ -102,8 +102,9 @@ def skip(run: RunContext, step: str, reason: str) -> StepResult:
     return StepResult(step, "skipped", {"reason": reason})
 
 
-#: recipe keys that change where a step runs, not what it computes
-RUNTIME_ONLY_KEYS = {"model": ("device", "device_map")}
+#: recipe keys that change where a step runs, not what it computes (``config`` is read by
+#: ``validate`` alone)
+RUNTIME_ONLY_KEYS = {"model": ("device", "device_map", "config")}
 
 
 def recipe_sections(run: RunContext, *names: str) -> dict[str, Any]:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from prunectl.context import RunContext
+from prunectl import __version__
 from prunectl.errors import UserError
 from prunectl.steps import STEPS
-from prunectl.steps.base import StepResult
+
+if TYPE_CHECKING:  # ``status`` of a project whose flags are remembered imports no torch
+    from prunectl.context import RunContext
+    from prunectl.project import Project
+    from prunectl.steps.base import StepResult
+
+#: the stale flags the last command that changed the project computed, keyed by what they
+#: depend on (``status`` then reads them instead of importing every step: a shell loop that
+#: polls it pays a fraction of a second, not torch's import)
+STATUS_FILE = ".status.json"
 
 
 def _step_functions() -> dict:
@@ -37,28 +49,75 @@ def run_pipeline(run: RunContext) -> list[StepResult]:
 
 def status_rows(project_dir: Path) -> list[dict]:
     """One row per step: its record, plus ``stale`` when its inputs changed since it ran."""
-    import torch
-
     from prunectl.project import Project
-    from prunectl.recipe import load_recipe
 
     project = Project(project_dir)
-    pinned = project.pinned_recipe()
-    if pinned is None:
+    if project.pinned_recipe() is None:
         raise UserError(f"{project_dir} is not a prunectl project yet (no recipe pinned)")
-    recipe, _ = load_recipe(None, [], pinned=pinned)
-    run = RunContext(project, recipe, torch.device("cpu"), torch.float32)
-    functions = _step_functions()
+    stale = _remembered(project)
+    if stale is None:
+        stale = stale_flags(project)
     rows = []
     for name in STEPS:
         record = project.record(name) or {}
         row = {"step": name, "status": record.get("status", "pending"), **record}
+        if name in stale:
+            row["stale"] = stale[name]
+        rows.append(row)
+    return rows
+
+
+def stale_flags(project: Project) -> dict[str, bool]:
+    """For each finished step, whether what it read changed since (its fingerprint now)."""
+    import torch
+
+    from prunectl.context import RunContext
+    from prunectl.recipe import load_recipe
+
+    recipe, _ = load_recipe(None, [], pinned=project.pinned_recipe())
+    run = RunContext(project, recipe, torch.device("cpu"), torch.float32)
+    functions = _step_functions()
+    flags = {}
+    for name in STEPS:
+        record = project.record(name) or {}
         if record.get("status") == "done":
             try:
                 options = (record.get("summary") or {}).get("options", {})
                 current = project.fingerprint(name, *functions[name][1](run, **options))
-                row["stale"] = current != record["fingerprint"]
+                flags[name] = current != record["fingerprint"]
             except UserError:
-                row["stale"] = True  # an input it read is gone
-        rows.append(row)
-    return rows
+                flags[name] = True  # an input it read is gone
+    return flags
+
+
+def remember_status(project: Project) -> None:
+    """Save the stale flags for ``status`` (called by a command that ran, holding the lock)."""
+    from prunectl.io import write_json
+
+    write_json(project.path(STATUS_FILE), {"key": _status_key(project),
+                                           "stale": stale_flags(project)})
+
+
+def _status_key(project: Project) -> str:
+    """What the stale flags depend on: the state, the pinned recipe, the version, and the size
+    and time of every file the steps recorded (a file changed since is read again)."""
+    digest = hashlib.sha256(__version__.encode())
+    for file in (project.state_file, project.path("recipe.yaml")):
+        digest.update(file.read_bytes() if file.is_file() else b"-")
+    for record in project.state["steps"].values():
+        for name in sorted(record.get("files") or {}):
+            found = project.path(name)
+            stat = found.stat() if found.is_file() else None
+            digest.update(f"{name}:{stat and (stat.st_size, stat.st_mtime_ns)}".encode())
+    return digest.hexdigest()
+
+
+def _remembered(project: Project) -> dict[str, bool] | None:
+    file = project.path(STATUS_FILE)
+    try:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("key") != _status_key(project):
+        return None
+    return saved.get("stale")
