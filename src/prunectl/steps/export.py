@@ -62,8 +62,8 @@ def model_card(run: RunContext, role: str, directory: Path) -> str:
     info = read_json(run.project.path("pruned", "prunectl.json"))
     base = hub.base_model(run.recipe.model, run.recipe.export)
     name = Path(run.recipe.model.path).name
-    if base is None:
-        run.ui.warn(f"export: no hub id for the card's base_model; set export.base_model to the "
+    if base is None:  # a hint, not a warning: the card is valid without it (-q hides it)
+        run.ui.info(f"export: no hub id for the card's base_model; set export.base_model to the "
                     f"hub id {name} came from (--set export.base_model=ORG/NAME)")
     remote_code = (directory / "modeling_prunectl.py").exists()
     front = yaml.safe_dump(card_metadata(run, base, remote_code), sort_keys=False).strip()
