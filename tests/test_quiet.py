@@ -98,7 +98,8 @@ def test_quiet_drops_the_hubs_retry_lines():
     logger; ``--quiet`` lowers the library loggers to errors."""
     retry = ("from huggingface_hub.utils._http import logger; "
              "logger.warning('Retrying in 1s [Retry 1/5].')")
-    loud = subprocess.run([sys.executable, "-c", retry], capture_output=True, text=True, timeout=600)
+    loud = subprocess.run([sys.executable, "-c", retry], capture_output=True, text=True,
+                          timeout=600)
     assert "Retrying in 1s" in loud.stderr
     quiet = subprocess.run([sys.executable, "-c", "from prunectl.ui import silence_libraries; "
                             f"silence_libraries(True); {retry}"],

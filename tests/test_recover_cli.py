@@ -78,10 +78,10 @@ def test_taylor_prune_then_recover_through_the_cli(tmp_path, text_file, monkeypa
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    adapter_config = json.loads((project / "recovered" / "adapter" / "adapter_config.json").read_text())
+    adapter = project / "recovered" / "adapter"
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str((project / "pruned").resolve())
-    adapted = AutoPeftModelForCausalLM.from_pretrained(project / "recovered" / "adapter",
-                                                       trust_remote_code=True).eval()
+    adapted = AutoPeftModelForCausalLM.from_pretrained(adapter, trust_remote_code=True).eval()
     ids = torch.randint(4, 260, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(adapted(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)

@@ -4,9 +4,9 @@
 perplexity, task accuracies and their average, speed and memory), the perplexity-vs-blocks
 curve from the search record, the per-layer structure of the pruned model against the dense
 one and, after a ``search --sweep``, the Pareto plot of the sweep (copied from ``search/``),
-each as a PNG beside the report with its data as a table.  ``eval/summary.json`` keeps the same table as data,
-and :func:`summary_table_markdown` gives the table alone for the exported model card.  Whatever
-has not been computed yet is left out; nothing is recomputed here.
+each as a PNG beside the report with its data as a table.  ``eval/summary.json`` keeps the
+same table as data, and :func:`summary_table_markdown` gives the table alone for the exported
+model card.  Whatever has not been computed yet is left out; nothing is recomputed here.
 """
 
 from __future__ import annotations
