@@ -90,3 +90,36 @@ def test_tasks_report_and_compare_through_the_cli(tmp_path, text_file):
     (row,) = json.loads(result.stdout)
     assert (row["method"], row["model"]) == ("manual", "pruned")
     assert row["task_average"] == pytest.approx(pruned["score"])
+
+
+def test_a_recipe_without_eval_runs_offline_and_measures_nothing(tmp_path, text_file, monkeypatch):
+    """No ``eval:`` section: no default WikiText-2 from the hub; the step says how to ask for it."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError("this test has no network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    model_dir = save_tiny(tmp_path / "tiny")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"path": str(model_dir), "device": "cpu"},
+        "calibration": {"dataset": str(text_file), "nsamples": 2, "seqlen": 16},
+        "method": {"name": "mag-sp"}, "target": {"params_ratio": 0.2}}))
+    project = tmp_path / "proj"
+    result = invoke("run", "-p", project, "-r", recipe, "--json", "-q")
+    assert result.exit_code == 0, result.output
+    steps = {s["step"]: s for s in json.loads(result.stdout)["steps"]}
+    assert steps["eval"]["status"] == "skipped"
+    assert "eval.perplexity.datasets=[wikitext2]" in steps["eval"]["summary"]["reason"]
+    assert steps["export"]["status"] == "done" and not (project / "eval" / "pruned").exists()
+    pinned = yaml.safe_load((project / "recipe.yaml").read_text())
+    assert pinned["eval"]["perplexity"]["datasets"] == []
+    again = invoke("eval", "-p", project)
+    assert again.exit_code == 0 and "eval: skipped" in again.stderr
+    # asking for perplexity on a local file measures it
+    local = invoke("eval", "-p", project, "-q", "--set",
+                   f"eval.perplexity={{datasets: [{text_file}], seqlen: 32, max_windows: 2}}")
+    assert local.exit_code == 0, local.output
+    assert json.loads((project / "eval" / "pruned" / "perplexity-text.json").read_text())[
+        "perplexity"] > 1

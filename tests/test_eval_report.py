@@ -78,3 +78,41 @@ def test_report_of_an_empty_project(tmp_path):
     text = write_report(tmp_path).read_text()
     assert "No evaluation results yet" in text
     assert summary_table_markdown(tmp_path).startswith("No evaluation results yet")
+
+
+def test_structure_plot_keeps_the_dense_reference_when_every_layer_was_cut(tmp_path):
+    """Every layer lost heads and channels: no layer is untouched, so the reference comes from
+    the dense rows apply records, and the axes still reach the dense counts."""
+    from prunectl.evaluation.plots import structure_figure
+
+    dense = [{"layer": i, "attention": True, "mlp": True, "heads": 4, "kv_heads": 2,
+              "intermediate": 96} for i in range(3)]
+    cut = [{**r, "heads": 2, "kv_heads": 1, "intermediate": 40} for r in dense]
+    cut[1].update(attention=False, heads=0, kv_heads=0)
+    figure = structure_figure(cut, untouched=set(), dense=dense)
+    top, bottom = figure.axes[:2]
+    for axes, expected in ((top, 4), (bottom, 96)):
+        labels = axes.get_legend_handles_labels()[1]
+        assert "dense" in labels
+        assert axes.get_ylim()[1] >= expected
+        heights = sorted({round(bar.get_height()) for bar in axes.patches if not bar.get_fill()})
+        assert heights == [expected]  # the outlined dense bars, one per layer
+    everything_gone = [{**r, "attention": False, "mlp": False, "heads": 0, "kv_heads": 0,
+                        "intermediate": 0} for r in dense]
+    top = structure_figure(everything_gone, untouched=set(), dense=dense).axes[0]
+    assert top.get_ylim() == pytest.approx((0, 4.4))  # a scale, not a flat 0..1 axis
+
+
+def test_report_includes_the_sweep_pareto_plot(project):
+    from prunectl.evaluation.plots import pareto
+
+    series = {"puzzle": [{"budget": 0.8, "params": 800, "perplexity": 30.5},
+                         {"budget": 0.6, "params": 600, "perplexity": 41.25}]}
+    write(project / "search" / "pareto.json", series)
+    pareto(series, project / "search" / "pareto.png")
+    text = write_report(project).read_text()
+    assert "![pareto](pareto.png)" in text and "| puzzle | 0.6 | 600 | 41.250 |" in text
+    assert (project / "eval" / "pareto.png").read_bytes() == \
+        (project / "search" / "pareto.png").read_bytes()
+    summary = json.loads((project / "eval" / "summary.json").read_text())
+    assert summary["plots"] == ["perplexity_vs_blocks.png", "pruned_structure.png", "pareto.png"]

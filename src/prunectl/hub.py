@@ -56,15 +56,19 @@ def base_model(model: Any, export: Any) -> str | None:
     metadata names; None when nothing names one (never a local path)."""
     if getattr(export, "base_model", None):
         return export.base_model
+    if is_hub_id(str(model.path)):
+        return str(model.path)
+    gguf_file = _gguf_source(model)
+    return gguf_base_model(gguf_file) if gguf_file is not None else None
+
+
+def _gguf_source(model: Any) -> Path | None:
+    """The GGUF file the recipe's model is read from, if it is one."""
     path = str(model.path)
-    if is_hub_id(path):
-        return path
     local = Path(path).expanduser()
     gguf_file = local if path.endswith(".gguf") else (
         local / model.gguf_file if getattr(model, "gguf_file", None) else None)
-    if gguf_file is not None and gguf_file.is_file():
-        return gguf_base_model(gguf_file)
-    return None
+    return gguf_file if gguf_file is not None and gguf_file.is_file() else None
 
 
 def _local(text: str) -> bool:
@@ -121,3 +125,27 @@ def config_file(repo: str, revision: str | None = None) -> Path:
             why = f"the hub said: {first}"
     raise UserError(f"model.path {repo}: cannot read its config.json from the hub ({why}) and it "
                     f"is not cached; {_NO_HUB_FIX}")
+
+
+def source_license(model: Any) -> str | None:
+    """The source model's license, read without the network: a GGUF file's ``general.license``,
+    else the ``license:`` of the model card next to the weights (a local directory, or a hub
+    id's cached snapshot); None when nothing states one."""
+    gguf_file = _gguf_source(model)
+    if gguf_file is not None:
+        import gguf
+
+        field = gguf.GGUFReader(str(gguf_file)).fields.get("general.license")
+        return (str(field.contents()).strip() or None) if field is not None else None
+    path = str(model.path)
+    card: Any = Path(path).expanduser() / "README.md"
+    if is_hub_id(path):
+        from huggingface_hub import try_to_load_from_cache
+
+        card = try_to_load_from_cache(path, "README.md")
+    if not isinstance(card, (str, Path)) or not Path(card).is_file():
+        return None
+    from huggingface_hub.repocard import metadata_load
+
+    found = (metadata_load(Path(card)) or {}).get("license")
+    return str(found) if found else None

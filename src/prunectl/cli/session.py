@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import threading
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import wraps
@@ -23,7 +22,7 @@ import typer
 
 from prunectl.errors import UserError
 from prunectl.io import restore, snapshot
-from prunectl.ui import UI
+from prunectl.ui import UI, silence_libraries
 
 # --- options shared by every step -----------------------------------------------------------
 ProjectOpt = Annotated[
@@ -95,9 +94,8 @@ def session(opts: Common) -> Iterator[Any]:
 
     dist = distributed.current()
     quiet = opts.quiet or not dist.is_main  # one voice under torchrun
-    ui = UI(quiet=quiet, json_output=opts.json_output)
-    if quiet:
-        _silence_libraries()
+    ui = UI(quiet=quiet, json_output=opts.json_output, warnings=dist.is_main)
+    silence_libraries(quiet)
     project = Project(opts.project)
     with ExitStack() as held:
         pinned: dict[str, Any] = {}
@@ -147,7 +145,7 @@ def _pin(project, opts: Common, ui: UI):
                        project.state_file])
     changed = project.pin_recipe(resolved)
     if changed and pinned is not None:
-        ui.warn(f"recipe changed ({', '.join(changed)}); steps that read it will re-run")
+        ui.info(f"recipe changed ({', '.join(changed)}); steps that read it will re-run")
     return recipe, before
 
 
@@ -158,30 +156,6 @@ def _preflight(recipe) -> None:
     from prunectl import preflight
 
     preflight.check(recipe)
-
-
-def _silence_libraries() -> None:
-    """``--quiet`` means quiet: no progress bars or warnings from the libraries underneath
-    (errors still print)."""
-    import logging
-    from functools import partial
-
-    warnings.filterwarnings("ignore")  # FutureWarnings and the like: errors alone get through
-    import datasets
-    import huggingface_hub
-    import transformers
-    import transformers.modeling_gguf_pytorch_utils as gguf_loading
-    from tqdm.auto import tqdm
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    huggingface_hub.utils.disable_progress_bars()
-    # the GGUF de-quantization bar is a bare tqdm that transformers' switch does not reach
-    gguf_loading.tqdm = partial(tqdm, disable=True)
-    for name in ("lm-eval", "lm_eval", "accelerate", "peft", "torch.distributed"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 class Terminated(BaseException):

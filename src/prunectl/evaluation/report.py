@@ -2,10 +2,11 @@
 
 ``eval/report.md`` holds the comparison table (dense / pruned / recovered: parameters,
 perplexity, task accuracies and their average, speed and memory), the perplexity-vs-blocks
-curve from the search record and the per-layer structure of the pruned model, each as a PNG
-beside the report with its data as a table.  ``eval/summary.json`` keeps the same table as data,
-and :func:`summary_table_markdown` gives the table alone for the exported model card.  Whatever
-has not been computed yet is left out; nothing is recomputed here.
+curve from the search record, the per-layer structure of the pruned model against the dense
+one and, after a ``search --sweep``, the Pareto plot of the sweep (copied from ``search/``),
+each as a PNG beside the report with its data as a table.  ``eval/summary.json`` keeps the
+same table as data, and :func:`summary_table_markdown` gives the table alone for the exported
+model card.  Whatever has not been computed yet is left out; nothing is recomputed here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from prunectl.methods.plan import LayerPlan, Plan
 
 CURVE_PNG = "perplexity_vs_blocks.png"
 STRUCTURE_PNG = "pruned_structure.png"
+PARETO_PNG = "pareto.png"
 GIB = 1024**3
 
 
@@ -254,7 +256,8 @@ def _structure_section(results: ProjectResults, eval_dir: Path) -> tuple[list[st
         return [], None
     plan = _applied_plan(results)
     untouched = {r["layer"] for r in rows if plan is None or plan.layer(r["layer"]) == LayerPlan()}
-    layer_structure(rows, untouched, eval_dir / STRUCTURE_PNG)
+    layer_structure(rows, untouched, eval_dir / STRUCTURE_PNG,
+                    dense=(results.pruned_info or {}).get("dense_per_layer"))
     lines = [
         "## Structure of the pruned model",
         "",
@@ -269,6 +272,30 @@ def _structure_section(results: ProjectResults, eval_dir: Path) -> tuple[list[st
             f"{r['kv_heads']} | {'kept' if r['mlp'] else 'removed'} | {r['intermediate']} |"
         )
     return lines + [""], STRUCTURE_PNG
+
+
+def _pareto_section(results: ProjectResults, eval_dir: Path) -> tuple[list[str], str | None]:
+    """The sweep's Pareto plot (``search --sweep``), copied beside the report, with its points."""
+    import shutil
+
+    source = results.root / "search" / PARETO_PNG
+    if not source.is_file():
+        return [], None
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, eval_dir / PARETO_PNG)
+    lines = ["## Calibration perplexity vs parameters kept (sweep)", "",
+             f"![pareto]({PARETO_PNG})", ""]
+    series = results.pareto
+    if series:
+        lines += ["| series | budget | parameters kept | calibration perplexity |",
+                  "| --- | ---: | ---: | ---: |"]
+        for label, points in series.items():
+            for p in points:
+                ppl = p.get("perplexity")
+                lines.append(f"| {label} | {p.get('budget')} | {p.get('params') or '–'} | "
+                             f"{'–' if ppl is None else f'{ppl:.3f}'} |")
+        lines.append("")
+    return lines, PARETO_PNG
 
 
 def write_report(project_root: Path) -> Path:
@@ -301,7 +328,8 @@ def write_report(project_root: Path) -> Path:
         lines += ["No evaluation results yet: run `prunectl eval` to add the comparison table.", ""]
     curve_lines, curve_png = _curve_section(results, eval_dir)
     structure_lines, structure_png = _structure_section(results, eval_dir)
-    lines += curve_lines + structure_lines
+    pareto_lines, pareto_png = _pareto_section(results, eval_dir)
+    lines += curve_lines + structure_lines + pareto_lines
     notes = results.plan.notes if results.plan else []
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
@@ -313,7 +341,7 @@ def write_report(project_root: Path) -> Path:
             "curve": results.plan.curve if results.plan else [],
             "chosen_blocks": _chosen_blocks(results),
             "structure": results.structure,
-            "plots": [p for p in (curve_png, structure_png) if p],
+            "plots": [p for p in (curve_png, structure_png, pareto_png) if p],
         },
     )
     report = eval_dir / "report.md"

@@ -35,6 +35,7 @@ class ProjectResults:
     pruned_info: dict[str, Any] | None = None  # pruned/prunectl.json
     recipe: dict[str, Any] | None = None
     models: dict[str, ModelResults] = field(default_factory=dict)
+    pareto: dict[str, list[dict]] | None = None  # search/pareto.json of a sweep
 
     @property
     def structure(self) -> list[dict]:
@@ -93,6 +94,8 @@ def load_results(root: Path) -> ProjectResults:
             results.plan = None
     info = _json(root / "pruned" / "prunectl.json")
     results.pruned_info = info if isinstance(info, dict) else None
+    pareto = _json(root / "search" / "pareto.json")
+    results.pareto = pareto if isinstance(pareto, dict) else None
     names = [n for n in MODEL_ORDER if (root / "eval" / n).is_dir()]
     names += (
         sorted(

@@ -38,15 +38,22 @@ if TYPE_CHECKING:
     from prunectl.distributed import Distributed
 
 
-def _save_adapter(trainer, directory: Path, dist: Distributed) -> None:
+def _save_adapter(trainer, directory: Path, dist: Distributed, base: Path) -> None:
     """Save the adapter through the Trainer (which gathers it under DDP, FSDP or DeepSpeed: every
-    rank calls this, rank 0 writes) beside ``directory``, then rename it into place."""
+    rank calls this, rank 0 writes) beside ``directory``, then rename it into place.
+
+    ``base_model_name_or_path`` becomes ``base`` (the project's pruned model) absolute: peft
+    passes the value to ``from_pretrained`` as it is, so a relative path resolves against the
+    working directory, never the adapter's, and the pruned model has no hub id to name."""
     tmp = directory.with_name(f"{directory.name}.tmp")
     if dist.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))
     if dist.is_main:
         (tmp / "training_args.bin").unlink(missing_ok=True)  # the Trainer's, not the adapter's
+        config = read_json(tmp / "adapter_config.json")
+        config["base_model_name_or_path"] = str(Path(base).resolve())
+        write_json(tmp / "adapter_config.json", config)
         if directory.exists():
             shutil.rmtree(directory)
         tmp.rename(directory)
@@ -148,7 +155,7 @@ def run_recovery(
     if cfg.mode == "full":
         save_trained(trainer, tokenizer, out_dir / "model", run.dtype, dist.is_main)
     else:
-        _save_adapter(trainer, out_dir / "adapter", dist)
+        _save_adapter(trainer, out_dir / "adapter", dist, source_dir)
     del trainer, model  # rank 0 loads the pruned model again to merge: free this one first
     gc.collect()
     summary.update(train_examples=len(train_set), val_examples=len(val_set))

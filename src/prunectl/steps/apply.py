@@ -68,7 +68,8 @@ def apply(run: RunContext, blocks: int | None = None, budget: float | None = Non
         if run.dist.is_main:
             write_json(
                 directory / "prunectl.json",
-                {"dense": dense, "pruned": after, "per_layer": structure, "per_token": per_token,
+                {"dense": dense, "pruned": after, "per_layer": structure,
+                 "dense_per_layer": layer_rows(shapes["dense"]), "per_token": per_token,
                  "plan": plan.model_dump(mode="json"), **summary},
             )
         run.models["pruned"] = (pruned, tokenizer)

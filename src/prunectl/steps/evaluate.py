@@ -17,7 +17,7 @@ import torch
 from prunectl.context import RunContext
 from prunectl.io import load_tensors, read_json, save_tensors, write_json
 from prunectl.steps import artifacts
-from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections
+from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections, skip
 
 PRODUCED_BY = {"pruned": "apply", "recovered": "recover"}
 
@@ -157,6 +157,12 @@ def key(run: RunContext, tasks: list[str] | None = None, speed: bool | None = No
 
 
 def evaluate(run: RunContext, tasks: list[str] | None = None, speed: bool | None = None) -> StepResult:
+    cfg = run.recipe.eval
+    if not (cfg.perplexity.datasets or (cfg.tasks if tasks is None else tasks)
+            or (cfg.speed if speed is None else speed)):
+        return skip(run, "eval", "the recipe measures nothing: no `eval` section, or no "
+                    "eval.perplexity.datasets, tasks or speed (--set "
+                    "eval.perplexity.datasets=[wikitext2] downloads WikiText-2)")
     fingerprints = run.dist.decide(lambda: model_fingerprints(run))
 
     def body() -> StepOutcome:

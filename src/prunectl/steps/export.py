@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -26,23 +27,59 @@ def export_source(run: RunContext) -> str:
     return choice
 
 
+#: The hub's base_model_relation values are adapter, merge, quantized and finetune.  A pruned model
+#: is the base model's weights with whole heads, channels or blocks cut (and maybe retrained):
+#: its weights changed, it is no adapter nor a merge of models, and "quantized" would claim the
+#: same weights at a lower precision; "finetune" is the honest one of the four.
+BASE_MODEL_RELATION = "finetune"
+#: the first line of a non-uniform export's config.json (sorted keys put "_" before letters)
+REMOTE_CODE_KEY = "_load_with"
+REMOTE_CODE_NOTE = ("AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True): layers "
+                    "differ in shape, modeling_prunectl.py in this folder builds them")
+
+
+def card_metadata(run: RunContext, base: str | None, remote_code: bool) -> dict:
+    """The card's YAML front matter, as ``huggingface_hub.ModelCard`` reads it."""
+    gguf = run.recipe.export.format == "gguf"
+    tags = ["pruned", "structured-pruning", "prunectl", run.recipe.method.name]
+    if remote_code:
+        tags.append("custom_code")
+    if gguf:
+        tags.append("gguf")
+    data: dict = {"library_name": "gguf" if gguf else "transformers",
+                  "pipeline_tag": "text-generation", "tags": tags}
+    license_ = hub.source_license(run.recipe.model)
+    if license_:
+        data["license"] = license_
+    if base:
+        data["base_model"] = base
+        data["base_model_relation"] = BASE_MODEL_RELATION
+    return data
+
+
 def model_card(run: RunContext, role: str, directory: Path) -> str:
     """README.md of the exported model: what was removed, how, and what it measured."""
     info = read_json(run.project.path("pruned", "prunectl.json"))
     base = hub.base_model(run.recipe.model, run.recipe.export)
-    if base is None:
-        run.ui.warn("export: no hub id for the card's base_model; set export.base_model "
-                    "(e.g. --set export.base_model=HuggingFaceTB/SmolLM2-135M-Instruct)")
     name = Path(run.recipe.model.path).name
-    lines = [
-        "---",
-        "library_name: transformers",
-        "tags: [pruned, prunectl]",
-        *([f"base_model: {base}"] if base else []),
-        "---",
-        "",
-        f"# Pruned {name} ({run.recipe.method.name})",
-        "",
+    if base is None:  # a hint, not a warning: the card is valid without it (-q hides it)
+        run.ui.info(f"export: no hub id for the card's base_model; set export.base_model to the "
+                    f"hub id {name} came from (--set export.base_model=ORG/NAME)")
+    remote_code = (directory / "modeling_prunectl.py").exists()
+    front = yaml.safe_dump(card_metadata(run, base, remote_code), sort_keys=False).strip()
+    lines = ["---", front, "---", "", f"# Pruned {name} ({run.recipe.method.name})", ""]
+    if remote_code:  # the first thing a reader sees: without the flag nothing loads
+        lines += [
+            "> **Load with `trust_remote_code=True`.** Layers differ in shape, so this model ships",
+            "> its modeling code (`modeling_prunectl.py`); the tokenizer reads the same config:",
+            "",
+            "```python",
+            "model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)",
+            "tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)",
+            "```",
+            "",
+        ]
+    lines += [
         f"Made with prunectl {__version__} from `{base or name}`; this is the "
         f"**{role}** model.",
         "",
@@ -66,22 +103,17 @@ def model_card(run: RunContext, role: str, directory: Path) -> str:
     for plot in sorted(run.project.path("eval").glob("*.png")):
         shutil.copy2(plot, directory / plot.name)
         lines += [f"![{plot.stem}]({plot.name})", ""]
-    if (directory / "modeling_prunectl.py").exists():
-        lines += [
-            "## Loading",
-            "",
-            "Layers differ in shape, so this model ships its modeling code (the tokenizer reads",
-            "the same config, so it needs the flag too):",
-            "",
-            "```python",
-            "model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)",
-            "tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)",
-            "```",
-            "",
-        ]
     recipe = yaml.safe_dump(hub.portable(run.recipe.to_dict()), sort_keys=False).strip()
     lines += ["## Recipe", "", "```yaml", recipe, "```", ""]
     return "\n".join(lines)
+
+
+def _lead_config_with_loading_note(path: Path) -> None:
+    """Put the trust_remote_code requirement on config.json's first line (the key sorts first,
+    and transformers keeps an unknown key as a plain attribute)."""
+    config = json.loads(path.read_text())
+    config.pop(REMOTE_CODE_KEY, None)
+    write_text(path, json.dumps({REMOTE_CODE_KEY: REMOTE_CODE_NOTE, **config}, indent=2) + "\n")
 
 
 def key(run: RunContext, output: Path | str | None = None) -> tuple[dict, list]:
@@ -111,6 +143,8 @@ def export(run: RunContext, output: Path | None = None) -> StepResult:
         dtype = None if dtype_name == "auto" else resolve_dtype(dtype_name, run.device)
         if run.dist.is_main:  # under torchrun the other ranks hold the same model
             save_model(model, tokenizer, directory, dtype=dtype)
+            if (directory / "modeling_prunectl.py").exists():
+                _lead_config_with_loading_note(directory / "config.json")
             write_text(directory / "README.md", model_card(run, role, directory))
         return StepOutcome([directory], {"source": role, "directory": str(directory)})
 
