@@ -33,10 +33,10 @@ from pydantic import Field
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
-from prunectl.methods.reconstruct.hooks import ReconstructHooks
-from prunectl.methods.reconstruct.options import ReconstructOptions
 from prunectl.methods.target import ParamsTarget, resolve_params_target
-from prunectl.methods.width_common import (
+from prunectl.methods.width.hooks import ReconstructHooks
+from prunectl.methods.width.reconstruct import ReconstructOptions
+from prunectl.methods.width.units import (
     check_round_to,
     check_width_model,
     head_unit_members,

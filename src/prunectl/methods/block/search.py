@@ -40,11 +40,11 @@ import torch
 
 from prunectl import distributed
 from prunectl.errors import UserError
-from prunectl.methods.block.bound import NllLowerBound, drop_margin
-from prunectl.methods.block.cache import BoundaryCache, CachePlan, plan_cache
 from prunectl.methods.block.candidates import unit_span
-from prunectl.methods.block.runner import DEFAULT_CHUNK_TOKENS, UnitRunner
 from prunectl.methods.removal_order import ParameterCounts, StopRule
+from prunectl.pipelines.blocks.bound import NllLowerBound, drop_margin
+from prunectl.pipelines.blocks.cache import BoundaryCache, CachePlan, plan_cache
+from prunectl.pipelines.blocks.runner import DEFAULT_CHUNK_TOKENS, UnitRunner
 
 Progress = Callable[..., Iterable]
 

@@ -16,18 +16,18 @@ from pydantic import Field, model_validator
 
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
-from prunectl.methods.flap.collect import collect_statistics, stat_key
-from prunectl.methods.flap.compensation import plan_biases
-from prunectl.methods.flap.metrics import channel_metric, layer_scores
-from prunectl.methods.flap.structure import LayerScores, Selection, round_selection, select
 from prunectl.methods.plan import LayerPlan, Plan
-from prunectl.methods.reconstruct.options import (
+from prunectl.methods.target import ParamsTarget, resolve_params_target
+from prunectl.methods.width.collect import collect_statistics
+from prunectl.methods.width.compensation import plan_biases
+from prunectl.methods.width.metrics import model_scores
+from prunectl.methods.width.reconstruct import (
     Reconstruct,
     ReconstructOptions,
     reconstruction_biases,
 )
-from prunectl.methods.target import ParamsTarget, resolve_params_target
-from prunectl.methods.width_common import (
+from prunectl.methods.width.selection import LayerScores, Selection, round_selection, select
+from prunectl.methods.width.units import (
     check_width_model,
     layer_plan,
     layer_shape,
@@ -126,32 +126,9 @@ class _WidthMethod(Method):
 
     # --- score ------------------------------------------------------------------------------
     def score(self, inputs: Inputs, stats) -> dict[str, torch.Tensor]:
-        adapter = inputs.adapter
-        adaptive = self.config.structure.startswith("AL")
-        scores = {}
-        for i in range(adapter.num_layers):
-            attn = self._channel_metric(adapter.o_proj(i).weight, stats, stat_key(i, "o_proj"))
-            mlp = (torch.zeros(0) if adapter.experts(i) is not None  # MoE: attention only
-                   else self._channel_metric(adapter.down_proj(i).weight, stats,
-                                             stat_key(i, "down_proj")))
-            heads, channels = layer_scores(
-                attn, mlp, adapter.head_dim,
-                square_attention=self.square_attention, adaptive=adaptive,
-            )
-            scores[f"layers.{i}.heads"] = heads
-            scores[f"layers.{i}.channels"] = channels
-        return scores
-
-    def _channel_metric(self, weight, stats, prefix) -> torch.Tensor:
-        needs = {"IFV": "var", "WIFV": "var", "WIFN": "sumsq", "wanda-sp": "sumsq"}.get(self.metric)
-        if needs and f"{prefix}.{needs}" not in stats:
-            raise UserError(
-                f"calibration statistics lack {prefix}.{needs}; re-run `prunectl calibrate --force`"
-            )
-        return channel_metric(
-            self.metric, weight,
-            var=stats.get(f"{prefix}.var"), sumsq=stats.get(f"{prefix}.sumsq"),
-        )
+        return model_scores(inputs.adapter, stats, self.metric,
+                            square_attention=self.square_attention,
+                            adaptive=self.config.structure.startswith("AL"))
 
     # --- search -----------------------------------------------------------------------------
     def search(self, inputs: Inputs, scores) -> Plan:

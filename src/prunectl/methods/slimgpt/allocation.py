@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from prunectl.methods.width_common import LayerShape
+from prunectl.methods.width.units import LayerShape
 
 
 def shape_weights(allocation: str, layers: int, first: float) -> list[float]:

@@ -1,6 +1,6 @@
 """``method: slimgpt`` — SlimGPT (Ling et al., NeurIPS 2024, arXiv 2412.18110).
 
-``search`` runs the sequential pass (:mod:`prunectl.methods.reconstruct.sequential`): layer by
+``search`` runs the sequential pass (:mod:`prunectl.methods.width.sequential`): layer by
 layer, on inputs that went through the already pruned layers, each ``o_proj`` loses its head units
 and each ``down_proj`` its MLP channels by greedy OBS error with the kept columns updated after
 every batch (:mod:`.obs`); how many each layer loses comes from the allocation
@@ -21,16 +21,17 @@ from pydantic import Field
 
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
-from prunectl.methods.flap.structure import LayerScores, select
 from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import LayerPlan, Plan
-from prunectl.methods.reconstruct.hooks import ReconstructHooks
-from prunectl.methods.reconstruct.options import Reconstruct, ReconstructOptions
-from prunectl.methods.reconstruct.sequential import Solution, sequential_pass
 from prunectl.methods.slimgpt import allocation
-from prunectl.methods.slimgpt.obs import greedy_prune, mlp_batches
 from prunectl.methods.target import resolve_params_target
-from prunectl.methods.width_common import check_width_model, layer_plan, layer_shape
+from prunectl.methods.width.hooks import ReconstructHooks
+from prunectl.methods.width.metrics import model_scores
+from prunectl.methods.width.obs import greedy_prune, mlp_batches
+from prunectl.methods.width.reconstruct import Reconstruct, ReconstructOptions
+from prunectl.methods.width.selection import LayerScores, select
+from prunectl.methods.width.sequential import Solution, sequential_pass
+from prunectl.methods.width.units import check_width_model, layer_plan, layer_shape
 from prunectl.modeling.structure import from_model
 
 
@@ -66,9 +67,7 @@ class SlimGPTMethod(ReconstructHooks, Method):
         allocations score nothing here."""
         if self.config.allocation != "AL-AM":
             return {}
-        from prunectl.methods.flap.method import FlapConfig, FlapMethod
-
-        return FlapMethod(FlapConfig(structure="AL-AM")).score(inputs, stats)
+        return model_scores(inputs.adapter, stats, "WIFV", square_attention=True, adaptive=True)
 
     def _counts(self, adapter, shapes, scores, budget, biased) -> tuple[list[tuple[int, int]], dict]:
         cfg = self.config

@@ -21,12 +21,12 @@ from pydantic import Field
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
-from prunectl.methods.reconstruct.hooks import ReconstructHooks
-from prunectl.methods.reconstruct.options import ReconstructOptions
 from prunectl.methods.target import resolve_params_target
 from prunectl.methods.taylor import groups, selection
 from prunectl.methods.taylor.importance import GRADIENT_KINDS, random_importance
-from prunectl.methods.width_common import check_width_model
+from prunectl.methods.width.hooks import ReconstructHooks
+from prunectl.methods.width.reconstruct import ReconstructOptions
+from prunectl.methods.width.units import check_width_model
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.structure import from_model
 from prunectl.pipelines.gradients import GradientStore, accumulate_gradients, require_whole_model

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from prunectl.methods.plan import LayerPlan
-from prunectl.methods.width_common import round_kept_channels, units_removed
+from prunectl.methods.width.units import round_kept_channels, units_removed
 from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.structure import LayerStructure, Structure, from_model

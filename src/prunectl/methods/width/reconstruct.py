@@ -19,9 +19,9 @@ from pydantic import BaseModel, Field
 from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import Plan
-from prunectl.methods.reconstruct.least_squares import solve_kept
-from prunectl.methods.reconstruct.sequential import Solution, sequential_pass
-from prunectl.methods.width_common import removed_channels
+from prunectl.methods.width.least_squares import solve_kept
+from prunectl.methods.width.sequential import Solution, sequential_pass
+from prunectl.methods.width.units import removed_channels
 from prunectl.modeling.adapters import Adapter
 from prunectl.ui import SILENT
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prunectl.methods.reconstruct.least_squares import augmented
-from prunectl.methods.reconstruct.moments import SecondMoments
+from prunectl.methods.width.least_squares import augmented
+from prunectl.methods.width.moments import SecondMoments
 from prunectl.modeling.adapters import Adapter
 from prunectl.pipelines.layers import LayerPass
 from prunectl.ui import SILENT, UI
