@@ -146,17 +146,6 @@ class MagnitudeMethod(ReconstructHooks, Method):
                                 intermediate=counts["channels"])
         return cost.parameters(resized)["total"]
 
-    def _added_bias(self, adapter: Adapter, counts: dict) -> int:
-        """Parameters a reconstruction adds: a bias on each pruned o_proj / down_proj lacking
-        one (magnitude prunes every layer alike, so layer 0's shape speaks for all)."""
-        if self.config.reconstruct == "none":
-            return 0
-        s = layer_shape(adapter, 0, self.config.head_unit)
-        return counts["hidden"] * sum(
-            (counts["head_units"] < s.num_head_units and adapter.o_proj(i).bias is None)
-            + (counts["channels"] < s.intermediate and adapter.down_proj(i).bias is None)
-            for i in range(adapter.num_layers))
-
     def _ratio(self, adapter, dense: Structure, shapes, goal: ParamsTarget
                ) -> tuple[float, list[str]]:
         """The uniform ratio: ``ratio_of: units`` is it (Torch-Pruning's ``pruning_ratio``);
@@ -182,8 +171,6 @@ class MagnitudeMethod(ReconstructHooks, Method):
         return resolve_params_target(target, inputs.model, self.name)
 
     def search(self, inputs, scores) -> Plan:
-        from prunectl.modeling.params import count_parameters
-
         adapter, model = inputs.adapter, inputs.model
         structure = from_model(model)
         shapes = [layer_shape(adapter, i, self.config.head_unit, structure)
@@ -192,7 +179,6 @@ class MagnitudeMethod(ReconstructHooks, Method):
             raise UserError("magnitude prunes uniform models only; this model's layers differ "
                             "in shape (use flap or wanda-sp)")
         check_round_to(self.config.round_to, {i: s.intermediate for i, s in enumerate(shapes)})
-        counts_dense = count_parameters(model)
         goal = self._goal(inputs)
         ratio, notes = (self.config.pruning_ratio, []) if goal is None else \
             self._ratio(adapter, structure, shapes, goal)
@@ -211,16 +197,12 @@ class MagnitudeMethod(ReconstructHooks, Method):
         if counts["hidden"] < adapter.hidden_size:
             keep = scores["hidden"].argsort(descending=True, stable=True)[: counts["hidden"]]
             plan.hidden_channels = sorted(keep.tolist())
-        dense = self._params(structure, shapes, self._counts(adapter, shapes, 0.0))
-        removed = (dense - self._params(structure, shapes, counts)
-                   - self._added_bias(adapter, counts))
-        total = counts_dense["total"]
+        counts_dense = cost.parameters(structure)
+        pruned = cost.account(structure, plan, biased=self.config.reconstruct != "none")
+        achieved = pruned.achieved(counts_dense)
+        removed, total = achieved["params_removed"], achieved["params_total"]
         plan.achieved = {
-            "params_total": total,
-            "params_non_embedding": counts_dense["non_embedding"],
-            "params_removed": removed,
-            "params_ratio": removed / total,
-            "params_ratio_non_embedding": removed / counts_dense["non_embedding"],
+            **achieved,
             **(goal.achieved() if goal else {"target_params_ratio": None}),
             "pruning_ratio": ratio,
             "hidden_size": counts["hidden"],

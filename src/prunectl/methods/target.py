@@ -34,6 +34,11 @@ class ParamsTarget:
     base: int  # the parameters the ratio is a share of
 
     @property
+    def dense(self) -> dict[str, int]:
+        """The dense counts ``cost.Account.achieved`` compares against."""
+        return {"total": self.total, "non_embedding": self.non_embedding}
+
+    @property
     def unit_ratio(self) -> float | None:
         """The share of heads and channels per pruned layer (``ratio_of: units`` only)."""
         return self.ratio if self.ratio_of == "units" else None

@@ -273,9 +273,7 @@ def _search_step(runner, cache, bound, removed, remaining, candidates, decisions
         "step": len(decisions) + 1,
         "removed": chosen,
         "perplexity": scores[chosen]["ppl"],
-        "params_removed": removed_params,
-        "params_ratio": removed_params / params.total,
-        "params_ratio_non_embedding": removed_params / params.non_embedding,
+        **params.removal(removed_params),
         "scores": {c: scores[c] for c in sorted(scores, key=index.__getitem__)},
         "seconds": max(share[2] for share in shares),
     }

@@ -32,6 +32,7 @@ from prunectl.methods.width.units import (
     layer_plan,
     layer_shape,
 )
+from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.structure import from_model
 
@@ -135,19 +136,23 @@ class _WidthMethod(Method):
         adapter = inputs.adapter
         goal = resolve_params_target(inputs.target, inputs.model, self.name)
         layers = self._layer_scores(adapter, scores)
+        dense = from_model(inputs.model)
+        biased = self.config.reconstruct != "none"
         target = goal.remove
-        offset = 0  # compensation biases gained minus norms of emptied blocks, against the cut
+        offset = 0  # unit costs less what the plan removes (gained biases, emptied blocks' norms)
         for _ in range(3):  # settles at once unless those shift the cut
             selection = select(self.config.structure, layers, target + offset,
                                self.config.remove_heads, self.config.min_kept)
             selection = round_selection(layers, selection, target + offset,
                                         self.config.round_to, self.config.min_kept)
             plan = self._plan(layers, selection)
-            added, extra = self._added_bias(adapter, plan), self._emptied_extra(adapter, plan)
-            if added - extra == offset:
+            pruned = cost.account(dense, plan, biased=biased)
+            removed = goal.total - pruned.params["total"]
+            if selection.params - removed == offset:
                 break
-            offset = added - extra
-        self._report(plan, layers, selection, goal, added, extra)
+            offset = selection.params - removed
+        added = pruned.params["total"] - cost.account(dense, plan).params["total"]
+        self._report(plan, layers, selection, goal, pruned, added)
         return plan
 
     def _plan(self, layers: dict[int, LayerScores], selection: Selection) -> Plan:
@@ -163,31 +168,6 @@ class _WidthMethod(Method):
                 plan.layers[i] = lp
         return plan
 
-    @staticmethod
-    def _emptied_extra(adapter: Adapter, plan: Plan) -> int:
-        """Parameters an emptied block takes with it beyond its units: its norms and output bias."""
-        extra = 0
-        for i, lp in plan.layers.items():
-            for gone, block, out in ((not lp.attention, "attention", adapter.o_proj(i)),
-                                     (not lp.mlp, "mlp",
-                                      adapter.down_proj(i) if not lp.mlp else None)):
-                if gone:
-                    extra += sum(p.numel() for norm in adapter.block_norms(i, block).values()
-                                 for p in norm.parameters())
-                    extra += 0 if out.bias is None else out.bias.numel()
-        return extra
-
-    def _added_bias(self, adapter: Adapter, plan: Plan) -> int:
-        """Parameters compensation or least squares add: a bias on each pruned o_proj /
-        down_proj lacking one."""
-        if self.config.reconstruct == "none":
-            return 0
-        return adapter.hidden_size * sum(
-            (lp.q_heads is not None and adapter.o_proj(i).bias is None)
-            + (lp.mlp_channels is not None and adapter.down_proj(i).bias is None)
-            for i, lp in plan.layers.items()
-        )
-
     def _layer_scores(self, adapter: Adapter, scores) -> dict[int, LayerScores]:
         layers, structure = {}, from_model(adapter.model)
         for i in range(adapter.num_layers):
@@ -200,9 +180,9 @@ class _WidthMethod(Method):
                 shape, scores[f"layers.{i}.heads"], scores[f"layers.{i}.channels"])
         return layers
 
-    def _report(self, plan: Plan, layers, selection: Selection, goal: ParamsTarget, added,
-                extra) -> None:
-        removed = selection.params - added + extra
+    def _report(self, plan: Plan, layers, selection: Selection, goal: ParamsTarget,
+                pruned: cost.Account, added: int) -> None:
+        removed = goal.total - pruned.params["total"]
         q_gone = kv_gone = 0
         for i, lp in plan.layers.items():
             shape = layers[i].shape
@@ -213,11 +193,7 @@ class _WidthMethod(Method):
             q_gone += shape.num_heads - q_kept
             kv_gone += shape.num_kv_heads - kv_kept
         plan.achieved = {
-            "params_total": goal.total,
-            "params_non_embedding": goal.non_embedding,
-            "params_removed": removed,
-            "params_ratio": removed / goal.total,
-            "params_ratio_non_embedding": removed / goal.non_embedding,
+            **pruned.achieved(goal.dense),
             **goal.achieved(),
             "structure": self.config.structure,
             "head_unit": self.config.head_unit,
