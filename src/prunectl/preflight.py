@@ -23,7 +23,7 @@ def check(recipe: Any) -> Any:
     check_weight_files(recipe.model)
     method.check(config)
     limit = getattr(config, "max_position_embeddings", None)
-    if method.calibration != "none" and limit and recipe.calibration.seqlen > limit:
+    if method.pipeline.reads_tokens and limit and recipe.calibration.seqlen > limit:
         raise UserError(f"calibration.seqlen={recipe.calibration.seqlen} exceeds the model's "
                         f"max_position_embeddings={limit}; set calibration.seqlen to at most {limit}")
     return config
