@@ -13,8 +13,6 @@ from pathlib import Path
 
 from prunectl.errors import UserError
 
-HINT = "`prunectl recipes ls` lists the shipped recipes, `prunectl recipes cp NAME .` copies one"
-
 
 def _directory() -> Path:
     return Path(str(resources.files("prunectl") / "recipes"))

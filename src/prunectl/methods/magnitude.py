@@ -33,10 +33,11 @@ from pydantic import Field
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
-from prunectl.methods.target import ParamsTarget, resolve_params_target
+from prunectl.methods.target import ParamsBudget, resolve_params_target
 from prunectl.methods.width.hooks import ReconstructHooks
 from prunectl.methods.width.reconstruct import ReconstructOptions
 from prunectl.methods.width.units import (
+    HeadUnit,
     check_round_to,
     check_width_model,
     head_unit_members,
@@ -58,7 +59,7 @@ class MagnitudeConfig(MethodConfig, ReconstructOptions):
     round_to: int = Field(4, ge=1)
     #: one query head from every KV group at once, every KV head kept (the reference's GQA
     #: handling), or a KV head with its query heads
-    head_unit: Literal["kv_group", "query_head"] = "query_head"
+    head_unit: HeadUnit = "query_head"
     #: prune the hidden size (the residual stream) too, as the reference does
     prune_hidden: bool = True
 
@@ -146,7 +147,7 @@ class MagnitudeMethod(ReconstructHooks, Method):
                                 intermediate=counts["channels"])
         return cost.parameters(resized)["total"]
 
-    def _ratio(self, adapter, dense: Structure, shapes, goal: ParamsTarget
+    def _ratio(self, adapter, dense: Structure, shapes, goal: ParamsBudget
                ) -> tuple[float, list[str]]:
         """The uniform ratio: ``ratio_of: units`` is it (Torch-Pruning's ``pruning_ratio``);
         any other target is solved for on a grid of 0.001."""
@@ -160,7 +161,7 @@ class MagnitudeMethod(ReconstructHooks, Method):
         best = min((k / 1000 for k in range(1000)), key=lambda r: abs(removed(r) - goal.remove))
         return best, [f"uniform pruning_ratio {best:.3f} solved for {goal.label}"]
 
-    def _goal(self, inputs) -> ParamsTarget | None:
+    def _goal(self, inputs) -> ParamsBudget | None:
         """The recipe's target, or None when ``method.pruning_ratio`` says it all."""
         if self.config.pruning_ratio is not None:
             return None

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import LayerPlan, Plan
-from prunectl.methods.target import ParamsTarget, resolve_params_target
+from prunectl.methods.target import ParamsBudget, resolve_params_target
 from prunectl.methods.width.collect import collect_statistics
 from prunectl.methods.width.compensation import plan_biases
 from prunectl.methods.width.metrics import model_scores
@@ -28,6 +28,7 @@ from prunectl.methods.width.reconstruct import (
 )
 from prunectl.methods.width.selection import LayerScores, Selection, round_selection, select
 from prunectl.methods.width.units import (
+    HeadUnit,
     check_width_model,
     layer_plan,
     layer_shape,
@@ -41,15 +42,15 @@ if TYPE_CHECKING:
 
     from prunectl.methods.inputs import Inputs
 
-Structure = Literal["UL-UM", "UL-MM", "AL-MM", "AL-AM"]
-HeadUnitOpt = Literal["kv_group", "query_head"]
+#: which units go: per-layer uniform (UL-*) or model-wide adaptive (AL-*) heads / MLP channels
+FlapStructure = Literal["UL-UM", "UL-MM", "AL-MM", "AL-AM"]
 
 
 class _WidthConfig(MethodConfig, ReconstructOptions):
     #: which units go: per-layer uniform (UL-*) or model-wide adaptive (AL-*) heads / channels
-    structure: Structure = "AL-AM"
+    structure: FlapStructure = "AL-AM"
     #: a KV head with its query heads, or one query head from every KV group at once
-    head_unit: HeadUnitOpt = "kv_group"
+    head_unit: HeadUnit = "kv_group"
     #: head units removed model-wide by UL-MM / AL-MM (default: the same parameter share as MLPs)
     remove_heads: int | None = Field(None, ge=0)
     #: head units and channels every layer keeps; 0 lets a module empty, which removes that
@@ -89,12 +90,12 @@ class FlapConfig(_CompensatingConfig):
 
 class WandaSPConfig(_CompensatingConfig):
     name: Literal["wanda-sp"] = "wanda-sp"
-    structure: Structure = "UL-UM"
+    structure: FlapStructure = "UL-UM"
 
 
 class MagSPConfig(_WidthConfig):
     name: Literal["mag-sp"] = "mag-sp"
-    structure: Structure = "UL-UM"
+    structure: FlapStructure = "UL-UM"
 
 
 class _WidthMethod(Method):
@@ -109,10 +110,6 @@ class _WidthMethod(Method):
     @property
     def metric(self) -> str:
         return self.name
-
-    @property
-    def bias_compensation(self) -> bool:
-        return self.config.reconstruct == "bias"
 
     @property
     def apply_uses_tokens(self) -> bool:
@@ -138,12 +135,12 @@ class _WidthMethod(Method):
         layers = self._layer_scores(adapter, scores)
         dense = from_model(inputs.model)
         biased = self.config.reconstruct != "none"
-        target = goal.remove
+        budget = goal.remove
         offset = 0  # unit costs less what the plan removes (gained biases, emptied blocks' norms)
         for _ in range(3):  # settles at once unless those shift the cut
-            selection = select(self.config.structure, layers, target + offset,
+            selection = select(self.config.structure, layers, budget + offset,
                                self.config.remove_heads, self.config.min_kept)
-            selection = round_selection(layers, selection, target + offset,
+            selection = round_selection(layers, selection, budget + offset,
                                         self.config.round_to, self.config.min_kept)
             plan = self._plan(layers, selection)
             pruned = cost.account(dense, plan, biased=biased)
@@ -180,7 +177,7 @@ class _WidthMethod(Method):
                 shape, scores[f"layers.{i}.heads"], scores[f"layers.{i}.channels"])
         return layers
 
-    def _report(self, plan: Plan, layers, selection: Selection, goal: ParamsTarget,
+    def _report(self, plan: Plan, layers, selection: Selection, goal: ParamsBudget,
                 pruned: cost.Account, added: int) -> None:
         removed = goal.total - pruned.params["total"]
         q_gone = kv_gone = 0

@@ -26,7 +26,7 @@ from prunectl.methods.taylor import groups, selection
 from prunectl.methods.taylor.importance import GRADIENT_KINDS, random_importance
 from prunectl.methods.width.hooks import ReconstructHooks
 from prunectl.methods.width.reconstruct import ReconstructOptions
-from prunectl.methods.width.units import check_width_model
+from prunectl.methods.width.units import HeadUnit, check_width_model
 from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.structure import from_model
@@ -44,7 +44,7 @@ class TaylorConfig(MethodConfig, ReconstructOptions):
     importance: Literal["element1", "element2", "vector", "l1", "l2", "random"] = "element1"
     aggregation: Literal["sum", "mean", "max", "prod"] = "sum"
     ranking: Literal["local", "global"] = "local"
-    head_unit: Literal["kv_group", "query_head"] = "query_head"
+    head_unit: HeadUnit = "query_head"
     grad_batch_size: int = Field(1, ge=1)  # calibration samples per backward pass
     gradient_checkpointing: bool = False
     seed: int = 42  # for importance: random

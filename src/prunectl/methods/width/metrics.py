@@ -23,8 +23,6 @@ from prunectl.errors import UserError
 from prunectl.methods.width.collect import stat_key
 from prunectl.modeling.adapters import Adapter
 
-METRICS = ("IFV", "WIFV", "WIFN", "wanda-sp", "mag-sp")
-
 
 def channel_metric(
     metric: str,
