@@ -34,7 +34,7 @@ def describe(recipe: Any, config: Any) -> str:
     from prunectl.modeling import cost, structure
 
     shape = structure.from_config(config)
-    total = cost.parameters(shape)["total"]
+    total = cost.account(shape).params["total"]
     layer = shape.layers[0]
     return (f"ok: {recipe.method.name} on {config.model_type}, {len(shape.layers)} layers, "
             f"{layer.heads} heads / {layer.kv_heads} KV heads, {total:,} parameters; "

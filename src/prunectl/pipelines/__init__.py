@@ -6,7 +6,7 @@ pipeline says, and the passes over the model live here, not inside methods:
 
 - ``none`` — data-free: no tokens, the weights alone (``magnitude``, ``mag-sp``, ``manual``);
 - ``tokens`` — the token windows as they are; :mod:`.blocks` is the block-unit runner with its
-  prefix cache and NLL bound (the block search, puzzle's scores and verification);
+  prefix cache and NLL bound (the block search, puzzle's library scores);
 - ``layer_inputs`` — :mod:`.layers`: windows pushed through one decoder layer at a time on cached
   inputs (FLAP / wanda-sp statistics, ShortGPT's Block Influence, the sequential reconstruction
   and SlimGPT on a pruned and a dense stream);

@@ -16,6 +16,7 @@ import torch
 from prunectl.evaluation.perplexity import perplexity
 from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import Plan
+from prunectl.methods.width.compensation import plan_biases
 from prunectl.methods.width.least_squares import augmented
 from prunectl.methods.width.reconstruct import least_squares_solutions, without_columns
 from prunectl.methods.width.sequential import Solution, replace_output
@@ -47,8 +48,6 @@ def plan_solutions(config, inputs: Inputs, plan: Plan, stats: dict | None) -> di
         return least_squares_solutions(inputs.adapter, plan, inputs.tokens, inputs.batch_size,
                                        config.reconstruct_target, config.reconstruct_damp)
     if config.reconstruct == "bias":
-        from prunectl.methods.width.compensation import plan_biases
-
         return zeroed_solutions(inputs, plan, plan_biases(inputs.adapter, plan, stats))
     return zeroed_solutions(inputs, plan)
 
