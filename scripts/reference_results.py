@@ -4,8 +4,9 @@ search method on tiny random models of the test families, run through the CLI.
 ``python scripts/reference_results.py`` rewrites ``tests/fixtures/reference_results.json``;
 ``--check`` compares a fresh run against it and prints the first differences.  The test
 ``tests/test_reference_results.py`` runs the same comparison.  The file records the torch and
-transformers versions it was made with: other versions (or another CPU) may round differently,
-so regenerate it from an untouched tree before comparing a change made on them.
+transformers versions and the CPU kernels (AVX2, AVX512, ...) it was made with: others may round
+differently, so the test skips there; regenerate the file from an untouched tree to compare a
+change made on them.
 
 Every ``round_to`` is set explicitly to the value the methods defaulted to when the file was
 written, so a change of a default does not move the reference.  Runs use one CPU thread.
@@ -128,7 +129,6 @@ def collect(cases=None) -> dict:
     """Every case's plan, weight digests and perplexities, computed on one thread."""
     sys.path.insert(0, str(ROOT / "tests"))
     import torch
-    import transformers
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -138,8 +138,16 @@ def collect(cases=None) -> dict:
                        if cases is None or c[0] in cases}
     finally:
         torch.set_num_threads(threads)
-    return {"versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-            "cases": results}
+    return {"versions": versions(), "cases": results}
+
+
+def versions() -> dict[str, str]:
+    """What the bits depend on besides the code: the libraries and the CPU kernels torch uses."""
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "cpu": torch.backends.cpu.get_cpu_capability()}
 
 
 def differences(expected: dict, got: dict, path: str = "") -> list[str]:

@@ -23,10 +23,7 @@ def _script():
 def test_results_equal_the_saved_reference():
     script = _script()
     expected = json.loads(script.FIXTURE.read_text())
-    import torch
-    import transformers
-
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    versions = script.versions()
     if versions != expected["versions"]:
         pytest.skip(f"reference made with {expected['versions']}, running {versions}: "
                     "regenerate it from an untouched tree to compare")
