@@ -18,7 +18,7 @@ What is reported per mode and part:
   a piece's weights from its forward pre-hook, where ``stream_layers`` moves it in, to its forward
   hook, where it goes back; tied weights once).  A count, not an allocator figure, without
   activations: on the CPU the "device" is host memory, so there is nothing separate to measure;
-* ``prunectl.resources.estimate`` for the ``search`` and ``eval`` steps in both modes.
+* ``prunectl.memory_estimate.estimate`` for the ``search`` and ``eval`` steps in both modes.
 
 Both modes must give the same decision, candidate scores and perplexity; the comparison is part
 of the report.  A part that fails on the device (out of memory, say) is reported, not hidden,
@@ -128,8 +128,8 @@ def _run_mode(mode: str, gguf: Path, args, device: torch.device) -> tuple[dict, 
 
 
 def _estimates(gguf: Path, args, mode: str) -> dict[str, int]:
-    """Device bytes ``prunectl.resources.estimate`` predicts for the search and eval steps."""
-    from prunectl import resources
+    """Device bytes ``prunectl.memory_estimate.estimate`` predicts for the search and eval steps."""
+    from prunectl import memory_estimate
     from prunectl.modeling.loading import load_config
     from prunectl.recipe import load_recipe
 
@@ -140,7 +140,7 @@ def _estimates(gguf: Path, args, mode: str) -> dict[str, int]:
         "eval": {"perplexity": {"seqlen": args.seqlen, "batch_size": args.batch_size}},
         "execution": {"mode": mode}})
     config = load_config(recipe.model)
-    return {step: resources.estimate(step, config, recipe, torch.float32).device_bytes
+    return {step: memory_estimate.estimate(step, config, recipe, torch.float32).device_bytes
             for step in ("search", "eval")}
 
 
@@ -214,7 +214,7 @@ def print_report(report: dict) -> None:
             figure("layerwise", part, "weights_on_device_bytes"))
     estimates = report["estimate_device_bytes"]
     for step in ("search", "eval"):
-        row(f"{step}: resources.estimate", estimates["model"][step], estimates["layerwise"][step])
+        row(f"{step}: memory_estimate.estimate", estimates["model"][step], estimates["layerwise"][step])
     if not cuda:
         print("peak device memory is measured on CUDA only: on the CPU the weights, activations "
               "and caches of both modes share host memory; the counted row is the streaming "

@@ -36,8 +36,8 @@ from common import SHARED_DATA, print_table, require_inputs
 
 from prunectl.distributed import current
 from prunectl.evaluation.perplexity import perplexity
-from prunectl.methods.flap.collect import collect_statistics
 from prunectl.methods.shortgpt import block_influence
+from prunectl.methods.width.collect import collect_statistics
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import load_model
 

@@ -21,9 +21,9 @@ import torch
 from block_search import calibration_tokens
 from common import SHARED_DATA, print_table, require_inputs
 
-from prunectl.methods.flap.collect import collect_statistics
 from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
+from prunectl.methods.width.collect import collect_statistics
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import load_model
 from prunectl.modeling.params import count_parameters

@@ -11,7 +11,7 @@ the CPU.
 Memory (``bench/memory.py``): one full block-search step and a perplexity pass over the same
 windows, with the model whole on ``--device`` and streamed layer by layer (``execution.mode:
 layerwise``); prints peak allocated device memory of each (CUDA only), the weights held on the
-device at once (counted from the streaming schedule, any device), ``prunectl.resources.estimate``
+device at once (counted from the streaming schedule, any device), ``prunectl.memory_estimate.estimate``
 for both modes, and whether both give the same scores.  On by default; ``--no-memory`` skips it,
 ``--no-scaling`` runs it alone (on a GPU node, say).
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_model
 
-from prunectl.methods.block.bound import NllLowerBound
-from prunectl.methods.block.runner import UnitRunner
+from prunectl.pipelines.blocks.bound import NllLowerBound
+from prunectl.pipelines.blocks.runner import UnitRunner
 
 
 def exact_nll(model, hidden: torch.Tensor, ids: torch.Tensor) -> float:

@@ -28,10 +28,10 @@ from test_block_search import peaked_model, repeated_tokens, search
 from prunectl import distributed
 from prunectl.errors import UserError
 from prunectl.evaluation.perplexity import perplexity
-from prunectl.methods.flap.collect import collect_statistics
 from prunectl.methods.inputs import Inputs
 from prunectl.methods.reap.collect import collect_expert_stats
 from prunectl.methods.taylor import TaylorConfig, TaylorMethod
+from prunectl.methods.width.collect import collect_statistics
 from prunectl.modeling.adapters import Adapter
 
 WORLD = 2

@@ -7,7 +7,7 @@ import json
 import pytest
 from test_cli_pipeline import invoke, write_recipe
 
-from prunectl import resources
+from prunectl import memory_estimate
 
 BLOCK = {"name": "block", "block_type": "mix"}
 
@@ -35,7 +35,7 @@ def test_layerwise_and_device_map_give_the_whole_model_result(tmp_path, tiny_mod
 
 def test_a_step_that_cannot_fit_is_refused_before_it_starts(tmp_path, tiny_model_dir, text_file,
                                                             monkeypatch):
-    monkeypatch.setattr(resources, "available", lambda device: (None, 1024))
+    monkeypatch.setattr(memory_estimate, "available", lambda device: (None, 1024))
     recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, text_file, method=BLOCK,
                           target={"blocks": 1})
     project = tmp_path / "p"
@@ -56,7 +56,7 @@ def test_estimate_counts_weights_exactly(tiny_model_dir):
                                                  "method": {"name": "manual"}})
     import torch
 
-    need = resources.estimate("calibrate", config, recipe, torch.float32)
+    need = memory_estimate.estimate("calibrate", config, recipe, torch.float32)
     assert need.parts["weights"] == sum(p.numel() for p in model.parameters()) * 4
 
 

@@ -9,7 +9,7 @@ from conftest import byte_tokenizer, tiny_model
 
 from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
-from prunectl.methods.width_common import layer_shape
+from prunectl.methods.width.units import layer_shape
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import load_project_model
 from prunectl.modeling.params import count_parameters

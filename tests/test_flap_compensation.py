@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import TEXT, byte_tokenizer, tiny_model
 
-from prunectl.methods.flap.compensation import compensation_bias
 from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
+from prunectl.methods.width.compensation import compensation_bias
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.params import count_parameters
 

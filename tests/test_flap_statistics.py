@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from prunectl.methods.flap.collect import collect_statistics
-from prunectl.methods.flap.statistics import RunningMoments
+from prunectl.methods.width.collect import collect_statistics
+from prunectl.methods.width.statistics import RunningMoments
 from prunectl.modeling.adapters import Adapter
 
 

@@ -7,8 +7,8 @@ import torch
 from conftest import tiny_model
 
 from prunectl.errors import UserError
-from prunectl.methods.flap.structure import LayerScores, select
-from prunectl.methods.width_common import head_unit_members, layer_plan, layer_shape
+from prunectl.methods.width.selection import LayerScores, select
+from prunectl.methods.width.units import head_unit_members, layer_plan, layer_shape
 from prunectl.modeling.adapters import Adapter
 
 

@@ -12,7 +12,7 @@ from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.magnitude import group_importance
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.methods.taylor.selection import LayerCosts
-from prunectl.methods.width_common import units_removed
+from prunectl.methods.width.units import units_removed
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.structure import from_model
 

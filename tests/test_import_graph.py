@@ -1,6 +1,8 @@
 """The package's import graph, read from the source with ``ast``: no import cycle among prunectl
-modules at module level, and ``modeling/`` (model structure and surgery) never reaching into
-``methods/`` or ``evaluation/``, not even inside a function.
+modules at module level; ``modeling/`` (model structure and surgery) never reaching into
+``methods/`` or ``evaluation/``, ``pipelines/`` never into ``methods/``, and no method importing
+another method (what methods share lives in ``methods/width/`` and the other non-method modules
+of ``methods/``), not even inside a function.
 
 Imports under ``if TYPE_CHECKING:`` do not run and do not count.  An import of ``a.b.c`` is an
 edge to ``a.b.c`` alone: Python initialises the parent packages first, so a package
@@ -112,6 +114,24 @@ def forbidden_imports(graph: dict[str, set[str]], inside: str, banned: tuple[str
                   if any(target == b or target.startswith(b + ".") for b in banned))
 
 
+def method_units(package: str, registry: dict[str, str]) -> set[str]:
+    """The method packages and modules, from the registry's ``module:Class`` entries: the first
+    component under ``<package>.methods``."""
+    prefix = f"{package}.methods."
+    return {f"{prefix}{entry.split(':')[0][len(prefix):].split('.')[0]}"
+            for entry in registry.values()}
+
+
+def method_to_method_imports(graph: dict[str, set[str]], units: set[str]) -> list[str]:
+    """``a imports b`` for each import from one method unit into another."""
+    def unit(module: str) -> str | None:
+        return next((u for u in units if module == u or module.startswith(u + ".")), None)
+
+    return sorted(f"{module} imports {target}" for module, targets in graph.items()
+                  if unit(module) for target in targets
+                  if unit(target) not in (None, unit(module)))
+
+
 def test_no_module_level_import_cycle():
     cycle = find_cycle(import_graph(SRC, "prunectl"))
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
@@ -121,6 +141,25 @@ def test_modeling_never_imports_methods_or_evaluation():
     graph = import_graph(SRC, "prunectl", into_functions=True)
     assert forbidden_imports(graph, "prunectl.modeling",
                              ("prunectl.methods", "prunectl.evaluation")) == []
+
+
+def test_pipelines_never_import_methods():
+    graph = import_graph(SRC, "prunectl", into_functions=True)
+    assert forbidden_imports(graph, "prunectl.pipelines", ("prunectl.methods",)) == []
+
+
+def test_no_method_imports_another_method():
+    from prunectl.methods.registry import METHODS
+
+    units = method_units("prunectl", METHODS)
+    assert {"prunectl.methods.flap", "prunectl.methods.magnitude",
+            "prunectl.methods.puzzle"} <= units
+    assert "prunectl.methods.width" not in units
+    graph = import_graph(SRC, "prunectl", into_functions=True)
+    assert method_to_method_imports(graph, units) == []
+    graph["prunectl.methods.slimgpt.method"].add("prunectl.methods.flap.method")  # as before
+    assert method_to_method_imports(graph, units) == [
+        "prunectl.methods.slimgpt.method imports prunectl.methods.flap.method"]
 
 
 def _write(root: Path, files: dict[str, str]) -> None:
@@ -155,3 +194,23 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     deep = import_graph(tmp_path, "pkg", into_functions=True)
     assert deep["pkg.quiet.d"] == {"pkg.quiet.c"} and deep["pkg.quiet.c"] == set()
     assert forbidden_imports(deep, "pkg.quiet", ("pkg.quiet.c",)) == ["pkg.quiet.d imports pkg.quiet.c"]
+
+
+def test_a_method_importing_another_is_found(tmp_path):
+    """A made-up tree like ours: imports of the shared width package and within one method pass;
+    a method reaching into another, even from inside a function, is reported."""
+    _write(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/methods/__init__.py": "",
+        "pkg/methods/width/__init__.py": "",
+        "pkg/methods/width/units.py": "",
+        "pkg/methods/flap/__init__.py": "from .method import Flap\n",
+        "pkg/methods/flap/method.py": "from pkg.methods.width import units\nclass Flap: ...\n",
+        "pkg/methods/slim.py": "def score():\n    from pkg.methods.flap.method import Flap\n",
+    })
+    units = method_units("pkg", {"flap": "pkg.methods.flap:Flap", "slim": "pkg.methods.slim:S"})
+    assert units == {"pkg.methods.flap", "pkg.methods.slim"}
+    assert method_to_method_imports(import_graph(tmp_path, "pkg"), units) == []
+    graph = import_graph(tmp_path, "pkg", into_functions=True)
+    assert method_to_method_imports(graph, units) == [
+        "pkg.methods.slim imports pkg.methods.flap.method"]

@@ -18,7 +18,7 @@ from prunectl.methods.puzzle.config import PuzzleConfig
 from prunectl.methods.puzzle.importance import magnitude_scores, unit_columns
 from prunectl.methods.puzzle.library import build_library
 from prunectl.methods.puzzle.variants import attention_kept, mlp_kept
-from prunectl.methods.reconstruct.least_squares import augmented, damped, solve_kept
+from prunectl.methods.width.least_squares import augmented, damped, solve_kept
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.surgery import apply_plan
 

@@ -14,13 +14,13 @@ from conftest import tiny_model
 
 from prunectl.errors import UserError
 from prunectl.evaluation.perplexity import perplexity
-from prunectl.methods.flap.collect import collect_statistics
 from prunectl.methods.inputs import Inputs, Journal, Target
 from prunectl.methods.puzzle import verify
 from prunectl.methods.puzzle.config import PuzzleConfig
 from prunectl.methods.puzzle.costs import variant_costs
 from prunectl.methods.puzzle.method import PuzzleMethod, choice_plan
 from prunectl.methods.puzzle.solve import Choice, Infeasible, candidates, solve
+from prunectl.methods.width.collect import collect_statistics
 from prunectl.modeling import cost
 from prunectl.modeling.params import count_parameters
 from prunectl.modeling.structure import from_model, with_plan

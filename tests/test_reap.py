@@ -17,6 +17,7 @@ from conftest import MOE_CONFIGS, byte_tokenizer, save_tiny, tiny_moe
 from prunectl.cli import app
 from prunectl.errors import UserError
 from prunectl.io import load_tensors
+from prunectl.methods.inputs import Journal
 from prunectl.methods.reap import collect
 from prunectl.methods.reap.collect import collect_expert_stats
 from prunectl.methods.reap.saliency import ExpertStats
@@ -170,13 +171,13 @@ def test_an_interrupted_pass_resumes_at_the_next_layer(tmp_path, monkeypatch):
     full = collect_expert_stats(Adapter(model), TOKENS, 2)
     progress = tmp_path / "progress"
     with pytest.raises(KeyboardInterrupt):
-        collect_expert_stats(Adapter(model), TOKENS, 2, progress, "k", StopAfter(2))
-    assert json.loads((progress / "meta.json").read_text())["layers_done"] == 2
+        collect_expert_stats(Adapter(model), TOKENS, 2, Journal(progress, "k"), StopAfter(2))
+    assert Journal(progress, "k").records("layers.jsonl")[-1]["layers_done"] == 2
     layers_run = []
     real = collect.moe_forward
     monkeypatch.setattr(collect, "moe_forward",
                         lambda block, x: layers_run.append(block) or real(block, x))
-    resumed = collect_expert_stats(Adapter(model), TOKENS, 2, progress, "k")
+    resumed = collect_expert_stats(Adapter(model), TOKENS, 2, Journal(progress, "k"))
     assert set(map(id, layers_run)) == {id(model.model.layers[2].mlp)}  # layers 0, 1 not rerun
     assert resumed.keys() == full.keys()
     for name, value in full.items():
@@ -184,9 +185,9 @@ def test_an_interrupted_pass_resumes_at_the_next_layer(tmp_path, monkeypatch):
     assert not progress.exists()
     # progress made with other inputs is not used
     with pytest.raises(KeyboardInterrupt):
-        collect_expert_stats(Adapter(model), TOKENS, 2, progress, "k", StopAfter(1))
+        collect_expert_stats(Adapter(model), TOKENS, 2, Journal(progress, "k"), StopAfter(1))
     layers_run.clear()
-    collect_expert_stats(Adapter(model), TOKENS[:4], 2, progress, "k")
+    collect_expert_stats(Adapter(model), TOKENS[:4], 2, Journal(progress, "k"))
     assert len({id(b) for b in layers_run}) == 3
 
 

@@ -13,12 +13,12 @@ from conftest import tiny_model
 from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import LayerPlan, Plan
-from prunectl.methods.reconstruct.least_squares import augmented, solve_kept
-from prunectl.methods.reconstruct.moments import SecondMoments
-from prunectl.methods.reconstruct.options import full_weight, least_squares_solutions
-from prunectl.methods.reconstruct.sequential import Solution, sequential_pass
 from prunectl.methods.registry import create_method, parse_method_config
-from prunectl.methods.width_common import removed_channels
+from prunectl.methods.width.least_squares import augmented, solve_kept
+from prunectl.methods.width.moments import SecondMoments
+from prunectl.methods.width.reconstruct import full_weight, least_squares_solutions
+from prunectl.methods.width.sequential import Solution, sequential_pass
+from prunectl.methods.width.units import removed_channels
 from prunectl.modeling.adapters import Adapter
 
 

@@ -13,7 +13,7 @@ from prunectl.cli import app
 from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
-from prunectl.methods.width_common import round_kept_channels
+from prunectl.methods.width.units import round_kept_channels
 from prunectl.modeling.params import count_parameters
 
 INTERMEDIATE = 256

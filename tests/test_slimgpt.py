@@ -9,11 +9,11 @@ import torch
 from conftest import tiny_model
 
 from prunectl.methods.inputs import Inputs, Target
-from prunectl.methods.reconstruct.least_squares import augmented, solve_kept
-from prunectl.methods.reconstruct.moments import SecondMoments
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.methods.slimgpt.allocation import shape_weights
-from prunectl.methods.slimgpt.obs import greedy_prune, mlp_batches
+from prunectl.methods.width.least_squares import augmented, solve_kept
+from prunectl.methods.width.moments import SecondMoments
+from prunectl.methods.width.obs import greedy_prune, mlp_batches
 from prunectl.modeling.params import count_parameters
 
 

@@ -67,6 +67,31 @@ def test_compensation_biases_count():
     assert cost.parameters(planned) == count_parameters(apply_plan(model, plan, biases=bias))
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_account_with_gained_biases_counts_what_compensation_leaves(family):
+    """The one accounting against surgery with a bias on every narrowed projection: the plan
+    narrows layer 0's heads and MLP, empties layer 2's attention (no bias there) and leaves
+    layer 1 alone; Qwen2's o_proj has no bias, its q/k/v ones are untouched."""
+    model = tiny_model(family)
+    dense = structure.from_model(model)
+    plan = PLANS["heads, channels and a removed block"]
+    assert cost.gained_biases(dense, plan) == ["layers.0.o_proj", "layers.0.down_proj"]
+    biases = {name: torch.zeros(64) for name in cost.gained_biases(dense, plan)}
+    plain, biased = cost.account(dense, plan), cost.account(dense, plan, biased=True)
+    assert biased.params["total"] - plain.params["total"] == 2 * 64
+    assert biased.params == count_parameters(apply_plan(model, plan, biases=biases))
+    assert (plain.kv_cache_bytes, plain.flops) == (biased.kv_cache_bytes, biased.flops) == (
+        cost.kv_cache_bytes_per_token(structure.with_plan(dense, plan)),
+        cost.flops_per_token(structure.with_plan(dense, plan)))
+    measured = count_parameters(tiny_model(family))
+    removed = measured["total"] - biased.params["total"]
+    assert biased.achieved(measured) == {
+        "params_total": measured["total"], "params_non_embedding": measured["non_embedding"],
+        "params_removed": removed, "params_ratio": removed / measured["total"],
+        "params_ratio_non_embedding": removed / measured["non_embedding"]}
+    assert cost.account(dense).params == measured
+
+
 def test_llama2_7b_from_its_config():
     """6,738,415,616 parameters; KV cache 2 x 32 layers x 32 heads x 128 x 2 bytes = 512 KiB a
     token in 16-bit; 2 x (6,476,005,376 layer weights + 131,072,000 LM head) FLOPs a token, plus

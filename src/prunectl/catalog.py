@@ -18,8 +18,6 @@ import yaml
 
 from prunectl.errors import UserError
 
-HINT = "`prunectl recipes ls` lists the shipped recipes, `prunectl recipes cp NAME .` copies one"
-
 
 def directory() -> Path:
     """Where the shipped recipes and configs are."""

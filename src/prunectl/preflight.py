@@ -59,7 +59,7 @@ def check(recipe: Any, config: Any = None) -> Any:
     check_weight_files(recipe.model)
     method.check(config)
     limit = getattr(config, "max_position_embeddings", None)
-    if method.calibration != "none" and limit and recipe.calibration.seqlen > limit:
+    if method.pipeline.reads_tokens and limit and recipe.calibration.seqlen > limit:
         raise UserError(f"calibration.seqlen={recipe.calibration.seqlen} exceeds the model's "
                         f"max_position_embeddings={limit}; set calibration.seqlen to at most {limit}")
     return config
@@ -71,7 +71,7 @@ def _check_data(recipe: Any, method: Any) -> None:
     from prunectl.data.sources import ACCEPTED, BUILTIN, NAMED
 
     named = [("eval.perplexity.datasets", d) for d in recipe.eval.perplexity.datasets]
-    if method.calibration != "none":
+    if method.pipeline.reads_tokens:
         named.insert(0, ("calibration.dataset", recipe.calibration.dataset))
     for key, dataset in named:
         if dataset not in NAMED and dataset != BUILTIN and not Path(dataset).expanduser().exists():
@@ -87,7 +87,7 @@ def describe(recipe: Any, config: Any) -> str:
     from prunectl.modeling import cost, structure
 
     shape = structure.from_config(config)
-    counts = cost.parameters(shape)
+    counts = cost.account(shape).params
     layer = shape.layers[0]
     model = (f"ok: {recipe.method.name} on {config.model_type}, {len(shape.layers)} layers, "
              f"{layer.heads} heads / {layer.kv_heads} KV heads, {counts['total']:,} parameters")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from prunectl.methods.plan import Plan
+from prunectl.pipelines.registry import Pipeline, pipeline
 
 if TYPE_CHECKING:  # annotations only: parsing a recipe must not import torch
     import torch
@@ -39,8 +40,8 @@ class Method:
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     #: the calibration data it reads: ``none`` (the weights alone), ``tokens`` (windows as they
     #: are), ``layer_inputs`` (layer by layer on cached inputs), ``gradients`` (LM-loss
-    #: gradients, which need the whole model on the device); ``calibrate`` makes tokens unless
-    #: ``none``.  A property where the config decides.
+    #: gradients, which need the whole model on the device): it selects the registered
+    #: pipeline (:mod:`prunectl.pipelines.registry`).  A property where the config decides.
     calibration: ClassVar[Calibration] = "tokens"
     #: True when ``calibrate`` runs the ``statistics`` hook and saves what it returns
     uses_statistics: ClassVar[bool] = False
@@ -61,6 +62,11 @@ class Method:
 
     def __init__(self, config: MethodConfig):
         self.config = config
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The registered pipeline its ``calibration`` selects."""
+        return pipeline(self.calibration)
 
     def check(self, config: Any) -> None:
         """Refuse settings this model cannot take (a block index past its last layer, say)

@@ -33,10 +33,11 @@ from pydantic import Field
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
-from prunectl.methods.reconstruct.hooks import ReconstructHooks
-from prunectl.methods.reconstruct.options import ReconstructOptions
-from prunectl.methods.target import ParamsTarget, resolve_params_target
-from prunectl.methods.width_common import (
+from prunectl.methods.target import ParamsBudget, resolve_params_target
+from prunectl.methods.width.hooks import ReconstructHooks
+from prunectl.methods.width.reconstruct import ReconstructOptions
+from prunectl.methods.width.units import (
+    HeadUnit,
     check_round_to,
     check_width_model,
     head_unit_members,
@@ -58,7 +59,7 @@ class MagnitudeConfig(MethodConfig, ReconstructOptions):
     round_to: int = Field(4, ge=1)
     #: one query head from every KV group at once, every KV head kept (the reference's GQA
     #: handling), or a KV head with its query heads
-    head_unit: Literal["kv_group", "query_head"] = "query_head"
+    head_unit: HeadUnit = "query_head"
     #: prune the hidden size (the residual stream) too, as the reference does
     prune_hidden: bool = True
 
@@ -146,18 +147,7 @@ class MagnitudeMethod(ReconstructHooks, Method):
                                 intermediate=counts["channels"])
         return cost.parameters(resized)["total"]
 
-    def _added_bias(self, adapter: Adapter, counts: dict) -> int:
-        """Parameters a reconstruction adds: a bias on each pruned o_proj / down_proj lacking
-        one (magnitude prunes every layer alike, so layer 0's shape speaks for all)."""
-        if self.config.reconstruct == "none":
-            return 0
-        s = layer_shape(adapter, 0, self.config.head_unit)
-        return counts["hidden"] * sum(
-            (counts["head_units"] < s.num_head_units and adapter.o_proj(i).bias is None)
-            + (counts["channels"] < s.intermediate and adapter.down_proj(i).bias is None)
-            for i in range(adapter.num_layers))
-
-    def _ratio(self, adapter, dense: Structure, shapes, goal: ParamsTarget
+    def _ratio(self, adapter, dense: Structure, shapes, goal: ParamsBudget
                ) -> tuple[float, list[str]]:
         """The uniform ratio: ``ratio_of: units`` is it (Torch-Pruning's ``pruning_ratio``);
         any other target is solved for on a grid of 0.001."""
@@ -171,7 +161,7 @@ class MagnitudeMethod(ReconstructHooks, Method):
         best = min((k / 1000 for k in range(1000)), key=lambda r: abs(removed(r) - goal.remove))
         return best, [f"uniform pruning_ratio {best:.3f} solved for {goal.label}"]
 
-    def _goal(self, inputs) -> ParamsTarget | None:
+    def _goal(self, inputs) -> ParamsBudget | None:
         """The recipe's target, or None when ``method.pruning_ratio`` says it all."""
         if self.config.pruning_ratio is not None:
             return None
@@ -182,8 +172,6 @@ class MagnitudeMethod(ReconstructHooks, Method):
         return resolve_params_target(target, inputs.model, self.name)
 
     def search(self, inputs, scores) -> Plan:
-        from prunectl.modeling.params import count_parameters
-
         adapter, model = inputs.adapter, inputs.model
         structure = from_model(model)
         shapes = [layer_shape(adapter, i, self.config.head_unit, structure)
@@ -192,7 +180,6 @@ class MagnitudeMethod(ReconstructHooks, Method):
             raise UserError("magnitude prunes uniform models only; this model's layers differ "
                             "in shape (use flap or wanda-sp)")
         check_round_to(self.config.round_to, {i: s.intermediate for i, s in enumerate(shapes)})
-        counts_dense = count_parameters(model)
         goal = self._goal(inputs)
         ratio, notes = (self.config.pruning_ratio, []) if goal is None else \
             self._ratio(adapter, structure, shapes, goal)
@@ -211,16 +198,12 @@ class MagnitudeMethod(ReconstructHooks, Method):
         if counts["hidden"] < adapter.hidden_size:
             keep = scores["hidden"].argsort(descending=True, stable=True)[: counts["hidden"]]
             plan.hidden_channels = sorted(keep.tolist())
-        dense = self._params(structure, shapes, self._counts(adapter, shapes, 0.0))
-        removed = (dense - self._params(structure, shapes, counts)
-                   - self._added_bias(adapter, counts))
-        total = counts_dense["total"]
+        counts_dense = cost.parameters(structure)
+        pruned = cost.account(structure, plan, biased=self.config.reconstruct != "none")
+        achieved = pruned.achieved(counts_dense)
+        removed, total = achieved["params_removed"], achieved["params_total"]
         plan.achieved = {
-            "params_total": total,
-            "params_non_embedding": counts_dense["non_embedding"],
-            "params_removed": removed,
-            "params_ratio": removed / total,
-            "params_ratio_non_embedding": removed / counts_dense["non_embedding"],
+            **achieved,
             **(goal.achieved() if goal else {"target_params_ratio": None}),
             "pruning_ratio": ratio,
             "hidden_size": counts["hidden"],

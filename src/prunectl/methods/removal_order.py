@@ -13,6 +13,7 @@ from typing import Any
 from prunectl.errors import UserError
 from prunectl.methods.plan import Plan, parse_block_name, plan_from_removals
 from prunectl.methods.target import resolve_params_target
+from prunectl.modeling.cost import achieved_params
 
 
 def candidate_names(num_layers: int, block_type: str) -> list[str]:
@@ -63,6 +64,13 @@ class ParameterCounts:
     total: int
     non_embedding: int
     per_candidate: dict[str, int]
+
+    def removal(self, removed: int) -> dict[str, Any]:
+        """``params_removed`` and its two ratios, as every decision records them."""
+        achieved = achieved_params({"total": self.total, "non_embedding": self.non_embedding},
+                                   removed)
+        return {key: achieved[key]
+                for key in ("params_removed", "params_ratio", "params_ratio_non_embedding")}
 
 
 def parameter_counts(model, adapter, names: list[str]) -> ParameterCounts:

@@ -87,8 +87,6 @@ class ShortGPTMethod(Method):
                 "step": step,
                 "removed": names[i],
                 "block_influence": float(bi[i]),
-                "params_removed": removed,
-                "params_ratio": removed / params.total,
-                "params_ratio_non_embedding": removed / params.non_embedding,
+                **params.removal(removed),
             })
         return plan_from_decisions("shortgpt", decisions, target, adapter.num_layers, params, {})

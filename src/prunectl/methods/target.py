@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 
@@ -19,11 +19,8 @@ from prunectl.errors import UserError
 from prunectl.modeling import cost
 from prunectl.modeling.structure import from_model
 
-RatioOf = Literal["total", "non_embedding", "layers", "units"]
-
-
 @dataclass(frozen=True)
-class ParamsTarget:
+class ParamsBudget:
     """A resolved parameter target: ``remove`` parameters out of the dense ``total``."""
 
     remove: int
@@ -32,6 +29,11 @@ class ParamsTarget:
     ratio: float | None  # target.params_ratio (None with target.params)
     ratio_of: str
     base: int  # the parameters the ratio is a share of
+
+    @property
+    def dense(self) -> dict[str, int]:
+        """The dense counts ``cost.Account.achieved`` compares against."""
+        return {"total": self.total, "non_embedding": self.non_embedding}
 
     @property
     def unit_ratio(self) -> float | None:
@@ -63,8 +65,8 @@ def ratio_bases(model: nn.Module, layers: Iterable[int] | None = None) -> dict[s
 
 def resolve_params_target(
     target: Any, model: nn.Module, method: str, layers: Iterable[int] | None = None
-) -> ParamsTarget:
-    """``target`` (the recipe's section) as a :class:`ParamsTarget` for ``model``.
+) -> ParamsBudget:
+    """``target`` (the recipe's section) as a :class:`ParamsBudget` for ``model``.
 
     ``layers`` is the method's pruned layer range (default: all), the base of ``ratio_of:
     units``.  A target that asks for blocks, or for nothing, is a user error naming the keys.
@@ -84,7 +86,7 @@ def resolve_params_target(
                 f"target.params={params} is not below the model's {bases['total']:,} "
                 "parameters; lower it"
             )
-        return ParamsTarget(params, bases["total"], bases["non_embedding"], None, "total",
+        return ParamsBudget(params, bases["total"], bases["non_embedding"], None, "total",
                             bases["total"])
-    return ParamsTarget(round(ratio * bases[ratio_of]), bases["total"], bases["non_embedding"],
+    return ParamsBudget(round(ratio * bases[ratio_of]), bases["total"], bases["non_embedding"],
                         ratio, ratio_of, bases[ratio_of])

@@ -1,5 +1,6 @@
 """What a :class:`~prunectl.modeling.structure.Structure` costs: parameters, KV-cache bytes and
-FLOPs per token.
+FLOPs per token, and the one accounting of a plan (:func:`account`) that every method's
+``achieved``, the apply summary and puzzle's budgets go through.
 
 Parameters are counted the way :func:`prunectl.modeling.params.count_parameters` counts a loaded
 model (biases included, tied embeddings once, every norm an RMSNorm of its width), so a count from
@@ -9,7 +10,10 @@ include its pre-norm: removing the block removes the norm.
 
 from __future__ import annotations
 
-from prunectl.modeling.structure import LayerStructure, Structure
+from dataclasses import dataclass
+from typing import Any
+
+from prunectl.modeling.structure import LayerStructure, Structure, with_plan
 
 
 def attention_parameters(s: Structure, layer: LayerStructure) -> int:
@@ -81,3 +85,49 @@ def flops_per_token(s: Structure, context: int = 0) -> int:
     plus the attention scores and weighted values over ``context`` earlier tokens (biases and
     norms, a rounding error, left out)."""
     return 2 * s.vocab * s.hidden + sum(layer_flops(s, layer, context) for layer in s.layers)
+
+
+@dataclass(frozen=True)
+class Account:
+    """What one model costs: ``params`` (``total``, ``non_embedding``, ``embedding``), the KV
+    cache one token adds and the FLOPs of one token."""
+
+    params: dict[str, int]
+    kv_cache_bytes: int
+    flops: int
+
+    def achieved(self, dense: dict[str, int]) -> dict[str, Any]:
+        """The ``params_*`` keys of a plan's ``achieved``: this pruned model against the
+        ``dense`` counts."""
+        return achieved_params(dense, dense["total"] - self.params["total"])
+
+
+def gained_biases(dense: Structure, plan: Any) -> list[str]:
+    """The ``layers.N.o_proj`` / ``layers.N.down_proj`` that a reconstruction (``bias`` or
+    ``least_squares``) gives a bias: every kept projection the plan takes inputs from that has
+    none (a removed block takes its projection with it)."""
+    pruned, names = with_plan(dense, plan), []
+    for i, (before, after) in enumerate(zip(dense.layers, pruned.layers)):
+        if after.attention and after.heads < before.heads and not before.o_bias:
+            names.append(f"layers.{i}.o_proj")
+        if (after.mlp and not before.expert_intermediate and after.intermediate < before.intermediate
+                and not before.down_bias):
+            names.append(f"layers.{i}.down_proj")
+    return names
+
+
+def account(dense: Structure, plan: Any = None, *, biased: bool = False,
+            bytes_per_value: int = 2) -> Account:
+    """What the model ``plan`` leaves of ``dense`` costs (``dense`` itself without a plan);
+    ``biased``: the pruned projections gain biases (:func:`gained_biases`)."""
+    s = dense if plan is None else with_plan(
+        dense, plan, gained_biases(dense, plan) if biased else ())
+    return Account(parameters(s), kv_cache_bytes_per_token(s, bytes_per_value), flops_per_token(s))
+
+
+def achieved_params(dense: dict[str, int], removed: int) -> dict[str, Any]:
+    """``params_total``, ``params_non_embedding``, ``params_removed`` and the two ratios, for
+    ``removed`` parameters of a model counted ``dense``."""
+    return {"params_total": dense["total"], "params_non_embedding": dense["non_embedding"],
+            "params_removed": removed, "params_ratio": removed / dense["total"],
+            "params_ratio_non_embedding": removed / dense["non_embedding"]}

@@ -16,12 +16,19 @@ Callers run it under ``torch.inference_mode``.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
+from prunectl.io import load_tensors, save_tensors
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.placement import execution_device, is_streamed
+
+if TYPE_CHECKING:
+    from prunectl.distributed import Distributed
+    from prunectl.methods.inputs import Journal
 
 #: sees (batch index, layer input, layer output) for every batch of a layer
 BatchCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -66,3 +73,61 @@ class LayerPass:
             return [y]
 
         self.map(step)
+
+    def state(self) -> torch.Tensor:
+        """The first stream's activations, every batch in one tensor."""
+        return torch.cat(self.streams[0]) if self.streams[0] else torch.empty(0)
+
+    def restore(self, hidden: torch.Tensor, batch_size: int) -> None:
+        """Put back what :meth:`state` gave (a resumed pass)."""
+        self.streams[0] = [h.to(self.store) for h in hidden.split(max(1, batch_size))]
+
+
+class LayerCheckpoint:
+    """A layer pass's per-layer resume point through the step's journal: after layer ``n`` the
+    results so far (``stats-<n>``, rank 0) and every rank's activations (``hidden-<n>-rank<R>``)
+    are written beside the journal, then a record ``{"key", "layers_done": n}`` is appended to
+    it; the previous layer's files go.  Only the journal's last record counts, and only when
+    its ``key`` is this pass's (progress made for other inputs starts over).  Without a journal
+    directory nothing is kept."""
+
+    NAME = "layers.jsonl"
+
+    def __init__(self, journal: Journal | None, key: str, group: Distributed):
+        self.journal, self.key, self.group = journal, key, group
+        self.directory = None if journal is None else journal.directory
+
+    def _files(self, layer: int) -> tuple:
+        return (self.directory / f"stats-{layer}.safetensors",
+                self.directory / f"hidden-{layer}-rank{self.group.rank}.safetensors")
+
+    def resume(self, layer_pass: LayerPass, batch_size: int) -> tuple[int, dict]:
+        """(first layer to run, results so far); the pass's activations are restored."""
+        if self.directory is None:
+            return 0, {}
+        records = self.journal.records(self.NAME)
+        if not records or records[-1].get("key") != self.key:
+            return 0, {}
+        done = int(records[-1]["layers_done"])
+        stats_file, hidden_file = self._files(done)
+        layer_pass.restore(load_tensors(hidden_file)["hidden"], batch_size)
+        return done, load_tensors(stats_file)
+
+    def save(self, done: int, stats: dict, layer_pass: LayerPass) -> None:
+        if self.directory is None:
+            return
+        stats_file, hidden_file = self._files(done)
+        save_tensors(hidden_file, {"hidden": layer_pass.state()})
+        if self.group.is_main:
+            save_tensors(stats_file, stats)
+        self.group.barrier()  # every rank's activations are on disk before the record names them
+        self.journal.append({"key": self.key, "layers_done": done}, self.NAME)
+        self.group.barrier()
+        for old in self._files(done - 1):
+            old.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """The pass completed: its folder goes."""
+        self.group.barrier()
+        if self.directory is not None and self.group.is_main:
+            shutil.rmtree(self.directory, ignore_errors=True)

@@ -39,12 +39,13 @@ def apply(run: RunContext, blocks: int | None = None, budget: float | None = Non
         if blocks is not None:
             plan = plan_for_k(plan, blocks)
         dense = count_parameters(model)
-        shapes = {"dense": from_model(model)}
-        shapes["pruned"] = with_plan(shapes["dense"], plan)
-        structure = layer_rows(shapes["pruned"])
+        shape = from_model(model)
+        structure = layer_rows(with_plan(shape, plan))
         size = next(model.parameters()).element_size()
-        per_token = {name: {"kv_cache_bytes": cost.kv_cache_bytes_per_token(s, size),
-                            "flops": cost.flops_per_token(s)} for name, s in shapes.items()}
+        accounts = {"dense": cost.account(shape, bytes_per_value=size),
+                    "pruned": cost.account(shape, plan, bytes_per_value=size)}
+        per_token = {name: {"kv_cache_bytes": a.kv_cache_bytes, "flops": a.flops}
+                     for name, a in accounts.items()}
         empty = None if method.apply_uses_tokens else torch.empty(0, 0, dtype=torch.long)
         inputs = method_inputs(run, method, model, None, tokens=empty)
         pruned = method.apply(inputs, plan, artifacts.statistics(run))

@@ -41,14 +41,14 @@ def require(run: RunContext, parts: tuple[str, ...], step: str) -> Path:
 
 def check_memory(run: RunContext, step: str) -> None:
     """Say what the step will need, and refuse before loading anything if it cannot fit."""
-    from prunectl import resources
+    from prunectl import memory_estimate
     from prunectl.modeling.loading import load_config
 
     if run.recipe.model.device_map is not None:
         return  # accelerate spreads the model over the devices it was given
-    need = resources.estimate(step, load_config(run.recipe.model), run.recipe, run.dtype)
+    need = memory_estimate.estimate(step, load_config(run.recipe.model), run.recipe, run.dtype)
     run.ui.info(f"[dim]{need.describe()}[/]")
-    resources.check(need, run.device, run.recipe.execution.memory_budget_gb)
+    memory_estimate.check(need, run.device, run.recipe.execution.memory_budget_gb)
 
 
 def dense_model(run: RunContext) -> tuple[Any, Any]:

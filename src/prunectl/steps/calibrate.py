@@ -26,7 +26,7 @@ def calibrate(run: RunContext) -> StepResult:
         cfg = run.recipe.calibration
         outputs = []
         summary = {"method": method.name}
-        if method.calibration != "none":
+        if method.pipeline.reads_tokens:
             artifacts.check_memory(run, "calibrate")
             model, tokenizer = artifacts.dense_model(run)
             tokens = calibration_tokens(

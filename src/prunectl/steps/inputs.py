@@ -18,8 +18,7 @@ def method_inputs(run: RunContext, method: Method, model, directory: str | None,
     windows (the saved ones unless ``tokens`` is given; none for ``calibration: none``) on the
     run's device, and ``<directory>/cache`` (the step's own directory) as scratch."""
     if tokens is None:
-        tokens = (torch.empty(0, 0, dtype=torch.long) if method.calibration == "none"
-                  else artifacts.calibration_tokens(run))
+        tokens = method.pipeline.tokens(lambda: artifacts.calibration_tokens(run))
     return Inputs(
         model=model,
         tokens=tokens.to(run.device),

@@ -125,9 +125,7 @@ def first_decision(
         "step": 1,
         "removed": removed,
         "perplexity": float(ppl[best]),
-        "params_removed": count,
-        "params_ratio": count / params.total,
-        "params_ratio_non_embedding": count / params.non_embedding,
+        **params.removal(count),
         "scores": {n: {"ppl": float(ppl[i]), "lower_bound": bool(flags[i])}
                    for i, n in enumerate(names)},
         "seconds": float(scores["seconds"][0]),

@@ -40,11 +40,11 @@ import torch
 
 from prunectl import distributed
 from prunectl.errors import UserError
-from prunectl.methods.block.bound import NllLowerBound, drop_margin
-from prunectl.methods.block.cache import BoundaryCache, CachePlan, plan_cache
 from prunectl.methods.block.candidates import unit_span
-from prunectl.methods.block.runner import DEFAULT_CHUNK_TOKENS, UnitRunner
 from prunectl.methods.removal_order import ParameterCounts, StopRule
+from prunectl.pipelines.blocks.bound import NllLowerBound, drop_margin
+from prunectl.pipelines.blocks.cache import BoundaryCache, CachePlan, plan_cache
+from prunectl.pipelines.blocks.runner import DEFAULT_CHUNK_TOKENS, UnitRunner
 
 Progress = Callable[..., Iterable]
 
@@ -273,9 +273,7 @@ def _search_step(runner, cache, bound, removed, remaining, candidates, decisions
         "step": len(decisions) + 1,
         "removed": chosen,
         "perplexity": scores[chosen]["ppl"],
-        "params_removed": removed_params,
-        "params_ratio": removed_params / params.total,
-        "params_ratio_non_embedding": removed_params / params.non_embedding,
+        **params.removal(removed_params),
         "scores": {c: scores[c] for c in sorted(scores, key=index.__getitem__)},
         "seconds": max(share[2] for share in shares),
     }

@@ -16,22 +16,24 @@ from pydantic import Field, model_validator
 
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
-from prunectl.methods.flap.collect import collect_statistics, stat_key
-from prunectl.methods.flap.compensation import plan_biases
-from prunectl.methods.flap.metrics import channel_metric, layer_scores
-from prunectl.methods.flap.structure import LayerScores, Selection, round_selection, select
 from prunectl.methods.plan import LayerPlan, Plan
-from prunectl.methods.reconstruct.options import (
+from prunectl.methods.target import ParamsBudget, resolve_params_target
+from prunectl.methods.width.collect import collect_statistics
+from prunectl.methods.width.compensation import plan_biases
+from prunectl.methods.width.metrics import model_scores
+from prunectl.methods.width.reconstruct import (
     Reconstruct,
     ReconstructOptions,
     reconstruction_biases,
 )
-from prunectl.methods.target import ParamsTarget, resolve_params_target
-from prunectl.methods.width_common import (
+from prunectl.methods.width.selection import LayerScores, Selection, round_selection, select
+from prunectl.methods.width.units import (
+    HeadUnit,
     check_width_model,
     layer_plan,
     layer_shape,
 )
+from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.structure import from_model
 
@@ -40,15 +42,15 @@ if TYPE_CHECKING:
 
     from prunectl.methods.inputs import Inputs
 
-Structure = Literal["UL-UM", "UL-MM", "AL-MM", "AL-AM"]
-HeadUnitOpt = Literal["kv_group", "query_head"]
+#: which units go: per-layer uniform (UL-*) or model-wide adaptive (AL-*) heads / MLP channels
+FlapStructure = Literal["UL-UM", "UL-MM", "AL-MM", "AL-AM"]
 
 
 class _WidthConfig(MethodConfig, ReconstructOptions):
     #: which units go: per-layer uniform (UL-*) or model-wide adaptive (AL-*) heads / channels
-    structure: Structure = "AL-AM"
+    structure: FlapStructure = "AL-AM"
     #: a KV head with its query heads, or one query head from every KV group at once
-    head_unit: HeadUnitOpt = "kv_group"
+    head_unit: HeadUnit = "kv_group"
     #: head units removed model-wide by UL-MM / AL-MM (default: the same parameter share as MLPs)
     remove_heads: int | None = Field(None, ge=0)
     #: head units and channels every layer keeps; 0 lets a module empty, which removes that
@@ -88,12 +90,12 @@ class FlapConfig(_CompensatingConfig):
 
 class WandaSPConfig(_CompensatingConfig):
     name: Literal["wanda-sp"] = "wanda-sp"
-    structure: Structure = "UL-UM"
+    structure: FlapStructure = "UL-UM"
 
 
 class MagSPConfig(_WidthConfig):
     name: Literal["mag-sp"] = "mag-sp"
-    structure: Structure = "UL-UM"
+    structure: FlapStructure = "UL-UM"
 
 
 class _WidthMethod(Method):
@@ -110,10 +112,6 @@ class _WidthMethod(Method):
         return self.name
 
     @property
-    def bias_compensation(self) -> bool:
-        return self.config.reconstruct == "bias"
-
-    @property
     def apply_uses_tokens(self) -> bool:
         return self.config.reconstruct == "least_squares"
 
@@ -126,51 +124,32 @@ class _WidthMethod(Method):
 
     # --- score ------------------------------------------------------------------------------
     def score(self, inputs: Inputs, stats) -> dict[str, torch.Tensor]:
-        adapter = inputs.adapter
-        adaptive = self.config.structure.startswith("AL")
-        scores = {}
-        for i in range(adapter.num_layers):
-            attn = self._channel_metric(adapter.o_proj(i).weight, stats, stat_key(i, "o_proj"))
-            mlp = (torch.zeros(0) if adapter.experts(i) is not None  # MoE: attention only
-                   else self._channel_metric(adapter.down_proj(i).weight, stats,
-                                             stat_key(i, "down_proj")))
-            heads, channels = layer_scores(
-                attn, mlp, adapter.head_dim,
-                square_attention=self.square_attention, adaptive=adaptive,
-            )
-            scores[f"layers.{i}.heads"] = heads
-            scores[f"layers.{i}.channels"] = channels
-        return scores
-
-    def _channel_metric(self, weight, stats, prefix) -> torch.Tensor:
-        needs = {"IFV": "var", "WIFV": "var", "WIFN": "sumsq", "wanda-sp": "sumsq"}.get(self.metric)
-        if needs and f"{prefix}.{needs}" not in stats:
-            raise UserError(
-                f"calibration statistics lack {prefix}.{needs}; re-run `prunectl calibrate --force`"
-            )
-        return channel_metric(
-            self.metric, weight,
-            var=stats.get(f"{prefix}.var"), sumsq=stats.get(f"{prefix}.sumsq"),
-        )
+        return model_scores(inputs.adapter, stats, self.metric,
+                            square_attention=self.square_attention,
+                            adaptive=self.config.structure.startswith("AL"))
 
     # --- search -----------------------------------------------------------------------------
     def search(self, inputs: Inputs, scores) -> Plan:
         adapter = inputs.adapter
         goal = resolve_params_target(inputs.target, inputs.model, self.name)
         layers = self._layer_scores(adapter, scores)
-        target = goal.remove
-        offset = 0  # compensation biases gained minus norms of emptied blocks, against the cut
+        dense = from_model(inputs.model)
+        biased = self.config.reconstruct != "none"
+        budget = goal.remove
+        offset = 0  # unit costs less what the plan removes (gained biases, emptied blocks' norms)
         for _ in range(3):  # settles at once unless those shift the cut
-            selection = select(self.config.structure, layers, target + offset,
+            selection = select(self.config.structure, layers, budget + offset,
                                self.config.remove_heads, self.config.min_kept)
-            selection = round_selection(layers, selection, target + offset,
+            selection = round_selection(layers, selection, budget + offset,
                                         self.config.round_to, self.config.min_kept)
             plan = self._plan(layers, selection)
-            added, extra = self._added_bias(adapter, plan), self._emptied_extra(adapter, plan)
-            if added - extra == offset:
+            pruned = cost.account(dense, plan, biased=biased)
+            removed = goal.total - pruned.params["total"]
+            if selection.params - removed == offset:
                 break
-            offset = added - extra
-        self._report(plan, layers, selection, goal, added, extra)
+            offset = selection.params - removed
+        added = pruned.params["total"] - cost.account(dense, plan).params["total"]
+        self._report(plan, layers, selection, goal, pruned, added)
         return plan
 
     def _plan(self, layers: dict[int, LayerScores], selection: Selection) -> Plan:
@@ -186,31 +165,6 @@ class _WidthMethod(Method):
                 plan.layers[i] = lp
         return plan
 
-    @staticmethod
-    def _emptied_extra(adapter: Adapter, plan: Plan) -> int:
-        """Parameters an emptied block takes with it beyond its units: its norms and output bias."""
-        extra = 0
-        for i, lp in plan.layers.items():
-            for gone, block, out in ((not lp.attention, "attention", adapter.o_proj(i)),
-                                     (not lp.mlp, "mlp",
-                                      adapter.down_proj(i) if not lp.mlp else None)):
-                if gone:
-                    extra += sum(p.numel() for norm in adapter.block_norms(i, block).values()
-                                 for p in norm.parameters())
-                    extra += 0 if out.bias is None else out.bias.numel()
-        return extra
-
-    def _added_bias(self, adapter: Adapter, plan: Plan) -> int:
-        """Parameters compensation or least squares add: a bias on each pruned o_proj /
-        down_proj lacking one."""
-        if self.config.reconstruct == "none":
-            return 0
-        return adapter.hidden_size * sum(
-            (lp.q_heads is not None and adapter.o_proj(i).bias is None)
-            + (lp.mlp_channels is not None and adapter.down_proj(i).bias is None)
-            for i, lp in plan.layers.items()
-        )
-
     def _layer_scores(self, adapter: Adapter, scores) -> dict[int, LayerScores]:
         layers, structure = {}, from_model(adapter.model)
         for i in range(adapter.num_layers):
@@ -223,9 +177,9 @@ class _WidthMethod(Method):
                 shape, scores[f"layers.{i}.heads"], scores[f"layers.{i}.channels"])
         return layers
 
-    def _report(self, plan: Plan, layers, selection: Selection, goal: ParamsTarget, added,
-                extra) -> None:
-        removed = selection.params - added + extra
+    def _report(self, plan: Plan, layers, selection: Selection, goal: ParamsBudget,
+                pruned: cost.Account, added: int) -> None:
+        removed = goal.total - pruned.params["total"]
         q_gone = kv_gone = 0
         for i, lp in plan.layers.items():
             shape = layers[i].shape
@@ -236,11 +190,7 @@ class _WidthMethod(Method):
             q_gone += shape.num_heads - q_kept
             kv_gone += shape.num_kv_heads - kv_kept
         plan.achieved = {
-            "params_total": goal.total,
-            "params_non_embedding": goal.non_embedding,
-            "params_removed": removed,
-            "params_ratio": removed / goal.total,
-            "params_ratio_non_embedding": removed / goal.non_embedding,
+            **pruned.achieved(goal.dense),
             **goal.achieved(),
             "structure": self.config.structure,
             "head_unit": self.config.head_unit,

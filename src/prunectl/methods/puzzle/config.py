@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from prunectl.methods.base import MethodConfig
-from prunectl.methods.reconstruct.options import Reconstruct, ReconstructOptions
+from prunectl.methods.width.reconstruct import Reconstruct, ReconstructOptions
 
 
 class PuzzleConfig(MethodConfig, ReconstructOptions):

@@ -52,9 +52,9 @@ def _block(s: Structure, layer: LayerStructure, i: int, kind: str, bytes_per_val
 
 
 def _dense(s: Structure, bytes_per_value: int) -> dict[str, int]:
-    return {"params": cost.parameters(s)["total"],
-            "kv_cache": cost.kv_cache_bytes_per_token(s, bytes_per_value),
-            "flops": cost.flops_per_token(s)}
+    dense = cost.account(s, bytes_per_value=bytes_per_value)
+    return {"params": dense.params["total"], "kv_cache": dense.kv_cache_bytes,
+            "flops": dense.flops}
 
 
 def variant_costs(s: Structure, channels: np.ndarray, bytes_per_value: int = 2,

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from prunectl.methods.flap.metrics import channel_metric
-from prunectl.methods.slimgpt.obs import greedy_prune, mlp_batches
-from prunectl.methods.width_common import LayerShape, head_unit_members
+from prunectl.methods.width.metrics import channel_metric
+from prunectl.methods.width.obs import greedy_prune, mlp_batches
+from prunectl.methods.width.units import LayerShape, head_unit_members
 from prunectl.modeling.adapters import Adapter
 
 

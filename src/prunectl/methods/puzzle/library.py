@@ -31,17 +31,17 @@ import torch
 import torch.nn.functional as F
 
 from prunectl.errors import UserError
-from prunectl.methods.block.cache import BoundaryCache, plan_cache
-from prunectl.methods.block.runner import UnitRunner
-from prunectl.methods.flap.compensation import compensation_bias
 from prunectl.methods.inputs import Inputs
 from prunectl.methods.puzzle.config import PuzzleConfig
 from prunectl.methods.puzzle.importance import unit_columns, unit_order
 from prunectl.methods.puzzle.variants import attention_kept, mlp_kept
-from prunectl.methods.reconstruct.least_squares import augmented, solve_kept
-from prunectl.methods.reconstruct.moments import SecondMoments
-from prunectl.methods.reconstruct.options import TOKENS_PER_INPUT, full_weight, without_columns
-from prunectl.methods.reconstruct.sequential import Solution, replace_output
+from prunectl.methods.width.compensation import compensation_bias
+from prunectl.methods.width.least_squares import augmented, solve_kept
+from prunectl.methods.width.moments import SecondMoments
+from prunectl.methods.width.reconstruct import TOKENS_PER_INPUT, full_weight, without_columns
+from prunectl.methods.width.sequential import Solution, replace_output
+from prunectl.pipelines.blocks.cache import BoundaryCache, plan_cache
+from prunectl.pipelines.blocks.runner import UnitRunner
 
 BLOCKS = ("attn", "mlp")
 #: the dense log-probabilities KL scoring compares against are kept up to this size (float32)

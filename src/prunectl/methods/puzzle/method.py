@@ -20,8 +20,8 @@ from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.methods.puzzle import costs as variant_costs
 from prunectl.methods.puzzle.config import PuzzleConfig
 from prunectl.methods.puzzle.solve import Choice, Infeasible, candidates
-from prunectl.methods.reconstruct.hooks import ReconstructHooks
-from prunectl.methods.width_common import check_width_model
+from prunectl.methods.width.hooks import ReconstructHooks
+from prunectl.methods.width.units import check_width_model
 from prunectl.modeling.adapters import family_for
 from prunectl.modeling.structure import from_model
 

@@ -4,7 +4,7 @@ The plan's pruned projections get the weights ``apply`` would give them — the 
 solutions of the sequential pass (``reconstruct: least_squares``), or the dense weights with the
 removed input columns zero (``none``) plus FLAP's mean bias (``bias``); a removed block's
 projection outputs zero — and forward hooks make ``o_proj``/``down_proj`` compute them
-(:func:`~prunectl.methods.reconstruct.sequential.replace_output`), which is exactly what the
+(:func:`~prunectl.methods.width.sequential.replace_output`), which is exactly what the
 sliced model computes.  Perplexity is the project's own (:mod:`prunectl.evaluation.perplexity`)
 over the calibration windows; the hooks are removed afterwards.
 """
@@ -16,10 +16,11 @@ import torch
 from prunectl.evaluation.perplexity import perplexity
 from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import Plan
-from prunectl.methods.reconstruct.least_squares import augmented
-from prunectl.methods.reconstruct.options import least_squares_solutions, without_columns
-from prunectl.methods.reconstruct.sequential import Solution, replace_output
-from prunectl.methods.width_common import removed_channels
+from prunectl.methods.width.compensation import plan_biases
+from prunectl.methods.width.least_squares import augmented
+from prunectl.methods.width.reconstruct import least_squares_solutions, without_columns
+from prunectl.methods.width.sequential import Solution, replace_output
+from prunectl.methods.width.units import removed_channels
 
 
 def zeroed_solutions(inputs: Inputs, plan: Plan,
@@ -47,8 +48,6 @@ def plan_solutions(config, inputs: Inputs, plan: Plan, stats: dict | None) -> di
         return least_squares_solutions(inputs.adapter, plan, inputs.tokens, inputs.batch_size,
                                        config.reconstruct_target, config.reconstruct_damp)
     if config.reconstruct == "bias":
-        from prunectl.methods.flap.compensation import plan_biases
-
         return zeroed_solutions(inputs, plan, plan_biases(inputs.adapter, plan, stats))
     return zeroed_solutions(inputs, plan)
 

@@ -18,9 +18,10 @@ from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.methods.reap.collect import collect_expert_stats, stat_prefix
 from prunectl.methods.reap.saliency import ExpertStats
-from prunectl.methods.reap.targets import expert_parameters, experts_to_remove, moe_layers
+from prunectl.methods.reap.targets import experts_to_remove, moe_layers
+from prunectl.modeling import cost
 from prunectl.modeling.adapters import FAMILIES, family_for
-from prunectl.modeling.params import count_parameters
+from prunectl.modeling.structure import from_model
 
 MOE_TYPES = [t for f in FAMILIES if f.moe for t in f.model_types]
 
@@ -48,8 +49,8 @@ class ReapMethod(Method):
     def statistics(self, inputs: Inputs):
         adapter = inputs.adapter
         experts_to_remove(adapter, inputs.target)  # a bad target fails before the pass
-        return collect_expert_stats(adapter, inputs.tokens, inputs.batch_size,
-                                    inputs.journal.directory, inputs.journal.key, inputs.ui)
+        return collect_expert_stats(adapter, inputs.tokens, inputs.batch_size, inputs.journal,
+                                    inputs.ui)
 
     def score(self, inputs: Inputs, stats) -> dict[str, torch.Tensor]:
         adapter = inputs.adapter
@@ -66,7 +67,6 @@ class ReapMethod(Method):
         adapter = inputs.adapter
         removals = experts_to_remove(adapter, inputs.target)
         plan = Plan(method=self.name)
-        removed = 0
         for i, n in removals.items():
             saliency = scores.get(stat_prefix(i))
             if saliency is None or saliency.numel() != adapter.num_experts(i):
@@ -75,14 +75,9 @@ class ReapMethod(Method):
             gone = set(order[:n])
             kept = [e for e in range(saliency.numel()) if e not in gone]
             plan.layers[i] = LayerPlan(experts=kept)
-            removed += n * expert_parameters(adapter, i)
-        counts = count_parameters(inputs.model)
+        dense = from_model(inputs.model)
         plan.achieved = {
-            "params_total": counts["total"],
-            "params_non_embedding": counts["non_embedding"],
-            "params_removed": removed,
-            "params_ratio": removed / counts["total"],
-            "params_ratio_non_embedding": removed / counts["non_embedding"],
+            **cost.account(dense, plan).achieved(cost.parameters(dense)),
             "criterion": self.config.criterion,
             "experts_removed": sum(removals.values()),
             "moe_layers": len(removals),

@@ -25,7 +25,6 @@ import torch
 from prunectl.distributed import Distributed
 from prunectl.modeling.moe import Routed
 
-CRITERIA = ("reap", "frequency", "gate", "ean")
 SUMS = ("count", "gate_sum", "reap_sum", "ean_sum")
 
 

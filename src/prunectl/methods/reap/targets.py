@@ -11,10 +11,13 @@ need fewer are refused before anything is computed.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from prunectl.errors import UserError
-from prunectl.modeling.adapters import Adapter
 from prunectl.methods.target import resolve_params_target
+from prunectl.modeling import cost
+from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.structure import from_model
 
 
 def moe_layers(adapter: Adapter) -> list[int]:
@@ -26,9 +29,12 @@ def moe_layers(adapter: Adapter) -> list[int]:
 
 
 def expert_parameters(adapter: Adapter, i: int) -> int:
-    """Parameters one routed expert of layer ``i`` holds, its router row included."""
-    experts = adapter.experts(i)
-    return experts.gate_up_proj[0].numel() + experts.down_proj[0].numel() + adapter.hidden_size
+    """Parameters one routed expert of layer ``i`` holds, its router row included (from the
+    cost model)."""
+    s = from_model(adapter.model)
+    layer = s.layers[i]
+    return cost.mlp_parameters(s, layer) - cost.mlp_parameters(
+        s, replace(layer, experts=layer.experts - 1))
 
 
 def experts_to_remove(adapter: Adapter, target) -> dict[int, int]:

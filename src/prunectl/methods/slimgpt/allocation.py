@@ -13,8 +13,9 @@ method from FLAP's scores.)  A layer removes ``round(r_i * units)`` head units a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
-from prunectl.methods.width_common import LayerShape
+from prunectl.methods.width.units import LayerShape
 
 
 def shape_weights(allocation: str, layers: int, first: float) -> list[float]:
@@ -36,26 +37,17 @@ def counts_at(shapes: list[LayerShape], weights: list[float], scale: float,
     return out
 
 
-def removed_params(shapes: list[LayerShape], counts: list[tuple[int, int]], hidden: int,
-                   biased: list[tuple[bool, bool]]) -> int:
-    """Parameters the counts remove, less the bias a pruned projection without one gains
-    (``biased``: per layer, whether ``o_proj`` / ``down_proj`` already have one)."""
-    total = 0
-    for s, (heads, channels), (o_bias, down_bias) in zip(shapes, counts, biased):
-        total += heads * s.head_unit_cost + channels * s.channel_cost
-        total -= hidden * ((heads > 0 and not o_bias) + (channels > 0 and not down_bias))
-    return total
-
-
-def solve_counts(shapes: list[LayerShape], weights: list[float], budget: float, hidden: int,
-                 biased: list[tuple[bool, bool]], min_kept: int = 1, steps: int = 4000) -> tuple[list[tuple[int, int]], float]:
-    """The counts (and scale) on a fine grid of scales whose removal is closest to ``budget``."""
+def solve_counts(shapes: list[LayerShape], weights: list[float], budget: float,
+                 removed: Callable[[list[tuple[int, int]]], int], min_kept: int = 1,
+                 steps: int = 4000) -> tuple[list[tuple[int, int]], float]:
+    """The counts (and scale) on a fine grid of scales whose ``removed(counts)`` parameters
+    come closest to ``budget``."""
     top = 1.0 / min(weights)
     best = None
     for k in range(steps + 1):
         scale = top * k / steps
         counts = counts_at(shapes, weights, scale, min_kept)
-        gap = abs(removed_params(shapes, counts, hidden, biased) - budget)
+        gap = abs(removed(counts) - budget)
         if best is None or gap < best[0]:
             best = (gap, counts, scale)
     return best[1], best[2]

@@ -1,6 +1,6 @@
 """``method: slimgpt`` — SlimGPT (Ling et al., NeurIPS 2024, arXiv 2412.18110).
 
-``search`` runs the sequential pass (:mod:`prunectl.methods.reconstruct.sequential`): layer by
+``search`` runs the sequential pass (:mod:`prunectl.methods.width.sequential`): layer by
 layer, on inputs that went through the already pruned layers, each ``o_proj`` loses its head units
 and each ``down_proj`` its MLP channels by greedy OBS error with the kept columns updated after
 every batch (:mod:`.obs`); how many each layer loses comes from the allocation
@@ -14,6 +14,7 @@ model's outputs instead.  Head units are whole KV groups (GQA) or heads (MHA).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -21,17 +22,19 @@ from pydantic import Field
 
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
-from prunectl.methods.flap.structure import LayerScores, select
 from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import LayerPlan, Plan
-from prunectl.methods.reconstruct.hooks import ReconstructHooks
-from prunectl.methods.reconstruct.options import Reconstruct, ReconstructOptions
-from prunectl.methods.reconstruct.sequential import Solution, sequential_pass
 from prunectl.methods.slimgpt import allocation
-from prunectl.methods.slimgpt.obs import greedy_prune, mlp_batches
 from prunectl.methods.target import resolve_params_target
-from prunectl.methods.width_common import check_width_model, layer_plan, layer_shape
-from prunectl.modeling.structure import from_model
+from prunectl.methods.width.hooks import ReconstructHooks
+from prunectl.methods.width.metrics import model_scores
+from prunectl.methods.width.obs import greedy_prune, mlp_batches
+from prunectl.methods.width.reconstruct import Reconstruct, ReconstructOptions
+from prunectl.methods.width.selection import LayerScores, select
+from prunectl.methods.width.sequential import Solution, sequential_pass
+from prunectl.methods.width.units import check_width_model, layer_plan, layer_shape
+from prunectl.modeling import cost
+from prunectl.modeling.structure import Structure, from_model
 
 
 class SlimGPTConfig(MethodConfig, ReconstructOptions):
@@ -66,11 +69,9 @@ class SlimGPTMethod(ReconstructHooks, Method):
         allocations score nothing here."""
         if self.config.allocation != "AL-AM":
             return {}
-        from prunectl.methods.flap.method import FlapConfig, FlapMethod
+        return model_scores(inputs.adapter, stats, "WIFV", square_attention=True, adaptive=True)
 
-        return FlapMethod(FlapConfig(structure="AL-AM")).score(inputs, stats)
-
-    def _counts(self, adapter, shapes, scores, budget, biased) -> tuple[list[tuple[int, int]], dict]:
+    def _counts(self, dense: Structure, shapes, scores, budget) -> tuple[list[tuple[int, int]], dict]:
         cfg = self.config
         if cfg.allocation == "AL-AM":
             if "layers.0.heads" not in scores:
@@ -82,8 +83,8 @@ class SlimGPTMethod(ReconstructHooks, Method):
                       for i in range(len(shapes))]
             return counts, {"allocation": "AL-AM"}
         weights = allocation.shape_weights(cfg.allocation, len(shapes), cfg.ipr_first)
-        counts, scale = allocation.solve_counts(shapes, weights, budget, adapter.hidden_size,
-                                                biased, cfg.min_kept)
+        counts, scale = allocation.solve_counts(
+            shapes, weights, budget, lambda c: _removed(dense, shapes, c), cfg.min_kept)
         ratios = [round(min(scale * w, 1.0), 4) for w in weights]
         return counts, {"allocation": cfg.allocation, "layer_ratios": ratios}
 
@@ -93,9 +94,7 @@ class SlimGPTMethod(ReconstructHooks, Method):
         goal = resolve_params_target(inputs.target, model, self.name)
         structure = from_model(model)
         shapes = [layer_shape(adapter, i, "kv_group", structure) for i in range(adapter.num_layers)]
-        biased = [(adapter.o_proj(i).bias is not None, adapter.down_proj(i).bias is not None)
-                  for i in range(adapter.num_layers)]
-        counts, how = self._counts(adapter, shapes, scores, goal.remove, biased)
+        counts, how = self._counts(structure, shapes, scores, goal.remove)
         removed = self._prune(inputs, shapes, counts)
         plan = Plan(method=self.name)
         for i, s in enumerate(shapes):
@@ -103,14 +102,9 @@ class SlimGPTMethod(ReconstructHooks, Method):
             lp = layer_plan(s, torch.zeros(s.num_heads), sorted(heads), sorted(channels))
             if lp != LayerPlan():
                 plan.layers[i] = lp
-        gone = allocation.removed_params(shapes, counts, adapter.hidden_size, biased)
-        if self.config.reconstruct == "none":
-            gone += adapter.hidden_size * sum((h > 0 and not o) + (c > 0 and not d)
-                                              for (o, d), (h, c) in zip(biased, counts))
+        pruned = cost.account(structure, plan, biased=self.config.reconstruct != "none")
         plan.achieved = {
-            "params_total": goal.total, "params_non_embedding": goal.non_embedding,
-            "params_removed": gone, "params_ratio": gone / goal.total,
-            "params_ratio_non_embedding": gone / goal.non_embedding, **goal.achieved(),
+            **pruned.achieved(goal.dense), **goal.achieved(),
             "head_unit": "kv_group",
             "head_units_removed": sum(h for h, _ in counts),
             "mlp_channels_removed": sum(c for _, c in counts), **how,
@@ -144,3 +138,14 @@ class SlimGPTMethod(ReconstructHooks, Method):
         sequential_pass(inputs.adapter, inputs.tokens, inputs.batch_size, solve, "self", inputs.ui,
                         wanted=wanted)
         return removed
+
+
+def _removed(dense: Structure, shapes: list, counts: list[tuple[int, int]]) -> int:
+    """Parameters removing ``counts`` (KV groups, channels) per layer takes, every pruned
+    projection gaining a bias (the allocation's objective, whatever ``reconstruct`` is)."""
+    layers = tuple(
+        replace(layer, heads=layer.heads - h * s.group_size, kv_heads=layer.kv_heads - h,
+                intermediate=layer.intermediate - c, o_bias=layer.o_bias or h > 0,
+                down_bias=layer.down_bias or c > 0)
+        for layer, s, (h, c) in zip(dense.layers, shapes, counts))
+    return cost.parameters(dense)["total"] - cost.parameters(replace(dense, layers=layers))["total"]

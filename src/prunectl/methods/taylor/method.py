@@ -21,12 +21,13 @@ from pydantic import Field
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.plan import Plan
-from prunectl.methods.reconstruct.hooks import ReconstructHooks
-from prunectl.methods.reconstruct.options import ReconstructOptions
 from prunectl.methods.target import resolve_params_target
 from prunectl.methods.taylor import groups, selection
 from prunectl.methods.taylor.importance import GRADIENT_KINDS, random_importance
-from prunectl.methods.width_common import check_width_model
+from prunectl.methods.width.hooks import ReconstructHooks
+from prunectl.methods.width.reconstruct import ReconstructOptions
+from prunectl.methods.width.units import HeadUnit, check_width_model
+from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.structure import from_model
 from prunectl.pipelines.gradients import GradientStore, accumulate_gradients, require_whole_model
@@ -43,7 +44,7 @@ class TaylorConfig(MethodConfig, ReconstructOptions):
     importance: Literal["element1", "element2", "vector", "l1", "l2", "random"] = "element1"
     aggregation: Literal["sum", "mean", "max", "prod"] = "sum"
     ranking: Literal["local", "global"] = "local"
-    head_unit: Literal["kv_group", "query_head"] = "query_head"
+    head_unit: HeadUnit = "query_head"
     grad_batch_size: int = Field(1, ge=1)  # calibration samples per backward pass
     gradient_checkpointing: bool = False
     seed: int = 42  # for importance: random
@@ -132,7 +133,6 @@ class TaylorMethod(ReconstructHooks, Method):
             if goal.unit_ratio is not None:  # a share of the hidden channels
                 target = round(goal.unit_ratio * adapter.hidden_size) * per_channel
             kept = selection.hidden_plan(adapter, scores["hidden"], per_channel, target)
-            removed = (adapter.hidden_size - len(kept)) * per_channel
             achieved.update(hidden_kept=len(kept), hidden=adapter.hidden_size)
             layer_plans, notes = {}, []
         else:
@@ -141,7 +141,6 @@ class TaylorMethod(ReconstructHooks, Method):
                 keep=None if goal.unit_ratio is None else 1 - goal.unit_ratio,
             )
             choices = selection.round_choices(adapter, choices, scores, cfg.round_to, target)
-            removed = sum(c.removed for c in choices.values())
             layer_plans, notes = selection.layer_plans(adapter, choices)
             achieved.update(
                 how,
@@ -149,17 +148,17 @@ class TaylorMethod(ReconstructHooks, Method):
                 kv_heads_kept={i: len(c.kv_heads) for i, c in choices.items()},
                 channels_kept={i: len(c.channels) for i, c in choices.items()},
             )
+        plan = Plan(method="taylor", layers=layer_plans,
+                    hidden_channels=kept if cfg.scope == "channel" else None, notes=notes)
+        pruned = cost.account(from_model(inputs.model), plan,
+                              biased=cfg.reconstruct != "none")
+        removed = total - pruned.params["total"]
         achieved.update(params_removed_estimate=removed, ratio_estimate=removed / total)
         if goal.unit_ratio is None and abs(removed - target) > 0.01 * total:
-            notes.append(
+            plan.notes.append(
                 f"removes about {removed / total:.1%} of the parameters, not "
                 f"{target / total:.1%} ({goal.label}): the pruned "
                 "layers cannot give more (widen layer_start/layer_end) or the units are coarse"
             )
-        return Plan(
-            method="taylor",
-            layers=layer_plans,
-            hidden_channels=kept if cfg.scope == "channel" else None,
-            achieved=achieved,
-            notes=notes,
-        )
+        plan.achieved = achieved
+        return plan

@@ -8,7 +8,7 @@ threshold (global) is the one whose plan removes the number of parameters closes
 found by bisection over the candidates.  Parameter costs come from the cost model
 (:mod:`prunectl.modeling.cost`, biases included), so they are what ``apply`` then measures.
 
-Head units mean what they mean for every method (``methods/width_common.py``): ``kv_group``
+Head units mean what they mean for every method (``methods/width/units.py``): ``kv_group``
 keeps whole KV groups; ``query_head`` keeps every KV group with the same number of its best query
 heads (a unit is one query head from every group; with MHA, a whole head).  Global ranking counts
 query heads above the threshold and removes ``ceil(removed / groups)`` from each group, as
@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from prunectl.methods.plan import LayerPlan
-from prunectl.methods.width_common import round_kept_channels, units_removed
+from prunectl.methods.width.units import round_kept_channels, units_removed
 from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.structure import LayerStructure, Structure, from_model

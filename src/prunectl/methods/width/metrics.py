@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import torch
 
-METRICS = ("IFV", "WIFV", "WIFN", "wanda-sp", "mag-sp")
+from prunectl.errors import UserError
+from prunectl.methods.width.collect import stat_key
+from prunectl.modeling.adapters import Adapter
 
 
 def channel_metric(
@@ -71,3 +73,31 @@ def layer_scores(
     else:
         heads = attn.reshape(-1, head_dim).sum(dim=1)
     return heads.float().cpu(), mlp.float().cpu()
+
+
+def model_scores(adapter: Adapter, stats: dict[str, torch.Tensor], metric: str, *,
+                 square_attention: bool, adaptive: bool) -> dict[str, torch.Tensor]:
+    """``layers.N.heads`` and ``layers.N.channels`` of every layer from the calibration
+    statistics (a mixture-of-experts layer scores its attention only)."""
+    scores = {}
+    for i in range(adapter.num_layers):
+        attn = _stat_metric(metric, adapter.o_proj(i).weight, stats, stat_key(i, "o_proj"))
+        mlp = (torch.zeros(0) if adapter.experts(i) is not None
+               else _stat_metric(metric, adapter.down_proj(i).weight, stats,
+                                 stat_key(i, "down_proj")))
+        heads, channels = layer_scores(attn, mlp, adapter.head_dim,
+                                       square_attention=square_attention, adaptive=adaptive)
+        scores[f"layers.{i}.heads"] = heads
+        scores[f"layers.{i}.channels"] = channels
+    return scores
+
+
+def _stat_metric(metric: str, weight: torch.Tensor, stats: dict[str, torch.Tensor],
+                 prefix: str) -> torch.Tensor:
+    needs = {"IFV": "var", "WIFV": "var", "WIFN": "sumsq", "wanda-sp": "sumsq"}.get(metric)
+    if needs and f"{prefix}.{needs}" not in stats:
+        raise UserError(
+            f"calibration statistics lack {prefix}.{needs}; re-run `prunectl calibrate --force`"
+        )
+    return channel_metric(metric, weight, var=stats.get(f"{prefix}.var"),
+                          sumsq=stats.get(f"{prefix}.sumsq"))

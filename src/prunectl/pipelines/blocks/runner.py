@@ -1,7 +1,7 @@
 """Running a model unit by unit on batches of calibration windows, counting what it runs.
 
 The search never edits the model: a bypassed block is simply not run.  Every residual unit
-(attention or MLP block, see ``candidates``) goes through the architecture adapter, so any
+(attention or MLP block, see ``methods/block/candidates``) goes through the architecture adapter, so any
 supported family works, and a model whose blocks were already removed physically is searched
 further without special cases (the adapter passes a removed block's input through).
 """

@@ -19,9 +19,9 @@ from pydantic import BaseModel, Field
 from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import Plan
-from prunectl.methods.reconstruct.least_squares import solve_kept
-from prunectl.methods.reconstruct.sequential import Solution, sequential_pass
-from prunectl.methods.width_common import removed_channels
+from prunectl.methods.width.least_squares import solve_kept
+from prunectl.methods.width.sequential import Solution, sequential_pass
+from prunectl.methods.width.units import removed_channels
 from prunectl.modeling.adapters import Adapter
 from prunectl.ui import SILENT
 
@@ -71,7 +71,7 @@ def without_columns(weight: torch.Tensor, removed) -> torch.Tensor:
 
 
 def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, batch_size: int,
-                            target: str, damp: float, ui=SILENT) -> dict[str, Solution]:
+                            reference: str, damp: float, ui=SILENT) -> dict[str, Solution]:
     """Every pruned projection's least-squares solution, layer by layer (sequential); the
     projections the plan leaves alone are not recorded at all."""
     removals = {}
@@ -91,7 +91,7 @@ def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, 
         solved = solve_kept(weight, moments.h, moments.g, kept, damp, f"layers.{i}.{name}")
         return Solution(removed, full_weight(solved, kept.to(solved.device), n))
 
-    return sequential_pass(adapter, tokens, batch_size, solve, target, ui, wanted=removals)
+    return sequential_pass(adapter, tokens, batch_size, solve, reference, ui, wanted=removals)
 
 
 @torch.no_grad()

@@ -3,11 +3,11 @@ projection's statistics come from inputs that already went through the pruned an
 layers before it.
 
 It runs on the shared layer-by-layer pipeline (:class:`~prunectl.pipelines.layers.LayerPass`)
-with two streams: the *pruned* one (earlier layers pruned and reconstructed) and, for ``target:
-dense``, the *dense* one (the untouched model on the same tokens).  Per layer: (1) attention on
-both streams, recording ``o_proj``'s inputs; the ``solve`` callback decides the new ``o_proj``;
-(2) the pruned stream takes the new attention, and both streams' MLPs record ``down_proj``'s
-inputs; ``solve`` decides the new ``down_proj``; (3) the pruned stream takes the new MLP.  A pruned
+with two streams: the *pruned* one (earlier layers pruned and reconstructed) and, for the
+``dense`` reference (``method.reconstruct_target: dense``), the *dense* one (the untouched model
+on the same tokens).  Per layer: (1) attention on both streams, recording ``o_proj``'s inputs;
+the ``solve`` callback decides the new ``o_proj``; (2) the pruned stream takes the new
+attention, and both streams' MLPs record ``down_proj``'s inputs; ``solve`` decides the new ``down_proj``; (3) the pruned stream takes the new MLP.  A pruned
 projection is emulated by a forward hook computing ``W' x + b'`` with the removed columns of ``W'``
 zero, which is exactly what the sliced model computes (removed heads and channels then contribute
 nothing).  Nothing is written to the model: the caller gets every solution and decides (``apply``
@@ -23,13 +23,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prunectl.methods.reconstruct.least_squares import augmented
-from prunectl.methods.reconstruct.moments import SecondMoments
+from prunectl.methods.width.least_squares import augmented
+from prunectl.methods.width.moments import SecondMoments
 from prunectl.modeling.adapters import Adapter
 from prunectl.pipelines.layers import LayerPass
 from prunectl.ui import SILENT, UI
 
-TARGETS = ("dense", "self")
+REFERENCES = ("dense", "self")
 
 
 @dataclass
@@ -96,17 +96,19 @@ def _advance(layers: LayerPass, run_block, dense: bool) -> None:
 @torch.inference_mode()
 def sequential_pass(
     adapter: Adapter, tokens: torch.Tensor, batch_size: int, solve: Solver,
-    target: str, ui: UI = SILENT, wanted: Collection[str] | None = None,
+    reference: str, ui: UI = SILENT, wanted: Collection[str] | None = None,
 ) -> dict[str, Solution]:
     """``layers.N.o_proj`` / ``layers.N.down_proj`` -> :class:`Solution` for every projection
     ``solve`` changed, its weight in the model's dtype (one extra copy of the pruned projections,
     in host memory when layers stream).  The model's weights are left as they were (hooks only,
     removed at the end).  ``wanted``: the projections ``solve`` may change (None: every one);
-    the others' inputs are never recorded and ``solve`` is not called for them."""
-    if target not in TARGETS:
-        raise ValueError(f"unknown reconstruction target {target!r}")
-    layers = LayerPass(adapter, tokens, batch_size, streams=2 if target == "dense" else 1)
-    dense = target == "dense"
+    the others' inputs are never recorded and ``solve`` is not called for them.  ``reference``:
+    what the refit reproduces, the ``dense`` model's outputs or the pruned stream's own
+    (``self``)."""
+    if reference not in REFERENCES:
+        raise ValueError(f"unknown reconstruction reference {reference!r}")
+    layers = LayerPass(adapter, tokens, batch_size, streams=2 if reference == "dense" else 1)
+    dense = reference == "dense"
     solutions: dict[str, Solution] = {}
     handles = []
     try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from prunectl.errors import UserError
-from prunectl.methods.width_common import LayerShape, head_unit_scores, round_kept_channels
+from prunectl.methods.width.units import LayerShape, head_unit_scores, round_kept_channels
 
 
 @dataclass

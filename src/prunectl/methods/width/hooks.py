@@ -4,14 +4,14 @@
 
 from __future__ import annotations
 
-from prunectl.methods.flap.collect import collect_statistics
-from prunectl.methods.flap.compensation import plan_biases
-from prunectl.methods.reconstruct.options import reconstruction_biases
+from prunectl.methods.width.collect import collect_statistics
+from prunectl.methods.width.compensation import plan_biases
+from prunectl.methods.width.reconstruct import reconstruction_biases
 
 
 class ReconstructHooks:
     """Mixed into a :class:`~prunectl.methods.base.Method` whose config has
-    :class:`~prunectl.methods.reconstruct.options.ReconstructOptions`."""
+    :class:`~prunectl.methods.width.reconstruct.ReconstructOptions`."""
 
     @property
     def uses_statistics(self) -> bool:

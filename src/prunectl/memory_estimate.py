@@ -32,17 +32,18 @@ class MemoryEstimate:
                 f"{self.host_bytes / GiB:.2f} GiB of host memory ({parts} GiB)")
 
 
-def parameter_counts(config: Any) -> dict[str, int]:
-    """Exact parameter counts from a config, through the shared cost model (no memory used)."""
+def _sizes(config: Any) -> dict[str, int]:
+    """Exact parameter counts from a config through the one accounting (no memory used):
+    the model, its input embedding (as large as an untied LM head), one layer, the layers."""
     from prunectl.modeling import cost, structure
 
     s = structure.from_config(config)
-    return {"total": cost.parameters(s)["total"], "embedding": s.vocab * s.hidden,
+    return {"total": cost.account(s).params["total"], "input_embedding": s.vocab * s.hidden,
             "layer": sum(cost.block_parameters(s, 0).values()), "layers": len(s.layers)}
 
 
 def estimate(step: str, config: Any, recipe: Any, dtype: torch.dtype) -> MemoryEstimate:
-    counts = parameter_counts(config)
+    counts = _sizes(config)
     size = torch.empty((), dtype=dtype).element_size()
     hidden, inter = config.hidden_size, config.intermediate_size
     weights = counts["total"] * size
@@ -58,7 +59,7 @@ def estimate(step: str, config: Any, recipe: Any, dtype: torch.dtype) -> MemoryE
              "logits": min(tokens, 4096) * config.vocab_size * 4}
     layerwise = recipe.execution.mode == "layerwise"
     if layerwise:  # one layer, and the larger of the embeddings / LM head, at a time
-        parts["weights"] = (counts["layer"] + counts["embedding"]) * size
+        parts["weights"] = (counts["layer"] + counts["input_embedding"]) * size
     method = recipe.method.name
     if step == "score" and method == "taylor":
         parts["gradient accumulators"] = counts["total"] * 4 * (2 if recipe.method.importance == "element2" else 1)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from prunectl.methods.block.runner import UnitRunner
+from prunectl.pipelines.blocks.runner import UnitRunner
 
 
 @dataclass(frozen=True)

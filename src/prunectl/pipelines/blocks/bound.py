@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prunectl.methods.block.runner import UnitRunner
+from prunectl.pipelines.blocks.runner import UnitRunner
 
 #: float32 elements of gathered LM-head rows held at once while bounding (256 MB)
 GATHER_ELEMENTS = 1 << 26

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from prunectl.errors import UserError
-from prunectl.methods.width_common import removed_channels
+from prunectl.methods.width.units import removed_channels
 
 
 def compensation_bias(weight: torch.Tensor, mean: torch.Tensor, removed: list[int]) -> torch.Tensor:

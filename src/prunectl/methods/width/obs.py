@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prunectl.methods.reconstruct.least_squares import cholesky, damped
+from prunectl.methods.width.least_squares import cholesky, damped
 
 
 @dataclass

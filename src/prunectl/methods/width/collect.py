@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 
 from prunectl import distributed
-from prunectl.methods.flap.statistics import RunningMoments
+from prunectl.methods.width.statistics import RunningMoments
 from prunectl.modeling.adapters import Adapter
-from prunectl.pipelines.layers import LayerPass
 from prunectl.modeling.placement import execution_device
+from prunectl.pipelines.layers import LayerPass
 from prunectl.ui import SILENT, UI
 
 
