@@ -119,8 +119,10 @@ def run_case(work: Path, case: str, family: str, overrides: dict, method: dict,
     return {
         "plan": json.loads((project / "search" / "plan.json").read_text()),
         "weights": weight_digests(project / "pruned"),
+        # the plan is compared above; the dense per-layer sizes (for the structure plot) came later
         "summary": {k: v for k, v in json.loads((project / "pruned" / "prunectl.json")
-                                                .read_text()).items() if k != "plan"},
+                                                .read_text()).items()
+                    if k not in ("plan", "dense_per_layer")},
         "perplexity": {p.stem: json.loads(p.read_text())["perplexity"] for p in evals},
     }
 

@@ -83,11 +83,6 @@ def _project_results(directory: Path) -> ProjectResults:
     return load_results(directory)
 
 
-def project_row(directory: Path, dataset: str | None = None) -> dict[str, Any]:
-    """The comparison row of one project directory, for its best model on ``dataset``."""
-    return _row(_project_results(directory), dataset)
-
-
 def _row(results: ProjectResults, dataset: str | None) -> dict[str, Any]:
     directory = results.root
     recipe = results.recipe or {}

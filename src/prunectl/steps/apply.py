@@ -70,7 +70,7 @@ def apply(run: RunContext, blocks: int | None = None, budget: float | None = Non
             write_json(
                 directory / "prunectl.json",
                 {"dense": dense, "pruned": after, "per_layer": structure,
-                 "dense_per_layer": layer_rows(shapes["dense"]), "per_token": per_token,
+                 "dense_per_layer": layer_rows(shape), "per_token": per_token,
                  "plan": plan.model_dump(mode="json"), **summary},
             )
         run.models["pruned"] = (pruned, tokenizer)
