@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from prunectl.digest import check_folder, seal_folder
 from prunectl.recovery.data import IGNORE
 from prunectl.recovery.parallel import accumulation, trainer_options
 from prunectl.ui import SILENT, UI
@@ -189,13 +190,33 @@ def last_checkpoint(output_dir: Path) -> str | None:
     for path in output_dir.glob("checkpoint-*"):
         if path.is_dir() and path.name.split("-")[-1].isdigit():
             steps[int(path.name.split("-")[-1])] = path
+    found = None
     for step in sorted(steps, reverse=True):
         try:
             json.loads((steps[step] / "trainer_state.json").read_text())
-            return str(steps[step])
         except (OSError, ValueError):
-            shutil.rmtree(steps[step])
-    return None
+            if found is None:
+                shutil.rmtree(steps[step])
+            continue
+        found = found or str(steps[step])
+        # the adapter, optimizer and scheduler state are read back as they were sealed
+        check_folder(steps[step], f"re-run `prunectl recover --force` to train afresh, or "
+                                  f"delete {steps[step]} to resume from an earlier checkpoint")
+    return found
+
+
+def seal_callback():
+    """Records the digests of each checkpoint's files once the Trainer saved it (main process),
+    so that a resumed run refuses a damaged adapter or optimizer state."""
+    from transformers import TrainerCallback
+
+    class Seal(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                seal_folder(folder)
+
+    return Seal()
 
 
 def make_trainer(
@@ -229,7 +250,7 @@ def make_trainer(
             tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True,
             label_pad_token_id=IGNORE,
         ),
-        callbacks=[_ui_callback(ui), *callbacks],
+        callbacks=[_ui_callback(ui), seal_callback(), *callbacks],
     )
     trainer.add_callback(_running_loss(trainer))
     trainer.remove_callback(PrinterCallback)

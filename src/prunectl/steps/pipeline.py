@@ -35,8 +35,10 @@ def run_pipeline(run: RunContext) -> list[StepResult]:
     return [functions[name][0](run) for name in STEPS]
 
 
-def status_rows(project_dir: Path) -> list[dict]:
-    """One row per step: its record, plus ``stale`` when its inputs changed since it ran."""
+def status_rows(project_dir: Path, verify: bool = False) -> list[dict]:
+    """One row per step: its record, plus ``stale`` when its inputs changed since it ran and
+    ``damaged`` (``file (problem)``) for outputs missing or not as written (``verify``: every
+    file hashed; otherwise those small, or whose size or modification time moved)."""
     import torch
 
     from prunectl.project import Project
@@ -49,16 +51,19 @@ def status_rows(project_dir: Path) -> list[dict]:
     recipe, _ = load_recipe(None, [], pinned=pinned)
     run = RunContext(project, recipe, torch.device("cpu"), torch.float32)
     functions = _step_functions()
+    damage = project.damage(full=verify)
     rows = []
     for name in STEPS:
         record = project.record(name) or {}
         row = {"step": name, "status": record.get("status", "pending"), **record}
+        if name in damage:
+            row["damaged"] = damage[name]
         if record.get("status") == "done":
             try:
                 options = (record.get("summary") or {}).get("options", {})
                 current = project.fingerprint(name, *functions[name][1](run, **options))
                 row["stale"] = current != record["fingerprint"]
             except UserError:
-                row["stale"] = True  # an input it read is gone
+                row["stale"] = True  # an input it read is gone or damaged
         rows.append(row)
     return rows

@@ -16,7 +16,7 @@ from prunectl.steps.base import (
 
 def key(run: RunContext) -> tuple[dict, list]:
     sections = recipe_sections(run, "recover")
-    sections["pruned"] = upstream(run, "apply")
+    sections["pruned"] = upstream(run, "apply", artifacts.PRUNED, full=True)  # hours ahead
     return sections, []
 
 
@@ -33,6 +33,8 @@ def recover(run: RunContext) -> StepResult:
         artifacts.forget_dense(run)  # training needs the memory more than the cache
         summary = run_recovery(run, source, out_dir)
         run.models.pop("recovered", None)
-        return StepOutcome([artifacts.path(run, artifacts.RECOVERED_MODEL)], summary)
+        written = [artifacts.path(run, artifacts.RECOVERED_MODEL), out_dir / "summary.json",
+                   out_dir / "adapter"]  # recorded, so that status and later steps verify them
+        return StepOutcome([p for p in written if p.exists()], summary)
 
     return execute(run, "recover", key, {}, body)

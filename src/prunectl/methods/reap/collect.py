@@ -10,7 +10,6 @@ the pass completes.  A progress folder made for other inputs (``key``) is ignore
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from prunectl import distributed
+from prunectl.digest import digest
 from prunectl.io import load_tensors, read_json, save_tensors, write_json
 from prunectl.methods.reap.saliency import ExpertStats
 from prunectl.modeling.adapters import Adapter
@@ -47,9 +47,7 @@ def _resident(module: nn.Module, device: torch.device, streamed: bool):
 
 def progress_key(tokens: torch.Tensor, key: str, world_size: int) -> str:
     """What a saved progress folder must have been made with: these tokens, these settings."""
-    digest = hashlib.sha256(tokens.cpu().numpy().tobytes())
-    digest.update(f"{key}|{world_size}|{tuple(tokens.shape)}".encode())
-    return digest.hexdigest()
+    return digest(tokens, {"key": key, "world_size": world_size})
 
 
 class Progress:
