@@ -3,14 +3,16 @@
 Every fingerprint, cache key and progress key in prunectl is :func:`digest` of what it depends
 on, so "the same inputs" means the same thing everywhere.  Files that are read back later
 without a ``state.json`` record (the evaluation token cache, recovery checkpoints, the teacher's
-top-k shards, evaluation results) carry their digests in a ``digests.json`` beside them
-(:func:`seal`); :func:`check_sealed` refuses one that changed since.
+top-k shards, evaluation results) carry their digests in a ``digests.json`` of their folder or
+one above it (:func:`seal`, :func:`sealed_write`); :func:`check_sealed` refuses one that changed
+since, and ``status`` lists them all (:func:`sealed_problems`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,24 +71,52 @@ def damaged(file: Path, size: int, recorded: int, fix: str) -> UserError:
                      f"changed); {fix}")
 
 
-def _manifest(directory: Path) -> dict[str, dict]:
+def _entries(manifest: Path) -> dict[str, dict]:
     try:
-        found = read_json(directory / MANIFEST)
+        found = read_json(manifest)
     except (FileNotFoundError, CorruptFileError, UnicodeDecodeError):
         return {}
     return found if isinstance(found, dict) else {}
 
 
-def seal(*files: Path) -> None:
-    """Record the size and digest of ``files`` in the ``digests.json`` of their folder."""
-    by_folder: dict[Path, list[Path]] = {}
+def _manifest_of(file: Path, manifest: Path | None) -> Path:
+    return Path(manifest) if manifest is not None else file.parent / MANIFEST
+
+
+def _name(file: Path, manifest: Path) -> str:
+    return file.relative_to(manifest.parent).as_posix()
+
+
+def _update(manifest: Path, files: list[Path], add: bool) -> None:
+    entries = _entries(manifest)
+    for file in files:
+        entries.pop(_name(file, manifest), None)
+        if add:
+            stat = file.stat()
+            entries[_name(file, manifest)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                              "sha256": digest(file)}
+    write_json(manifest, dict(sorted(entries.items())))
+
+
+def seal(*files: Path, manifest: Path | None = None) -> None:
+    """Record the size and digest of ``files`` in ``manifest`` (by default the ``digests.json``
+    of their folder; entries are named relative to the manifest's folder)."""
+    by_manifest: dict[Path, list[Path]] = {}
     for file in map(Path, files):
-        by_folder.setdefault(file.parent, []).append(file)
-    for folder, members in by_folder.items():
-        manifest = _manifest(folder)
-        for file in members:
-            manifest[file.name] = {"size": file.stat().st_size, "sha256": digest(file)}
-        write_json(folder / MANIFEST, dict(sorted(manifest.items())))
+        by_manifest.setdefault(_manifest_of(file, manifest), []).append(file)
+    for where, members in by_manifest.items():
+        _update(where, members, add=True)
+
+
+def sealed_write(file: Path, write: Callable[[], Any], manifest: Path | None = None) -> None:
+    """``write()`` the file ``file``, sealed: its old entry is dropped first, so a process
+    killed before the new seal leaves an unsealed file (made again), never a false refusal."""
+    file = Path(file)
+    where = _manifest_of(file, manifest)
+    if _name(file, where) in _entries(where):
+        _update(where, [file], add=False)
+    write()
+    seal(file, manifest=where)
 
 
 def seal_folder(directory: Path) -> None:
@@ -97,17 +127,37 @@ def seal_folder(directory: Path) -> None:
 def check_folder(directory: Path, fix: str) -> None:
     """Every file ``directory``'s manifest names is there and as sealed (a folder without a
     manifest, made before sealing, is taken as it is)."""
-    for name in _manifest(Path(directory)):
+    for name in _entries(Path(directory) / MANIFEST):
         if not (Path(directory) / name).is_file():
             raise UserError(f"{Path(directory) / name} is missing; {fix}")
         check_sealed(Path(directory) / name, fix)
 
 
-def check_sealed(file: Path, fix: str) -> bool:
+def sealed_problems(root: Path, full: bool = False) -> list[tuple[Path, str]]:
+    """``(file, problem)`` for every sealed file under ``root`` that is not as sealed (for
+    ``status``; a deleted one is no problem: caches are made again).  Large files whose size
+    and modification time are as sealed are hashed only with ``full``."""
+    found = []
+    for manifest in sorted(Path(root).rglob(MANIFEST)):
+        for name, seen in _entries(manifest).items():
+            file = manifest.parent / name
+            if not isinstance(seen, dict) or not file.is_file():
+                continue
+            stat = file.stat()
+            if stat.st_size != seen.get("size"):
+                found.append((file, f"size {stat.st_size} bytes, recorded {seen.get('size')}"))
+            elif (full or stat.st_size <= SMALL_FILE or stat.st_mtime_ns != seen.get("mtime_ns")) \
+                    and digest(file) != seen.get("sha256"):
+                found.append((file, "content changed"))
+    return found
+
+
+def check_sealed(file: Path, fix: str, manifest: Path | None = None) -> bool:
     """Whether ``file`` is sealed and as sealed (False: it has no entry, e.g. written before its
     seal by a killed process); a sealed file that changed raises :func:`damaged` with ``fix``."""
     file = Path(file)
-    seen = _manifest(file.parent).get(file.name)
+    where = _manifest_of(file, manifest)
+    seen = _entries(where).get(_name(file, where))
     if not isinstance(seen, dict):
         return False
     size = file.stat().st_size

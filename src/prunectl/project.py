@@ -27,7 +27,7 @@ import yaml
 
 from prunectl import __version__
 from prunectl.errors import UserError
-from prunectl.digest import SMALL_FILE, damaged, digest
+from prunectl.digest import SMALL_FILE, damaged, digest, sealed_problems
 from prunectl.io import CorruptFileError, read_json, write_json, write_text
 
 STATE_FORMAT = "prunectl-state"
@@ -397,12 +397,18 @@ class Project:
 
     def damage(self, full: bool = False) -> dict[str, list[str]]:
         """For ``status``: each finished step's missing or damaged files, as ``file (problem)``."""
-        found = {}
+        found: dict[str, list[str]] = {}
         for step, record in self.state["steps"].items():
             if record.get("status") == "done":
                 problems = [f"{self._relative(f)} ({p})" for f, _, p in self._problems(step, full)]
                 if problems:
                     found[step] = problems
+        for file, problem in sealed_problems(self.root, full):  # caches, checkpoints, results
+            relative = self._relative(file)
+            entry = f"{relative} ({problem})"
+            step = PRODUCERS.get(relative.split("/")[0], "run")
+            if entry not in found.get(step, []):
+                found.setdefault(step, []).append(entry)
         return found
 
     def start(self, step: str, fingerprint: str) -> None:

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from prunectl.digest import check_sealed, seal
+from prunectl.digest import check_sealed, sealed_write
 from prunectl.distributed import Distributed, current
 from prunectl.errors import UserError
 from prunectl.io import read_json, write_json
@@ -209,8 +209,8 @@ def run_tasks(
             ui.info(f"{model_label}: evaluating {task}")
             records[task] = _evaluate(lm, group, task, specs, leaves, manager, settings, ui)
             if group.is_main:
-                write_json(task_file(out_dir, task), records[task])
-                seal(task_file(out_dir, task))
+                sealed_write(task_file(out_dir, task),
+                             functools.partial(write_json, task_file(out_dir, task), records[task]))
     if failures:
         raise UserError(
             "; ".join(failures) + "; check the name, add its YAML directory to eval.task_paths, "

@@ -15,13 +15,14 @@ compute one shard each per round and rank 0 writes them.
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from prunectl.digest import check_sealed, digest, seal
+from prunectl.digest import MANIFEST, check_sealed, digest, sealed_write
 from prunectl.errors import UserError
 from prunectl.io import read_json, save_tensors, write_json
 from prunectl.recovery.distill import TeacherLogProbs, scored
@@ -83,7 +84,13 @@ def _sealed_shard(directory: Path, shard: int) -> bool:
     a killed build: built again); a damaged one is refused."""
     file = directory / _shard_name(shard)
     return file.exists() and check_sealed(file, f"re-run `prunectl recover --force`, or delete "
-                                                f"{file} (it is built again)")
+                                                f"{file} (it is built again)", _manifest(directory))
+
+
+def _manifest(directory: Path) -> Path:
+    """The shards' digests live beside the cache folder (``recovered/digests.json``), so the
+    folder holds the cache alone."""
+    return directory.parent / MANIFEST
 
 
 def fingerprint(run: RunContext, examples: list[dict]) -> str:
@@ -153,8 +160,8 @@ def build_topk_cache(model, examples: list[dict], k: int, temperature: float, di
             model, examples[mine * SHARD : (mine + 1) * SHARD], k, temperature, batch_size)
         for shard, tensors in dist.gather_objects((mine, part)):
             if shard is not None and dist.is_main:
-                save_tensors(directory / _shard_name(shard), tensors)
-                seal(directory / _shard_name(shard))
+                file = directory / _shard_name(shard)
+                sealed_write(file, partial(save_tensors, file, tensors), _manifest(directory))
 
 
 def teacher_source(run: RunContext, examples: list[dict], out_dir: Path):

@@ -7,13 +7,14 @@ measured, so a re-run computes only what is missing or out of date.
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from prunectl.context import RunContext
-from prunectl.digest import check_sealed, digest, seal
+from prunectl.digest import check_sealed, digest, sealed_write
 from prunectl.io import load_tensors, read_json, save_tensors, write_json
 from prunectl.steps import artifacts
 from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections
@@ -62,8 +63,7 @@ def _evaluation_tokens(run: RunContext, tokenizer, dataset: str) -> torch.Tensor
         return load_tensors(cache)["input_ids"]
     tokens = evaluation_tokens(tokenizer, dataset, cfg.split, add_bos=cfg.add_bos)
     if run.dist.is_main:  # under torchrun every rank tokenizes; rank 0 alone writes files
-        save_tensors(cache, {"input_ids": tokens})
-        seal(cache)
+        sealed_write(cache, partial(save_tensors, cache, {"input_ids": tokens}))
     return tokens
 
 
@@ -104,12 +104,11 @@ def _perplexities(run: RunContext, role: str, fingerprint: str, model, tokenizer
             model, tokens, cfg.seqlen, cfg.batch_size, max_windows=cfg.max_windows, ui=run.ui
         )
         if run.dist.is_main:
-            write_json(
-                out,
+            sealed_write(out, partial(
+                write_json, out,
                 {**result, "model": role, "model_fingerprint": fingerprint, "settings": settings,
                  "device": str(run.device)},
-            )
-            seal(out)
+            ))
         run.ui.info(f"{role} perplexity on {dataset}: {result['perplexity']:.3f}")
         results[dataset] = result["perplexity"]
     return results
