@@ -350,8 +350,8 @@ class Project:
 
     # --- verified state: outputs checked against their recorded digests ----------------------
     def _problems(self, step: str, full: bool = False) -> Iterator[tuple[Path, int, str]]:
-        """``(file, recorded size, what is wrong)`` for each recorded file of ``step`` that is missing or not
-        as the step wrote it.  A file is hashed when it is small, when ``full`` asks for it, or
+        """``(file, recorded size, what is wrong)`` for each recorded file of ``step`` that is
+        missing or not as the step wrote it.  A file is hashed when it is small, when ``full`` asks for it, or
         when its size or modification time moved; a large untouched one costs a ``stat``."""
         for relative, seen in (self.record(step) or {}).get("files", {}).items():
             file = self.root / relative

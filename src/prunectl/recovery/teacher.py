@@ -8,8 +8,8 @@ tail bucket of :mod:`prunectl.recovery.distill` needs): ``k × 8 + 4`` bytes a p
 ``SHARD`` examples are written atomically, so a killed build resumes at the first missing shard;
 ``meta.json`` holds the fingerprint (teacher, dtype, k, temperature, the examples' tokens and
 labels): a cache built from other inputs is removed and built again.  Each shard's digest is
-sealed in ``digests.json`` once written: a damaged shard is refused, an unsealed one rebuilt.  Under torchrun the ranks
-compute one shard each per round and rank 0 writes them.
+sealed in ``recovered/digests.json`` once written: a damaged shard is refused, an unsealed one
+rebuilt.  Under torchrun the ranks compute one shard each per round and rank 0 writes them.
 """
 
 from __future__ import annotations

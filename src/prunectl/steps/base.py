@@ -2,8 +2,8 @@
 
 A step is up to date when the fingerprint of exactly what it reads (its recipe sections, the
 content digests of the earlier steps' files, the prunectl version) equals the one recorded in
-``state.json`` after it last finished (the DVC rule).  The step body writes its own files atomically; this module only
-decides whether to run it and records the outcome.
+``state.json`` after it last finished (the DVC rule).  The step body writes its own files
+atomically; this module only decides whether to run it and records the outcome.
 """
 
 from __future__ import annotations
