@@ -351,8 +351,8 @@ class Project:
     # --- verified state: outputs checked against their recorded digests ----------------------
     def _problems(self, step: str, full: bool = False) -> Iterator[tuple[Path, int, str]]:
         """``(file, recorded size, what is wrong)`` for each recorded file of ``step`` that is
-        missing or not as the step wrote it.  A file is hashed when it is small, when ``full`` asks for it, or
-        when its size or modification time moved; a large untouched one costs a ``stat``."""
+        missing or not as the step wrote it.  A file is hashed when it is small, when ``full``
+        asks for it, or when its modification time moved; a large untouched one costs a stat."""
         for relative, seen in (self.record(step) or {}).get("files", {}).items():
             file = self.root / relative
             try:
@@ -385,12 +385,12 @@ class Project:
                           "command")
         self._verified.add(key)
 
-    def output_digest(self, step: str, under: str | None = None, full: bool = False) -> str:
+    def output_digest(self, step: str, under: str | None = None) -> str:
         """The content of what ``step`` wrote (its files under ``under``, a path relative to the
         project, or all of them), verified first: what a later step records as its input, so it
         goes stale when the earlier step re-made its output with other bytes."""
         record = self.record(step) or {}
-        self.verify_outputs(step, full=full)
+        self.verify_outputs(step)
         files = {name: seen["sha256"] for name, seen in record.get("files", {}).items()
                  if under is None or name == under or name.startswith(under.rstrip("/") + "/")}
         return digest(files) if files else record.get("fingerprint", "")

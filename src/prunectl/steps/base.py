@@ -115,13 +115,11 @@ def recipe_sections(run: RunContext, *names: str) -> dict[str, Any]:
     return chosen
 
 
-def upstream(run: RunContext, step: str, under: tuple[str, ...] | None = None,
-             full: bool = False) -> str:
+def upstream(run: RunContext, step: str, under: tuple[str, ...] | None = None) -> str:
     """The content digest of what an earlier step wrote (its files under ``under``, or all),
-    verified against its record first (``full``: every file hashed, for a step about to spend
-    minutes on them): a later step goes stale when that output is re-made with other bytes,
-    and refuses it when it is damaged."""
+    verified against its record first: a later step goes stale when that output is re-made
+    with other bytes, and refuses it when it is damaged."""
     record = run.project.record(step)
     if not record or record.get("status") != "done":
         raise UserError(f"step '{step}' has not finished in {run.project.root}; run `prunectl {step}` first")
-    return run.project.output_digest(step, "/".join(under) if under else None, full=full)
+    return run.project.output_digest(step, "/".join(under) if under else None)

@@ -16,7 +16,7 @@ from prunectl.steps.base import (
 
 def key(run: RunContext) -> tuple[dict, list]:
     sections = recipe_sections(run, "recover")
-    sections["pruned"] = upstream(run, "apply", artifacts.PRUNED, full=True)  # hours ahead
+    sections["pruned"] = upstream(run, "apply", artifacts.PRUNED)
     return sections, []
 
 
@@ -28,6 +28,8 @@ def recover(run: RunContext) -> StepResult:
     def body() -> StepOutcome:
         from prunectl.recovery import run_recovery
 
+        # hours of training ahead: every file of the pruned model hashed, not only the small ones
+        run.dist.decide(lambda: run.project.verify_outputs("apply", full=True))
         artifacts.check_memory(run, "recover")
         out_dir = run.project.path("recovered")
         artifacts.forget_dense(run)  # training needs the memory more than the cache
