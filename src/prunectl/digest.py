@@ -119,11 +119,6 @@ def sealed_write(file: Path, write: Callable[[], Any], manifest: Path | None = N
     seal(file, manifest=where)
 
 
-def seal_folder(directory: Path) -> None:
-    """:func:`seal` every file directly in ``directory`` (a recovery checkpoint)."""
-    seal(*(p for p in sorted(Path(directory).iterdir()) if p.is_file() and p.name != MANIFEST))
-
-
 def check_folder(directory: Path, fix: str) -> None:
     """Every file ``directory``'s manifest names is there and as sealed (a folder without a
     manifest, made before sealing, is taken as it is)."""

@@ -381,8 +381,8 @@ class Project:
                                 f"`prunectl {step} -p {self.root} --force`")
             raise damaged(file, file.stat().st_size, recorded,
                           f"re-run step '{step}' with `prunectl {step} -p {self.root} --force` "
-                          f"to rewrite it, or delete {file} and the step re-runs on the next "
-                          "command")
+                          f"to rewrite it, or delete {file} and `prunectl {step}` (or `run`) "
+                          "makes it again")
         self._verified.add(key)
 
     def output_digest(self, step: str, under: str | None = None) -> str:

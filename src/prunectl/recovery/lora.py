@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from prunectl.digest import check_folder, seal_folder
+from prunectl.digest import MANIFEST, check_folder, seal
 from prunectl.recovery.data import IGNORE
 from prunectl.recovery.parallel import accumulation, trainer_options
 from prunectl.ui import SILENT, UI
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 REFERENCE_WARMUP = 100
 SHOWN = ("loss", "eval_loss", "learning_rate", "train_loss")  # log keys worth a line on stderr
+#: a checkpoint file written by a rank other than the main process (sealed by none)
+OTHER_RANK_RNG = re.compile(r"rng_state_[1-9]\d*\.pth")
 
 
 def total_steps(cfg, n_train: int, world_size: int = 1) -> int:
@@ -206,15 +209,17 @@ def last_checkpoint(output_dir: Path) -> str | None:
 
 
 def seal_callback():
-    """Records the digests of each checkpoint's files once the Trainer saved it (main process),
-    so that a resumed run refuses a damaged adapter or optimizer state."""
+    """Records the digests of each checkpoint's files once the Trainer saved it, so that a
+    resumed run refuses a damaged adapter or optimizer state.  The main process seals what it
+    wrote: another rank's RNG state may still be being written at that moment."""
     from transformers import TrainerCallback
 
     class Seal(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if state.is_world_process_zero and folder.is_dir():
-                seal_folder(folder)
+                seal(*(p for p in sorted(folder.iterdir()) if p.is_file()
+                       and p.name != MANIFEST and not OTHER_RANK_RNG.fullmatch(p.name)))
 
     return Seal()
 
