@@ -112,6 +112,17 @@ def test_a_damaged_output_is_refused_and_flagged(project, pattern, damage):
     assert file.read_bytes() == damaged  # refused before anything was rewritten
 
 
+@pytest.mark.parametrize("damage", [truncate, zero_fill])
+def test_a_damaged_plan_is_refused_and_flagged(project, damage):
+    """The plan is the one output meant to be edited by hand (``apply`` re-applies an edited
+    plan that validates), so it is checked as a plan; ``status`` flags it all the same."""
+    damage(project / "search" / "plan.json")
+    _, rows = status(project)
+    assert rows["search"]["damaged"][0].startswith("search/plan.json (")
+    refused(invoke("apply", "-p", project, "--force", "-q"), "search/plan.json",
+            "not a valid plan", "search --force")
+
+
 @pytest.mark.parametrize("damage", [truncate, zero_fill, flip_bit])
 @pytest.mark.parametrize("name", ["adapter_model.safetensors", "optimizer.pt"])
 def test_a_resumed_recovery_refuses_a_damaged_checkpoint(project, name, damage):
