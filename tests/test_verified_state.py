@@ -112,6 +112,12 @@ def test_a_damaged_output_is_refused_and_flagged(project, pattern, damage):
     assert file.read_bytes() == damaged  # refused before anything was rewritten
 
 
+def test_export_refuses_a_damaged_result_its_card_would_quote(project):
+    flip_bit(project / "eval" / "dense" / "perplexity-text.json")
+    refused(invoke("export", "-p", project, "--force", "-q"), "eval/dense/perplexity-text.json",
+            "damaged", "eval")
+
+
 @pytest.mark.parametrize("damage", [truncate, zero_fill])
 def test_a_damaged_plan_is_refused_and_flagged(project, damage):
     """The plan is the one output meant to be edited by hand (``apply`` re-applies an edited

@@ -94,6 +94,8 @@ def key(run: RunContext, output: Path | str | None = None) -> tuple[dict, list]:
         "card": upstream(run, "apply", ("pruned", "prunectl.json")),
     }
     sections["output"] = str(output) if output else None
+    if (run.project.record("eval") or {}).get("status") == "done":
+        run.project.verify_outputs("eval")  # the card quotes its results
     return sections, []
 
 
