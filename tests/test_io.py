@@ -14,7 +14,6 @@ from prunectl.io import (
     CorruptFileError,
     append_jsonl,
     atomic_path,
-    file_digest,
     load_tensors,
     read_json,
     read_jsonl,
@@ -123,6 +122,8 @@ def test_jsonl_corrupt_middle_line_names_file_and_line(tmp_path):
 
 
 def test_file_digest_of_files_and_directories(tmp_path):
+    from prunectl.digest import digest as file_digest
+
     file = tmp_path / "f.bin"
     file.write_bytes(b"hello" * 100_000)
     assert file_digest(file) == hashlib.sha256(b"hello" * 100_000).hexdigest()

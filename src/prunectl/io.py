@@ -8,7 +8,6 @@ SIGKILL loses at most the line being written, and readers ignore such a torn las
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -201,27 +200,6 @@ def read_jsonl(path: Path | str) -> list[Any]:
                 "fix or remove that line, or move the file away to start afresh"
             ) from None
     return records
-
-
-def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_digest(path: Path | str) -> str:
-    """sha256 of a file, or for a directory of its sorted relative paths and their digests."""
-    path = Path(path)
-    if not path.is_dir():
-        return _hash_file(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        relative = file.relative_to(path).as_posix()
-        digest.update(f"{relative}\0{_hash_file(file)}\n".encode())
-    return digest.hexdigest()
 
 
 def snapshot(paths: list[Path]) -> dict[Path, bytes | None]:

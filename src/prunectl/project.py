@@ -10,7 +10,6 @@ that is gone is taken over.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -28,7 +27,8 @@ import yaml
 
 from prunectl import __version__
 from prunectl.errors import UserError
-from prunectl.io import CorruptFileError, file_digest, read_json, write_json, write_text
+from prunectl.digest import SMALL_FILE, damaged, digest, sealed_problems
+from prunectl.io import CorruptFileError, read_json, write_json, write_text
 
 STATE_FORMAT = "prunectl-state"
 STATE_VERSION = 1
@@ -47,7 +47,7 @@ PIN_DIGEST = "# sha256 of the lines below: "
 
 
 def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return digest(text.encode("utf-8"))
 
 
 def _check_pin_digest(file: Path, text: str) -> None:
@@ -133,6 +133,7 @@ class Project:
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
+        self._verified: set[tuple] = set()
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
@@ -313,10 +314,9 @@ class Project:
                 hint = f"run `prunectl {producer} -p {self.root}` first" if producer else \
                     "create it or fix the recipe"
                 raise UserError(f"step '{step}' needs {item}, which does not exist; {hint}")
-            digests[self._relative(item)] = file_digest(item)
-        payload = {"step": step, "prunectl": __version__, "sections": sections, "inputs": digests}
-        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+            digests[self._relative(item)] = digest(Path(item))
+        return digest({"step": step, "prunectl": __version__, "sections": sections,
+                       "inputs": digests})
 
     def is_up_to_date(self, step: str, fingerprint: str) -> bool:
         """Whether ``step`` finished with this fingerprint and all it wrote is still there (a
@@ -344,27 +344,72 @@ class Project:
                     stat = file.stat()
                     files[self._relative(file)] = {
                         "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                        "sha256": file_digest(file),
+                        "sha256": digest(file),
                     }
         return files
 
-    def verify_outputs(self, step: str) -> None:
-        """Refuse to trust ``step`` when a file it wrote has changed since (truncated, edited,
-        overwritten): one line naming the file and the two ways on.  A file whose size and
-        modification time are as recorded is not hashed again (git's rule), so checking a
-        large model costs a ``stat`` unless it was touched."""
+    # --- verified state: outputs checked against their recorded digests ----------------------
+    def _problems(self, step: str, full: bool = False) -> Iterator[tuple[Path, int, str]]:
+        """``(file, recorded size, what is wrong)`` for each recorded file of ``step`` that is
+        missing or not as the step wrote it.  A file is hashed when it is small, when ``full``
+        asks for it, or when its modification time moved; a large untouched one costs a stat."""
         for relative, seen in (self.record(step) or {}).get("files", {}).items():
             file = self.root / relative
-            stat = file.stat()
-            if stat.st_size == seen["size"] and stat.st_mtime_ns == seen["mtime_ns"]:
+            try:
+                stat = file.stat()
+            except FileNotFoundError:
+                yield file, seen["size"], "missing"
                 continue
-            if stat.st_size == seen["size"] and file_digest(file) == seen["sha256"]:
+            if stat.st_size != seen["size"]:
+                yield file, seen["size"], f"size {stat.st_size} bytes, recorded {seen['size']}"
                 continue
-            raise UserError(
-                f"{file} is not what step '{step}' wrote (size {stat.st_size} bytes, recorded "
-                f"{seen['size']}, content changed); re-run it with --force to rewrite it, or "
-                f"delete {file} and the step re-runs on the next command"
-            )
+            untouched = stat.st_mtime_ns == seen["mtime_ns"]
+            if untouched and not full and stat.st_size > SMALL_FILE:
+                continue
+            if digest(file) != seen["sha256"]:
+                yield file, seen["size"], "content changed"
+
+    def verify_outputs(self, step: str, full: bool = False) -> None:
+        """Refuse to trust ``step`` when a file it wrote has changed since (truncated, edited,
+        zero-filled, bit-flipped): one line naming the file, the step and the two ways on."""
+        key = (step, full, json.dumps((self.record(step) or {}).get("files", {}), sort_keys=True))
+        if key in self._verified:
+            return  # checked already by this process, against the same record
+        for file, recorded, problem in self._problems(step, full):
+            if problem == "missing":
+                raise UserError(f"{file}, written by step '{step}', is missing; re-run it with "
+                                f"`prunectl {step} -p {self.root} --force`")
+            raise damaged(file, file.stat().st_size, recorded,
+                          f"re-run step '{step}' with `prunectl {step} -p {self.root} --force` "
+                          f"to rewrite it, or delete {file} and `prunectl {step}` (or `run`) "
+                          "makes it again")
+        self._verified.add(key)
+
+    def output_digest(self, step: str, under: str | None = None) -> str:
+        """The content of what ``step`` wrote (its files under ``under``, a path relative to the
+        project, or all of them), verified first: what a later step records as its input, so it
+        goes stale when the earlier step re-made its output with other bytes."""
+        record = self.record(step) or {}
+        self.verify_outputs(step)
+        files = {name: seen["sha256"] for name, seen in record.get("files", {}).items()
+                 if under is None or name == under or name.startswith(under.rstrip("/") + "/")}
+        return digest(files) if files else record.get("fingerprint", "")
+
+    def damage(self, full: bool = False) -> dict[str, list[str]]:
+        """For ``status``: each finished step's missing or damaged files, as ``file (problem)``."""
+        found: dict[str, list[str]] = {}
+        for step, record in self.state["steps"].items():
+            if record.get("status") == "done":
+                problems = [f"{self._relative(f)} ({p})" for f, _, p in self._problems(step, full)]
+                if problems:
+                    found[step] = problems
+        for file, problem in sealed_problems(self.root, full):  # caches, checkpoints, results
+            relative = self._relative(file)
+            entry = f"{relative} ({problem})"
+            step = PRODUCERS.get(relative.split("/")[0], "run")
+            if entry not in found.get(step, []):
+                found.setdefault(step, []).append(entry)
+        return found
 
     def start(self, step: str, fingerprint: str) -> None:
         self._update(

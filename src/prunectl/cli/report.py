@@ -15,7 +15,10 @@ def report(project: ProjectOpt):
     Example: prunectl report -p runs/exp1
     """
     from prunectl.evaluation.report import write_report
+    from prunectl.project import Project
 
     if not (project / "state.json").exists():
         raise UserError(f"{project} is not a prunectl project (no state.json)")
+    for step in ("apply", "eval"):  # the report reads what they wrote: as they wrote it
+        Project(project).verify_outputs(step)
     typer.echo(str(write_report(project)))

@@ -4,32 +4,54 @@ from __future__ import annotations
 
 import json as jsonlib
 
+from typing import Annotated
+
 import typer
 
 from prunectl.cli.output import fmt
 from prunectl.cli.session import JsonOpt, ProjectOpt, handles_errors
+from prunectl.errors import UserError
 from prunectl.ui import UI
 
 
 @handles_errors
-def status(project: ProjectOpt, json: JsonOpt = False):
-    """Show each step's state, timing, key figures and whether an input changed since.
+def status(
+    project: ProjectOpt,
+    json: JsonOpt = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Hash every output file against its recorded digest; exit 2 when one "
+                         "is damaged or missing.")] = False,
+):
+    """Show each step's state, timing, key figures, whether an input changed since (stale) and
+    whether an output is missing or damaged.
 
-    Example: prunectl status -p runs/exp1
+    Example: prunectl status -p runs/exp1 --verify
     """
     from prunectl.steps.pipeline import status_rows
 
-    rows = status_rows(project)
+    rows = status_rows(project, verify=verify)
+    damaged = [f"{file} ({row['step']})" for row in rows for file in row.get("damaged", [])]
     if json:
         typer.echo(jsonlib.dumps(rows, default=str))
-        return
+    else:
+        _table(project, rows)
+    if verify and damaged:
+        raise UserError(f"{len(damaged)} damaged or missing output(s): {'; '.join(damaged)}; "
+                        "re-run each step named with --force, or delete its file")
+
+
+def _table(project, rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title=f"prunectl status: {project}", title_justify="left")
     for column in ("step", "state", "finished", "time", "figures"):
         table.add_column(column)
     for row in rows:
-        state = row["status"] + (" [yellow](stale)[/]" if row.get("stale") else "")
+        state = row["status"]
+        if row.get("damaged"):
+            state = "[red]damaged[/]: " + ", ".join(row["damaged"])
+        elif row.get("stale"):
+            state = "[yellow]stale[/]"  # done, but not for what it reads now
         figures = ", ".join(f"{k}={fmt(v)}" for k, v in (row.get("summary") or {}).items())
         seconds = row.get("duration_s")
         table.add_row(row["step"], state, row.get("finished") or "",

@@ -1,7 +1,8 @@
 """Everything a project has measured, read back from its files (for reports and comparisons).
 
 Every part is optional: a project that stopped after ``search`` still has a curve to show, one
-that never ran ``eval --speed`` simply has no speed figures.  Unreadable files count as missing.
+that never ran ``eval --speed`` simply has no speed figures.  An unreadable plan or model summary
+counts as missing; a damaged evaluation result is refused.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunectl.io import read_json
+from prunectl.errors import UserError
+from prunectl.io import CorruptFileError, read_json
 from prunectl.methods.plan import Plan
 
 #: the order models appear in tables: as the pipeline produces them
@@ -50,19 +52,31 @@ def _json(path: Path) -> Any:
         return None
 
 
+def _result(path: Path) -> Any:
+    """An evaluation result: absent is None, but a damaged one is refused (a dropped file
+    would silently remove a column from the report)."""
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        return None
+    except (CorruptFileError, OSError):
+        raise UserError(f"{path} is damaged (not a JSON result); re-run `prunectl eval --force`"
+                        f" on the project, or delete {path}") from None
+
+
 def _model(root: Path, name: str, pruned_info: dict | None) -> ModelResults:
     directory = root / "eval" / name
     result = ModelResults(name)
     for path in sorted(directory.glob("perplexity-*.json")):
-        data = _json(path)
+        data = _result(path)
         if isinstance(data, dict) and data.get("perplexity") is not None:
             dataset = path.stem.removeprefix("perplexity-")
             result.perplexity[dataset] = float(data["perplexity"])
     for path in sorted((directory / "tasks").glob("*.json")):
-        data = _json(path)
+        data = _result(path)
         if isinstance(data, dict) and "task" in data:
             result.tasks[data["task"]] = data
-    speed = _json(directory / "speed.json")
+    speed = _result(directory / "speed.json")
     result.speed = speed if isinstance(speed, dict) else None
     if result.speed and result.speed.get("parameters"):
         result.parameters = result.speed["parameters"]

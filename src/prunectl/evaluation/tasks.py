@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prunectl.digest import check_sealed, sealed_write
 from prunectl.errors import UserError
 from prunectl.io import read_json, write_json
 from prunectl.ui import SILENT, UI
@@ -89,6 +90,8 @@ def _metrics(results: dict[str, Any]) -> tuple[dict[str, float], dict[str, float
 
 
 def _reusable(path: Path, settings: dict[str, Any]) -> dict | None:
+    if path.exists():  # as it was written: a changed result is refused, not reused
+        check_sealed(path, f"re-run `prunectl eval --force`, or delete {path}")
     try:
         saved = read_json(path)
     except (OSError, ValueError):  # missing, or torn by a crash: evaluate again
@@ -210,7 +213,8 @@ def run_tasks(
             ui.info(f"{model_label}: evaluating {task}")
             records[task] = _evaluate(lm, group, task, specs, leaves, manager, settings, ui)
             if group.is_main:
-                write_json(task_file(out_dir, task), records[task])
+                sealed_write(task_file(out_dir, task),
+                             functools.partial(write_json, task_file(out_dir, task), records[task]))
     if failures:
         raise UserError(
             "; ".join(failures) + "; check the name, add its YAML directory to eval.task_paths, "

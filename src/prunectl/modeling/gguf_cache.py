@@ -12,13 +12,14 @@ file or library is a miss, never a stale hit.  ``PRUNECTL_GGUF_CACHE=0`` turns t
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import warnings
 from pathlib import Path
 
 import torch
+
+from prunectl.digest import digest
 
 COMPLETE = "prunectl-cache-complete"
 
@@ -35,9 +36,9 @@ def root() -> Path:
 def _file_key(file: Path) -> str:
     import transformers
 
-    stat = file.stat()
-    identity = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
-    return hashlib.sha256(identity.encode()).hexdigest()[:20]
+    stat = file.stat()  # not the content: hashing gigabytes would cost what the cache saves
+    return digest({"file": str(file.resolve()), "size": stat.st_size,
+                   "mtime_ns": stat.st_mtime_ns, "transformers": transformers.__version__})[:20]
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

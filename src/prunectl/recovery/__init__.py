@@ -6,8 +6,8 @@ under ``out_dir`` (``recovered/`` of the project):
 
 - ``checkpoints/``: the Trainer's checkpoints every ``save_steps``; a killed run resumes from the
   last one (global step, optimizer, scheduler and data order continue);
-- ``inputs.json``: the ``recover`` section and the source model's files (name, size, mtime) the
-  checkpoints were made from; when they differ (or with ``--force``) training starts afresh;
+- ``inputs.json``: the ``recover`` section and the digest of the source model the checkpoints
+  were made from; when they differ (or with ``--force``) training starts afresh;
 - ``eval_before.json``: validation loss of the pruned model, measured at every start without
   a checkpoint (it is part of the run's random stream), kept when resuming from one;
 - ``adapter/``: the LoRA adapter alone (peft format), for users who keep it separate;
@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prunectl.digest import digest
 from prunectl.io import read_json, write_json
 
 if TYPE_CHECKING:
@@ -73,12 +74,8 @@ def _merge(run: RunContext, source_dir: Path, adapter_dir: Path, tokenizer, mode
 
 
 def _inputs(run: RunContext, source_dir: Path) -> dict:
-    files = sorted(p for p in Path(source_dir).rglob("*") if p.is_file())
-    return {
-        "recover": run.recipe.recover.model_dump(mode="json"),
-        "source": [[p.relative_to(source_dir).as_posix(), p.stat().st_size, p.stat().st_mtime_ns]
-                   for p in files],
-    }
+    return {"recover": run.recipe.recover.model_dump(mode="json"),
+            "source": digest(Path(source_dir))}
 
 
 def _start_or_resume(run: RunContext, source_dir: Path, out_dir: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from prunectl.digest import MANIFEST, check_folder, seal
 from prunectl.recovery.data import IGNORE
 from prunectl.recovery.parallel import accumulation, trainer_options
 from prunectl.ui import SILENT, UI
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 
 REFERENCE_WARMUP = 100
 SHOWN = ("loss", "eval_loss", "learning_rate", "train_loss")  # log keys worth a line on stderr
+#: a checkpoint file written by a rank other than the main process (sealed by none)
+OTHER_RANK_RNG = re.compile(r"rng_state_[1-9]\d*\.pth")
 
 
 def total_steps(cfg, n_train: int, world_size: int = 1) -> int:
@@ -189,13 +193,35 @@ def last_checkpoint(output_dir: Path) -> str | None:
     for path in output_dir.glob("checkpoint-*"):
         if path.is_dir() and path.name.split("-")[-1].isdigit():
             steps[int(path.name.split("-")[-1])] = path
+    found = None
     for step in sorted(steps, reverse=True):
         try:
             json.loads((steps[step] / "trainer_state.json").read_text())
-            return str(steps[step])
         except (OSError, ValueError):
-            shutil.rmtree(steps[step])
-    return None
+            if found is None:
+                shutil.rmtree(steps[step])
+            continue
+        found = found or str(steps[step])
+        # the adapter, optimizer and scheduler state are read back as they were sealed
+        check_folder(steps[step], f"re-run `prunectl recover --force` to train afresh, or "
+                                  f"delete {steps[step]} to resume from an earlier checkpoint")
+    return found
+
+
+def seal_callback():
+    """Records the digests of each checkpoint's files once the Trainer saved it, so that a
+    resumed run refuses a damaged adapter or optimizer state.  The main process seals what it
+    wrote: another rank's RNG state may still be being written at that moment."""
+    from transformers import TrainerCallback
+
+    class Seal(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                seal(*(p for p in sorted(folder.iterdir()) if p.is_file()
+                       and p.name != MANIFEST and not OTHER_RANK_RNG.fullmatch(p.name)))
+
+    return Seal()
 
 
 def make_trainer(
@@ -229,7 +255,7 @@ def make_trainer(
             tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True,
             label_pad_token_id=IGNORE,
         ),
-        callbacks=[_ui_callback(ui), *callbacks],
+        callbacks=[_ui_callback(ui), seal_callback(), *callbacks],
     )
     trainer.add_callback(_running_loss(trainer))
     trainer.remove_callback(PrinterCallback)

@@ -7,21 +7,22 @@ largest logits, their token ids and the log-sum-exp of all logits at the tempera
 tail bucket of :mod:`prunectl.recovery.distill` needs): ``k × 8 + 4`` bytes a position.  Shards of
 ``SHARD`` examples are written atomically, so a killed build resumes at the first missing shard;
 ``meta.json`` holds the fingerprint (teacher, dtype, k, temperature, the examples' tokens and
-labels): a cache built from other inputs is removed and built again.  Under torchrun the ranks
-compute one shard each per round and rank 0 writes them.
+labels): a cache built from other inputs is removed and built again.  Each shard's digest is
+sealed in ``recovered/digests.json`` once written: a damaged shard is refused, an unsealed one
+rebuilt.  Under torchrun the ranks compute one shard each per round and rank 0 writes them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from prunectl.digest import MANIFEST, check_sealed, digest, sealed_write
 from prunectl.errors import UserError
 from prunectl.io import read_json, save_tensors, write_json
 from prunectl.recovery.distill import TeacherLogProbs, scored
@@ -78,17 +79,28 @@ def _shard_name(shard: int) -> str:
     return f"shard-{shard:05d}.safetensors"
 
 
+def _sealed_shard(directory: Path, shard: int) -> bool:
+    """Whether a shard is there as it was written (False: absent, or written but not sealed by
+    a killed build: built again); a damaged one is refused."""
+    file = directory / _shard_name(shard)
+    return file.exists() and check_sealed(file, f"re-run `prunectl recover --force`, or delete "
+                                                f"{file} (it is built again)", _manifest(directory))
+
+
+def _manifest(directory: Path) -> Path:
+    """The shards' digests live beside the cache folder (``recovered/digests.json``), so the
+    folder holds the cache alone."""
+    return directory.parent / MANIFEST
+
+
 def fingerprint(run: RunContext, examples: list[dict]) -> str:
     """What the cache depends on: the teacher, the dtype, k, the temperature and the examples."""
     model = {k: v for k, v in run.recipe.model.model_dump(mode="json").items()
              if k not in ("device", "device_map")}
-    digest = hashlib.sha256()
-    for example in examples:
-        digest.update(json.dumps([example["input_ids"], example["labels"]]).encode())
-    payload = {"teacher": model, "dtype": str(run.dtype), "k": run.recipe.recover.kd.cache_topk,
-               "temperature": run.recipe.recover.kd.temperature, "shard": SHARD,
-               "examples": digest.hexdigest()}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    examples_digest = digest([[e["input_ids"], e["labels"]] for e in examples])
+    return digest({"teacher": model, "dtype": str(run.dtype), "k": run.recipe.recover.kd.cache_topk,
+                   "temperature": run.recipe.recover.kd.temperature, "shard": SHARD,
+                   "examples": examples_digest})
 
 
 def _shard(model, examples: list[dict], k: int, temperature: float, batch_size: int) -> dict:
@@ -137,7 +149,7 @@ def build_topk_cache(model, examples: list[dict], k: int, temperature: float, di
         directory.mkdir(parents=True, exist_ok=True)
         write_json(meta_file, {"fingerprint": key, "k": k, "temperature": temperature,
                                "examples": len(examples), "shards": shards})
-        pending = [s for s in range(shards) if not (directory / _shard_name(s)).exists()]
+        pending = [s for s in range(shards) if not _sealed_shard(directory, s)]
     pending = dist.broadcast_object(pending)
     if pending:
         ui.info(f"recover: caching the teacher's top-{k} logits, {len(pending)} of {shards} "
@@ -148,7 +160,8 @@ def build_topk_cache(model, examples: list[dict], k: int, temperature: float, di
             model, examples[mine * SHARD : (mine + 1) * SHARD], k, temperature, batch_size)
         for shard, tensors in dist.gather_objects((mine, part)):
             if shard is not None and dist.is_main:
-                save_tensors(directory / _shard_name(shard), tensors)
+                file = directory / _shard_name(shard)
+                sealed_write(file, partial(save_tensors, file, tensors), _manifest(directory))
 
 
 def teacher_source(run: RunContext, examples: list[dict], out_dir: Path):
@@ -159,9 +172,9 @@ def teacher_source(run: RunContext, examples: list[dict], out_dir: Path):
     cfg, dist = run.recipe.recover.kd, run.dist
     directory = out_dir / "teacher_topk"
     key = fingerprint(run, examples) if cfg.cache_topk else None
-    built = dist.is_main and (directory / "meta.json").exists() and all(
-        (directory / _shard_name(s)).exists() for s in range(-(-len(examples) // SHARD))
-    ) and read_json(directory / "meta.json").get("fingerprint") == key
+    built = dist.is_main and (directory / "meta.json").exists() and read_json(
+        directory / "meta.json").get("fingerprint") == key and all(
+        _sealed_shard(directory, s) for s in range(-(-len(examples) // SHARD)))
     if cfg.cache_topk and dist.broadcast_object(built):
         return TopKCache(directory, cfg.temperature)
     model, _ = load_model(run.recipe.model, run.device, run.dtype)

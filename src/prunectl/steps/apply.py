@@ -19,13 +19,14 @@ from prunectl.steps.inputs import method_inputs
 
 def key(run: RunContext, blocks: int | None = None,
         budget: float | None = None) -> tuple[dict, list]:
-    """The plan file is hashed, not only the search fingerprint: a hand-edited plan re-applies."""
+    """The plan file is hashed, not only the search fingerprint: a hand-edited plan re-applies;
+    so are the calibration files (statistics for every method, tokens for a reconstruction)."""
     sections = recipe_sections(run, "model", "method", "target")
     sections["apply"] = {"blocks": blocks} if budget is None else {"blocks": blocks,
                                                                    "budget": budget}
     if create_method(run.recipe.method).apply_uses_tokens:  # a reconstruction reads them
         sections["calibration"] = recipe_sections(run, "calibration")["calibration"]
-        sections["calibration_step"] = upstream(run, "calibrate")
+    sections["calibration_step"] = upstream(run, "calibrate")
     return sections, [artifacts.plan_path(run, budget)]
 
 

@@ -1,15 +1,13 @@
 """Running one step: skip it when up to date, record what it did, never lose finished work.
 
 A step is up to date when the fingerprint of exactly what it reads (its recipe sections, the
-files of earlier steps, the prunectl version) equals the one recorded in ``state.json`` after it
-last finished (the DVC rule).  The step body writes its own files atomically; this module only
-decides whether to run it and records the outcome.
+content digests of the earlier steps' files, the prunectl version) equals the one recorded in
+``state.json`` after it last finished (the DVC rule).  The step body writes its own files
+atomically; this module only decides whether to run it and records the outcome.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 import traceback
 from collections.abc import Callable
@@ -118,16 +116,11 @@ def recipe_sections(run: RunContext, *names: str) -> dict[str, Any]:
     return chosen
 
 
-def sections_digest(sections: dict[str, Any]) -> str:
-    """sha256 of recipe sections as plain data: the key of a step's progress journal, so a
-    rerun resumes only progress made for the same inputs."""
-    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
-
-
-def upstream(run: RunContext, step: str) -> str:
-    """The fingerprint an earlier step finished with: identifies its (large) outputs without
-    hashing gigabytes of weights."""
+def upstream(run: RunContext, step: str, under: tuple[str, ...] | None = None) -> str:
+    """The content digest of what an earlier step wrote (its files under ``under``, or all),
+    verified against its record first: a later step goes stale when that output is re-made
+    with other bytes, and refuses it when it is damaged."""
     record = run.project.record(step)
     if not record or record.get("status") != "done":
         raise UserError(f"step '{step}' has not finished in {run.project.root}; run `prunectl {step}` first")
-    return record["fingerprint"]
+    return run.project.output_digest(step, "/".join(under) if under else None)

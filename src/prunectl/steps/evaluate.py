@@ -6,24 +6,20 @@ measured, so a re-run computes only what is missing or out of date.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from prunectl.context import RunContext
+from prunectl.digest import check_sealed, digest, sealed_write
 from prunectl.io import load_tensors, read_json, save_tensors, write_json
 from prunectl.steps import artifacts
 from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections, skip
 
 PRODUCED_BY = {"pruned": "apply", "recovered": "recover"}
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _slug(dataset: str) -> str:
@@ -32,15 +28,17 @@ def _slug(dataset: str) -> str:
 
 
 def model_fingerprints(run: RunContext) -> dict[str, str]:
-    """The models this project has, each identified by what produced it."""
+    """The models this project has: the dense one by its recipe section, the project's by the
+    digest of their files (verified), so a re-made model is measured again."""
     found: dict[str, str] = {}
     for role in run.recipe.eval.models:
         if role == "dense":
-            found[role] = _digest(recipe_sections(run, "model"))
+            found[role] = digest(recipe_sections(run, "model"))
             continue
         record = run.project.record(PRODUCED_BY[role]) or {}
         if record.get("status") == "done":
-            found[role] = record["fingerprint"]
+            found[role] = run.project.output_digest(PRODUCED_BY[role],
+                                                    "/".join(artifacts.MODEL_DIRS[role]))
     return found
 
 
@@ -49,8 +47,8 @@ def _tokenizer_digest(tokenizer) -> str:
     share one token cache (their tokenizers' paths differ, their vocabularies do not)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        return hashlib.sha256(backend.to_str().encode()).hexdigest()
-    return _digest(sorted(tokenizer.get_vocab().items()))
+        return digest(backend.to_str().encode())
+    return digest(sorted(tokenizer.get_vocab().items()))
 
 
 def _evaluation_tokens(run: RunContext, tokenizer, dataset: str) -> torch.Tensor:
@@ -58,13 +56,14 @@ def _evaluation_tokens(run: RunContext, tokenizer, dataset: str) -> torch.Tensor
     from prunectl.data import evaluation_tokens
 
     cfg = run.recipe.eval.perplexity
-    key = _digest([dataset, cfg.split, cfg.add_bos, _tokenizer_digest(tokenizer)])
+    key = digest([dataset, cfg.split, cfg.add_bos, _tokenizer_digest(tokenizer)])[:16]
     cache = run.project.path("eval", "tokens", f"{_slug(dataset)}-{key}.safetensors")
-    if cache.exists():
+    # sealed when written: a changed cache is refused (an unsealed one is tokenized again)
+    if cache.exists() and check_sealed(cache, f"delete {cache} (it is tokenized again)"):
         return load_tensors(cache)["input_ids"]
     tokens = evaluation_tokens(tokenizer, dataset, cfg.split, add_bos=cfg.add_bos)
     if run.dist.is_main:  # under torchrun every rank tokenizes; rank 0 alone writes files
-        save_tensors(cache, {"input_ids": tokens})
+        sealed_write(cache, partial(save_tensors, cache, {"input_ids": tokens}))
     return tokens
 
 
@@ -72,6 +71,7 @@ def _saved_perplexity(run: RunContext, out: Path, fingerprint: str, settings: di
     """The perplexity saved in ``out`` if it was measured on this model with these settings."""
     if run.force or not out.exists():
         return None
+    check_sealed(out, f"re-run `prunectl eval -p {run.project.root} --force`, or delete {out}")
     cached = read_json(out)
     if not isinstance(cached, dict):
         return None
@@ -104,11 +104,11 @@ def _perplexities(run: RunContext, role: str, fingerprint: str, model, tokenizer
             model, tokens, cfg.seqlen, cfg.batch_size, max_windows=cfg.max_windows, ui=run.ui
         )
         if run.dist.is_main:
-            write_json(
-                out,
+            sealed_write(out, partial(
+                write_json, out,
                 {**result, "model": role, "model_fingerprint": fingerprint, "settings": settings,
                  "device": str(run.device)},
-            )
+            ))
         run.ui.info(f"{role} perplexity on {dataset}: {result['perplexity']:.3f}")
         results[dataset] = result["perplexity"]
     return results

@@ -121,9 +121,13 @@ def key(run: RunContext, output: Path | str | None = None) -> tuple[dict, list]:
     sections = recipe_sections(run, "export")
     sections["source"] = {
         "role": role,
-        "fingerprint": upstream(run, "apply" if role == "pruned" else "recover"),
+        "content": upstream(run, "apply", artifacts.PRUNED) if role == "pruned"
+        else upstream(run, "recover", artifacts.RECOVERED_MODEL),
+        "card": upstream(run, "apply", ("pruned", "prunectl.json")),
     }
     sections["output"] = str(output) if output else None
+    if (run.project.record("eval") or {}).get("status") == "done":
+        run.project.verify_outputs("eval")  # the card quotes its results
     return sections, []
 
 

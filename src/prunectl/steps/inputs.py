@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 
 from prunectl.context import RunContext
+from prunectl.digest import digest
 from prunectl.methods.base import Method
 from prunectl.methods.inputs import Inputs, Journal, Target
 from prunectl.steps import artifacts
@@ -33,6 +32,6 @@ def method_inputs(run: RunContext, method: Method, model, directory: str | None,
 def calibration_journal(run: RunContext) -> Journal:
     """``calibration/progress/``, keyed by what the calibration pass depends on: the model,
     the calibration text and the dtype."""
-    key = json.dumps({name: run.recipe.section_dict(name) for name in ("model", "calibration")}
-                     | {"dtype": str(run.dtype)}, sort_keys=True, default=str)
+    key = digest({name: run.recipe.section_dict(name) for name in ("model", "calibration")}
+                 | {"dtype": str(run.dtype)})
     return Journal(run.project.path("calibration", "progress"), key)

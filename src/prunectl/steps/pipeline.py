@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prunectl import __version__
+from prunectl.digest import digest
 from prunectl.errors import UserError
 from prunectl.steps import STEPS
 
@@ -47,20 +47,25 @@ def run_pipeline(run: RunContext) -> list[StepResult]:
     return [functions[name][0](run) for name in STEPS]
 
 
-def status_rows(project_dir: Path) -> list[dict]:
-    """One row per step: its record, plus ``stale`` when its inputs changed since it ran."""
+def status_rows(project_dir: Path, verify: bool = False) -> list[dict]:
+    """One row per step: its record, plus ``stale`` when its inputs changed since it ran and
+    ``damaged`` (``file (problem)``) for outputs missing or not as written (``verify``: every
+    file hashed; otherwise those small, or whose size or modification time moved)."""
     from prunectl.project import Project
 
     project = Project(project_dir)
     if project.pinned_recipe() is None:
         raise UserError(f"{project_dir} is not a prunectl project yet (no recipe pinned)")
-    stale = _remembered(project)
+    stale = None if verify else _remembered(project)
     if stale is None:
         stale = stale_flags(project)
+    damage = project.damage(full=verify)
     rows = []
     for name in STEPS:
         record = project.record(name) or {}
         row = {"step": name, "status": record.get("status", "pending"), **record}
+        if name in damage:
+            row["damaged"] = damage[name]
         if name in stale:
             row["stale"] = stale[name]
         rows.append(row)
@@ -86,7 +91,7 @@ def stale_flags(project: Project) -> dict[str, bool]:
                 current = project.fingerprint(name, *functions[name][1](run, **options))
                 flags[name] = current != record["fingerprint"]
             except UserError:
-                flags[name] = True  # an input it read is gone
+                flags[name] = True  # an input it read is gone or damaged
     return flags
 
 
@@ -101,15 +106,14 @@ def remember_status(project: Project) -> None:
 def _status_key(project: Project) -> str:
     """What the stale flags depend on: the state, the pinned recipe, the version, and the size
     and time of every file the steps recorded (a file changed since is read again)."""
-    digest = hashlib.sha256(__version__.encode())
-    for file in (project.state_file, project.path("recipe.yaml")):
-        digest.update(file.read_bytes() if file.is_file() else b"-")
+    files = (project.state_file, project.path("recipe.yaml"))
+    stats = {}
     for record in project.state["steps"].values():
         for name in sorted(record.get("files") or {}):
             found = project.path(name)
             stat = found.stat() if found.is_file() else None
-            digest.update(f"{name}:{stat and (stat.st_size, stat.st_mtime_ns)}".encode())
-    return digest.hexdigest()
+            stats[name] = stat and (stat.st_size, stat.st_mtime_ns)
+    return digest(__version__, *(f if f.is_file() else "-" for f in files), stats)
 
 
 def _remembered(project: Project) -> dict[str, bool] | None:

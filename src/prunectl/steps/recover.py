@@ -16,7 +16,7 @@ from prunectl.steps.base import (
 
 def key(run: RunContext) -> tuple[dict, list]:
     sections = recipe_sections(run, "recover")
-    sections["pruned"] = upstream(run, "apply")
+    sections["pruned"] = upstream(run, "apply", artifacts.PRUNED)
     return sections, []
 
 
@@ -28,11 +28,15 @@ def recover(run: RunContext) -> StepResult:
     def body() -> StepOutcome:
         from prunectl.recovery import run_recovery
 
+        # hours of training ahead: every file of the pruned model hashed, not only the small ones
+        run.dist.decide(lambda: run.project.verify_outputs("apply", full=True))
         artifacts.check_memory(run, "recover")
         out_dir = run.project.path("recovered")
         artifacts.forget_dense(run)  # training needs the memory more than the cache
         summary = run_recovery(run, source, out_dir)
         run.models.pop("recovered", None)
-        return StepOutcome([artifacts.path(run, artifacts.RECOVERED_MODEL)], summary)
+        written = [artifacts.path(run, artifacts.RECOVERED_MODEL), out_dir / "summary.json",
+                   out_dir / "adapter"]  # recorded, so that status and later steps verify them
+        return StepOutcome([p for p in written if p.exists()], summary)
 
     return execute(run, "recover", key, {}, body)

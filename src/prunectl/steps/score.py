@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prunectl.context import RunContext
+from prunectl.digest import digest
 from prunectl.io import save_tensors, write_json
 from prunectl.methods.inputs import Journal
 from prunectl.methods.registry import create_method
@@ -12,7 +13,6 @@ from prunectl.steps.base import (
     StepResult,
     execute,
     recipe_sections,
-    sections_digest,
     upstream,
 )
 from prunectl.steps.inputs import method_inputs
@@ -41,7 +41,7 @@ def score(run: RunContext) -> StepResult:
         artifacts.check_memory(run, "score")
         model, _ = artifacts.dense_model(run)
         # a method that scores for long (puzzle's library) keeps its progress here
-        journal = Journal(run.project.path("scores", "progress"), sections_digest(key(run)[0]))
+        journal = Journal(run.project.path("scores", "progress"), digest(key(run)[0]))
         scores = method.score(method_inputs(run, method, model, "scores", journal=journal),
                               artifacts.statistics(run))
         summary_file = artifacts.path(run, ("scores", "summary.json"))

@@ -6,6 +6,7 @@ import dataclasses
 import time
 
 from prunectl.context import RunContext
+from prunectl.digest import digest
 from prunectl.errors import UserError
 from prunectl.io import write_json, write_text
 from prunectl.methods.inputs import Inputs, Journal
@@ -16,7 +17,6 @@ from prunectl.steps.base import (
     StepResult,
     execute,
     recipe_sections,
-    sections_digest,
     upstream,
 )
 from prunectl.steps.inputs import method_inputs
@@ -25,6 +25,7 @@ from prunectl.steps.inputs import method_inputs
 def key(run: RunContext, sweep: list[float] | None = None) -> tuple[dict, list]:
     sections = recipe_sections(run, "model", "calibration", "method", "target")
     sections["score_step"] = upstream(run, "score")
+    sections["calibration_step"] = upstream(run, "calibrate")  # the block search reads tokens
     if sweep is not None:
         sections["sweep"] = sweep
     return sections, []
@@ -85,7 +86,7 @@ def _progress_key(run: RunContext) -> str:
     """What the recorded decisions were made with: the search key less ``target``."""
     sections, _ = key(run)
     sections.pop("target")
-    return sections_digest(sections)
+    return digest(sections)
 
 
 def _retire_foreign_progress(run: RunContext, progress_key: str) -> None:

@@ -11,13 +11,13 @@ pass completes.  Progress made for other inputs (``progress_key``) is ignored an
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from prunectl import distributed
+from prunectl.digest import digest
 from prunectl.methods.inputs import Journal
 from prunectl.methods.reap.saliency import ExpertStats
 from prunectl.modeling.adapters import Adapter
@@ -47,9 +47,7 @@ def _resident(module: nn.Module, device: torch.device, streamed: bool):
 
 def progress_key(tokens: torch.Tensor, key: str, world_size: int) -> str:
     """What a saved progress folder must have been made with: these tokens, these settings."""
-    digest = hashlib.sha256(tokens.cpu().numpy().tobytes())
-    digest.update(f"{key}|{world_size}|{tuple(tokens.shape)}".encode())
-    return digest.hexdigest()
+    return digest(tokens, {"key": key, "world_size": world_size})
 
 
 @torch.inference_mode()
