@@ -105,7 +105,7 @@ def test_exported_directory_names_no_local_path(tmp_path, text_file):
     result = runner.invoke(app, ["export", "-p", str(project), "--quiet",
                                  "--set", "export.base_model=HuggingFaceTB/SmolLM2-135M"])
     assert result.exit_code == 0, result.output
-    front = (export / "README.md").read_text().split("---")[1]
+    front = (project / "exports" / "hf-auto" / "README.md").read_text().split("---")[1]  # a one-off
     assert "base_model: HuggingFaceTB/SmolLM2-135M" in front.splitlines()
 
 
