@@ -173,3 +173,18 @@ def test_created_folders_and_files_are_world_readable_under_umask_022(finished, 
     private = [p for p in checked if stat.S_IMODE(p.stat().st_mode) & 0o044 != 0o044]
     assert not private
     assert all(stat.S_IMODE(p.stat().st_mode) & 0o011 == 0o011 for p in checked if p.is_dir())
+
+
+SHIPPED = sorted((Path(__file__).parents[1] / "src" / "prunectl" / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_recipe_exports_to_gguf_with_its_dtype_mapped(recipe):
+    """What `export --format gguf` asks of a shipped recipe (the CLI's overrides): no refusal,
+    and the Hugging Face dtype picks the GGUF type."""
+    from prunectl.recipe import DTYPE_OUTTYPE, load_recipe
+
+    plain, _ = load_recipe(recipe)
+    gguf, _ = load_recipe(recipe, ["~export.formats", "export.format=gguf"])
+    assert gguf.export.all_formats == ["gguf"]
+    assert gguf.export.gguf_outtype() == (DTYPE_OUTTYPE.get(plain.export.dtype, "f16"), None)

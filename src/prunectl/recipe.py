@@ -25,6 +25,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -284,6 +285,15 @@ class ExportConfig(Section):
             raise ValueError(f"got outtype={self.outtype} with format=hf, expected outtype only with "
                              "format: gguf (--format gguf), or no outtype (--set ~export.outtype)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_formats(self, handler):
+        """No ``formats: null`` in the dump: projects pinned before the key existed keep an
+        unchanged pin (and so an up-to-date export)."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("formats") is None:
+            data.pop("formats", None)
+        return data
 
     @property
     def all_formats(self) -> list[str]:

@@ -138,6 +138,10 @@ def _pin(project, opts: Common, ui: UI, pin: bool = True):
                         "(`prunectl recipes ls` lists the shipped ones)")
     sets = opts.sets + ([f"model.dtype={opts.dtype}"] if opts.dtype else [])
     recipe, resolved = load_recipe(opts.recipe, sets, pinned=pinned)
+    if opts.recipe is not None:
+        from prunectl.history import check_recipe_change
+
+        check_recipe_change(project, pinned, resolved, opts.force)
     if resolved != pinned:
         _preflight(recipe)
     if not pin:

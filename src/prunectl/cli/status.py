@@ -17,11 +17,14 @@ def status(project: ProjectOpt, json: JsonOpt = False):
 
     Example: prunectl status -p runs/exp1
     """
+    from prunectl.history import entries
     from prunectl.steps.pipeline import status_rows
 
     rows = status_rows(project)
+    kept = entries(project)
     if json:
-        typer.echo(jsonlib.dumps(rows, default=str))
+        history = [{**e, "step": "history", "status": "kept", "of": e["step"]} for e in kept]
+        typer.echo(jsonlib.dumps(rows + history, default=str))
         return
     from rich.table import Table
 
@@ -35,3 +38,12 @@ def status(project: ProjectOpt, json: JsonOpt = False):
         table.add_row(row["step"], state, row.get("finished") or "",
                       f"{seconds:.1f}s" if seconds else "", figures)
     UI().out.print(table)
+    if kept:
+        earlier = Table(title="kept earlier results (`prunectl gc` removes them)", title_justify="left")
+        for column in ("entry", "finished", "size", "figures"):
+            earlier.add_column(column)
+        for entry in kept:
+            figures = ", ".join(f"{k}={fmt(v)}" for k, v in entry["summary"].items() if k != "options")
+            earlier.add_row(entry["entry"], entry["finished"] or "",
+                            f"{entry['size_bytes'] / 1e6:.1f} MB", figures)
+        UI().out.print(earlier)
