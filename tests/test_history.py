@@ -124,9 +124,13 @@ def test_a_step_flag_that_replaces_an_output_keeps_the_old_one(work):
     again = invoke("apply", "-p", project, "--blocks", "2", "--quiet")
     assert again.exit_code == 0, again.output
     assert len(list((project / "history").iterdir())) == 2
-    assert invoke("gc", "-p", project, "--keep-last", "1", "--quiet").exit_code == 0
+    # a keep-last setting in the recipe trims the step's entries, newest kept
+    replaced = tree(project / "pruned")
+    trim = invoke("apply", "-p", project, "--blocks", "1", "--set", "execution.keep_history=1", "--quiet")
+    assert trim.exit_code == 0, trim.output
     (left,) = (project / "history").iterdir()
-    assert json.loads((left / "record.json").read_text())["summary"]["options"] == {"blocks": 1}
+    assert json.loads((left / "record.json").read_text())["summary"]["options"] == {"blocks": 2}
+    assert tree(left / "pruned") == replaced
 
 
 def test_gc_refuses_a_folder_that_is_no_project(tmp_path):

@@ -165,14 +165,16 @@ def entries(project_root: Path) -> list[dict[str, Any]]:
     return sorted(found, key=lambda e: (e["kept"], e["entry"]))
 
 
-def remove(project_root: Path, keep_last: int | None = None) -> list[dict[str, Any]]:
-    """Remove the kept results (with ``keep_last``, all but the newest N of each step);
-    returns those removed."""
+def remove(project_root: Path, keep_last: int | None = None,
+           step: str | None = None) -> list[dict[str, Any]]:
+    """Remove the kept results (with ``keep_last``, all but the newest N of each step; with
+    ``step``, that step's only); returns those removed."""
     if keep_last is not None and keep_last < 0:
         raise UserError(f"--keep-last: got {keep_last}, expected 0 or more")
     by_step: dict[str, list[dict[str, Any]]] = {}
     for entry in entries(project_root):
-        by_step.setdefault(entry["step"], []).append(entry)
+        if step is None or entry["step"] == step:
+            by_step.setdefault(entry["step"], []).append(entry)
     removed = []
     for kept in by_step.values():
         doomed = kept if not keep_last else kept[:-keep_last]

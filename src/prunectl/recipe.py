@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -251,7 +251,23 @@ class EvalConfig(Section):
     )
 
 
-class ExportConfig(Section):
+class NewKeysSection(Section):
+    """A section with keys added after projects were pinned: each is left out of the dump while
+    null, so an older project's pin (and the steps fingerprinted on it) stays unchanged."""
+
+    new_keys: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_null_new_keys(self, handler):
+        data = handler(self)
+        for key in self.new_keys:
+            if isinstance(data, dict) and data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+class ExportConfig(NewKeysSection):
+    new_keys = ("formats",)
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = "auto"
     #: auto = the recovered model when it exists, else the pruned one
     source: Literal["auto", "pruned", "recovered"] = "auto"
@@ -286,15 +302,6 @@ class ExportConfig(Section):
                              "format: gguf (--format gguf), or no outtype (--set ~export.outtype)")
         return self
 
-    @model_serializer(mode="wrap")
-    def _without_unset_formats(self, handler):
-        """No ``formats: null`` in the dump: projects pinned before the key existed keep an
-        unchanged pin (and so an up-to-date export)."""
-        data = handler(self)
-        if isinstance(data, dict) and data.get("formats") is None:
-            data.pop("formats", None)
-        return data
-
     @property
     def all_formats(self) -> list[str]:
         return list(self.formats or [self.format])
@@ -317,11 +324,14 @@ DTYPE_OUTTYPE = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 DEFAULT_OUTTYPE = "f16"
 
 
-class ExecutionConfig(Section):
+class ExecutionConfig(NewKeysSection):
+    new_keys = ("keep_history",)
     mode: Literal["model", "layerwise"] = "model"
     #: memory a step may use (GiB) on the device, or in host memory on the CPU; a step whose
     #: estimate exceeds it is refused before it starts (default: what is free)
     memory_budget_gb: float | None = Field(None, gt=0)
+    #: replaced results kept in history/ per step, newest first (default: all, until `gc`)
+    keep_history: int | None = Field(None, ge=1)
 
 
 class Recipe(Section):

@@ -94,6 +94,8 @@ def execute(
     if main:
         project.finish(step, fingerprint, outcome.outputs, summary, seconds)
         history.announce(project, kept)
+        if run.recipe.execution.keep_history is not None:
+            history.remove(project.root, run.recipe.execution.keep_history, step)
     run.ui.info(f"[green]{step}: done[/] in {seconds:.1f}s")
     return StepResult(step, "done", outcome.summary, seconds)
 
