@@ -55,10 +55,17 @@ def _files(directory: Path) -> list[str]:
     return found
 
 
-def _projects_within(directory: Path) -> Path | None:
+def _projects_within(directory: Path, depth: int = 3, budget: int = 2000) -> Path | None:
+    """A project among the first ``budget`` folders up to ``depth`` levels down (only to word
+    the refusal: ``-o /`` must not walk the whole disk)."""
     for root, dirs, _ in os.walk(directory):
         if is_project(Path(root)):
             return Path(root)
+        budget -= 1
+        if budget <= 0:
+            return None
+        if len(Path(root).relative_to(directory).parts) >= depth:
+            dirs.clear()
         dirs.sort()
     return None
 
@@ -112,9 +119,9 @@ def check_contents(directory: Path, label: str) -> None:
     manifest = read_manifest(directory)
     if manifest is None:
         inner = _projects_within(directory)
-        files = _files(directory)
+        first = sorted(p.name for p in directory.iterdir())[0]
         what = f"contains the prunectl project {inner}" if inner else \
-            f"holds files prunectl did not write (e.g. {files[0] if files else 'empty folders'})"
+            f"holds files prunectl did not write (e.g. {first})"
         raise UserError(f"{label} {directory} {what}; {_REFUSE}")
     changed = _changed(directory, manifest)
     if changed:
