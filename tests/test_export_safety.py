@@ -135,6 +135,11 @@ def test_one_off_exports_leave_the_pinned_recipe_and_export_unchanged(work, monk
     assert q8.exit_code == 0, q8.output
     assert "export.dtype=float32 is ignored for GGUF (outtype q8_0)" in " ".join(q8.output.split())
     assert (project / "exports" / "gguf-q8_0" / "tiny-manual-q8_0.gguf").is_file()
+    # issue 23's sequence: this export must not become part of the project
+    listed = invoke("export", "-p", project, "--format", "gguf", "--outtype", "f32", "-o", "gguf_flap",
+                    "--set", "~export.dtype", "--quiet")
+    assert listed.exit_code == 0, listed.output
+    assert (work / "gguf_flap" / "tiny-manual-f32.gguf").is_file()
     half = invoke("export", "-p", project, "-o", "half", "--set", "export.dtype=float16", "--quiet")
     assert half.exit_code == 0, half.output
     assert '"dtype": "float16"' in (work / "half" / "config.json").read_text()
