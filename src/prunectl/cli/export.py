@@ -16,13 +16,14 @@ from prunectl.cli.session import (Common, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt
 def export(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
            device: DeviceOpt = None, dtype: DtypeOpt = None,
            output: Annotated[Path | None, typer.Option(
-               "--output", "-o", help="Directory to write (default: PROJECT/export).",
+               "--output", "-o", help="Directory to write, a one-off: new, empty or an earlier prunectl "
+               "export (default: PROJECT/export).",
                file_okay=False)] = None,
            format: Annotated[str | None, typer.Option(
                "--format", help="hf (Hugging Face directory) or gguf (llama.cpp file); "
-               "overrides export.format.")] = None,
+               "a one-off export (PROJECT/exports/<format>-<type>/ without -o).")] = None,
            outtype: Annotated[str | None, typer.Option(
-               "--outtype", help="GGUF tensor type: f32, f16, bf16 or q8_0 (overrides export.outtype).")] = None,
+               "--outtype", help="GGUF tensor type: f32, f16, bf16 or q8_0; a one-off export.")] = None,
            force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False):
     """Write the shareable model directory with its model card.
 
