@@ -122,7 +122,7 @@ def test_exported_directory_names_no_local_path(tmp_path, text_file):
     result = runner.invoke(app, ["export", "-p", str(project), "--quiet",
                                  "--set", "export.base_model=HuggingFaceTB/SmolLM2-135M"])
     assert result.exit_code == 0, result.output
-    data = ModelCard.load(export / "README.md").data
+    data = ModelCard.load(project / "exports" / "hf-auto" / "README.md").data  # a one-off
     assert (data.base_model, data.base_model_relation) == ("HuggingFaceTB/SmolLM2-135M", "finetune")
 
 

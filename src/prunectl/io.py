@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -51,6 +52,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
+        honour_umask(tmp)  # the block may have replaced the file with a private one
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -58,6 +60,75 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``os.umask`` can only
+    be read by setting it, which races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path | str) -> None:
+    """Give ``path`` (and, for a directory, everything in it) the permissions the umask allows:
+    some writers (safetensors, ``tempfile``) create files ``-rw-------`` whatever the umask is,
+    and a rename keeps them so.  Execute bits are kept as they are."""
+    allowed = ~_umask()
+    path = Path(path)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if item.is_symlink():
+            continue
+        mode = item.stat().st_mode & 0o7777
+        full = 0o777 if item.is_dir() else 0o666 | (mode & 0o111)
+        wanted = full & allowed
+        if mode != wanted:
+            os.chmod(item, wanted)
+
+
+def make_temp_dir(parent: Path | str, prefix: str) -> Path:
+    """A new directory ``<prefix><random>`` in ``parent``, created with the user's umask
+    (``tempfile.mkdtemp`` makes it ``drwx------``, and a rename would keep that)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            os.mkdir(path, 0o777)
+            return path
+        except FileExistsError:
+            continue
+
+
+def write_directory(directory: Path | str, fill: Callable[[Path], None]) -> Path:
+    """Run ``fill`` on a fresh ``<dir>.tmp-*`` folder beside ``directory``, then put it in place
+    of ``directory`` with one rename (the old one goes aside as ``<dir>.old-*`` meanwhile), so a
+    kill never leaves half a directory where a whole one was.  Leftovers of a killed write are
+    removed by :meth:`prunectl.project.Project._remove_orphans` (or the export's own cleanup)."""
+    directory = Path(directory)
+    target = make_temp_dir(directory.parent, f"{directory.name}.tmp-")
+    try:
+        fill(target)
+        honour_umask(target)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    old = None
+    if directory.exists():
+        old = make_temp_dir(directory.parent, f"{directory.name}.old-")
+        old.rmdir()
+        directory.rename(old)
+    target.rename(directory)
+    _fsync_dir(directory.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return directory
 
 
 def _write_bytes(path: Path | str, data: bytes) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -265,7 +265,23 @@ class EvalConfig(Section):
     )
 
 
-class ExportConfig(Section):
+class NewKeysSection(Section):
+    """A section with keys added after projects were pinned: each is left out of the dump while
+    null, so an older project's pin (and the steps fingerprinted on it) stays unchanged."""
+
+    new_keys: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_null_new_keys(self, handler):
+        data = handler(self)
+        for key in self.new_keys:
+            if isinstance(data, dict) and data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+class ExportConfig(NewKeysSection):
+    new_keys = ("formats",)
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = "auto"
     #: auto = the recovered model when it exists, else the pruned one
     source: Literal["auto", "pruned", "recovered"] = "auto"
@@ -274,7 +290,10 @@ class ExportConfig(Section):
     base_model: str | None = None
     #: hf = a Hugging Face directory; gguf = one llama.cpp file (see docs/notes/gguf.md)
     format: Literal["hf", "gguf"] = "hf"
-    #: GGUF tensor type (gguf only; default f16, as llama.cpp's converter)
+    #: several formats side by side: the first in ``export/``, each other in ``export-<format>/``
+    #: (replaces ``format``)
+    formats: list[Literal["hf", "gguf"]] | None = Field(None, min_length=1)
+    #: GGUF tensor type (gguf only; default: export.dtype's, else f16 as llama.cpp's converter)
     outtype: Literal["f32", "f16", "bf16", "q8_0"] | None = None
 
     @field_validator("base_model")
@@ -286,20 +305,47 @@ class ExportConfig(Section):
 
     @model_validator(mode="after")
     def _format_options(self) -> ExportConfig:
-        if self.format == "hf" and self.outtype is not None:
+        if self.formats is not None:
+            if len(set(self.formats)) != len(self.formats):
+                raise ValueError(f"got formats={self.formats}, expected each format once")
+            if "format" in self.model_fields_set and self.format not in self.formats:
+                raise ValueError(f"got format={self.format} and formats={self.formats}, expected "
+                                 "formats alone (--set ~export.format)")
+        if self.outtype is not None and "gguf" not in self.all_formats:
             raise ValueError(f"got outtype={self.outtype} with format=hf, expected outtype only with "
                              "format: gguf (--format gguf), or no outtype (--set ~export.outtype)")
-        if self.format == "gguf" and self.dtype != "auto":
-            raise ValueError(f"got dtype={self.dtype} with format=gguf, expected outtype (f32, f16, "
-                             "bf16, q8_0) for GGUF and no dtype (--set ~export.dtype)")
         return self
 
+    @property
+    def all_formats(self) -> list[str]:
+        return list(self.formats or [self.format])
 
-class ExecutionConfig(Section):
+    def gguf_outtype(self) -> tuple[str, str | None]:
+        """The GGUF tensor type, and a note when ``dtype`` (a Hugging Face setting) was mapped
+        to it or left aside: a recipe written for ``hf`` exports to GGUF as it is."""
+        if self.outtype is not None:
+            ignored = self.dtype != "auto" and DTYPE_OUTTYPE[self.dtype] != self.outtype
+            return self.outtype, (f"export.dtype={self.dtype} is ignored for GGUF "
+                                  f"(outtype {self.outtype})" if ignored else None)
+        if self.dtype != "auto":
+            return DTYPE_OUTTYPE[self.dtype], None
+        return DEFAULT_OUTTYPE, None
+
+
+#: a Hugging Face export dtype -> the GGUF tensor type that keeps it
+DTYPE_OUTTYPE = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+#: llama.cpp's converter's default
+DEFAULT_OUTTYPE = "f16"
+
+
+class ExecutionConfig(NewKeysSection):
+    new_keys = ("keep_history",)
     mode: Literal["model", "layerwise"] = "model"
     #: memory a step may use (GiB) on the device, or in host memory on the CPU; a step whose
     #: estimate exceeds it is refused before it starts (default: what is free)
     memory_budget_gb: float | None = Field(None, gt=0)
+    #: replaced results kept in history/ per step, newest first (default: all, until `gc`)
+    keep_history: int | None = Field(None, ge=1)
 
 
 class Recipe(Section):

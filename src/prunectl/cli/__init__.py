@@ -18,8 +18,8 @@ from typer._click.exceptions import NoArgsIsHelpError, NoSuchOption, UsageError
 from typer.core import TyperGroup
 
 from prunectl import __version__
-from prunectl.cli import (apply, calibrate, compare, evaluate, export, recipes, recover, report,
-                          run, score, search, status, validate)
+from prunectl.cli import (apply, calibrate, compare, evaluate, export, gc, recipes, recover,
+                          report, run, score, search, status, validate)
 from prunectl.cli.session import Terminated, _sigterm_raises, handles_errors
 
 __all__ = ["Terminated", "_sigterm_raises", "app", "handles_errors", "main"]
@@ -84,6 +84,7 @@ app.command("run")(run.run_all)
 app.command()(report.report)
 app.command()(compare.compare)
 app.command()(status.status)
+app.command()(gc.gc)
 app.add_typer(recipes.recipes_app, name="recipes")
 app.command()(validate.validate)
 

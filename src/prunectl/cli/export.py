@@ -16,15 +16,20 @@ from prunectl.cli.session import (Common, DeviceOpt, DtypeOpt, ForceOpt, JsonOpt
 def export(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
            device: DeviceOpt = None, dtype: DtypeOpt = None,
            output: Annotated[Path | None, typer.Option(
-               "--output", "-o", help="Directory to write (default: PROJECT/export).",
+               "--output", "-o", help="Directory to write, a one-off: new, empty or an earlier prunectl "
+               "export (default: PROJECT/export).",
                file_okay=False)] = None,
            format: Annotated[str | None, typer.Option(
                "--format", help="hf (Hugging Face directory) or gguf (llama.cpp file); "
-               "overrides export.format.")] = None,
+               "a one-off export (PROJECT/exports/<format>-<type>/ without -o).")] = None,
            outtype: Annotated[str | None, typer.Option(
-               "--outtype", help="GGUF tensor type: f32, f16, bf16 or q8_0 (overrides export.outtype).")] = None,
+               "--outtype", help="GGUF tensor type: f32, f16, bf16 or q8_0; a one-off export.")] = None,
            force: ForceOpt = False, json: JsonOpt = False, quiet: QuietOpt = False):
     """Write the shareable model directory with its model card.
+
+    Without -o, --format, --outtype or --set: the project's own export/ (as the recipe says).
+    With them: a one-off, in -o DIR or PROJECT/exports/<format>-<type>/, that changes neither the
+    pinned recipe nor export/.  -o never replaces anything but an earlier prunectl export.
 
     Example: prunectl export -p runs/exp1 -o models/llama2-pruned
     Example: prunectl export -p runs/exp1 --format gguf --outtype q8_0
@@ -32,7 +37,10 @@ def export(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
     from prunectl.steps.export import export as step
 
     opts = Common(project, recipe, set, device, dtype, force, json, quiet)
-    opts.sets += [f"export.{key}={value}" for key, value in (("format", format), ("outtype", outtype))
-                  if value is not None]
-    with session(opts) as run:
-        emit(opts, [step(run, output)])
+    one_off = output is not None or bool(opts.sets) or format is not None or outtype is not None
+    if format is not None:
+        opts.sets += ["~export.formats", f"export.format={format}"]
+    if outtype is not None:
+        opts.sets.append(f"export.outtype={outtype}")
+    with session(opts, pin=not one_off) as run:
+        emit(opts, [step(run, output, one_off=one_off)])

@@ -84,8 +84,9 @@ class Common:
 
 
 @contextmanager
-def session(opts: Common) -> Iterator[Any]:
-    """Lock the project, resolve and pin the recipe, pick device and dtype: the run context."""
+def session(opts: Common, pin: bool = True) -> Iterator[Any]:
+    """Lock the project, resolve and pin the recipe, pick device and dtype: the run context.
+    ``pin=False`` (a one-off export) uses the recipe with its overrides without pinning it."""
     from prunectl import distributed
     from prunectl.context import RunContext
     from prunectl.modeling.loading import resolve_device, resolve_dtype
@@ -104,7 +105,7 @@ def session(opts: Common) -> Iterator[Any]:
             note = held.enter_context(project.lock())
             if note:
                 ui.warn(note)
-            pinned["recipe"], pinned["rollback"] = _pin(project, opts, ui)
+            pinned["recipe"], pinned["rollback"] = _pin(project, opts, ui, pin)
             return pinned["recipe"].to_dict()
 
         resolved = dist.decide(lock_and_pin)  # rank 0 alone locks and pins; all get its recipe
@@ -128,7 +129,7 @@ def session(opts: Common) -> Iterator[Any]:
             remember_status(project)
 
 
-def _pin(project, opts: Common, ui: UI):
+def _pin(project, opts: Common, ui: UI, pin: bool = True):
     """Resolve the recipe (file or pinned copy, plus overrides), check it, pin it; returns it
     with the bookkeeping files as they were, to put back if the command then fails."""
     from prunectl.recipe import load_recipe
@@ -139,8 +140,14 @@ def _pin(project, opts: Common, ui: UI):
                         "(`prunectl recipes ls` lists the shipped ones)")
     sets = opts.sets + ([f"model.dtype={opts.dtype}"] if opts.dtype else [])
     recipe, resolved = load_recipe(opts.recipe, sets, pinned=pinned)
+    if opts.recipe is not None:
+        from prunectl.history import check_recipe_change
+
+        check_recipe_change(project, pinned, resolved, opts.force)
     if resolved != pinned:
         _preflight(recipe)
+    if not pin:
+        return recipe, {}
     before = snapshot([project.path("recipe.yaml"), project.path("recipe.previous.yaml"),
                        project.state_file])
     changed = project.pin_recipe(resolved)

@@ -27,20 +27,23 @@ def status(
 
     Example: prunectl status -p runs/exp1 --verify
     """
+    from prunectl.history import entries
     from prunectl.steps.pipeline import status_rows
 
     rows = status_rows(project, verify=verify)
+    kept = entries(project)
     damaged = [f"{file} ({row['step']})" for row in rows for file in row.get("damaged", [])]
     if json:
-        typer.echo(jsonlib.dumps(rows, default=str))
+        history = [{**e, "step": "history", "status": "kept", "of": e["step"]} for e in kept]
+        typer.echo(jsonlib.dumps(rows + history, default=str))
     else:
-        _table(project, rows)
+        _tables(project, rows, kept)
     if verify and damaged:
         raise UserError(f"{len(damaged)} damaged or missing output(s): {'; '.join(damaged)}; "
                         "re-run each step named with --force, or delete its file")
 
 
-def _table(project, rows: list[dict]) -> None:
+def _tables(project, rows: list[dict], kept: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title=f"prunectl status: {project}", title_justify="left")
@@ -57,3 +60,12 @@ def _table(project, rows: list[dict]) -> None:
         table.add_row(row["step"], state, row.get("finished") or "",
                       f"{seconds:.1f}s" if seconds else "", figures)
     UI().out.print(table)
+    if kept:
+        earlier = Table(title="kept earlier results (`prunectl gc` removes them)", title_justify="left")
+        for column in ("entry", "finished", "size", "figures"):
+            earlier.add_column(column)
+        for entry in kept:
+            figures = ", ".join(f"{k}={fmt(v)}" for k, v in entry["summary"].items() if k != "options")
+            earlier.add_row(entry["entry"], entry["finished"] or "",
+                            f"{entry['size_bytes'] / 1e6:.1f} MB", figures)
+        UI().out.print(earlier)

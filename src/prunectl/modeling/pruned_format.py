@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from prunectl.io import write_directory
 from prunectl.modeling import modeling_prunectl
 
 MODELING_FILE = Path(modeling_prunectl.__file__)
@@ -45,7 +44,8 @@ def _state_dict_in(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tens
     return state
 
 
-def _write(model: nn.Module, tokenizer: Any, target: Path, dtype: torch.dtype | None) -> None:
+def write_model(model: nn.Module, tokenizer: Any, target: Path, dtype: torch.dtype | None) -> None:
+    """The files of a saved model in ``target`` (an empty directory; :func:`save_model` swaps it in)."""
     if is_pruned_format(model):
         auto_map = {"AutoModelForCausalLM": f"{MODELING_FILE.stem}.{type(model).__name__}"}
         if hasattr(modeling_prunectl, type(model.config).__name__):  # PrunedLlamaConfig
@@ -68,25 +68,4 @@ def save_model(model: nn.Module, tokenizer: Any, directory: Path, dtype: torch.d
 
     ``dtype`` casts the saved weights only; the in-memory model is left as it is.
     """
-    return write_directory(directory, lambda target: _write(model, tokenizer, target, dtype))
-
-
-def write_directory(directory: Path, fill: Callable[[Path], None]) -> Path:
-    """Run ``fill`` on a fresh ``<dir>.tmp-*`` folder, then put it in place of ``directory``."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    target = Path(tempfile.mkdtemp(prefix=f"{directory.name}.tmp-", dir=directory.parent))
-    try:
-        fill(target)
-    except BaseException:
-        shutil.rmtree(target, ignore_errors=True)
-        raise
-    old = None
-    if directory.exists():
-        old = Path(tempfile.mkdtemp(prefix=f"{directory.name}.old-", dir=directory.parent))
-        old.rmdir()
-        directory.rename(old)
-    target.rename(directory)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return directory
+    return write_directory(directory, lambda target: write_model(model, tokenizer, target, dtype))

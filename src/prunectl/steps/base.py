@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunectl import history
 from prunectl.context import RunContext
 from prunectl.errors import UserError
 from prunectl.io import restore, snapshot
@@ -65,6 +66,7 @@ def execute(
         return StepResult(step, "up-to-date", kept_summary)
     run.ui.info(f"[bold]{step}[/] …")
     before = snapshot([project.state_file])
+    kept = history.set_aside(project, step) if main else None  # the finished result stays
     if main:
         project.start(step, fingerprint)
     started = time.perf_counter()
@@ -73,6 +75,7 @@ def execute(
     except UserError:
         if main:
             restore(before)  # bad input: the step's last good record still stands
+            history.discard_if_unchanged(project, kept)
         raise
     except BaseException as error:  # KeyboardInterrupt too: the record must say it stopped
         if not main:
@@ -88,6 +91,9 @@ def execute(
     run.dist.barrier()  # rank 0's files are complete before anyone reads them
     if main:
         project.finish(step, fingerprint, outcome.outputs, summary, seconds)
+        history.announce(project, kept)
+        if run.recipe.execution.keep_history is not None:
+            history.remove(project.root, run.recipe.execution.keep_history, step)
     run.ui.info(f"[green]{step}: done[/] in {seconds:.1f}s")
     return StepResult(step, "done", outcome.summary, seconds)
 

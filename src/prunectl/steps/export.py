@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
 from prunectl import __version__, hub
 from prunectl.context import RunContext
-from prunectl.errors import UserError
 from prunectl.io import read_json, write_text
 from prunectl.modeling.loading import resolve_dtype
-from prunectl.modeling.pruned_format import save_model
-from prunectl.steps import artifacts, export_gguf
+from prunectl.modeling.pruned_format import write_model
+from prunectl.steps import artifacts, export_gguf, export_target
 from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections, upstream
 
 
@@ -131,25 +132,78 @@ def key(run: RunContext, output: Path | str | None = None) -> tuple[dict, list]:
     return sections, []
 
 
-def export(run: RunContext, output: Path | None = None) -> StepResult:
+def directories(base: Path, formats: list[str]) -> dict[str, Path]:
+    """The first format in ``base``, each other beside it in ``<base>-<format>``."""
+    return {fmt: base if i == 0 else base.with_name(f"{base.name}-{fmt}") for i, fmt in enumerate(formats)}
+
+
+def one_off_directory(run: RunContext) -> Path:
+    """Where ``export --format/--outtype/--set`` without ``-o`` writes: ``exports/<format>-<type>``
+    in the project, never its own ``export/``."""
+    config = run.recipe.export
+    first = config.all_formats[0]
+    kind = config.gguf_outtype()[0] if first == "gguf" else config.dtype
+    return run.project.path("exports", f"{first}-{kind}")
+
+
+def _prepare(run: RunContext, role: str, fmt: str) -> tuple[Callable[[Path], None], dict]:
+    """Load the model and check it for ``fmt`` (nothing written yet); returns what fills a new
+    export directory, card and plots included, and the summary."""
+    if fmt == "gguf":
+        return export_gguf.prepare(run, role, model_card)
+    model, tokenizer = artifacts.project_model(run, role)
+    dtype_name = run.recipe.export.dtype
+    dtype = None if dtype_name == "auto" else resolve_dtype(dtype_name, run.device)
+
+    def fill(target: Path) -> None:
+        write_model(model, tokenizer, target, dtype)
+        if (target / "modeling_prunectl.py").exists():
+            _lead_config_with_loading_note(target / "config.json")
+        write_text(target / "README.md", model_card(run, role, target))
+
+    return fill, {"source": role}
+
+
+def _write_all(run: RunContext, role: str, targets: dict[str, Path], fingerprint: str | None) -> dict:
+    """Every format checked first, then each directory written whole (rank 0 only: under
+    torchrun the other ranks hold the same model)."""
+    prepared = {fmt: _prepare(run, role, fmt) for fmt in targets}
+    summary: dict = {}
+    for fmt, directory in targets.items():
+        fill, part = prepared[fmt]
+        if run.dist.is_main:
+            export_target.write(directory, fill, fingerprint)
+        suffix = "" if len(targets) == 1 else f"_{fmt}"
+        summary.update({f"{k}{suffix}" if k != "source" else k: v for k, v in part.items()})
+        summary[f"directory{suffix}"] = str(directory)
+    return summary
+
+
+def export(run: RunContext, output: Path | None = None, one_off: bool = False) -> StepResult:
+    """The project's own export (``export/``, plus ``export-<format>/`` for more formats), a
+    step like the others; or a one-off (``-o DIR``, or the recipe changed on the command line),
+    which leaves the project's state, pinned recipe and ``export/`` as they are."""
     role = run.dist.decide(lambda: export_source(run))
-    directory = output or run.project.path(*artifacts.EXPORT)
-    if output is not None and output.exists() and any(output.iterdir()) and not run.force:
-        raise UserError(f"{output} exists and is not empty; choose another --output or pass --force")
+    formats = run.recipe.export.all_formats
+    if output is None and not one_off:
+        targets = directories(run.project.path(*artifacts.EXPORT), formats)
+        return execute(run, "export", key, {},
+                       lambda: StepOutcome(list(targets.values()), _write_all(run, role, targets, None)))
 
-    if run.recipe.export.format == "gguf":
-        return execute(run, "export", key, {"output": str(output)} if output else {},
-                       lambda: export_gguf.body(run, role, directory, model_card))
-
-    def body() -> StepOutcome:
-        model, tokenizer = artifacts.project_model(run, role)
-        dtype_name = run.recipe.export.dtype
-        dtype = None if dtype_name == "auto" else resolve_dtype(dtype_name, run.device)
-        if run.dist.is_main:  # under torchrun the other ranks hold the same model
-            save_model(model, tokenizer, directory, dtype=dtype)
-            if (directory / "modeling_prunectl.py").exists():
-                _lead_config_with_loading_note(directory / "config.json")
-            write_text(directory / "README.md", model_card(run, role, directory))
-        return StepOutcome([directory], {"source": role, "directory": str(directory)})
-
-    return execute(run, "export", key, {"output": str(output)} if output else {}, body)
+    targets = directories(output or one_off_directory(run), formats)
+    for directory in targets.values():
+        if output is not None:
+            export_target.check_placement(directory, run.project.root)
+        export_target.clean_leftovers(directory)
+        export_target.check_contents(directory, "-o" if output is not None else "one-off export")
+    fingerprint = run.dist.decide(lambda: run.project.fingerprint("export", *key(run)))
+    manifests = [export_target.read_manifest(d) for d in targets.values()]
+    if not run.force and all(m and m.get("fingerprint") == fingerprint for m in manifests):
+        run.ui.info("[dim]export: up to date, skipped (use --force to re-run)[/]")
+        return StepResult("export", "up-to-date", {"directory": str(next(iter(targets.values())))})
+    run.ui.info("[bold]export[/] (one-off: the project's export/ and recipe stay as they are) …")
+    started = time.perf_counter()
+    summary = _write_all(run, role, targets, fingerprint)
+    seconds = time.perf_counter() - started
+    run.ui.info(f"[green]export: done[/] in {seconds:.1f}s → {', '.join(map(str, targets.values()))}")
+    return StepResult("export", "done", summary, seconds)

@@ -1,9 +1,9 @@
 """``export`` with ``export.format: gguf``: one llama.cpp file plus its model card.
 
-``steps/export.py`` runs ``body`` as the step (the recipe has already refused ``outtype`` with
-``hf`` and ``dtype`` with ``gguf``); what llama.cpp cannot run is refused by
-``modeling.gguf_writer.check_gguf`` after the model is loaded and before the export directory is
-touched.
+``steps/export.py`` calls ``prepare`` and writes the directory (the recipe has already refused
+``outtype`` without ``gguf``; ``export.dtype`` maps to an outtype); what llama.cpp cannot run is
+refused by ``modeling.gguf_writer.check_gguf`` after the model is loaded and before any export
+directory is touched.
 """
 
 from __future__ import annotations
@@ -15,18 +15,15 @@ from pathlib import Path
 from prunectl.context import RunContext
 from prunectl.io import write_text
 from prunectl.modeling.gguf_writer import GgufResult, check_gguf, write_gguf
-from prunectl.modeling.pruned_format import write_directory
 from prunectl.steps import artifacts
-from prunectl.steps.base import StepOutcome
 
 #: the llama-cpp-python source distribution whose vendored llama.cpp the opt-in test and the
 #: benchmark ran (scripts/llama_cpp.sh builds the same one)
 LLAMA_CPP_CHECKED = "llama.cpp vendored in llama-cpp-python 0.3.36"
-DEFAULT_OUTTYPE = "f16"
 
 
 def outtype(run: RunContext) -> str:
-    return run.recipe.export.outtype or DEFAULT_OUTTYPE
+    return run.recipe.export.gguf_outtype()[0]
 
 
 def vocab_source(run: RunContext) -> Path | None:
@@ -68,24 +65,25 @@ def card_section(result: GgufResult, kind: str) -> str:
     return "\n".join(lines)
 
 
-def body(run: RunContext, role: str, directory: Path,
-         model_card: Callable[[RunContext, str, Path], str]) -> StepOutcome:
-    """The step: load the project model, refuse what llama.cpp cannot run, then write the new
-    export directory (GGUF file + model card, ``model_card`` from the Hugging Face export)."""
+def prepare(run: RunContext, role: str, model_card: Callable[[RunContext, str, Path], str]
+            ) -> tuple[Callable[[Path], None], dict]:
+    """Load the project model and refuse what llama.cpp cannot run, before anything is written;
+    returns what writes the GGUF file and its model card (``model_card`` from the Hugging Face
+    export) into a new export directory, and the step's summary."""
     model, tokenizer = artifacts.project_model(run, role)
-    gguf_file = directory / file_name(run)
-    check_gguf(model, tokenizer, outtype(run), vocab_source(run), gguf_file.stem)
-    summary = {"source": role, "directory": str(directory), "gguf": str(gguf_file)}
-    if not run.dist.is_main:  # under torchrun the other ranks hold the same model
-        return StepOutcome([directory], summary)
+    kind, note = run.recipe.export.gguf_outtype()
+    if note:
+        run.ui.warn(f"export: {note}")
+    name = file_name(run)
+    check_gguf(model, tokenizer, kind, vocab_source(run), Path(name).stem)
+    summary = {"source": role, "gguf": name}
 
     def fill(target: Path) -> None:
-        result = write_gguf(model, tokenizer, target / gguf_file.name, outtype(run),
-                            name=gguf_file.stem, vocab_source=vocab_source(run))
+        result = write_gguf(model, tokenizer, target / name, kind,
+                            name=Path(name).stem, vocab_source=vocab_source(run))
         for warning in result.warnings:
             run.ui.warn(warning)
         summary["arch"] = result.arch
         write_text(target / "README.md", model_card(run, role, target) + "\n" + card_section(result, role))
 
-    write_directory(directory, fill)
-    return StepOutcome([directory], summary)
+    return fill, summary
