@@ -55,8 +55,10 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename in (str(tmp), tmp):
+            error.filename = str(path)  # a full disk names the file the user knows
         raise
     _fsync_dir(path.parent)
 

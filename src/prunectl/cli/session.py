@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from prunectl.errors import UserError
+from prunectl.errors import UserError, write_refused
 from prunectl.io import restore, snapshot
 from prunectl.ui import UI
 
@@ -89,7 +89,6 @@ def session(opts: Common) -> Iterator[Any]:
     """Lock the project, resolve and pin the recipe, pick device and dtype: the run context."""
     from prunectl import distributed
     from prunectl.context import RunContext
-    from prunectl.modeling.loading import resolve_device, resolve_dtype
     from prunectl.project import Project
     from prunectl.recipe import load_recipe
 
@@ -115,8 +114,7 @@ def session(opts: Common) -> Iterator[Any]:
         else:
             recipe, _ = load_recipe(None, [], pinned=resolved)
             rollback = {}
-        device = resolve_device(opts.device or recipe.model.device)
-        dtype = resolve_dtype(recipe.model.dtype, device)
+        device, dtype = _device_and_dtype(opts, recipe)
         try:
             yield RunContext(project, recipe, device, dtype, ui=ui, force=opts.force, dist=dist)
         except UserError:
@@ -139,12 +137,20 @@ def _pin(project, opts: Common, ui: UI):
     recipe, resolved = load_recipe(opts.recipe, sets, pinned=pinned)
     if resolved != pinned:
         _preflight(recipe)
+    _device_and_dtype(opts, recipe)  # a device this machine lacks is refused before pinning
     before = snapshot([project.path("recipe.yaml"), project.path("recipe.previous.yaml"),
                        project.state_file])
     changed = project.pin_recipe(resolved)
     if changed and pinned is not None:
         ui.warn(f"recipe changed ({', '.join(changed)}); steps that read it will re-run")
     return recipe, before
+
+
+def _device_and_dtype(opts: Common, recipe):
+    from prunectl.modeling.loading import resolve_device, resolve_dtype
+
+    device = resolve_device(opts.device or recipe.model.device)
+    return device, resolve_dtype(recipe.model.dtype, device)
 
 
 def _preflight(recipe) -> None:
@@ -247,6 +253,10 @@ def handles_errors(command: Callable) -> Callable:
             except Exception as error:
                 if os.environ.get("PRUNECTL_DEBUG"):
                     raise
+                refused = write_refused(error)  # outside a step: the pin, an export folder
+                if refused is not None:
+                    typer.echo(f"error: {refused}", err=True)
+                    raise typer.Exit(2) from None
                 from prunectl.distributed import GroupError
 
                 if isinstance(error, GroupError):

@@ -94,10 +94,10 @@ def stop_rule(
             "set one, e.g. --blocks 8"
         )
     if blocks is not None:
-        if blocks > len(names):
+        if blocks >= len(names):
             raise UserError(
-                f"target.blocks={blocks} exceeds the {len(names)} candidate {unit}s; "
-                f"lower it to at most {len(names)}"
+                f"target.blocks={blocks} would remove every one of the {len(names)} candidate "
+                f"{unit}s (the whole network); lower it to at most {len(names) - 1}"
             )
         return StopRule(blocks=blocks)
     if getattr(target_config, "ratio_of", "total") == "units":

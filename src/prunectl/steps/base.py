@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prunectl.context import RunContext
-from prunectl.errors import UserError
+from prunectl.errors import UserError, write_refused
 from prunectl.io import restore, snapshot
 
 
@@ -76,6 +76,13 @@ def execute(
         if main:
             restore(before)  # bad input: the step's last good record still stands
         raise
+    except OSError as error:
+        refused = write_refused(error)  # a full disk or a read-only folder: the user's to fix
+        if refused is None:
+            raise
+        if main:
+            restore(before)
+        raise refused from None
     except BaseException as error:  # KeyboardInterrupt too: the record must say it stopped
         if not main:
             raise

@@ -158,6 +158,10 @@ def key(run: RunContext, tasks: list[str] | None = None, speed: bool | None = No
 
 def evaluate(run: RunContext, tasks: list[str] | None = None, speed: bool | None = None) -> StepResult:
     fingerprints = run.dist.decide(lambda: model_fingerprints(run))
+    if tasks:  # `eval --tasks`: names the recipe check did not see, refused before any result
+        from prunectl.evaluation.tasks import check_tasks
+
+        check_tasks(tasks, run.recipe.eval.task_paths)
 
     def body() -> StepOutcome:
         artifacts.check_memory(run, "eval")
