@@ -166,3 +166,27 @@ def test_a_config_that_does_not_fit_the_model(finished, tmp_path, change, fragme
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     one_error_line(invoke("run", "-p", tmp_path / "p", "-r", tmp_path / "r.yaml"), *fragments)
     assert not (tmp_path / "p").exists() or tree(tmp_path / "p") == {}
+
+
+def test_an_export_folder_that_cannot_be_written(project, tmp_path, monkeypatch):
+    """``export -o`` into a read-only folder (injected: root ignores file modes)."""
+    import errno
+    import tempfile
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    real_mkdtemp = tempfile.mkdtemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == folder:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder / "x"))
+        return real_mkdtemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    before = tree(project)
+    line = one_error_line(invoke("export", "-p", project, "-o", folder / "model", "--quiet"),
+                          f"cannot write {folder}", "Permission denied",
+                          "make the folder writable")
+    assert "internal error" not in line
+    assert tree(project) == before and list(folder.iterdir()) == []
+    assert not (project / LOCK_NAME).exists()
