@@ -95,16 +95,28 @@ def test_a_duplicate_key_on_one_line_of_a_recipe_file(project, finished, tmp_pat
     assert tree(project) == before
 
 
-def test_a_full_disk_while_writing_leaves_the_project_as_it_was(project, monkeypatch):
-    """ENOSPC from the safetensors writer, after part of the file is written: exit 2 naming
-    the file, no partial output, the old recipe pinned and the lock released."""
+def _no_space(kind: str, filename: str) -> Exception:
+    """ENOSPC as Python's writers raise it, or as safetensors' Rust writer does (message seen on
+    a full tmpfs: no errno, no file name)."""
     import errno
 
+    from safetensors import SafetensorError
+
+    if kind == "OSError":
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return SafetensorError("Error while serializing: I/O error: No space left on device "
+                           "(os error 28)")
+
+
+@pytest.mark.parametrize("kind", ["OSError", "SafetensorError"])
+def test_a_full_disk_while_writing_leaves_the_project_as_it_was(project, monkeypatch, kind):
+    """ENOSPC from the safetensors writer, after part of the file is written: exit 2 naming
+    the file, no partial output, the old recipe pinned and the lock released."""
     import safetensors.torch
 
     def full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\0" * 100)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+        raise _no_space(kind, filename)
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     before = tree(project)
@@ -112,6 +124,22 @@ def test_a_full_disk_while_writing_leaves_the_project_as_it_was(project, monkeyp
                                  "method={name: block}", "--set", "target.blocks=2"),
                           "cannot write", "No space left on device", "free some space")
     assert f"cannot write {project / 'calibration' / 'tokens.safetensors'}:" in line
+    assert tree(project) == before
+    assert not (project / LOCK_NAME).exists()
+
+
+def test_a_full_disk_while_saving_the_pruned_model(project, monkeypatch):
+    """transformers' save_pretrained meets ENOSPC (as safetensors raises it): the folder is
+    named, the old pruned model stays."""
+    from transformers import PreTrainedModel
+
+    def full(self, directory, *args, **kwargs):
+        raise _no_space("SafetensorError", directory)
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    before = tree(project)
+    one_error_line(invoke("apply", "-p", project, "--force", "--quiet"),
+                   f"cannot write {project / 'pruned'}:", "No space left on device")
     assert tree(project) == before
     assert not (project / LOCK_NAME).exists()
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from prunectl.errors import UserError
+from prunectl.errors import UserError, write_refused
 
 
 class CorruptFileError(UserError, ValueError):
@@ -57,8 +57,8 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.filename in (str(tmp), tmp):
-            error.filename = str(path)  # a full disk names the file the user knows
+        if write_refused(error) is not None:
+            error.filename = str(path)  # a full disk names the file the user knows, not tmp
         raise
     _fsync_dir(path.parent)
 

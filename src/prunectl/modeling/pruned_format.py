@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunectl.errors import write_refused
 from prunectl.modeling import modeling_prunectl
 
 MODELING_FILE = Path(modeling_prunectl.__file__)
@@ -78,8 +79,10 @@ def write_directory(directory: Path, fill: Callable[[Path], None]) -> Path:
     target = Path(tempfile.mkdtemp(prefix=f"{directory.name}.tmp-", dir=directory.parent))
     try:
         fill(target)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(target, ignore_errors=True)
+        if write_refused(error) is not None and not getattr(error, "filename", None):
+            error.filename = str(directory)  # a Rust writer's error names no file
         raise
     old = None
     if directory.exists():

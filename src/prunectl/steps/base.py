@@ -76,14 +76,12 @@ def execute(
         if main:
             restore(before)  # bad input: the step's last good record still stands
         raise
-    except OSError as error:
-        refused = write_refused(error)  # a full disk or a read-only folder: the user's to fix
-        if refused is None:
-            raise
-        if main:
-            restore(before)
-        raise refused from None
     except BaseException as error:  # KeyboardInterrupt too: the record must say it stopped
+        refused = write_refused(error)  # a full disk or a read-only folder: the user's to fix
+        if refused is not None:
+            if main:
+                restore(before)
+            raise refused from None
         if not main:
             raise
         log = project.path("logs", f"{step}.log")
