@@ -218,3 +218,13 @@ def test_an_export_folder_that_cannot_be_written(project, tmp_path, monkeypatch)
     assert "internal error" not in line
     assert tree(project) == before and list(folder.iterdir()) == []
     assert not (project / LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("blocks, fragments", [
+    ("0", ["--blocks 0 removes nothing", "1 to 3"]),
+    ("100", ["--blocks 100 exceeds the 3 removals searched"]),
+])
+def test_apply_blocks_the_plan_cannot_give(project, blocks, fragments):
+    before = tree(project)
+    one_error_line(invoke("apply", "-p", project, "--blocks", blocks, "--force"), *fragments)
+    assert tree(project) == before

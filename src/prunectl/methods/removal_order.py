@@ -183,8 +183,9 @@ def plan_for_k(plan: Plan, k: int) -> Plan:
         raise UserError(
             f"--blocks needs a block-removal order; the '{plan.method}' plan has none"
         )
-    if k < 0:
-        raise UserError(f"--blocks {k} is negative; give the number of blocks to remove")
+    if k < 1:
+        raise UserError(f"--blocks {k} removes nothing; give the number of blocks to remove "
+                        f"(1 to {searched})")
     if k > searched:
         raise UserError(
             f"--blocks {k} exceeds the {searched} removals searched; run `prunectl search "
