@@ -11,14 +11,14 @@ from prunectl.methods.inputs import Target
 
 
 def check(recipe: Any) -> Any:
-    """Refuse a recipe that cannot run (unknown architecture, missing weights, a block past the
-    last layer, calibration windows longer than the model's positions, a target the method cannot
-    meet); returns the model's Hugging Face config."""
-    from prunectl.methods.registry import create_method
-    from prunectl.modeling.loading import check_weight_files, load_config
-
+    """Refuse a recipe that cannot run (unknown architecture, missing weights or weights of
+    other shapes, a block past the last layer, calibration windows longer than the model's
+    positions, a target the method or the model cannot meet, LoRA modules, eval tasks or a
+    memory budget that cannot be), from the config alone: nothing is written or pinned before
+    it passes.  Returns the model's Hugging Face config."""
     from prunectl.methods.inputs import Inputs
-    from prunectl.modeling.loading import check_weight_shapes
+    from prunectl.methods.registry import create_method
+    from prunectl.modeling.loading import check_weight_files, check_weight_shapes, load_config
     from prunectl.modeling.structure import meta_model
 
     method = create_method(recipe.method)

@@ -168,7 +168,8 @@ def check_weight_shapes(cfg: Any, model: nn.Module) -> None:
     """Refuse a local model whose config describes other shapes than its safetensors hold
     (``model`` is the config's model on the meta device), from the headers alone."""
     source, gguf_file = _source(cfg)
-    if gguf_file is not None or not Path(source).is_dir():
+    if gguf_file is not None or not Path(source).is_dir() or \
+            getattr(model.config, "quantization_config", None):  # packed weights: other shapes
         return
     expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
     for file in sorted(Path(source).glob("*.safetensors")):
