@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-
 from prunectl.methods.inputs import Calibration, Inputs
 from prunectl.methods.plan import Plan
 from prunectl.schema import StrictSection

@@ -72,7 +72,7 @@ class BlockMethod(Method):
         return adapter, names, parameter_counts(model, adapter, names), settings
 
     def check_target(self, inputs) -> None:
-        adapter, names, params, _ = self._setup(inputs)
+        _, names, params, _ = self._setup(inputs)
         stop_rule(inputs.target, inputs.model, names, params, "block")
 
     def score(self, inputs, stats) -> dict[str, torch.Tensor]:
