@@ -133,7 +133,8 @@ def test_params_ratio_target_and_prefixes(tmp_path):
 
 
 @pytest.mark.parametrize("target,message", [
-    ({"blocks": 9}, "target.blocks=9 exceeds the 8 candidate blocks"),
+    ({"blocks": 9}, "target.blocks=9 would remove every one of the 8 candidate blocks"),
+    ({"blocks": 8}, r"whole network\); lower it to at most 7"),
     ({"params_ratio": 0.99}, "target.params_ratio=0.99 is out of reach"),
     ({}, "target.blocks or target.params_ratio is required"),
 ])

@@ -146,13 +146,14 @@ def test_disk_cache_through_the_cli_gives_the_same_search(tmp_path, tiny_model_d
 
 def test_a_step_over_the_memory_budget_is_refused_before_it_starts(tmp_path, tiny_model_dir,
                                                                    text_file):
-    """The tiny model's weights alone are over 0.0001 GiB (107 KiB): calibrate is refused."""
+    """The tiny model's weights alone are over 0.0002 GiB (its layers 0.000115 each, the
+    preflight's floor): calibrate is refused."""
     recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, text_file, method=BLOCK,
                           target={"blocks": 1})
     project = tmp_path / "p"
     result = invoke("calibrate", "-p", project, "-r", recipe, "--quiet",
-                    "--set", "execution.memory_budget_gb=0.0001")
+                    "--set", "execution.memory_budget_gb=0.0002")
     assert result.exit_code == 2
-    assert "more than execution.memory_budget_gb=0.0001 allows" in result.stderr
+    assert "more than execution.memory_budget_gb=0.0002 allows" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (project / "calibration" / "tokens.safetensors").exists()

@@ -182,7 +182,7 @@ def test_a_garbage_recover_inputs_file_is_bad_input(project):
 
 
 #: the project's manual removal reads no calibration text; block search does
-USES_TEXT = "method={name: block}"
+USES_TEXT = ["method={name: block}", "target.blocks=2"]
 
 
 @pytest.mark.parametrize("sets, fragments", [
@@ -192,7 +192,7 @@ USES_TEXT = "method={name: block}"
 ])
 def test_calibration_beyond_the_model_or_the_text_is_refused(project, sets, fragments):
     before = tree(project)
-    args = [a for s in [*sets, USES_TEXT] for a in ("--set", s)]
+    args = [a for s in [*sets, *USES_TEXT] for a in ("--set", s)]
     one_error_line(invoke("calibrate", "-p", project, "--quiet", *args), *fragments)
     assert tree(project) == before
 
@@ -205,7 +205,7 @@ def test_an_empty_or_binary_calibration_file_is_named(project, tmp_path, content
     data.write_bytes(content)
     before = tree(project)
     one_error_line(invoke("calibrate", "-p", project, "--quiet", "--set",
-                          f"calibration.dataset={data}", "--set", USES_TEXT),
+                          f"calibration.dataset={data}", *[a for s in USES_TEXT for a in ("--set", s)]),
                    f"{data} holds no text rows", fragment)
     assert tree(project) == before
 
@@ -225,14 +225,6 @@ def test_a_task_directory_without_a_task_is_named(project, tmp_path):
     (tasks / "mine.yaml").write_text("description: no task key here\n")
     one_error_line(invoke("eval", "-p", project, "--quiet", "--tasks", "mine", "--set",
                           f"eval.task_paths=[{tasks}]"), str(tasks), "defines no lm-eval task")
-
-
-def test_zero_blocks_says_nothing_will_be_removed(project):
-    result = invoke("search", "-p", project, "--blocks", "0")
-    assert result.exit_code == 0, result.output
-    assert "nothing will be removed" in result.stderr
-    quiet = invoke("search", "-p", project, "--blocks", "0", "--quiet")  # warnings stay, once
-    assert quiet.exit_code == 0 and quiet.stderr.count("nothing will be removed") == 1
 
 
 def test_orphaned_temporary_files_are_removed_when_the_project_is_opened(project):

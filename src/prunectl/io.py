@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from prunectl.errors import UserError
+from prunectl.errors import UserError, write_refused
 
 
 class CorruptFileError(UserError, ValueError):
@@ -56,8 +56,10 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if write_refused(error) is not None:
+            error.filename = str(path)  # a full disk names the file the user knows, not tmp
         raise
     _fsync_dir(path.parent)
 
@@ -116,8 +118,10 @@ def write_directory(directory: Path | str, fill: Callable[[Path], None]) -> Path
     try:
         fill(target)
         honour_umask(target)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(target, ignore_errors=True)
+        if write_refused(error) is not None and not getattr(error, "filename", None):
+            error.filename = str(directory)  # a Rust writer's error names no file
         raise
     old = None
     if directory.exists():

@@ -32,7 +32,7 @@ class MemoryEstimate:
                 f"{self.host_bytes / GiB:.2f} GiB of host memory ({parts} GiB)")
 
 
-def _sizes(config: Any) -> dict[str, int]:
+def sizes(config: Any) -> dict[str, int]:
     """Exact parameter counts from a config through the one accounting (no memory used):
     the model, its input embedding (as large as an untied LM head), one layer, the layers."""
     from prunectl.modeling import cost, structure
@@ -43,7 +43,7 @@ def _sizes(config: Any) -> dict[str, int]:
 
 
 def estimate(step: str, config: Any, recipe: Any, dtype: torch.dtype) -> MemoryEstimate:
-    counts = _sizes(config)
+    counts = sizes(config)
     size = torch.empty((), dtype=dtype).element_size()
     hidden, inter = config.hidden_size, config.intermediate_size
     weights = counts["total"] * size

@@ -40,28 +40,45 @@ def stand_in_config(recipe: Any, given: Path | None = None) -> Any:
 
 
 def check(recipe: Any, config: Any = None) -> Any:
-    """Refuse a recipe that cannot run (unknown architecture, missing weights, a block past the
-    last layer, calibration windows longer than the model's positions, a target the method cannot
-    meet, data that is neither a named dataset nor a file here); returns the model's Hugging
-    Face config (``config``, a stand-in, replaces the model's own)."""
-    from prunectl.methods.inputs import Target
+    """Refuse a recipe that cannot run (unknown architecture, missing weights or weights of
+    other shapes, a block past the last layer, calibration windows longer than the model's
+    positions, a target the method or the model cannot meet, data that is neither a named
+    dataset nor a file here, LoRA modules, eval tasks or a memory budget that cannot be), from
+    the config alone: nothing is written or pinned before it passes.  Returns the model's Hugging
+    Face config (``config``, a stand-in, replaces the model's own and its weights are not read)."""
+    from prunectl.methods.inputs import Inputs, Target
     from prunectl.methods.registry import create_method
     from prunectl.modeling.adapters import family_for
-    from prunectl.modeling.loading import check_weight_files, load_config
+    from prunectl.modeling.loading import check_weight_files, check_weight_shapes, load_config
+    from prunectl.modeling.structure import meta_model
 
     method = create_method(recipe.method)
-    Target.of(recipe.target).check(method)
+    target = Target.of(recipe.target).check(method)
     _check_data(recipe, method)
-    if config is None:
-        config = load_config(recipe.model)
-    else:
+    stand_in = config is not None
+    if stand_in:
         family_for(getattr(config, "model_type", "?"))
-    check_weight_files(recipe.model)
+    else:
+        config = load_config(recipe.model)
+        check_weight_files(recipe.model)
+    if not getattr(config, "num_hidden_layers", 1):
+        raise UserError(f"{recipe.model.path}: its config has num_hidden_layers: 0, no decoder "
+                        "layer to prune; fix the config or model.path")
+    model = meta_model(config)
+    if not stand_in:
+        check_weight_shapes(recipe.model, model)
     method.check(config)
     limit = getattr(config, "max_position_embeddings", None)
     if method.pipeline.reads_tokens and limit and recipe.calibration.seqlen > limit:
         raise UserError(f"calibration.seqlen={recipe.calibration.seqlen} exceeds the model's "
                         f"max_position_embeddings={limit}; set calibration.seqlen to at most {limit}")
+    method.check_target(Inputs(model=model, target=target))
+    _check_lora_targets(recipe, model)
+    _check_memory_budget(recipe, config)
+    if recipe.eval.tasks or recipe.eval.task_paths:
+        from prunectl.evaluation.tasks import check_tasks
+
+        check_tasks(recipe.eval.tasks, recipe.eval.task_paths)
     return config
 
 
@@ -77,6 +94,37 @@ def _check_data(recipe: Any, method: Any) -> None:
         if dataset not in NAMED and dataset != BUILTIN and not Path(dataset).expanduser().exists():
             raise UserError(f"{key}: {dataset} is neither a named dataset nor a file or folder "
                             f"here; use {ACCEPTED}")
+
+
+def _check_lora_targets(recipe: Any, model: Any) -> None:
+    """``recover.target_modules`` names linear layers the model has (peft's rule: the module's
+    name or its last dotted parts), or peft refuses them after the recovery set is built."""
+    from torch import nn
+
+    wanted = recipe.recover.target_modules if recipe.recover is not None else None
+    if not isinstance(wanted, list) or recipe.recover.mode != "lora":
+        return
+    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    missing = [t for t in wanted if not any(n == t or n.endswith(f".{t}") for n in linear)]
+    if missing:
+        have = sorted({n.rsplit(".", 1)[-1] for n in linear})
+        raise UserError(f"recover.target_modules {missing} match no linear layer of the model; "
+                        f"use some of {have}, or all-linear")
+
+
+def _check_memory_budget(recipe: Any, config: Any) -> None:
+    """A budget below one decoder layer's weights cannot hold any step, even layer by layer."""
+    budget = recipe.execution.memory_budget_gb
+    if budget is None:
+        return
+    from prunectl.memory_estimate import GiB, sizes
+
+    size = 4 if recipe.model.dtype == "float32" else 2  # auto: at least half precision
+    layer = sizes(config)["layer"] * size
+    if budget * GiB < layer:
+        raise UserError(f"execution.memory_budget_gb={budget} is below the {layer / GiB:.3g} GiB "
+                        "of one decoder layer's weights, which every step holds at once; raise "
+                        "it or remove the key (default: what is free)")
 
 
 def describe(recipe: Any, config: Any) -> str:

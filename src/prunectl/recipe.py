@@ -21,8 +21,6 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SerializeAsAny,
     ValidationError,
@@ -36,13 +34,14 @@ from prunectl.errors import UserError
 from prunectl.methods.base import MethodConfig
 from prunectl.methods.registry import METHODS, canonical_name, parse_method_config
 from prunectl.recipe_errors import describe_validation_error
+from prunectl.schema import Seed, StrictSection
 from prunectl.yaml_unique import load_unique
 
 PINNED_LABEL = "the project's pinned recipe.yaml"
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Section(StrictSection):
+    """A recipe section: unknown keys and booleans given for numbers are errors."""
 
 
 class ModelConfig(Section):
@@ -86,7 +85,7 @@ class CalibrationConfig(Section):
     split: str | None = None
     nsamples: int = Field(128, gt=0)
     seqlen: int = Field(2048, gt=0)
-    seed: int = 42
+    seed: Seed = 42
     batch_size: int = Field(8, gt=0)
     #: how windows are drawn: auto (the named dataset's own convention; stream for a local
     #: file), or stream | documents | distinct | rows, e.g. a local PG-19 copy as ShortGPT
@@ -98,7 +97,7 @@ class TargetConfig(Section):
     count (one of them).  ``ratio_of`` names what ``params_ratio`` is a fraction of, so a
     paper's ratio gives the paper's size (see ``methods/target.py``)."""
 
-    blocks: int | None = Field(None, ge=0)
+    blocks: int | None = Field(None, gt=0)
     params_ratio: float | None = Field(None, gt=0, lt=1)
     #: total (all parameters) | non_embedding | layers (attention + MLP weights of the decoder
     #: layers: FLAP's ratio) | units (share of heads and channels in the pruned layers:
@@ -197,7 +196,7 @@ class RecoverConfig(Section):
     max_steps: int | None = Field(None, gt=0)
     val_set_size: int = Field(2000, ge=0)
     save_steps: int = Field(100, gt=0)
-    seed: int = 42
+    seed: Seed = 42
     gradient_checkpointing: bool = False
     max_samples: int | None = Field(None, gt=0)
     distributed: RecoverDistributedConfig = Field(default_factory=RecoverDistributedConfig)
@@ -240,6 +239,7 @@ class RecoverConfig(Section):
 
 
 class PerplexityConfig(Section):
+    #: ``[]`` measures no perplexity (tasks or speed only); a recipe without ``eval:`` pins it so
     datasets: list[str] = Field(default_factory=lambda: ["wikitext2"])
     split: str | None = None
     seqlen: int = Field(2048, gt=0)
@@ -530,7 +530,7 @@ def _resolve_paths(data: dict[str, Any], origins: Origins, label: str) -> None:
 
 def _parse_value(override: str, text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return load_unique(text, f"--set {override}")
     except yaml.YAMLError as error:
         problem = getattr(error, "problem", None) or "not valid YAML"
         raise UserError(f"--set {override}: the value is not valid YAML ({problem}); "

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from prunectl.errors import UserError
+from prunectl.errors import UserError, write_refused
 from prunectl.io import restore, snapshot
 from prunectl.ui import UI, silence_libraries
 
@@ -89,7 +89,6 @@ def session(opts: Common, pin: bool = True) -> Iterator[Any]:
     ``pin=False`` (a one-off export) uses the recipe with its overrides without pinning it."""
     from prunectl import distributed
     from prunectl.context import RunContext
-    from prunectl.modeling.loading import resolve_device, resolve_dtype
     from prunectl.project import Project
     from prunectl.recipe import load_recipe
 
@@ -114,8 +113,7 @@ def session(opts: Common, pin: bool = True) -> Iterator[Any]:
         else:
             recipe, _ = load_recipe(None, [], pinned=resolved)
             rollback = {}
-        device = resolve_device(opts.device or recipe.model.device)
-        dtype = resolve_dtype(recipe.model.dtype, device)
+        device, dtype = _device_and_dtype(opts, recipe)
         try:
             yield RunContext(project, recipe, device, dtype, ui=ui, force=opts.force, dist=dist)
         except UserError:
@@ -146,6 +144,7 @@ def _pin(project, opts: Common, ui: UI, pin: bool = True):
         check_recipe_change(project, pinned, resolved, opts.force)
     if resolved != pinned:
         _preflight(recipe)
+    _device_and_dtype(opts, recipe)  # a device this machine lacks is refused before pinning
     if not pin:
         return recipe, {}
     before = snapshot([project.path("recipe.yaml"), project.path("recipe.previous.yaml"),
@@ -154,6 +153,13 @@ def _pin(project, opts: Common, ui: UI, pin: bool = True):
     if changed and pinned is not None:
         ui.info(f"recipe changed ({', '.join(changed)}); steps that read it will re-run")
     return recipe, before
+
+
+def _device_and_dtype(opts: Common, recipe):
+    from prunectl.modeling.loading import resolve_device, resolve_dtype
+
+    device = resolve_device(opts.device or recipe.model.device)
+    return device, resolve_dtype(recipe.model.dtype, device)
 
 
 def _preflight(recipe) -> None:
@@ -254,6 +260,10 @@ def handles_errors(command: Callable) -> Callable:
             except Exception as error:
                 if os.environ.get("PRUNECTL_DEBUG"):
                     raise
+                refused = write_refused(error)  # outside a step: the pin, an export folder
+                if refused is not None:
+                    typer.echo(f"error: {refused}", err=True)
+                    raise typer.Exit(2) from None
                 from prunectl.distributed import GroupError
 
                 if isinstance(error, GroupError):

@@ -128,6 +128,17 @@ def _task_manager(tasks: list[str], task_paths: list[str]):
     return _index(paths, True)
 
 
+def check_tasks(tasks: list[str], task_paths: list[str]) -> None:
+    """Refuse an unknown task name or a bad ``task_paths`` entry before anything is evaluated
+    (whether a known task's dataset loads is found out when it runs)."""
+    names = list(dict.fromkeys(t.strip() for t in tasks if t.strip()))
+    manager = _task_manager(names, list(task_paths))
+    unknown = [_unknown(t, manager) for t in names if t not in manager.all_tasks]
+    if unknown:
+        raise UserError("; ".join(unknown) + "; check the name or add its YAML directory to "
+                        "eval.task_paths")
+
+
 def _unknown(task: str, manager) -> str:
     close = difflib.get_close_matches(task, manager.all_tasks, n=3)
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""

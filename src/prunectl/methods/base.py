@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
-
 from prunectl.methods.plan import Plan
 from prunectl.pipelines.registry import Pipeline, pipeline
+from prunectl.schema import StrictSection
 
 if TYPE_CHECKING:  # annotations only: parsing a recipe must not import torch
     import torch
@@ -25,10 +24,9 @@ if TYPE_CHECKING:  # annotations only: parsing a recipe must not import torch
     from prunectl.methods.inputs import Calibration, Inputs
 
 
-class MethodConfig(BaseModel):
-    """Base of every method's recipe section: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
+class MethodConfig(StrictSection):
+    """Base of every method's recipe section: unknown keys and booleans given for numbers are
+    errors."""
 
     name: str
 
@@ -71,6 +69,12 @@ class Method:
     def check(self, config: Any) -> None:
         """Refuse settings this model cannot take (a block index past its last layer, say)
         before anything is computed; ``config`` is the model's Hugging Face config."""
+
+    def check_target(self, inputs: Inputs) -> None:
+        """Refuse a target this model cannot meet (no target, every block, a budget out of
+        reach) before anything is computed or pinned; ``inputs.model`` is the model on the meta
+        device (shapes, no weights), ``inputs.target`` the recipe's target.  The same checks
+        run again in ``search``, so a method states each one once, in a helper both call."""
 
     def statistics(self, inputs: Inputs) -> dict[str, torch.Tensor]:
         """Activation statistics from calibration tokens (``calibrate`` step)."""

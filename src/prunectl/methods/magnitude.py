@@ -161,6 +161,9 @@ class MagnitudeMethod(ReconstructHooks, Method):
         best = min((k / 1000 for k in range(1000)), key=lambda r: abs(removed(r) - goal.remove))
         return best, [f"uniform pruning_ratio {best:.3f} solved for {goal.label}"]
 
+    def check_target(self, inputs) -> None:
+        self._goal(inputs)
+
     def _goal(self, inputs) -> ParamsBudget | None:
         """The recipe's target, or None when ``method.pruning_ratio`` says it all."""
         if self.config.pruning_ratio is not None:

@@ -102,10 +102,10 @@ def stop_rule(
             "set one, e.g. --blocks 8"
         )
     if blocks is not None:
-        if blocks > len(names):
+        if blocks >= len(names):
             raise UserError(
-                f"target.blocks={blocks} exceeds the {len(names)} candidate {unit}s; "
-                f"lower it to at most {len(names)}"
+                f"target.blocks={blocks} would remove every one of the {len(names)} candidate "
+                f"{unit}s (the whole network); lower it to at most {len(names) - 1}"
             )
         return StopRule(blocks=blocks)
     if getattr(target_config, "ratio_of", "total") == "units":
@@ -191,8 +191,9 @@ def plan_for_k(plan: Plan, k: int) -> Plan:
         raise UserError(
             f"--blocks needs a block-removal order; the '{plan.method}' plan has none"
         )
-    if k < 0:
-        raise UserError(f"--blocks {k} is negative; give the number of blocks to remove")
+    if k < 1:
+        raise UserError(f"--blocks {k} removes nothing; give the number of blocks to remove "
+                        f"(1 to {searched})")
     if k > searched:
         raise UserError(
             f"--blocks {k} exceeds the {searched} removals searched; run `prunectl search "

@@ -64,6 +64,11 @@ class ShortGPTMethod(Method):
     calibration = "layer_inputs"
     targets = frozenset({"blocks", "params"})
 
+    def check_target(self, inputs) -> None:
+        names = candidate_names(inputs.adapter.num_layers, "layer")
+        params = parameter_counts(inputs.model, inputs.adapter, names)
+        stop_rule(inputs.target, inputs.model, names, params, "layer")
+
     def score(self, inputs, stats) -> dict[str, torch.Tensor]:
         tokens = inputs.require_tokens("shortgpt")
         return {"block_influence": block_influence(inputs.model, tokens, self.config.batch_size)}

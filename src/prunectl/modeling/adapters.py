@@ -251,12 +251,14 @@ class Adapter:
 
         seq = hidden.shape[1]
         position_ids = torch.arange(seq, device=hidden.device).unsqueeze(0)
-        mask_args = dict(config=self.config, inputs_embeds=hidden, attention_mask=None,
-                         past_key_values=None, position_ids=position_ids)
+        # (config, embeddings, mask, cache) by position: transformers 5.25 renamed the cache
+        # argument (past_key_values -> cache), the order is that of every 5.x release
+        mask_args = (self.config, hidden, None, None)
         types = {self.attention_type(i) for i in range(self.num_layers)}
-        masks = {"full_attention": create_causal_mask(**mask_args)}
+        masks = {"full_attention": create_causal_mask(*mask_args, position_ids=position_ids)}
         if "sliding_attention" in types:
-            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
+            masks["sliding_attention"] = create_sliding_window_causal_mask(
+                *mask_args, position_ids=position_ids)
         if self.family.rope_per_type:
             rotary = {kind: self.decoder.rotary_emb(hidden, position_ids, kind) for kind in types}
         else:

@@ -164,6 +164,25 @@ def check_weight_files(cfg: Any) -> None:
             raise UserError(f"{file} {problem}; copy the model again (model.path)")
 
 
+def check_weight_shapes(cfg: Any, model: nn.Module) -> None:
+    """Refuse a local model whose config describes other shapes than its safetensors hold
+    (``model`` is the config's model on the meta device), from the headers alone."""
+    source, gguf_file = _source(cfg)
+    if gguf_file is not None or not Path(source).is_dir() or \
+            getattr(model.config, "quantization_config", None):  # packed weights: other shapes
+        return
+    expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    for file in sorted(Path(source).glob("*.safetensors")):
+        with open(file, "rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        for name, tensor in header.items():
+            want = expected.get(name)
+            if name != "__metadata__" and want is not None and tensor["shape"] != want:
+                raise UserError(f"{file}: {name} has shape {tensor['shape']} but {source}/"
+                                f"config.json describes {want}; the config does not belong to "
+                                "these weights (fix config.json or model.path)")
+
+
 def _safetensors_problem(file: Path) -> str | None:
     """What is wrong with a safetensors file's framing: an 8-byte header length, a JSON header,
     and data that ends exactly where the header's offsets say."""

@@ -18,18 +18,25 @@ global config, which transformers forbids under ``per_layer_config`` (see ``Prun
 Each decoder layer is built from the family's own attention, MLP and norm classes with that
 layer's config; Gemma's blocks also normalise their output (``SANDWICH_NORMS``), its embedding
 is scaled by ``sqrt(hidden_size)``, and Gemma 3 rotates local and global layers with different
-bases.  A layer without attention holds no weights for it and stores nothing in the KV
-cache: its cache slot is a ``DummyLayer``, which transformers skips when it reads the cache length,
-so positions stay right even when layer 0 has no attention.
+bases.  A layer without attention holds no weights for it and has no slot in the KV cache: the
+cache holds the attention layers alone, in order (attention ``k`` of the stack writes slot ``k``),
+so slot 0 is always one with attention and transformers' public ``get_seq_length()`` and mask
+sizes read real positions even when layer 0 has no attention, in every transformers 5 release
+(no internal placeholder slot whose methods change between minor releases).  transformers 5.25
+renamed the cache argument and output field ``past_key_values`` to ``cache`` (the old name is
+deprecated until 5.40): this decoder takes either, passes the cache to the family's attention
+and mask functions by position (the same in every 5.x release) and returns it under the name
+its release's output classes have (``CACHE``).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import nn
-from transformers.cache_utils import DummyLayer, DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, MoeModelOutputWithPast
@@ -44,6 +51,10 @@ from transformers.models.qwen2 import modeling_qwen2 as qwen2
 from transformers.models.qwen3 import modeling_qwen3 as qwen3
 from transformers.models.qwen2_moe import modeling_qwen2_moe as qwen2_moe
 from transformers.models.qwen3_moe import modeling_qwen3_moe as qwen3_moe
+
+#: what this transformers release calls the KV cache, as argument and output field
+CACHE = ("cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)}
+         else "past_key_values")
 
 SKIP_ATTENTION = "attention"
 SKIP_MLP = "mlp"
@@ -71,6 +82,11 @@ def layer_type(config, index: int) -> str:
     return "sliding_attention" if getattr(config, "sliding_window", None) is not None else "full_attention"
 
 
+def given_cache(cache, past_key_values):
+    """The cache, under whichever name the caller's transformers release used."""
+    return cache if cache is not None else past_key_values
+
+
 def with_bias(linear: nn.Linear) -> nn.Linear:
     """The same projection with a (zero) bias, for layers whose saved output projection has one."""
     if linear.bias is not None:
@@ -90,6 +106,9 @@ class PrunedDecoderLayer(GradientCheckpointingLayer):
         super().__init__()
         skip = set(getattr(config, "skip", None) or ())
         self.attention_type = layer_type(config, layer_idx)
+        #: the window a sliding layer's cache keeps (None: every position)
+        self.sliding_window = (getattr(config, "sliding_window", None)
+                               if self.attention_type == "sliding_attention" else None)
         dropout = getattr(config, "resid_pdrop", 0.0)  # Phi-3 only; zero elsewhere
         self.norm_names = parts.get("norms", PRE_NORMS)
         if SKIP_ATTENTION not in skip:
@@ -124,15 +143,15 @@ class PrunedDecoderLayer(GradientCheckpointingLayer):
         return hasattr(self, "mlp")
 
     def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache=False, position_embeddings=None, **kwargs):
+                use_cache=False, position_embeddings=None, cache=None, **kwargs):
         if self.has_attention:
-            attn_out, _ = self.self_attn(
-                hidden_states=self._norm("attention", 0, hidden_states),
-                attention_mask=attention_mask,
+            attn_out, _ = self.self_attn(  # (hidden, rotary, mask, cache): every 5.x release
+                self._norm("attention", 0, hidden_states),
+                position_embeddings,
+                attention_mask,
+                given_cache(cache, past_key_values),
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
-                position_embeddings=position_embeddings,
                 **kwargs,
             )
             attn_out = self._norm("attention", 1, attn_out)
@@ -163,19 +182,34 @@ class PrunedDecoderMixin:
         self.norm = self.parts["norm"](config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = self.parts["rotary"](config=config)
         self.gradient_checkpointing = False
+        attention = [layer for layer in self.layers if layer.has_attention]
+        for slot, layer in enumerate(attention):  # the attention modules index the cache by it
+            layer.self_attn.layer_idx = slot
         self.post_init()
 
-    def _cache_skips_attention_free_layers(self, cache) -> None:
-        """Give layers without attention a ``DummyLayer`` slot, whatever built the cache."""
+    def _cache_slots(self) -> list:
+        """Fresh cache slots: one per attention layer, in order; sliding layers keep a window."""
+        return [DynamicSlidingWindowLayer(sliding_window=layer.sliding_window)
+                if layer.sliding_window else DynamicLayer()
+                for layer in self.layers if layer.has_attention]
+
+    def _fit_cache(self, cache) -> None:
+        """Lay out a ``DynamicCache`` built elsewhere (``generate`` builds one per decoder layer
+        from the config) as this model's slots, before anything is stored in it."""
         if not isinstance(cache, DynamicCache):
             return
-        for i, layer in enumerate(self.layers):
-            if layer.has_attention:
-                continue
-            while len(cache.layers) <= i:
-                cache.layers.append(DynamicLayer())
-            if not isinstance(cache.layers[i], DummyLayer):
-                cache.layers[i] = DummyLayer()
+        fresh = self._cache_slots()
+
+        def layout(slots):
+            return [(type(slot), getattr(slot, "sliding_window", None)) for slot in slots]
+
+        if layout(cache.layers) == layout(fresh):
+            return
+        if any(getattr(slot, "keys", None) is not None and slot.keys.numel()
+               for slot in cache.layers):
+            raise ValueError("past_key_values holds states laid out for another model; pass a "
+                             "new DynamicCache()")
+        cache.layers[:] = fresh
 
     def _position_embeddings(self, hidden_states, position_ids) -> dict:
         """Rotary cos/sin per attention type: Gemma 3 rotates local and global layers with
@@ -187,7 +221,8 @@ class PrunedDecoderMixin:
         return dict.fromkeys(kinds, shared)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, **kwargs) -> BaseModelOutputWithPast:
+                inputs_embeds=None, use_cache=None, cache=None, **kwargs) -> BaseModelOutputWithPast:
+        past_key_values = given_cache(cache, past_key_values)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -195,24 +230,19 @@ class PrunedDecoderMixin:
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
         if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+            past_key_values = DynamicCache()
         if past_key_values is not None:
-            self._cache_skips_attention_free_layers(past_key_values)
+            self._fit_cache(past_key_values)
         if position_ids is None:
             seen = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + seen
             position_ids = position_ids.unsqueeze(0)
         masks = attention_mask
         if not isinstance(masks, dict):  # ``generate`` may have prepared them already
-            arguments = {
-                "config": self.config,
-                "inputs_embeds": inputs_embeds,
-                "attention_mask": attention_mask,
-                "past_key_values": past_key_values,
-                "position_ids": position_ids,
-            }
+            arguments = (self.config, inputs_embeds, attention_mask, past_key_values)  # by position
             types = {layer.attention_type for layer in self.layers if layer.has_attention}
-            masks = {kind: MASK_FUNCTIONS[kind](**arguments) for kind in types}
+            masks = {kind: MASK_FUNCTIONS[kind](*arguments, position_ids=position_ids)
+                     for kind in types}
         kwargs.pop("output_attentions", None)  # not recorded by this decoder
         kwargs.pop("output_router_logits", None)  # nor are MoE router logits
         record = kwargs.pop("output_hidden_states", None)
@@ -228,15 +258,15 @@ class PrunedDecoderMixin:
                 attention_mask=masks.get(layer.attention_type),
                 position_embeddings=position_embeddings[layer.attention_type],
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
+                **{CACHE: past_key_values},  # the name gradient checkpointing clears
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
         return self.output_class(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=(*recorded, hidden_states) if record else None,
+            **{CACHE: past_key_values if use_cache else None},
         )
 
 

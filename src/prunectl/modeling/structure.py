@@ -99,13 +99,18 @@ def _layer(adapter: Adapter, i: int) -> LayerStructure:
                           shared.down_proj.in_features)
 
 
-def from_config(config: Any) -> Structure:
-    """The structure of the model a Hugging Face config describes, without weights."""
+def meta_model(config: Any) -> Any:
+    """The model a Hugging Face config describes, on the meta device: shapes, no memory."""
     import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        return from_model(AutoModelForCausalLM.from_config(config))
+        return AutoModelForCausalLM.from_config(config)
+
+
+def from_config(config: Any) -> Structure:
+    """The structure of the model a Hugging Face config describes, without weights."""
+    return from_model(meta_model(config))
 
 
 def with_plan(structure: Structure, plan: Any, added_biases: Iterable[str] = ()) -> Structure:

@@ -33,6 +33,8 @@ def key(run: RunContext, blocks: int | None = None,
 def apply(run: RunContext, blocks: int | None = None, budget: float | None = None) -> StepResult:
     """Apply the searched plan (with ``budget``: that budget's plan of ``search --sweep``)."""
     method = create_method(run.recipe.method)
+    if blocks is not None:  # a count the searched order cannot give: refused before any work
+        plan_for_k(artifacts.plan(run, budget), blocks)
 
     def body() -> StepOutcome:
         plan = artifacts.plan(run, budget)

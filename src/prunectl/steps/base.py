@@ -17,7 +17,7 @@ from typing import Any
 
 from prunectl import history
 from prunectl.context import RunContext
-from prunectl.errors import UserError
+from prunectl.errors import UserError, write_refused
 from prunectl.io import restore, snapshot
 
 
@@ -78,6 +78,11 @@ def execute(
             history.discard_if_unchanged(project, kept)
         raise
     except BaseException as error:  # KeyboardInterrupt too: the record must say it stopped
+        refused = write_refused(error)  # a full disk or a read-only folder: the user's to fix
+        if refused is not None:
+            if main:
+                restore(before)
+            raise refused from None
         if not main:
             raise
         log = project.path("logs", f"{step}.log")

@@ -164,6 +164,10 @@ def evaluate(run: RunContext, tasks: list[str] | None = None, speed: bool | None
                     "eval.perplexity.datasets, tasks or speed (--set "
                     "eval.perplexity.datasets=[wikitext2] downloads WikiText-2)")
     fingerprints = run.dist.decide(lambda: model_fingerprints(run))
+    if tasks:  # `eval --tasks`: names the recipe check did not see, refused before any result
+        from prunectl.evaluation.tasks import check_tasks
+
+        check_tasks(tasks, run.recipe.eval.task_paths)
 
     def body() -> StepOutcome:
         artifacts.check_memory(run, "eval")

@@ -111,9 +111,6 @@ def search(run: RunContext, sweep: list[float] | None = None) -> StepResult:
     method = create_method(run.recipe.method)
     if sweep is not None:
         check_sweep(method, sweep)
-    if run.recipe.target.blocks == 0:
-        run.ui.warn("target.blocks is 0: nothing will be removed (the pruned model is the "
-                    "dense one)")
 
     def body() -> StepOutcome:
         progress_key = _progress_key(run)

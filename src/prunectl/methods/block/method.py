@@ -71,6 +71,10 @@ class BlockMethod(Method):
         )
         return adapter, names, parameter_counts(model, adapter, names), settings
 
+    def check_target(self, inputs) -> None:
+        _, names, params, _ = self._setup(inputs)
+        stop_rule(inputs.target, inputs.model, names, params, "block")
+
     def score(self, inputs, stats) -> dict[str, torch.Tensor]:
         """Step 1 of the search: single-removal perplexity of every candidate, canonical order."""
         tokens = inputs.require_tokens("block search", min_length=2)

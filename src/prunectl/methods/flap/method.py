@@ -26,7 +26,13 @@ from prunectl.methods.width.reconstruct import (
     ReconstructOptions,
     reconstruction_biases,
 )
-from prunectl.methods.width.selection import LayerScores, Selection, round_selection, select
+from prunectl.methods.width.selection import (
+    LayerScores,
+    Selection,
+    check_reachable,
+    round_selection,
+    select,
+)
 from prunectl.methods.width.units import (
     HeadUnit,
     check_width_model,
@@ -117,6 +123,18 @@ class _WidthMethod(Method):
 
     def check(self, config) -> None:
         check_width_model(config.model_type, self.name, attention_only_ok=True)
+
+    def check_target(self, inputs: Inputs) -> None:
+        """The target against what heads and channels can give with ``min_kept`` of each kept
+        (any scores: reachability depends on the shapes alone)."""
+        adapter = inputs.adapter
+        goal = resolve_params_target(inputs.target, inputs.model, self.name)
+        structure, layers = from_model(inputs.model), {}
+        for i in range(adapter.num_layers):
+            shape = layer_shape(adapter, i, self.config.head_unit, structure)
+            channels = 0 if adapter.experts(i) is not None else shape.intermediate  # as `score`
+            layers[i] = LayerScores(shape, torch.zeros(shape.num_heads), torch.zeros(channels))
+        check_reachable(layers, goal.remove, self.config.min_kept)
 
     # --- calibrate --------------------------------------------------------------------------
     def statistics(self, inputs: Inputs):

@@ -19,7 +19,7 @@ from prunectl.methods.base import Method
 from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.methods.puzzle import costs as variant_costs
 from prunectl.methods.puzzle.config import PuzzleConfig
-from prunectl.methods.puzzle.solve import Choice, Infeasible, candidates
+from prunectl.methods.puzzle.solve import Choice, Infeasible, candidates, check_feasible
 from prunectl.methods.width.hooks import ReconstructHooks
 from prunectl.methods.width.units import check_width_model
 from prunectl.modeling.adapters import family_for
@@ -48,6 +48,16 @@ class PuzzleMethod(ReconstructHooks, Method):
             raise UserError(f"method puzzle chooses dense MLP widths; '{config.model_type}' has "
                             "mixture-of-experts layers: use method: reap")
         check_width_model(config.model_type, self.name, attention_only_ok=False)
+
+    def check_target(self, inputs: Inputs) -> None:
+        """The budgets against the library's cheapest choice, from the shapes alone."""
+        from prunectl.methods.puzzle.variants import mlp_kept
+
+        structure = from_model(inputs.model)
+        widths = mlp_kept(structure.layers[0].intermediate, self.config.mlp_widths)
+        costs = variant_costs.variant_costs(structure, np.array([widths] * len(structure.layers)),
+                                            biases=self.config.reconstruct != "none")
+        check_feasible(costs, budget_caps(inputs, costs)[0])
 
     def score(self, inputs: Inputs, stats: dict) -> dict[str, torch.Tensor]:
         from prunectl.methods.puzzle.library import build_library

@@ -131,6 +131,14 @@ def _infeasible(caps: dict[str, int], costs: Costs, excluded: bool, diversity: i
             "(smaller target ratios) or add narrower method.mlp_widths")
 
 
+def check_feasible(costs: Costs, caps: dict[str, int]) -> None:
+    """Raise :class:`Infeasible` when even the cheapest choice (every block removed: column 0
+    is the least of every kind) exceeds a cap; needs the costs alone, not the scores."""
+    layers = costs.attn["params"].shape[0]
+    if any(costs.total(kind, [0] * layers, [0] * layers) > cap for kind, cap in caps.items()):
+        raise Infeasible(_infeasible(caps, costs, False, 0))
+
+
 def candidates(attn_score: np.ndarray, mlp_score: np.ndarray, costs: Costs,
                caps: dict[str, int], count: int, diversity: int,
                allowed: tuple[np.ndarray, np.ndarray] | None = None) -> list[Choice]:

@@ -60,6 +60,9 @@ class SlimGPTMethod(ReconstructHooks, Method):
     def check(self, config) -> None:
         check_width_model(config.model_type, self.name, attention_only_ok=False)
 
+    def check_target(self, inputs: Inputs) -> None:
+        resolve_params_target(inputs.target, inputs.model, self.name)
+
     @property
     def uses_statistics(self) -> bool:
         return self.config.allocation == "AL-AM" or self.config.reconstruct == "bias"

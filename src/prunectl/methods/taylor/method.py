@@ -31,6 +31,7 @@ from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.structure import from_model
 from prunectl.pipelines.gradients import GradientStore, accumulate_gradients, require_whole_model
+from prunectl.schema import Seed
 
 if TYPE_CHECKING:
     from prunectl.methods.inputs import Inputs
@@ -47,7 +48,7 @@ class TaylorConfig(MethodConfig, ReconstructOptions):
     head_unit: HeadUnit = "query_head"
     grad_batch_size: int = Field(1, ge=1)  # calibration samples per backward pass
     gradient_checkpointing: bool = False
-    seed: int = 42  # for importance: random
+    seed: Seed = 42  # for importance: random
     round_to: int = Field(1, ge=1)  # kept MLP channels per layer: multiples of this (or all)
 
 
@@ -64,6 +65,10 @@ class TaylorMethod(ReconstructHooks, Method):
 
     def check(self, config) -> None:
         check_width_model(config.model_type, self.name, attention_only_ok=False)
+
+    def check_target(self, inputs: Inputs) -> None:
+        layers = self.layers(inputs.adapter) if self.config.scope == "block" else None
+        resolve_params_target(inputs.target, inputs.model, self.name, layers)
 
     def layers(self, adapter: Adapter) -> range:
         """The pruned layers; a range outside the model is a user error naming the keys."""
