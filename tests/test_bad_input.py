@@ -42,7 +42,7 @@ REFUSED = {
     "unknown task": ("eval", ["eval.tasks=[nosuchtask]", "eval.perplexity.seqlen=32"],
                      ["unknown lm-eval task 'nosuchtask'"]),
     "missing task path": ("eval", ["eval.task_paths=[/nowhere/tasks]", "eval.perplexity.seqlen=32"],
-                          ["eval.task_paths entry /nowhere/tasks does not exist"]),
+                          ["eval.task_paths: /nowhere/tasks does not exist"]),
     "device this machine lacks": ("run", ["model.device=cuda:7"], ["cuda:7"]),
     "seed beyond 64 bits": (
         "calibrate", ["calibration.seed=1180591620717411303424", "method={name: block}",
@@ -197,18 +197,17 @@ def test_a_config_that_does_not_fit_the_model(finished, tmp_path, change, fragme
 def test_an_export_folder_that_cannot_be_written(project, tmp_path, monkeypatch):
     """``export -o`` into a read-only folder (injected: root ignores file modes)."""
     import errno
-    import tempfile
 
     folder = tmp_path / "read-only"
     folder.mkdir()
-    real_mkdtemp = tempfile.mkdtemp
+    real_mkdir = os.mkdir
 
-    def refuse(*args, dir=None, **kwargs):
-        if dir is not None and Path(dir) == folder:
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder / "x"))
-        return real_mkdtemp(*args, dir=dir, **kwargs)
+    def refuse(path, *args, **kwargs):
+        if Path(path).parent == folder:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_mkdir(path, *args, **kwargs)
 
-    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(os, "mkdir", refuse)
     before = tree(project)
     line = one_error_line(invoke("export", "-p", project, "-o", folder / "model", "--quiet"),
                           f"cannot write {folder}", "Permission denied",

@@ -133,7 +133,7 @@ def test_validate_checks_a_hub_recipe_against_a_stand_in_config(tmp_path):
 
     total = count_parameters(AutoModelForCausalLM.from_pretrained(model_dir))["total"]
     recipe = REPO / "recipes" / "llama2-7b-shortgpt.yaml"  # a hub id, and extends another
-    fit = ["--set", "calibration.seqlen=64"]
+    fit = ["--set", "calibration.seqlen=64", "--set", "target.blocks=3"]  # 4 layers, not 32
     outputs = set()
     for given in (model_dir / "config.json", model_dir):
         result = runner.invoke(app, ["validate", "-r", str(recipe), "--config", str(given), *fit])
@@ -148,9 +148,11 @@ def test_validate_checks_a_hub_recipe_against_a_stand_in_config(tmp_path):
     outputs.add(result.output.strip())
     assert len(outputs) == 1
     # shortgpt removes whole layers: 9 blocks of a 4-layer model cannot be; 2 can
+    nine = runner.invoke(app, ["validate", "-r", str(copy), "--set", "calibration.seqlen=64"])
+    one_error_line(nine, "target.blocks=9 would remove every one of the 4 candidate layers")
     layer = (total - count_parameters(AutoModelForCausalLM.from_pretrained(model_dir))
              ["embedding"] - 64) // 4
-    result = runner.invoke(app, ["validate", "-r", str(copy), *fit, "--set", "target.blocks=2"])
+    result = runner.invoke(app, ["validate", "-r", str(copy), *fit[:2], "--set", "target.blocks=2"])
     assert result.exit_code == 0, result.output
     assert result.output.strip().endswith(
         f"target: blocks 2 of 4 layers, removes {2 * layer:,} to {2 * layer:,} parameters "

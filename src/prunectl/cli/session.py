@@ -214,7 +214,11 @@ def _parse_first(options: dict[str, Any]) -> None:
     """Refuse a recipe that cannot be parsed or validated (YAML syntax, unknown keys, bad
     values, missing paths) before the command imports torch, which takes seconds to a minute
     on a busy machine; a method's own options are checked by the full load after."""
-    recipe, sets = options.get("recipe"), list(options.get("set") or [])
+    recipe = options.get("recipe")
+    # the target flags as the command turns them into overrides (apply's --blocks is a prefix)
+    flags = {} if "budget" in options else {k: options.get(k) for k in ("method", "blocks", "ratio")}
+    sets = Common(None, recipe, options.get("set"), None, None, False, False, False).with_step_flags(
+        **flags).sets
     if recipe is None and not sets:
         return
     from prunectl.recipe import load_recipe

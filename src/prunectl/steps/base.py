@@ -82,6 +82,7 @@ def execute(
         if refused is not None:
             if main:
                 restore(before)
+                history.discard_if_unchanged(project, kept)
             raise refused from None
         if not main:
             raise
