@@ -167,8 +167,11 @@ def test_torchrun_recover_trains_the_global_batch_and_only_rank_0_writes(templat
     # step's start and end
     placed = Counter(line.split()[1] for line in audit_log(tmp_path / "audit", 0)
                      if line.startswith("os.rename") and "checkpoints/" not in line)
-    assert placed == {"state.json": 2, **{f"recovered/{name}": 1 for name in (
-        "inputs.json", "eval_before.json", "adapter", "model", "summary.json")}}
+    # (+ the status cache after the command, and the adapter's config with its base path set
+    # inside the adapter's temporary folder)
+    assert placed == {"state.json": 2, ".status.json": 1, **{f"recovered/{name}": 1 for name in (
+        "inputs.json", "eval_before.json", "adapter", "adapter.tmp/adapter_config.json", "model",
+        "summary.json")}}
 
 
 @pytest.mark.slow  # spawns processes
