@@ -5,7 +5,7 @@ for the hidden size, the attention heads of every layer and the MLP channels of 
 importance is ``GroupNormImportance(p=2, group_reduction="mean")`` — for each prunable index, the
 mean over the weight matrices it couples (rows it produces, columns it reads) of its squared L2
 norm; layers are pruned locally (``global_pruning=False``) and channel counts kept multiples of
-``round_to``; head dimensions are never pruned, so RoPE is untouched.  The result is uniform, so
+``round_to`` (default: the aligned rule of ``modeling.alignment``; the reference's is 4); head dimensions are never pruned, so RoPE is untouched.  The result is uniform, so
 it saves as the family's stock Hugging Face class with a patched config.
 
 Deviations: torch-pruning is not a dependency — its dependency graph did not finish on this
@@ -46,6 +46,7 @@ from prunectl.methods.width_common import (
 )
 from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.alignment import alignment, snap
 from prunectl.modeling.structure import Structure, from_model
 
 
@@ -54,8 +55,9 @@ class MagnitudeConfig(MethodConfig, ReconstructOptions):
     #: fraction of hidden channels, head units and MLP channels removed; None: from the target
     #: (``ratio_of: units`` is this ratio; other targets are solved for)
     pruning_ratio: float | None = Field(None, gt=0, lt=1)
-    #: kept hidden and MLP channel counts are multiples of this (the reference's ``round_to=4``)
-    round_to: int = Field(4, ge=1)
+    #: kept hidden and MLP channel counts are multiples of this; unset: modeling.alignment's
+    #: default (64, smaller for small widths); the reference's (Torch-Pruning's) is 4
+    round_to: int | None = Field(None, ge=1)
     #: one query head from every KV group at once, every KV head kept (the reference's GQA
     #: handling), or a KV head with its query heads
     head_unit: Literal["kv_group", "query_head"] = "query_head"
@@ -97,10 +99,7 @@ def kept_count(n: int, ratio: float, multiple: int) -> int:
     ``multiple`` (at least one multiple, at most the largest one in ``n``), or ``n`` when nothing
     is removed."""
     removed = int(ratio * n)
-    if removed == 0:
-        return n
-    kept = multiple * round((n - removed) / multiple)
-    return min(max(kept, multiple), n // multiple * multiple)
+    return n if removed == 0 else snap(max(n - removed, 1), n, multiple)
 
 
 class MagnitudeMethod(ReconstructHooks, Method):
@@ -129,11 +128,16 @@ class MagnitudeMethod(ReconstructHooks, Method):
         cfg, s = self.config, shapes[0]
         units = s.num_head_units - units_removed(s.num_head_units, ratio)
         per_unit = s.num_heads // s.num_head_units
-        multiple = math.lcm(cfg.round_to, units * per_unit)
+        heads = units * per_unit
+        multiple = math.lcm(alignment(cfg.round_to, [adapter.hidden_size], heads), heads)
         hidden = kept_count(adapter.hidden_size, ratio, multiple) if cfg.prune_hidden \
             else adapter.hidden_size
-        channels = kept_count(s.intermediate, ratio, cfg.round_to)
+        channels = kept_count(s.intermediate, ratio, self._multiple(shapes))
         return {"hidden": hidden, "head_units": units, "channels": channels}
+
+    def _multiple(self, shapes) -> int:
+        """The MLP channels' multiple (modeling.alignment)."""
+        return alignment(self.config.round_to, [shapes[0].intermediate])
 
     @staticmethod
     def _params(dense: Structure, shapes, counts: dict) -> int:
@@ -191,7 +195,7 @@ class MagnitudeMethod(ReconstructHooks, Method):
         if len({(s.num_heads, s.num_kv_heads, s.intermediate) for s in shapes}) > 1:
             raise UserError("magnitude prunes uniform models only; this model's layers differ "
                             "in shape (use flap or wanda-sp)")
-        check_round_to(self.config.round_to, {i: s.intermediate for i, s in enumerate(shapes)})
+        check_round_to(self._multiple(shapes), {i: s.intermediate for i, s in enumerate(shapes)})
         counts_dense = count_parameters(model)
         goal = self._goal(inputs)
         ratio, notes = (self.config.pruning_ratio, []) if goal is None else \
@@ -234,6 +238,6 @@ class MagnitudeMethod(ReconstructHooks, Method):
                 f"removed {removed / total:.4f} of the parameters for target "
                 f"{goal.remove / total:.4g} ({goal.label}): one uniform "
                 f"ratio moves heads in units of 1/{shapes[0].num_head_units} and channels in "
-                f"multiples of {self.config.round_to}"
+                f"multiples of {self._multiple(shapes)}"
             )
         return plan

@@ -33,6 +33,7 @@ from prunectl.methods.width_common import (
     layer_shape,
 )
 from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.alignment import alignment
 from prunectl.modeling.structure import from_model
 
 if TYPE_CHECKING:
@@ -54,9 +55,9 @@ class _WidthConfig(MethodConfig, ReconstructOptions):
     #: head units and channels every layer keeps; 0 lets a module empty, which removes that
     #: residual block (and its norm) as the reference's masking effectively does
     min_kept: int = Field(1, ge=0)
-    #: kept MLP channels per layer are multiples of this (or all of them): 8, 64 or 128 run
-    #: faster on GPUs; 1 keeps the exact cut
-    round_to: int = Field(1, ge=1)
+    #: kept MLP channels per layer are multiples of this (or all of them); unset: the aligned
+    #: default of modeling.alignment (64, smaller for small widths); 1 keeps the exact cut
+    round_to: int | None = Field(None, ge=1)
 
 
 class _CompensatingConfig(_WidthConfig):
@@ -159,18 +160,19 @@ class _WidthMethod(Method):
         goal = resolve_params_target(inputs.target, inputs.model, self.name)
         layers = self._layer_scores(adapter, scores)
         target = goal.remove
+        multiple = alignment(self.config.round_to, [l.shape.intermediate for l in layers.values()])
         offset = 0  # compensation biases gained minus norms of emptied blocks, against the cut
         for _ in range(3):  # settles at once unless those shift the cut
             selection = select(self.config.structure, layers, target + offset,
                                self.config.remove_heads, self.config.min_kept)
             selection = round_selection(layers, selection, target + offset,
-                                        self.config.round_to, self.config.min_kept)
+                                        multiple, self.config.min_kept)
             plan = self._plan(layers, selection)
             added, extra = self._added_bias(adapter, plan), self._emptied_extra(adapter, plan)
             if added - extra == offset:
                 break
             offset = added - extra
-        self._report(plan, layers, selection, goal, added, extra)
+        self._report(plan, layers, selection, goal, added, extra, multiple)
         return plan
 
     def _plan(self, layers: dict[int, LayerScores], selection: Selection) -> Plan:
@@ -224,7 +226,7 @@ class _WidthMethod(Method):
         return layers
 
     def _report(self, plan: Plan, layers, selection: Selection, goal: ParamsTarget, added,
-                extra) -> None:
+                extra, multiple: int) -> None:
         removed = selection.params - added + extra
         q_gone = kv_gone = 0
         for i, lp in plan.layers.items():
@@ -257,7 +259,7 @@ class _WidthMethod(Method):
                 "groups (a query head cannot leave its KV head there)"
             )
         largest = max(l.shape.head_unit_cost for l in layers.values())
-        finest = max(l.shape.channel_cost for l in layers.values()) * self.config.round_to
+        finest = max(l.shape.channel_cost for l in layers.values()) * multiple
         if abs(removed - goal.remove) > finest:
             plan.notes.append(
                 f"removed {removed:,} parameters for {goal.label} ({goal.remove:,}): "

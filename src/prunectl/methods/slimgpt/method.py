@@ -21,7 +21,7 @@ from pydantic import Field
 
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
-from prunectl.methods.flap.structure import LayerScores, select
+from prunectl.methods.flap.structure import LayerScores, round_selection, select
 from prunectl.methods.inputs import Inputs
 from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.methods.reconstruct.hooks import ReconstructHooks
@@ -30,7 +30,13 @@ from prunectl.methods.reconstruct.sequential import Solution, sequential_pass
 from prunectl.methods.slimgpt import allocation
 from prunectl.methods.slimgpt.obs import greedy_prune, mlp_batches
 from prunectl.methods.target import resolve_params_target
-from prunectl.methods.width_common import check_width_model, layer_plan, layer_shape
+from prunectl.methods.width_common import (
+    check_round_to,
+    check_width_model,
+    layer_plan,
+    layer_shape,
+)
+from prunectl.modeling.alignment import alignment
 from prunectl.modeling.structure import from_model
 
 
@@ -42,6 +48,9 @@ class SlimGPTConfig(MethodConfig, ReconstructOptions):
     ipr_first: float = Field(0.2, ge=0, le=1)
     #: head units and channels every layer keeps
     min_kept: int = Field(1, ge=1)
+    #: kept MLP channels per layer are multiples of this (or all); unset: modeling.alignment's
+    #: default (64, smaller for small widths); 1 keeps the exact counts of the reference
+    round_to: int | None = Field(None, ge=1)
     reconstruct: Reconstruct = "least_squares"
     #: also the OBS damping of the selection: SlimGPT's (SparseGPT's) percdamp, not the width
     #: methods' refit default
@@ -72,18 +81,21 @@ class SlimGPTMethod(ReconstructHooks, Method):
 
     def _counts(self, adapter, shapes, scores, budget, biased) -> tuple[list[tuple[int, int]], dict]:
         cfg = self.config
+        multiple = alignment(cfg.round_to, [s.intermediate for s in shapes])
+        check_round_to(multiple, dict(enumerate(s.intermediate for s in shapes)))
         if cfg.allocation == "AL-AM":
             if "layers.0.heads" not in scores:
                 raise UserError("scores lack FLAP's AL-AM scores; re-run `prunectl score --force`")
             layers = {i: LayerScores(s, scores[f"layers.{i}.heads"], scores[f"layers.{i}.channels"])
                       for i, s in enumerate(shapes)}
             sel = select("AL-AM", layers, budget, min_kept=cfg.min_kept)
+            sel = round_selection(layers, sel, budget, multiple, cfg.min_kept)
             counts = [(len(sel.heads.get(i, [])), len(sel.channels.get(i, [])))
                       for i in range(len(shapes))]
             return counts, {"allocation": "AL-AM"}
         weights = allocation.shape_weights(cfg.allocation, len(shapes), cfg.ipr_first)
         counts, scale = allocation.solve_counts(shapes, weights, budget, adapter.hidden_size,
-                                                biased, cfg.min_kept)
+                                                biased, cfg.min_kept, multiple)
         ratios = [round(min(scale * w, 1.0), 4) for w in weights]
         return counts, {"allocation": cfg.allocation, "layer_ratios": ratios}
 

@@ -28,6 +28,7 @@ from prunectl.methods.taylor import groups, selection
 from prunectl.methods.taylor.importance import GRADIENT_KINDS, random_importance
 from prunectl.methods.width_common import check_width_model
 from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.alignment import alignment
 from prunectl.modeling.structure import from_model
 from prunectl.pipelines.gradients import GradientStore, accumulate_gradients, require_whole_model
 
@@ -47,7 +48,8 @@ class TaylorConfig(MethodConfig, ReconstructOptions):
     grad_batch_size: int = Field(1, ge=1)  # calibration samples per backward pass
     gradient_checkpointing: bool = False
     seed: int = 42  # for importance: random
-    round_to: int = Field(1, ge=1)  # kept MLP channels per layer: multiples of this (or all)
+    #: kept MLP channels per layer: multiples of this (or all); unset: modeling.alignment's default
+    round_to: int | None = Field(None, ge=1)
 
 
 class TaylorMethod(ReconstructHooks, Method):
@@ -131,7 +133,8 @@ class TaylorMethod(ReconstructHooks, Method):
             per_channel = sum(w.numel() // w.shape[dim] for w, dim in weights)
             if goal.unit_ratio is not None:  # a share of the hidden channels
                 target = round(goal.unit_ratio * adapter.hidden_size) * per_channel
-            kept = selection.hidden_plan(adapter, scores["hidden"], per_channel, target)
+            multiple = alignment(cfg.round_to, [adapter.hidden_size])
+            kept = selection.hidden_plan(adapter, scores["hidden"], per_channel, target, multiple)
             removed = (adapter.hidden_size - len(kept)) * per_channel
             achieved.update(hidden_kept=len(kept), hidden=adapter.hidden_size)
             layer_plans, notes = {}, []
@@ -140,7 +143,8 @@ class TaylorMethod(ReconstructHooks, Method):
                 adapter, scores, layers, cfg.head_unit, cfg.ranking, target,
                 keep=None if goal.unit_ratio is None else 1 - goal.unit_ratio,
             )
-            choices = selection.round_choices(adapter, choices, scores, cfg.round_to, target)
+            multiple = alignment(cfg.round_to, [adapter.intermediate_size(i) for i in choices])
+            choices = selection.round_choices(adapter, choices, scores, multiple, target)
             removed = sum(c.removed for c in choices.values())
             layer_plans, notes = selection.layer_plans(adapter, choices)
             achieved.update(
