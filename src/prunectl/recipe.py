@@ -259,8 +259,11 @@ class ExportConfig(Section):
     base_model: str | None = None
     #: hf = a Hugging Face directory; gguf = one llama.cpp file (see docs/notes/gguf.md)
     format: Literal["hf", "gguf"] = "hf"
-    #: GGUF tensor type (gguf only; default f16, as llama.cpp's converter)
-    outtype: Literal["f32", "f16", "bf16", "q8_0"] | None = None
+    #: GGUF tensor type (gguf only; default f16, as llama.cpp's converter); the K-quants (q*_k*)
+    #: run llama.cpp's llama-quantize (docs/notes/gguf.md)
+    outtype: Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q6_k",
+                     "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q3_k_l", "q3_k_m", "q3_k_s",
+                     "q2_k"] | None = None
 
     @field_validator("base_model")
     @classmethod
@@ -276,7 +279,7 @@ class ExportConfig(Section):
                              "format: gguf (--format gguf), or no outtype (--set ~export.outtype)")
         if self.format == "gguf" and self.dtype != "auto":
             raise ValueError(f"got dtype={self.dtype} with format=gguf, expected outtype (f32, f16, "
-                             "bf16, q8_0) for GGUF and no dtype (--set ~export.dtype)")
+                             "bf16, q8_0, q4_0, q4_k_m, ...) for GGUF and no dtype (--set ~export.dtype)")
         return self
 
 

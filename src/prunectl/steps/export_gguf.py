@@ -65,6 +65,11 @@ def card_section(result: GgufResult, kind: str) -> str:
     if result.arch == "deci":
         lines += ["Layers differ in shape, so the file uses llama.cpp's `deci` architecture "
                   "(per-layer head counts and feed-forward widths).", ""]
+    if result.fallbacks:
+        lines += [f"{len(result.fallbacks)} matrices have rows that the out type's blocks do not "
+                  "divide and are stored in another type, as llama.cpp does:", ""]
+        lines += [f"- `{name}`: {stored}" for name, stored in sorted(result.fallbacks.items())]
+        lines.append("")
     return "\n".join(lines)
 
 
