@@ -35,8 +35,9 @@ if (request.nll) {
   const ctx = await context(size);
   answer.nll = [];
   answer.tokens = [];
+  const sequence = ctx.getSequence();
   for (const window of request.nll) {
-    const sequence = ctx.getSequence();
+    await sequence.clearHistory();  // each window starts from an empty context
     const input = window.map((token, i) => i + 1 < window.length
       ? [token, { generateNext: { logits: { filter: { tokens: [window[i + 1]], includeTop: 1 } },
                                   totalLogitWeight: true } }]
@@ -50,7 +51,6 @@ if (request.nll) {
     }
     answer.nll.push(sum);
     answer.tokens.push(window.length - 1);
-    sequence.dispose();
   }
   await ctx.dispose();
 }

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from prunectl.evaluation.llama_cpp import report_section as llama_cpp_section
 from prunectl.evaluation.results import ProjectResults, load_results
 from prunectl.evaluation.tasks import PAPER_TASKS
 from prunectl.io import write_json, write_text
@@ -301,7 +302,8 @@ def write_report(project_root: Path) -> Path:
         lines += ["No evaluation results yet: run `prunectl eval` to add the comparison table.", ""]
     curve_lines, curve_png = _curve_section(results, eval_dir)
     structure_lines, structure_png = _structure_section(results, eval_dir)
-    lines += curve_lines + structure_lines
+    llama_lines, llama_png = llama_cpp_section(project_root, eval_dir)
+    lines += curve_lines + structure_lines + llama_lines
     notes = results.plan.notes if results.plan else []
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
@@ -313,7 +315,7 @@ def write_report(project_root: Path) -> Path:
             "curve": results.plan.curve if results.plan else [],
             "chosen_blocks": _chosen_blocks(results),
             "structure": results.structure,
-            "plots": [p for p in (curve_png, structure_png) if p],
+            "plots": [p for p in (curve_png, structure_png, llama_png) if p],
         },
     )
     report = eval_dir / "report.md"

@@ -40,11 +40,15 @@ def vocab_source(run: RunContext) -> Path | None:
     return None
 
 
-def file_name(run: RunContext) -> str:
-    """``<model>-<method>-<outtype>.gguf``; a GGUF source's own type suffix (``.Q4_1``) is dropped."""
+def base_name(run: RunContext) -> str:
+    """The source model's name without a GGUF source's own type suffix (``.Q4_1``)."""
     base = Path(run.recipe.model.gguf_file or run.recipe.model.path).name.removesuffix(".gguf")
-    base = re.sub(r"[.-](f16|f32|bf16|q\d\w*)$", "", base, flags=re.IGNORECASE)
-    return f"{base}-{run.recipe.method.name}-{outtype(run)}.gguf"
+    return re.sub(r"[.-](f16|f32|bf16|q\d\w*)$", "", base, flags=re.IGNORECASE)
+
+
+def file_name(run: RunContext) -> str:
+    """``<model>-<method>-<outtype>.gguf``."""
+    return f"{base_name(run)}-{run.recipe.method.name}-{outtype(run)}.gguf"
 
 
 def card_section(result: GgufResult, kind: str) -> str:
