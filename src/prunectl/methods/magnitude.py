@@ -127,13 +127,18 @@ class MagnitudeMethod(ReconstructHooks, Method):
         ``hidden_size`` that the head count does not divide, even with an explicit ``head_dim``."""
         cfg, s = self.config, shapes[0]
         units = s.num_head_units - units_removed(s.num_head_units, ratio)
-        per_unit = s.num_heads // s.num_head_units
-        heads = units * per_unit
-        multiple = math.lcm(alignment(cfg.round_to, [adapter.hidden_size], heads), heads)
+        multiple = self._hidden_multiple(adapter, shapes, ratio)
         hidden = kept_count(adapter.hidden_size, ratio, multiple) if cfg.prune_hidden \
             else adapter.hidden_size
         channels = kept_count(s.intermediate, ratio, self._multiple(shapes))
         return {"hidden": hidden, "head_units": units, "channels": channels}
+
+    def _hidden_multiple(self, adapter: Adapter, shapes, ratio: float) -> int:
+        """The hidden size's multiple at ``ratio``: the alignment and the kept query heads."""
+        s = shapes[0]
+        units = s.num_head_units - units_removed(s.num_head_units, ratio)
+        heads = units * (s.num_heads // s.num_head_units)
+        return math.lcm(alignment(self.config.round_to, [adapter.hidden_size], heads), heads)
 
     def _multiple(self, shapes) -> int:
         """The MLP channels' multiple (modeling.alignment)."""
@@ -240,4 +245,9 @@ class MagnitudeMethod(ReconstructHooks, Method):
                 f"ratio moves heads in units of 1/{shapes[0].num_head_units} and channels in "
                 f"multiples of {self._multiple(shapes)}"
             )
+            if self.config.round_to is None and self.config.prune_hidden:
+                plan.notes.append(
+                    f"the aligned hidden size moves in multiples of "
+                    f"{self._hidden_multiple(adapter, shapes, ratio)} (the alignment and the kept "
+                    "query heads); method.round_to: 4 or prune_hidden: false gets closer")
         return plan
