@@ -123,8 +123,9 @@ def report_section(project_root: Path, eval_dir: Path) -> tuple[list[str], str |
     from prunectl.evaluation.plots import perplexity_per_byte
 
     datasets = sorted({d for r in rows for d in r["perplexity"]})
+    names = {d: Path(d).stem if "/" in d else d for d in datasets}  # a file: its name
     lines = ["## In llama.cpp (GGUF)", "",
-             "| model | type | MiB | " + " | ".join(f"ppl {d}" for d in datasets)
+             "| model | type | MiB | " + " | ".join(f"ppl {names[d]}" for d in datasets)
              + " | prompt tok/s (CPU) | decode tok/s (CPU) | fallbacks |",
              "| --- | --- | ---: |" + " ---: |" * len(datasets) + " ---: | ---: | ---: |"]
     for r in rows:
@@ -144,6 +145,6 @@ def report_section(project_root: Path, eval_dir: Path) -> tuple[list[str], str |
                 points.setdefault(r["model"], []).append(
                     {"bytes": r["bytes"], "perplexity": r["perplexity"][d]["perplexity"],
                      "label": r["outtype"]})
-    perplexity_per_byte(points, png, f"Perplexity ({datasets[0]}) vs GGUF file size")
+    perplexity_per_byte(points, png, f"Perplexity ({names[datasets[0]]}) vs GGUF file size")
     lines += ["", f"![perplexity per byte]({png.name})", ""]
     return lines, png.name
