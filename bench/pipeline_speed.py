@@ -6,7 +6,7 @@ each side enters the ratio ``prunectl / plain`` (below 1: prunectl is faster):
 
 * Block Influence: ``shortgpt.block_influence`` against one transformers forward per batch with
   ``output_hidden_states=True`` and the cosines taken from those states (ShortGPT's own way);
-* FLAP calibration: ``flap.collect.collect_statistics`` (batched layer pass) against FLAP's
+* FLAP calibration: ``width.collect.collect_statistics`` (batched layer pass) against FLAP's
   procedure (CASIA-IVA-Lab/FLAP ``prune_flap``): layer 0's inputs caught by a stand-in module,
   then per layer one forward per sample with forward hooks on ``o_proj`` / ``down_proj``
   updating a float32 running mean and variance;

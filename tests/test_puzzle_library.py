@@ -23,7 +23,9 @@ from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.surgery import apply_plan
 
 LAYERS, HEADS, KV, HEAD_DIM, CHANNELS = 3, 4, 2, 16, 96
-WIDTHS = [0.25, 0.5]  # MLP variants keep 0, 24, 48, 96 channels
+# MLP variants keep 0, 32, 48, 96 channels: 24 snaps to 32, the default alignment of 96 channels
+# being 16 (modeling.alignment)
+WIDTHS = [0.25, 0.5]
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +139,7 @@ def test_kl_scores_equal_the_sliced_model_against_the_dense_one(model, tokens, b
                                                                 dense_inputs, how):
     lib = built(importance="flap", score="kl", reconstruct=how)
     damp = PuzzleConfig().reconstruct_damp
-    cases = [(1, "attn", 1, 1), (0, "attn", 0, 0), (1, "mlp", 2, 48), (2, "mlp", 1, 24),
+    cases = [(1, "attn", 1, 1), (0, "attn", 0, 0), (1, "mlp", 2, 48), (2, "mlp", 1, 32),
              (2, "mlp", 0, 0)]
     for i, block, column, k in cases:
         if block == "attn":
@@ -160,7 +162,7 @@ def test_local_scores_equal_the_block_output_error_and_least_squares_never_loses
     libs = {how: built(importance="flap", score="local", reconstruct=how)
             for how in ("least_squares", "none")}
     for how, lib in libs.items():
-        for i, block, column, k in [(0, "attn", 1, 1), (2, "attn", 0, 0), (1, "mlp", 1, 24),
+        for i, block, column, k in [(0, "attn", 1, 1), (2, "attn", 0, 0), (1, "mlp", 1, 32),
                                     (0, "mlp", 2, 48)]:
             name = "o_proj" if block == "attn" else "down_proj"
             layer = model.model.layers[i]
@@ -237,8 +239,8 @@ def test_slimgpt_order_ends_with_the_unit_of_least_obs_error(model, built, dense
 
 def test_library_format(built):
     lib = built(importance="magnitude", score="kl", reconstruct="bias")
-    widths = mlp_kept(CHANNELS, WIDTHS)
-    assert widths == [0, 24, 48, 96] and attention_kept(KV) == [0, 1, 2]
+    widths = mlp_kept(CHANNELS, WIDTHS, 16)
+    assert widths == [0, 32, 48, 96] and attention_kept(KV) == [0, 1, 2]
     expected = {"attn.order": ((LAYERS, KV), torch.int64),
                 "attn.score": ((LAYERS, KV + 1), torch.float64),
                 "mlp.order": ((LAYERS, CHANNELS), torch.int64),
@@ -354,7 +356,7 @@ def test_dense_log_probs_are_computed_once_when_they_fit_and_recomputed_when_not
     monkeypatch.setattr(library, "log_probs", counted)
     config = PuzzleConfig(mlp_widths=WIDTHS, importance="magnitude", reconstruct="none")
     cached = build_library(Inputs(model, tokens, batch_size=4), config)
-    batches, variants = 2, 2 * LAYERS + 3 * LAYERS  # attn keeps 0/1 of 2 groups; mlp 0/24/48
+    batches, variants = 2, 2 * LAYERS + 3 * LAYERS  # attn keeps 0/1 of 2 groups; mlp 0/32/48
     assert len(heads) == variants * batches + batches
     heads.clear()
     monkeypatch.setattr(library, "LOG_PROBS_CACHE_BYTES", 0)

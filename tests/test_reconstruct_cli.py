@@ -127,7 +127,8 @@ def test_least_squares_after_hidden_pruning_is_refused_at_apply(tmp_path, text_f
     model_dir = save_tiny(tmp_path / "llama", "llama")
     project = tmp_path / "proj"
     recipe = recipe_file(tmp_path, model_dir, text_file,
-                         {"name": "magnitude", "reconstruct": "least_squares"})
+                         {"name": "magnitude", "reconstruct": "least_squares",
+                          "round_to": 4})  # aligned (16), the 64-wide hidden size stays whole
     for step in STEPS[:3]:
         assert invoke(step, project, recipe if step == "calibrate" else None).exit_code == 0
     result = invoke("apply", project)

@@ -1,5 +1,6 @@
 """``method.round_to``: kept MLP widths are multiples (or the full width), the weakest channels go,
-the parameter target is still met, 1 changes nothing, bad values exit 2 through the CLI."""
+the parameter target is still met, unset is the aligned default, bad values exit 2 through the
+CLI."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def test_widths_are_multiples_and_the_target_is_met(name, options, multiple):
     assert all(w % multiple == 0 for w in widths), widths
     total = count_parameters(model)["total"]
     channel = 3 * model.config.hidden_size
-    _, _, _, exact, _, _ = run_method(name, options)
+    _, _, _, exact, _, _ = run_method(name, {**options, "round_to": 1})
     exact_widths = kept_widths(exact, 4)
     assert all(abs(w - e) < multiple for w, e in zip(widths, exact_widths, strict=True))
     for i, w in enumerate(widths):  # the kept channels are the best-scored ones
@@ -82,10 +83,12 @@ def test_widths_are_multiples_and_the_target_is_met(name, options, multiple):
 
 
 @pytest.mark.parametrize(("name", "options"), WIDTH_METHODS)
-def test_round_to_one_is_the_exact_cut(name, options):
+def test_the_default_is_the_aligned_rule(name, options):
+    """Unset ``round_to`` is ``modeling.alignment``'s 64 here (256 channels hold 4 steps); the
+    exact cut of ``round_to: 1`` is checked against the old code in test_alignment.py."""
     *_, default, _, _ = run_method(name, options)
-    *_, one, _, _ = run_method(name, {**options, "round_to": 1})
-    assert one == default
+    *_, aligned, _, _ = run_method(name, {**options, "round_to": 64})
+    assert default == aligned
 
 
 @pytest.mark.parametrize("multiple", [8, 64])

@@ -19,7 +19,9 @@ def inputs_for(model, ratio, tokens=EMPTY):
 
 
 def method(**cfg):
-    return create_method(parse_method_config({"name": "llm-pruner", "layer_start": 1, **cfg}))
+    """LLM-Pruner's exact cut (``round_to: 1``): these tests check the reference's selection."""
+    return create_method(parse_method_config({"name": "llm-pruner", "layer_start": 1,
+                                              "round_to": 1, **cfg}))
 
 
 def plan_for(model, ratio=0.2, **cfg):

@@ -248,6 +248,27 @@ class PerplexityConfig(Section):
     add_bos: bool = False
 
 
+GgufOuttype = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q6_k",
+                      "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q3_k_l", "q3_k_m", "q3_k_s",
+                      "q2_k"]
+
+
+class LlamaCppEvalConfig(Section):
+    """Each model exported as GGUF at these types and measured in llama.cpp (node-llama-cpp's
+    engine, ``PRUNECTL_NODE_LLAMA_CPP``): perplexity on ``eval.perplexity``'s windows, speed,
+    bytes (docs/notes/evaluation.md)."""
+
+    #: GGUF types to measure (empty: llama.cpp is not used)
+    outtypes: list[GgufOuttype] = Field(default_factory=list)
+    speed: bool = True
+    #: prompt tokens evaluated in one batch, then tokens decoded one at a time
+    prompt: int = Field(128, gt=0)
+    gen: int = Field(32, gt=0)
+    #: interleaved rounds (after one warm-up run per file)
+    repeats: int = Field(3, gt=0)
+    threads: int = Field(1, gt=0)
+
+
 class EvalConfig(Section):
     perplexity: PerplexityConfig = Field(default_factory=PerplexityConfig)
     #: lm-eval task names; the papers' list is piqa, hellaswag, winogrande, arc_easy,
@@ -259,6 +280,7 @@ class EvalConfig(Section):
     limit: int | float | None = Field(None, gt=0)
     task_batch_size: int | str = 1
     speed: bool = False
+    llama_cpp: LlamaCppEvalConfig = Field(default_factory=LlamaCppEvalConfig)
     #: which models to evaluate (those that exist)
     models: list[Literal["dense", "pruned", "recovered"]] = Field(
         default_factory=lambda: ["dense", "pruned", "recovered"]
@@ -293,8 +315,9 @@ class ExportConfig(NewKeysSection):
     #: several formats side by side: the first in ``export/``, each other in ``export-<format>/``
     #: (replaces ``format``)
     formats: list[Literal["hf", "gguf"]] | None = Field(None, min_length=1)
-    #: GGUF tensor type (gguf only; default: export.dtype's, else f16 as llama.cpp's converter)
-    outtype: Literal["f32", "f16", "bf16", "q8_0"] | None = None
+    #: GGUF tensor type (gguf only; default: export.dtype's, else f16 as llama.cpp's converter); the
+    #: K-quants (q*_k*) run llama.cpp's quantizer (docs/notes/gguf.md)
+    outtype: GgufOuttype | None = None
 
     @field_validator("base_model")
     @classmethod

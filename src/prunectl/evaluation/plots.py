@@ -173,3 +173,25 @@ def projects_plot(points: list[dict], path: Path, dataset: str) -> Path:
     axes.grid(True, which="both", alpha=0.3)
     axes.set_title("Perplexity vs parameters kept, best model of each project")
     return _save(figure, path)
+
+
+def perplexity_per_byte(series: dict[str, list[dict]], path: Path, title: str = "") -> Path:
+    """Perplexity (log scale) against GGUF file size, one line per model (dense, pruned,
+    recovered), each point labelled with its tensor type: where pruning beats quantizing further
+    at a size budget.  Points are ``{"bytes": n, "perplexity": p, "label": type}``."""
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    for (model, points), marker in zip(series.items(), "osD^v<>", strict=False):
+        points = sorted(points, key=lambda p: p["bytes"])
+        axes.plot([p["bytes"] / 2**20 for p in points], [p["perplexity"] for p in points],
+                  marker=marker, label=model)
+        for p in points:
+            axes.annotate(p["label"], (p["bytes"] / 2**20, p["perplexity"]), fontsize=7,
+                          textcoords="offset points", xytext=(3, 3))
+    _log_perplexity_axis(axes, [p["perplexity"] for points in series.values() for p in points])
+    axes.set_xlabel("GGUF file size (MiB)")
+    axes.set_ylabel("perplexity in llama.cpp")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(loc="upper right")
+    axes.set_title(title or "Perplexity vs file size")
+    return _save(figure, path)

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from prunectl.evaluation.llama_cpp import report_section as llama_cpp_section
 from prunectl.evaluation.results import ProjectResults, load_results
 from prunectl.evaluation.tasks import PAPER_TASKS
 from prunectl.io import write_json, write_text
@@ -329,7 +330,8 @@ def write_report(project_root: Path) -> Path:
     curve_lines, curve_png = _curve_section(results, eval_dir)
     structure_lines, structure_png = _structure_section(results, eval_dir)
     pareto_lines, pareto_png = _pareto_section(results, eval_dir)
-    lines += curve_lines + structure_lines + pareto_lines
+    llama_lines, llama_png = llama_cpp_section(project_root, eval_dir)
+    lines += curve_lines + structure_lines + pareto_lines + llama_lines
     notes = results.plan.notes if results.plan else []
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
@@ -341,7 +343,7 @@ def write_report(project_root: Path) -> Path:
             "curve": results.plan.curve if results.plan else [],
             "chosen_blocks": _chosen_blocks(results),
             "structure": results.structure,
-            "plots": [p for p in (curve_png, structure_png, pareto_png) if p],
+            "plots": [p for p in (curve_png, structure_png, pareto_png, llama_png) if p],
         },
     )
     report = eval_dir / "report.md"

@@ -5,7 +5,7 @@ for the hidden size, the attention heads of every layer and the MLP channels of 
 importance is ``GroupNormImportance(p=2, group_reduction="mean")`` — for each prunable index, the
 mean over the weight matrices it couples (rows it produces, columns it reads) of its squared L2
 norm; layers are pruned locally (``global_pruning=False``) and channel counts kept multiples of
-``round_to``; head dimensions are never pruned, so RoPE is untouched.  The result is uniform, so
+``round_to`` (default: the aligned rule of ``modeling.alignment``; the reference's is 4); head dimensions are never pruned, so RoPE is untouched.  The result is uniform, so
 it saves as the family's stock Hugging Face class with a patched config.
 
 Deviations: torch-pruning is not a dependency — its dependency graph did not finish on this
@@ -47,6 +47,7 @@ from prunectl.methods.width.units import (
 )
 from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.alignment import alignment, snap
 from prunectl.modeling.structure import Structure, from_model
 
 
@@ -55,8 +56,9 @@ class MagnitudeConfig(MethodConfig, ReconstructOptions):
     #: fraction of hidden channels, head units and MLP channels removed; None: from the target
     #: (``ratio_of: units`` is this ratio; other targets are solved for)
     pruning_ratio: float | None = Field(None, gt=0, lt=1)
-    #: kept hidden and MLP channel counts are multiples of this (the reference's ``round_to=4``)
-    round_to: int = Field(4, ge=1)
+    #: kept hidden and MLP channel counts are multiples of this; unset: modeling.alignment's
+    #: default (64, smaller for small widths); the reference's (Torch-Pruning's) is 4
+    round_to: int | None = Field(None, ge=1)
     #: one query head from every KV group at once, every KV head kept (the reference's GQA
     #: handling), or a KV head with its query heads
     head_unit: HeadUnit = "query_head"
@@ -98,10 +100,7 @@ def kept_count(n: int, ratio: float, multiple: int) -> int:
     ``multiple`` (at least one multiple, at most the largest one in ``n``), or ``n`` when nothing
     is removed."""
     removed = int(ratio * n)
-    if removed == 0:
-        return n
-    kept = multiple * round((n - removed) / multiple)
-    return min(max(kept, multiple), n // multiple * multiple)
+    return n if removed == 0 else snap(max(n - removed, 1), n, multiple)
 
 
 class MagnitudeMethod(ReconstructHooks, Method):
@@ -129,12 +128,22 @@ class MagnitudeMethod(ReconstructHooks, Method):
         ``hidden_size`` that the head count does not divide, even with an explicit ``head_dim``."""
         cfg, s = self.config, shapes[0]
         units = s.num_head_units - units_removed(s.num_head_units, ratio)
-        per_unit = s.num_heads // s.num_head_units
-        multiple = math.lcm(cfg.round_to, units * per_unit)
+        multiple = self._hidden_multiple(adapter, shapes, ratio)
         hidden = kept_count(adapter.hidden_size, ratio, multiple) if cfg.prune_hidden \
             else adapter.hidden_size
-        channels = kept_count(s.intermediate, ratio, cfg.round_to)
+        channels = kept_count(s.intermediate, ratio, self._multiple(shapes))
         return {"hidden": hidden, "head_units": units, "channels": channels}
+
+    def _hidden_multiple(self, adapter: Adapter, shapes, ratio: float) -> int:
+        """The hidden size's multiple at ``ratio``: the alignment and the kept query heads."""
+        s = shapes[0]
+        units = s.num_head_units - units_removed(s.num_head_units, ratio)
+        heads = units * (s.num_heads // s.num_head_units)
+        return math.lcm(alignment(self.config.round_to, [adapter.hidden_size], heads), heads)
+
+    def _multiple(self, shapes) -> int:
+        """The MLP channels' multiple (modeling.alignment)."""
+        return alignment(self.config.round_to, [shapes[0].intermediate])
 
     @staticmethod
     def _params(dense: Structure, shapes, counts: dict) -> int:
@@ -182,7 +191,7 @@ class MagnitudeMethod(ReconstructHooks, Method):
         if len({(s.num_heads, s.num_kv_heads, s.intermediate) for s in shapes}) > 1:
             raise UserError("magnitude prunes uniform models only; this model's layers differ "
                             "in shape (use flap or wanda-sp)")
-        check_round_to(self.config.round_to, {i: s.intermediate for i, s in enumerate(shapes)})
+        check_round_to(self._multiple(shapes), {i: s.intermediate for i, s in enumerate(shapes)})
         goal = self._goal(inputs)
         ratio, notes = (self.config.pruning_ratio, []) if goal is None else \
             self._ratio(adapter, structure, shapes, goal)
@@ -220,6 +229,11 @@ class MagnitudeMethod(ReconstructHooks, Method):
                 f"removed {removed / total:.4f} of the parameters for target "
                 f"{goal.remove / total:.4g} ({goal.label}): one uniform "
                 f"ratio moves heads in units of 1/{shapes[0].num_head_units} and channels in "
-                f"multiples of {self.config.round_to}"
+                f"multiples of {self._multiple(shapes)}"
             )
+            if self.config.round_to is None and self.config.prune_hidden:
+                plan.notes.append(
+                    f"the aligned hidden size moves in multiples of "
+                    f"{self._hidden_multiple(adapter, shapes, ratio)} (the alignment and the kept "
+                    "query heads); method.round_to: 4 or prune_hidden: false gets closer")
         return plan

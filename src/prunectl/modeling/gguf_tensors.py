@@ -7,7 +7,9 @@ interleaved one; under ``phi3`` Phi-3's fused ``qkv_proj`` is ``attn_qkv`` and i
 (gate rows, then up rows) is ``ffn_up``, both unchanged, while ``deci`` gets them split by the
 adapter into q/k/v and gate/up; a tied ``lm_head`` is not written (llama.cpp reuses ``token_embd``); norms, biases
 and other 1-D tensors stay F32; a matrix whose rows do not split into the out type's blocks (q8_0
-blocks are 32 wide, pruned widths often are not) falls back to F16.
+and q4_0 ... q5_1 blocks are 32 wide, pruned widths often are not) falls back to F16, as the
+converter and llama.cpp's quantizer do.  The ``gguf`` package quantizes the block types itself;
+K-quants come from llama.cpp's own quantizer (``modeling.gguf_quantize``).
 """
 
 from __future__ import annotations
@@ -28,12 +30,20 @@ OUTTYPES: dict[str, gguf.GGMLQuantizationType] = {
     "f16": gguf.GGMLQuantizationType.F16,
     "bf16": gguf.GGMLQuantizationType.BF16,
     "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    "q5_1": gguf.GGMLQuantizationType.Q5_1,
+    "q5_0": gguf.GGMLQuantizationType.Q5_0,
+    "q4_1": gguf.GGMLQuantizationType.Q4_1,
+    "q4_0": gguf.GGMLQuantizationType.Q4_0,
 }
 FILE_TYPES: dict[str, gguf.LlamaFileType] = {
     "f32": gguf.LlamaFileType.ALL_F32,
     "f16": gguf.LlamaFileType.MOSTLY_F16,
     "bf16": gguf.LlamaFileType.MOSTLY_BF16,
     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    "q5_1": gguf.LlamaFileType.MOSTLY_Q5_1,
+    "q5_0": gguf.LlamaFileType.MOSTLY_Q5_0,
+    "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
+    "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
 }
 
 

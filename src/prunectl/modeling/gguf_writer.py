@@ -3,7 +3,8 @@
 Keys follow ``convert_hf_to_gguf.py`` for the architecture chosen by ``gguf_layout``; under
 ``deci`` the head counts and MLP widths are per-layer arrays (0 = block absent).  ``check_gguf``
 raises every refusal before a byte is written; ``write_gguf`` writes to ``<file>.tmp`` and renames,
-so a failed export never leaves a half-written model behind.
+so a failed export never leaves a half-written model behind.  K-quants are an f16 file run
+through llama.cpp's ``llama-quantize`` (``gguf_quantize``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import gguf
 
 from prunectl.errors import UserError
 from prunectl.modeling.gguf_layout import GgufLayout, gguf_layout
+from prunectl.modeling.gguf_quantize import K_QUANTS, fallbacks, find_quantizer, quantize
 from prunectl.modeling.gguf_tensors import FILE_TYPES, OUTTYPES, encode, gguf_tensors
 from prunectl.modeling.gguf_vocab import check_name_and_vocab, check_vocab, copy_vocab, write_vocab
 
@@ -27,13 +29,22 @@ class GgufResult:
     arch: str
     tensors: int
     warnings: list[str] = field(default_factory=list)
+    #: matrices the out type could not hold (rows not a multiple of its block) -> stored type
+    fallbacks: dict[str, str] = field(default_factory=dict)
+
+
+def outtypes() -> list[str]:
+    """Every ``--outtype``: those written here, then llama-quantize's K-quants."""
+    return [*OUTTYPES, *K_QUANTS]
 
 
 def check_gguf(model, tokenizer: Any, outtype: str, vocab_source: Path | None, name: str = "") -> GgufLayout:
     """The layout to write, after every check that could refuse the export (``name``: the
     ``general.name`` to write, which llama.cpp's vocabulary loader also reads)."""
-    if outtype not in OUTTYPES:
-        raise UserError(f"unknown GGUF out type '{outtype}'; choose one of {', '.join(OUTTYPES)}")
+    if outtype not in outtypes():
+        raise UserError(f"unknown GGUF out type '{outtype}'; choose one of {', '.join(outtypes())}")
+    if outtype in K_QUANTS:
+        find_quantizer(outtype)
     layout = gguf_layout(model)
     if vocab_source is None:
         if tokenizer is None:
@@ -89,11 +100,26 @@ def _add_phi3_hparams(writer: gguf.GGUFWriter, config) -> None:
 def write_gguf(model, tokenizer: Any, path: Path, outtype: str = "f16", name: str = "",
                vocab_source: Path | None = None) -> GgufResult:
     """Write ``model`` to ``path``.  ``vocab_source``: the GGUF file the dense model was read from,
-    whose tokenizer keys are copied; otherwise ``tokenizer`` is converted."""
+    whose tokenizer keys are copied; otherwise ``tokenizer`` is converted.  A K-quant is written
+    as f16 first, then quantized by llama.cpp."""
     path = Path(path)
     name = name or path.stem
     layout = check_gguf(model, tokenizer, outtype, vocab_source, name)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if outtype in K_QUANTS:
+        tool, f16 = find_quantizer(outtype), path.with_name(path.name + ".f16.tmp")
+        try:
+            result = write_gguf(model, tokenizer, f16, "f16", name, vocab_source)
+            tmp = path.with_name(path.name + ".tmp")
+            try:
+                quantize(tool, f16, tmp, outtype)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        finally:
+            f16.unlink(missing_ok=True)
+        return GgufResult(path, result.arch, result.tensors, result.warnings,
+                          fallbacks(path, outtype))
     tmp = path.with_name(path.name + ".tmp")
     writer = gguf.GGUFWriter(tmp, layout.arch)
     warnings: list[str] = []
@@ -118,4 +144,4 @@ def write_gguf(model, tokenizer: Any, path: Path, outtype: str = "f16", name: st
         writer.close()
         tmp.unlink(missing_ok=True)
         raise
-    return GgufResult(path, layout.arch, count, warnings)
+    return GgufResult(path, layout.arch, count, warnings, fallbacks(path, outtype))

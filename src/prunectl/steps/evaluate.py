@@ -15,6 +15,7 @@ import torch
 
 from prunectl.context import RunContext
 from prunectl.digest import check_sealed, digest, sealed_write
+from prunectl.errors import UserError
 from prunectl.io import load_tensors, read_json, save_tensors, write_json
 from prunectl.steps import artifacts
 from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections, skip
@@ -148,6 +149,65 @@ def _speed(run: RunContext, role: str, model, tokenizer) -> dict:
     return result
 
 
+def _llama_cpp(run: RunContext, role: str, fingerprint: str, model, tokenizer, engine: Path
+               ) -> dict[str, dict]:
+    """``role`` written as GGUF at each of ``eval.llama_cpp.outtypes`` (the dense model as
+    ``<model>-dense-<type>``) and its perplexity measured in llama.cpp on the windows
+    transformers scores; a result of the same model and settings is reused."""
+    from prunectl.evaluation import llama_cpp
+    from prunectl.modeling.gguf_writer import write_gguf
+    from prunectl.steps.export_gguf import base_name, vocab_source
+
+    cfg = run.recipe.eval
+    found = {}
+    for outtype in cfg.llama_cpp.outtypes:
+        name = f"{base_name(run)}-{role}-{outtype}"
+        path = run.project.path("eval", role, "gguf", f"{name}.gguf")
+        out = run.project.path("eval", role, f"llama-cpp-{outtype}.json")
+        settings = {"perplexity": cfg.perplexity.model_dump(), "threads": cfg.llama_cpp.threads}
+        cached = read_json(out) if out.exists() and not run.force else {}
+        if (isinstance(cached, dict) and cached.get("model_fingerprint") == fingerprint
+                and cached.get("settings") == settings and path.exists()):
+            found[f"{role}-{outtype}"] = cached
+            continue
+        result = write_gguf(model, tokenizer, path, outtype, name=name,
+                            vocab_source=vocab_source(run))
+        perplexities = {}
+        for dataset in cfg.perplexity.datasets:
+            tokens, seqlen = _evaluation_tokens(run, tokenizer, dataset), cfg.perplexity.seqlen
+            windows = min(tokens.numel() // seqlen, cfg.perplexity.max_windows or tokens.numel())
+            ids = tokens[: windows * seqlen].view(windows, seqlen).tolist()
+            perplexities[dataset] = llama_cpp.perplexity(engine, path, ids,
+                                                         cfg.llama_cpp.threads)
+            run.ui.info(f"{role} {outtype} perplexity in llama.cpp on {dataset}: "
+                        f"{perplexities[dataset]['perplexity']:.3f}")
+        found[f"{role}-{outtype}"] = {
+            "model": role, "outtype": outtype, "file": str(path), "bytes": path.stat().st_size,
+            "arch": result.arch, "fallbacks": result.fallbacks, "perplexity": perplexities,
+            "model_fingerprint": fingerprint, "settings": settings}
+    return found
+
+
+def _llama_cpp_speed(run: RunContext, results: dict[str, dict], engine: Path,
+                     prompt: list[int]) -> None:
+    """Prompt and decode speed of every file, interleaved, each against the dense file of the
+    same type (``vs_dense``: per-round ratios); saved beside the perplexities."""
+    from prunectl.evaluation import llama_cpp
+
+    cfg = run.recipe.eval.llama_cpp
+    if cfg.speed:
+        files = {name: Path(entry["file"]) for name, entry in results.items()}
+        speeds = llama_cpp.speed(engine, files, prompt, cfg.gen, cfg.repeats, cfg.threads)
+        for name, entry in results.items():
+            entry["speed"] = speeds[name]
+            dense = speeds.get(f"dense-{entry['outtype']}")
+            if dense is not None and entry["model"] != "dense":
+                entry["vs_dense"] = llama_cpp.ratios(speeds[name], dense)
+    for entry in results.values():
+        write_json(run.project.path("eval", entry["model"], f"llama-cpp-{entry['outtype']}.json"),
+                   entry)
+
+
 def key(run: RunContext, tasks: list[str] | None = None, speed: bool | None = None) -> tuple[dict, list]:
     tasks = run.recipe.eval.tasks if tasks is None else tasks
     speed = run.recipe.eval.speed if speed is None else speed
@@ -175,6 +235,16 @@ def evaluate(run: RunContext, tasks: list[str] | None = None, speed: bool | None
         measure = run.recipe.eval.speed if speed is None else speed
         summary: dict[str, Any] = {}
         speeds: dict[str, dict] = {}
+        engine = None
+        if run.recipe.eval.llama_cpp.outtypes and run.dist.is_main:
+            from prunectl.evaluation.llama_cpp import find_engine
+
+            engine = find_engine()  # refused before any model is measured
+            if not run.recipe.eval.perplexity.datasets:
+                raise UserError("eval.llama_cpp measures on eval.perplexity.datasets, which is "
+                                "empty; name a dataset there")
+        in_llama_cpp: dict[str, dict] = {}
+        prompt: list[int] = []
         for role, fingerprint in fingerprints.items():
             model, tokenizer = (
                 artifacts.dense_model(run) if role == "dense" else artifacts.project_model(run, role)
@@ -186,6 +256,11 @@ def evaluate(run: RunContext, tasks: list[str] | None = None, speed: bool | None
                 figures.update(_tasks(run, role, fingerprint, model, tokenizer, chosen_tasks))
             if measure:
                 speeds[role] = _speed(run, role, model, tokenizer)
+            if engine is not None:
+                in_llama_cpp.update(_llama_cpp(run, role, fingerprint, model, tokenizer, engine))
+                first = run.recipe.eval.perplexity.datasets[0]
+                prompt = prompt or _evaluation_tokens(run, tokenizer, first)[
+                    : run.recipe.eval.llama_cpp.prompt].tolist()
             summary[role] = figures
             if role != "dense":
                 run.models.pop(role, None)  # one model in memory at a time
@@ -199,6 +274,8 @@ def evaluate(run: RunContext, tasks: list[str] | None = None, speed: bool | None
                         write_json(run.project.path("eval", role, "speed.json"),
                                    {**result, "vs_dense": ratios})
                     summary[role]["speed_vs_dense"] = ratios
+        if in_llama_cpp:
+            _llama_cpp_speed(run, in_llama_cpp, engine, prompt)
         if run.dist.is_main:  # the report (and so the model card) follows every evaluation
             from prunectl.evaluation.report import write_report
 

@@ -37,11 +37,15 @@ def vocab_source(run: RunContext) -> Path | None:
     return None
 
 
-def file_name(run: RunContext) -> str:
-    """``<model>-<method>-<outtype>.gguf``; a GGUF source's own type suffix (``.Q4_1``) is dropped."""
+def base_name(run: RunContext) -> str:
+    """The source model's name without a GGUF source's own type suffix (``.Q4_1``)."""
     base = Path(run.recipe.model.gguf_file or run.recipe.model.path).name.removesuffix(".gguf")
-    base = re.sub(r"[.-](f16|f32|bf16|q\d\w*)$", "", base, flags=re.IGNORECASE)
-    return f"{base}-{run.recipe.method.name}-{outtype(run)}.gguf"
+    return re.sub(r"[.-](f16|f32|bf16|q\d\w*)$", "", base, flags=re.IGNORECASE)
+
+
+def file_name(run: RunContext) -> str:
+    """``<model>-<method>-<outtype>.gguf``."""
+    return f"{base_name(run)}-{run.recipe.method.name}-{outtype(run)}.gguf"
 
 
 def card_section(result: GgufResult, kind: str) -> str:
@@ -62,6 +66,11 @@ def card_section(result: GgufResult, kind: str) -> str:
     if result.arch == "deci":
         lines += ["Layers differ in shape, so the file uses llama.cpp's `deci` architecture "
                   "(per-layer head counts and feed-forward widths).", ""]
+    if result.fallbacks:
+        lines += [f"{len(result.fallbacks)} matrices have rows that the out type's blocks do not "
+                  "divide and are stored in another type, as llama.cpp does:", ""]
+        lines += [f"- `{name}`: {stored}" for name, stored in sorted(result.fallbacks.items())]
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -41,6 +41,7 @@ from prunectl.methods.width.units import (
 )
 from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.alignment import alignment
 from prunectl.modeling.structure import from_model
 
 if TYPE_CHECKING:
@@ -62,9 +63,9 @@ class _WidthConfig(MethodConfig, ReconstructOptions):
     #: head units and channels every layer keeps; 0 lets a module empty, which removes that
     #: residual block (and its norm) as the reference's masking effectively does
     min_kept: int = Field(1, ge=0)
-    #: kept MLP channels per layer are multiples of this (or all of them): 8, 64 or 128 run
-    #: faster on GPUs; 1 keeps the exact cut
-    round_to: int = Field(1, ge=1)
+    #: kept MLP channels per layer are multiples of this (or all of them); unset: the aligned
+    #: default of modeling.alignment (64, smaller for small widths); 1 keeps the exact cut
+    round_to: int | None = Field(None, ge=1)
 
 
 class _CompensatingConfig(_WidthConfig):
@@ -154,12 +155,13 @@ class _WidthMethod(Method):
         dense = from_model(inputs.model)
         biased = self.config.reconstruct != "none"
         budget = goal.remove
+        multiple = alignment(self.config.round_to, [l.shape.intermediate for l in layers.values()])
         offset = 0  # unit costs less what the plan removes (gained biases, emptied blocks' norms)
         for _ in range(3):  # settles at once unless those shift the cut
             selection = select(self.config.structure, layers, budget + offset,
                                self.config.remove_heads, self.config.min_kept)
             selection = round_selection(layers, selection, budget + offset,
-                                        self.config.round_to, self.config.min_kept)
+                                        multiple, self.config.min_kept)
             plan = self._plan(layers, selection)
             pruned = cost.account(dense, plan, biased=biased)
             removed = goal.total - pruned.params["total"]
@@ -167,7 +169,7 @@ class _WidthMethod(Method):
                 break
             offset = selection.params - removed
         added = pruned.params["total"] - cost.account(dense, plan).params["total"]
-        self._report(plan, layers, selection, goal, pruned, added)
+        self._report(plan, layers, selection, goal, pruned, added, multiple)
         return plan
 
     def _plan(self, layers: dict[int, LayerScores], selection: Selection) -> Plan:
@@ -196,7 +198,7 @@ class _WidthMethod(Method):
         return layers
 
     def _report(self, plan: Plan, layers, selection: Selection, goal: ParamsBudget,
-                pruned: cost.Account, added: int) -> None:
+                pruned: cost.Account, added: int, multiple: int) -> None:
         removed = goal.total - pruned.params["total"]
         q_gone = kv_gone = 0
         for i, lp in plan.layers.items():
@@ -225,7 +227,7 @@ class _WidthMethod(Method):
                 "groups (a query head cannot leave its KV head there)"
             )
         largest = max(l.shape.head_unit_cost for l in layers.values())
-        finest = max(l.shape.channel_cost for l in layers.values()) * self.config.round_to
+        finest = max(l.shape.channel_cost for l in layers.values()) * multiple
         if abs(removed - goal.remove) > finest:
             plan.notes.append(
                 f"removed {removed:,} parameters for {goal.label} ({goal.remove:,}): "

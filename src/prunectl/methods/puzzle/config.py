@@ -23,6 +23,9 @@ class PuzzleConfig(MethodConfig, ReconstructOptions):
     score_windows: int | None = Field(None, ge=1)
     #: kept MLP widths between "remove" and "keep", as fractions of the dense width
     mlp_widths: list[float] = Field(default_factory=lambda: [k / 8 for k in range(1, 8)])
+    #: those widths snap to multiples of this; unset: modeling.alignment's default (64,
+    #: smaller for small widths); 1 keeps ``round(f * channels)``
+    round_to: int | None = Field(None, ge=1)
     #: solutions of the solver re-scored with true calibration perplexity (0: trust the sum)
     verify: int = Field(3, ge=0)
     #: verified candidates differ from each other in at least this many block choices (the

@@ -42,6 +42,7 @@ from prunectl.methods.width.reconstruct import TOKENS_PER_INPUT, full_weight, wi
 from prunectl.methods.width.sequential import Solution, replace_output
 from prunectl.pipelines.blocks.cache import BoundaryCache, plan_cache
 from prunectl.pipelines.blocks.runner import UnitRunner
+from prunectl.modeling.alignment import alignment
 
 BLOCKS = ("attn", "mlp")
 #: the dense log-probabilities KL scoring compares against are kept up to this size (float32)
@@ -208,7 +209,9 @@ def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tenso
                        f"output row on {tokens.numel()} calibration tokens and will overfit; "
                        f"calibrate on at least {TOKENS_PER_INPUT * channels} tokens or raise "
                        "method.reconstruct_damp")
-    kept_counts = {"attn": attention_kept(groups), "mlp": mlp_kept(channels, config.mlp_widths)}
+    multiple = alignment(config.round_to, [channels])
+    kept_counts = {"attn": attention_kept(groups),
+                   "mlp": mlp_kept(channels, config.mlp_widths, multiple)}
     layers = adapter.num_layers
     orders = {block: torch.zeros(layers, units, dtype=torch.long)
               for block, units in (("attn", groups), ("mlp", channels))}

@@ -30,10 +30,16 @@ from prunectl.methods.width.hooks import ReconstructHooks
 from prunectl.methods.width.metrics import model_scores
 from prunectl.methods.width.obs import greedy_prune, mlp_batches
 from prunectl.methods.width.reconstruct import Reconstruct, ReconstructOptions
-from prunectl.methods.width.selection import LayerScores, select
+from prunectl.methods.width.selection import LayerScores, round_selection, select
 from prunectl.methods.width.sequential import Solution, sequential_pass
-from prunectl.methods.width.units import check_width_model, layer_plan, layer_shape
+from prunectl.methods.width.units import (
+    check_round_to,
+    check_width_model,
+    layer_plan,
+    layer_shape,
+)
 from prunectl.modeling import cost
+from prunectl.modeling.alignment import alignment
 from prunectl.modeling.structure import Structure, from_model
 
 
@@ -45,6 +51,9 @@ class SlimGPTConfig(MethodConfig, ReconstructOptions):
     ipr_first: float = Field(0.2, ge=0, le=1)
     #: head units and channels every layer keeps
     min_kept: int = Field(1, ge=1)
+    #: kept MLP channels per layer are multiples of this (or all); unset: modeling.alignment's
+    #: default (64, smaller for small widths); 1 keeps the exact counts of the reference
+    round_to: int | None = Field(None, ge=1)
     reconstruct: Reconstruct = "least_squares"
     #: also the OBS damping of the selection: SlimGPT's (SparseGPT's) percdamp, not the width
     #: methods' refit default
@@ -76,18 +85,22 @@ class SlimGPTMethod(ReconstructHooks, Method):
 
     def _counts(self, dense: Structure, shapes, scores, budget) -> tuple[list[tuple[int, int]], dict]:
         cfg = self.config
+        multiple = alignment(cfg.round_to, [s.intermediate for s in shapes])
+        check_round_to(multiple, dict(enumerate(s.intermediate for s in shapes)))
         if cfg.allocation == "AL-AM":
             if "layers.0.heads" not in scores:
                 raise UserError("scores lack FLAP's AL-AM scores; re-run `prunectl score --force`")
             layers = {i: LayerScores(s, scores[f"layers.{i}.heads"], scores[f"layers.{i}.channels"])
                       for i, s in enumerate(shapes)}
             sel = select("AL-AM", layers, budget, min_kept=cfg.min_kept)
+            sel = round_selection(layers, sel, budget, multiple, cfg.min_kept)
             counts = [(len(sel.heads.get(i, [])), len(sel.channels.get(i, [])))
                       for i in range(len(shapes))]
             return counts, {"allocation": "AL-AM"}
         weights = allocation.shape_weights(cfg.allocation, len(shapes), cfg.ipr_first)
         counts, scale = allocation.solve_counts(
-            shapes, weights, budget, lambda c: _removed(dense, shapes, c), cfg.min_kept)
+            shapes, weights, budget, lambda c: _removed(dense, shapes, c), cfg.min_kept,
+            multiple)
         ratios = [round(min(scale * w, 1.0), 4) for w in weights]
         return counts, {"allocation": cfg.allocation, "layer_ratios": ratios}
 

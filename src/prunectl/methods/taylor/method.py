@@ -29,6 +29,7 @@ from prunectl.methods.width.reconstruct import ReconstructOptions
 from prunectl.methods.width.units import HeadUnit, check_width_model
 from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter
+from prunectl.modeling.alignment import alignment
 from prunectl.modeling.structure import from_model
 from prunectl.pipelines.gradients import GradientStore, accumulate_gradients, require_whole_model
 from prunectl.schema import Seed
@@ -49,7 +50,8 @@ class TaylorConfig(MethodConfig, ReconstructOptions):
     grad_batch_size: int = Field(1, ge=1)  # calibration samples per backward pass
     gradient_checkpointing: bool = False
     seed: Seed = 42  # for importance: random
-    round_to: int = Field(1, ge=1)  # kept MLP channels per layer: multiples of this (or all)
+    #: kept MLP channels per layer: multiples of this (or all); unset: modeling.alignment's default
+    round_to: int | None = Field(None, ge=1)
 
 
 class TaylorMethod(ReconstructHooks, Method):
@@ -137,7 +139,8 @@ class TaylorMethod(ReconstructHooks, Method):
             per_channel = sum(w.numel() // w.shape[dim] for w, dim in weights)
             if goal.unit_ratio is not None:  # a share of the hidden channels
                 target = round(goal.unit_ratio * adapter.hidden_size) * per_channel
-            kept = selection.hidden_plan(adapter, scores["hidden"], per_channel, target)
+            multiple = alignment(cfg.round_to, [adapter.hidden_size])
+            kept = selection.hidden_plan(adapter, scores["hidden"], per_channel, target, multiple)
             achieved.update(hidden_kept=len(kept), hidden=adapter.hidden_size)
             layer_plans, notes = {}, []
         else:
@@ -145,7 +148,8 @@ class TaylorMethod(ReconstructHooks, Method):
                 adapter, scores, layers, cfg.head_unit, cfg.ranking, target,
                 keep=None if goal.unit_ratio is None else 1 - goal.unit_ratio,
             )
-            choices = selection.round_choices(adapter, choices, scores, cfg.round_to, target)
+            multiple = alignment(cfg.round_to, [adapter.intermediate_size(i) for i in choices])
+            choices = selection.round_choices(adapter, choices, scores, multiple, target)
             layer_plans, notes = selection.layer_plans(adapter, choices)
             achieved.update(
                 how,

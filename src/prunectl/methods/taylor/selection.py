@@ -26,6 +26,7 @@ import torch
 
 from prunectl.methods.plan import LayerPlan
 from prunectl.methods.width.units import round_kept_channels, units_removed
+from prunectl.modeling.alignment import snap
 from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.structure import LayerStructure, Structure, from_model
@@ -185,10 +186,12 @@ def round_choices(
     return out
 
 
-def hidden_plan(adapter: Adapter, scores: torch.Tensor, per_channel: int, target: int) -> list[int]:
-    """Kept hidden dimensions: the best ``hidden - round(target / per_channel)`` (at least one)."""
+def hidden_plan(adapter: Adapter, scores: torch.Tensor, per_channel: int, target: int,
+                multiple: int = 1) -> list[int]:
+    """Kept hidden dimensions: the best ``hidden - round(target / per_channel)`` (at least one),
+    snapped to ``multiple`` (modeling.alignment)."""
     hidden = scores.numel()
-    keep = min(max(hidden - round(target / per_channel), 1), hidden)
+    keep = snap(min(max(hidden - round(target / per_channel), 1), hidden), hidden, multiple)
     return sorted(torch.argsort(scores.float(), descending=True)[:keep].tolist())
 
 
