@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 import torch
-from conftest import byte_tokenizer, save_tiny, tiny_model
+from helpers import byte_tokenizer, save_tiny, tiny_model
 
 from prunectl.errors import UserError
 from prunectl.evaluation.results import speed_ratios

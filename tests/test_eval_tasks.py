@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import byte_tokenizer, tiny_model
+from helpers import byte_tokenizer, tiny_model
 from fixtures.tiny_task import TASK, TASKS_DIR, direct_accuracy
 
 from prunectl.errors import UserError

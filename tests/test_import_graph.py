@@ -162,6 +162,27 @@ def test_no_method_imports_another_method():
         "prunectl.methods.slimgpt.method imports prunectl.methods.flap.method"]
 
 
+def conftest_imports(root: Path) -> list[str]:
+    """The files under ``root`` that import ``conftest`` anywhere (shared test code lives in
+    ``tests/helpers.py``; ``conftest.py`` holds fixtures only)."""
+    return sorted(f"{file.relative_to(root).as_posix()}:{node.lineno}"
+                  for file in root.rglob("*.py")
+                  for node in ast.walk(ast.parse(file.read_text()))
+                  if (isinstance(node, ast.ImportFrom) and node.module == "conftest")
+                  or (isinstance(node, ast.Import)
+                      and any(alias.name == "conftest" for alias in node.names)))
+
+
+def test_no_test_module_imports_conftest(tmp_path):
+    tests = Path(__file__).parent
+    assert conftest_imports(tests) == []
+    assert conftest_imports(tests.parent / "bench") == []
+    assert conftest_imports(tests.parent / "scripts") == []
+    (tmp_path / "test_x.py").write_text("def test():\n    from conftest import TEXT\n")
+    (tmp_path / "test_y.py").write_text("import helpers\n")
+    assert conftest_imports(tmp_path) == ["test_x.py:2"]
+
+
 def _write(root: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from conftest import byte_tokenizer, tiny_model
+from helpers import byte_tokenizer, tiny_model
 from prunectl.errors import UserError
 from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.modeling import modeling_prunectl

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from conftest import MOE_CONFIGS, byte_tokenizer, tiny_moe
+from helpers import MOE_CONFIGS, byte_tokenizer, tiny_moe
 from prunectl.errors import UserError
 from prunectl.methods.plan import LayerPlan, Plan
 from prunectl.modeling.adapters import Adapter, family_for

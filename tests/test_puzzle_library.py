@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_model
+from helpers import tiny_model
 
 from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs, Journal

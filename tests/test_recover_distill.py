@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import VOCAB, byte_tokenizer, save_tiny, tiny_model
+from helpers import VOCAB, byte_tokenizer, save_tiny, tiny_model
 
 from prunectl.distributed import Distributed
 from prunectl.methods.plan import LayerPlan, Plan

@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TEXT, save_tiny
-from test_cli_pipeline import invoke, write_recipe
+from helpers import TEXT, invoke, save_tiny
+from test_cli_pipeline import manual_recipe
 
 from prunectl.digest import digest
 
@@ -28,8 +28,8 @@ def finished(tmp_path_factory) -> Path:
     recover = {"dataset": str(text), "format": "text", "cutoff_len": 32, "batch_size": 4,
                "micro_batch_size": 4, "max_steps": 2, "save_steps": 2, "val_set_size": 4,
                "objective": "kd+lm", "kd": {"cache_topk": 8, "weight": 0.5}}
-    recipe = write_recipe(root / "recipe.yaml", save_tiny(root / "tiny", "llama"), text,
-                          method={"name": "taylor", "layer_start": 1, "layer_end": 3},
+    recipe = manual_recipe(root / "recipe.yaml", save_tiny(root / "tiny", "llama"), text,
+                           method={"name": "taylor", "layer_start": 1, "layer_end": 3},
                           target={"params_ratio": 0.2}, recover=recover)
     project = root / "proj"
     result = invoke("run", "-p", project, "-r", recipe, "--quiet")
