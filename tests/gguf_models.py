@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from helpers import tiny_model
 
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling.surgery import apply_plan
 
 VOCAB = 264  # 262 tokenizer entries, padded like a real model's embedding matrix

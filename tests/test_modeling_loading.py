@@ -242,7 +242,7 @@ def test_gguf_loads_and_saves_as_plain_checkpoint(tmp_path):
 def test_a_pruned_directory_loads_as_a_recipe_model(tmp_path):
     """A model prunectl pruned can be the input of the next recipe, without trust_remote_code."""
     from helpers import byte_tokenizer
-    from prunectl.methods.plan import LayerPlan, Plan
+    from prunectl.plan import LayerPlan, Plan
     from prunectl.modeling.pruned_format import save_model
     from prunectl.modeling.surgery import apply_plan
 

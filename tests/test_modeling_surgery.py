@@ -12,7 +12,7 @@ import torch
 
 from helpers import tiny_model
 from prunectl.errors import UserError
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.modeling_prunectl import PrunedDecoderLayer
 from prunectl.modeling.surgery import apply_plan

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from prunectl.evaluation.perplexity import perplexity
 from prunectl.io import load_tensors
 from prunectl.methods.inputs import Inputs
-from prunectl.methods.plan import Plan
+from prunectl.plan import Plan
 from prunectl.methods.registry import create_method, parse_method_config
 
 SECTION = {"name": "puzzle", "verify": 2, "mlp_widths": [0.25, 0.5, 0.75]}

@@ -12,7 +12,7 @@ from helpers import tiny_model
 
 from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs, Journal
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.methods.puzzle import library
 from prunectl.methods.puzzle.config import PuzzleConfig
 from prunectl.methods.puzzle.importance import magnitude_scores, unit_columns

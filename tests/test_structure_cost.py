@@ -8,7 +8,7 @@ import torch
 import transformers
 from helpers import FAMILY_CONFIGS, tiny_config, tiny_model
 
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling import cost, structure
 from prunectl.modeling.params import count_parameters
 from prunectl.modeling.surgery import apply_plan

@@ -171,11 +171,11 @@ def test_a_remade_model_makes_eval_and_export_stale_and_they_follow_it(project, 
     """``recover --force`` whose training comes out different (same recipe, so the same
     fingerprint: here one weight nudged after the run): eval and export are stale (status no
     longer says done), and ``run`` measures and exports the new model."""
-    import prunectl.recovery
+    import prunectl.recovery.run
     from safetensors.torch import load_file, save_file
 
     weights = project / "recovered" / "model" / "model.safetensors"
-    train = prunectl.recovery.run_recovery
+    train = prunectl.recovery.run.run_recovery
 
     def nondeterministic(run, source, out, *args):
         summary = train(run, source, out, *args)
@@ -187,7 +187,7 @@ def test_a_remade_model_makes_eval_and_export_stale_and_they_follow_it(project, 
 
     before, exported = digest(weights), digest(project / "export" / "model.safetensors")
     assert before == exported
-    monkeypatch.setattr(prunectl.recovery, "run_recovery", nondeterministic)
+    monkeypatch.setattr(prunectl.recovery.run, "run_recovery", nondeterministic)
     result = invoke("recover", "-p", project, "--quiet", "--force")
     assert result.exit_code == 0, result.output
     assert digest(weights) != before

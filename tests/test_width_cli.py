@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from prunectl.io import load_tensors
 from prunectl.methods.inputs import Inputs
-from prunectl.methods.plan import Plan
+from prunectl.plan import Plan
 from prunectl.methods.registry import create_method, parse_method_config
 
 #: the recipe sections of these tests beside the method, over the shared defaults

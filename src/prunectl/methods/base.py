@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from prunectl.methods.plan import Plan
+from prunectl.plan import Plan
 from prunectl.pipelines.registry import Pipeline, pipeline
 
 if TYPE_CHECKING:  # annotations only: parsing a recipe must not import torch
