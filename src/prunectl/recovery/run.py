@@ -121,7 +121,8 @@ def run_recovery(
     train_set, val_set = build_examples(cfg, tokenizer)
     trainer_class = None
     if cfg.objective != "lm":  # the teacher first: a cache build frees it before the student loads
-        from prunectl.recovery.distill import distill_trainer, figures
+        from prunectl.recovery.distill import figures
+        from prunectl.recovery.teacher import distill_trainer
 
         train_set, val_set, trainer_class = distill_trainer(run, train_set, val_set, out_dir)
     before_file = out_dir / "eval_before.json"
