@@ -18,7 +18,7 @@ import torch
 from common import default_gguf
 
 from prunectl.evaluation.speed import measure_speed, speed_ratios
-from prunectl.methods.plan import plan_from_removals
+from prunectl.plan import plan_from_removals
 from prunectl.modeling.loading import load_model
 from prunectl.modeling.pruned_format import save_model
 from prunectl.modeling.surgery import apply_plan

@@ -63,7 +63,7 @@ def recover(name: str, recover_cfg: dict, teacher: str, pruned: str, out: str, b
     torch.set_num_threads(1)
     from prunectl.distributed import Distributed
     from prunectl.recipe import ModelConfig, RecoverConfig
-    from prunectl.recovery import run_recovery
+    from prunectl.recovery.run import run_recovery
     from prunectl.ui import UI
 
     run = SimpleNamespace(

@@ -32,7 +32,7 @@ export: {{dtype: float32}}
 def finished_project(root: Path) -> Path:
     """A tiny Llama pruned, evaluated and exported: every step done."""
     sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-    from conftest import save_tiny
+    from helpers import save_tiny
 
     model = save_tiny(root / "tiny")
     text = root / "text.txt"

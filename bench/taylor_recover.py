@@ -31,7 +31,7 @@ from prunectl.modeling.loading import load_model, load_project_model
 from prunectl.modeling.params import count_parameters
 from prunectl.modeling.pruned_format import save_model
 from prunectl.recipe import RecoverConfig
-from prunectl.recovery import run_recovery
+from prunectl.recovery.run import run_recovery
 from prunectl.ui import UI
 
 from common import SHARED_DATA, default_gguf

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "reference_results.json"
 
-#: (case, family, model overrides, method section, target); families as in tests/conftest.py
+#: (case, family, model overrides, method section, target); families as in tests/helpers.py
 WIDTH = {"params_ratio": 0.25}
 CASES = [
     ("flap", "llama", {"num_attention_heads": 8, "num_key_value_heads": 4},
@@ -53,14 +53,14 @@ STEPS = ("calibrate", "score", "search", "apply", "eval")
 
 def _text(path: Path) -> Path:
     """The ``text_file`` fixture's text."""
-    from conftest import TEXT
+    from helpers import TEXT
 
     path.write_text("\n\n".join(f"Paragraph {i}. " + TEXT * (1 + i % 3) for i in range(60)))
     return path
 
 
 def _model(directory: Path, family: str, overrides: dict) -> Path:
-    from conftest import MOE_CONFIGS, byte_tokenizer, save_tiny, tiny_moe
+    from helpers import MOE_CONFIGS, byte_tokenizer, save_tiny, tiny_moe
 
     if family in MOE_CONFIGS:
         tiny_moe(family, **overrides).save_pretrained(directory)

@@ -12,7 +12,7 @@ import json
 import sys
 
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 
 from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config

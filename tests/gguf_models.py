@@ -1,15 +1,15 @@
 """Tiny pruned models and a byte-level BPE tokenizer for the GGUF export tests.
 
 llama.cpp reads only BPE (or SentencePiece) vocabularies with merges, so these tests use a
-byte-level BPE (256 byte symbols, 4 specials, 2 merges) instead of conftest's WordLevel one.
+byte-level BPE (256 byte symbols, 4 specials, 2 merges) instead of helpers' WordLevel one.
 """
 
 from __future__ import annotations
 
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling.surgery import apply_plan
 
 VOCAB = 264  # 262 tokenizer entries, padded like a real model's embedding matrix

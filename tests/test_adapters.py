@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILY_CONFIGS, tiny_model
+from helpers import FAMILY_CONFIGS, tiny_model
 
 from prunectl.errors import UserError
 from prunectl.modeling.adapters import Adapter, family_for

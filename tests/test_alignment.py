@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 from exact_plans import CASES, OLD_DEFAULT, plan_for
 
 from prunectl.methods.inputs import Inputs, Target

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import save_tiny
+from helpers import save_tiny
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 

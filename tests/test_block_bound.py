@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_model
+from helpers import tiny_model
 
 from prunectl.pipelines.blocks.bound import NllLowerBound
 from prunectl.pipelines.blocks.runner import UnitRunner

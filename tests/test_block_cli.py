@@ -11,8 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import save_tiny
+from helpers import save_tiny, write_recipe
 
 #: loaded at interpreter start (PYTHONPATH): SIGKILLs the process right after the progress
 #: file reaches KILL_AFTER lines, i.e. after that decision was made and fsynced
@@ -38,15 +37,10 @@ def prunectl(*args, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
-def write_recipe(path: Path, model_dir: Path, text: Path) -> Path:
-    recipe = {
-        "model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
-        "calibration": {"dataset": str(text), "nsamples": 4, "seqlen": 24, "seed": 1},
-        "method": {"name": "block", "block_type": "mix", "batch_size": 2},
-        "target": {"blocks": 5},
-    }
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+def block_recipe(path: Path, model_dir: Path, text: Path) -> Path:
+    """The block search these tests interrupt (also run under torchrun by test_distributed)."""
+    return write_recipe(path, model_dir, text, calibration={"seqlen": 24}, target={"blocks": 5},
+                        method={"name": "block", "block_type": "mix", "batch_size": 2})
 
 
 def progress(project: Path) -> list[str]:
@@ -56,7 +50,7 @@ def progress(project: Path) -> list[str]:
 @pytest.mark.slow
 def test_sigkilled_search_resumes_without_recomputing(tmp_path, text_file):
     model_dir = save_tiny(tmp_path / "tiny", "llama", num_hidden_layers=4)
-    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
+    recipe = block_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
     (tmp_path / "killer").mkdir()
     (tmp_path / "killer" / "sitecustomize.py").write_text(KILLER)
     pythonpath = os.pathsep.join(filter(None, [str(tmp_path / "killer"),

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 
 from prunectl.errors import UserError
 from prunectl.methods.block import BlockMethod

@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 import torch
 import yaml
-from conftest import byte_tokenizer, save_tiny
+from helpers import byte_tokenizer, save_tiny
 from typer.testing import CliRunner
 
 from prunectl.cli import app

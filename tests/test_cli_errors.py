@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cli_pipeline import invoke, write_recipe
+from helpers import invoke
+from test_cli_pipeline import manual_recipe
 
 
 def snapshot(directory: Path) -> dict[str, str]:
@@ -23,7 +24,7 @@ def snapshot(directory: Path) -> dict[str, str]:
 
 @pytest.fixture
 def finished_project(tmp_path, tiny_model_dir, text_file) -> Path:
-    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, text_file)
+    recipe = manual_recipe(tmp_path / "recipe.yaml", tiny_model_dir, text_file)
     project = tmp_path / "proj"
     result = invoke("search", "-p", project, "-r", recipe, "--quiet")
     assert result.exit_code == 0, result.output
@@ -101,7 +102,7 @@ def test_wrong_architecture_is_refused_with_the_supported_list(tmp_path, text_fi
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=260)).save_pretrained(
         model_dir
     )
-    recipe = write_recipe(tmp_path / "r.yaml", model_dir, text_file)
+    recipe = manual_recipe(tmp_path / "r.yaml", model_dir, text_file)
     result = invoke("search", "-p", tmp_path / "p", "-r", recipe, "--quiet")
     assert result.exit_code == 2
     assert "gpt2" in result.stderr and "llama" in result.stderr and "qwen2" in result.stderr
@@ -112,7 +113,7 @@ def test_multimodal_gemma3_is_refused_naming_its_text_model(tmp_path, text_file)
 
     model_dir = tmp_path / "gemma3"
     Gemma3Config().save_pretrained(model_dir)  # a config alone: refused before any weight
-    recipe = write_recipe(tmp_path / "r.yaml", model_dir, text_file)
+    recipe = manual_recipe(tmp_path / "r.yaml", model_dir, text_file)
     result = invoke("search", "-p", tmp_path / "p", "-r", recipe, "--quiet")
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()

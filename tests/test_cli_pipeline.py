@@ -8,32 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import save_tiny
+from helpers import invoke, save_tiny, write_recipe
 from transformers import AutoModelForCausalLM
-from typer.testing import CliRunner
-
-from prunectl.cli import app
-
-runner = CliRunner()
 
 
-def write_recipe(path: Path, model_dir: Path, text: Path, **sections) -> Path:
-    recipe = {
-        "model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
-        "calibration": {"dataset": str(text), "nsamples": 4, "seqlen": 32, "seed": 1},
+def manual_recipe(path: Path, model_dir: Path, text: Path, **sections) -> Path:
+    """The pipeline recipe of these runs (a manual removal, evaluated on ``text``); each section
+    given replaces its default (other test modules use it with their own method)."""
+    return write_recipe(path, model_dir, text, **{
         "method": {"name": "manual", "remove": ["layers.0.attn", "layers.1.mlp", "layers.2"]},
         "eval": {"perplexity": {"datasets": [str(text)], "seqlen": 64, "batch_size": 2,
                                 "max_windows": 4}},
         "export": {"dtype": "float32"},
-    }
-    recipe.update(sections)
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
-def invoke(*args: str):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result
+        **sections})
 
 
 def bypassed_logits(model_dir: Path, removed: dict[int, set[str]], ids: torch.Tensor):
@@ -54,7 +41,7 @@ def bypassed_logits(model_dir: Path, removed: dict[int, set[str]], ids: torch.Te
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text"])
 def test_run_manual_end_to_end_and_reload(tmp_path, text_file, family):
     model_dir = save_tiny(tmp_path / family, family)
-    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
+    recipe = manual_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
     project = tmp_path / "proj"
 
     result = invoke("run", "-p", project, "-r", recipe, "--json", "--quiet")
@@ -83,7 +70,7 @@ def test_run_manual_end_to_end_and_reload(tmp_path, text_file, family):
 
 
 def test_second_run_skips_everything_and_status_reports(tmp_path, tiny_model_dir, text_file):
-    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, text_file)
+    recipe = manual_recipe(tmp_path / "recipe.yaml", tiny_model_dir, text_file)
     project = tmp_path / "proj"
     assert invoke("run", "-p", project, "-r", recipe, "--quiet").exit_code == 0
     plan_mtime = (project / "search" / "plan.json").stat().st_mtime_ns
@@ -103,7 +90,7 @@ def test_second_run_skips_everything_and_status_reports(tmp_path, tiny_model_dir
 
 
 def test_changed_recipe_marks_later_steps_stale_and_reruns_them(tmp_path, tiny_model_dir, text_file):
-    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, text_file)
+    recipe = manual_recipe(tmp_path / "recipe.yaml", tiny_model_dir, text_file)
     project = tmp_path / "proj"
     assert invoke("run", "-p", project, "-r", recipe, "--quiet").exit_code == 0
 
@@ -124,7 +111,7 @@ def test_changed_recipe_marks_later_steps_stale_and_reruns_them(tmp_path, tiny_m
 
 
 def test_apply_blocks_takes_a_prefix_of_the_order(tmp_path, tiny_model_dir, text_file):
-    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, text_file)
+    recipe = manual_recipe(tmp_path / "recipe.yaml", tiny_model_dir, text_file)
     project = tmp_path / "proj"
     assert invoke("search", "-p", project, "-r", recipe, "--quiet").exit_code == 0
     result = invoke("apply", "-p", project, "--blocks", "1", "--json", "--quiet")
@@ -142,7 +129,7 @@ def test_each_step_in_its_own_invocation_reads_the_saved_pruned_model(
     tmp_path, tiny_model_dir, text_file
 ):
     """A fresh process finds the non-uniform pruned model and its tokenizer on disk."""
-    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, text_file)
+    recipe = manual_recipe(tmp_path / "recipe.yaml", tiny_model_dir, text_file)
     project = tmp_path / "proj"
     for step in ("calibrate", "score", "search", "apply", "eval", "export"):
         args = ["-r", recipe] if step == "calibrate" else []

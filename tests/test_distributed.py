@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import tiny_model, tiny_moe
+from helpers import tiny_model, tiny_moe
 from test_block_search import peaked_model, repeated_tokens, search
 
 from prunectl import distributed
@@ -227,12 +227,12 @@ def _launch_env(**extra: str) -> dict[str, str]:
 def test_torchrun_search_writes_once_and_equals_one_process(tmp_path, text_file):
     """`torchrun --nproc_per_node 2 prunectl search`: one progress line per decision (rank 0
     alone appends), the state recorded, and the order a single in-process search finds."""
-    from conftest import save_tiny
-    from test_block_cli import write_recipe
+    from helpers import save_tiny
+    from test_block_cli import block_recipe
 
 
     model_dir = save_tiny(tmp_path / "tiny", "llama", num_hidden_layers=4)
-    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
+    recipe = block_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
     project = tmp_path / "project"
     command = _torchrun("search", "-p", str(project), "-r", str(recipe), "--quiet")
     done = subprocess.run(command, check=False,
@@ -277,12 +277,12 @@ def test_a_killed_rank_stops_the_run_and_a_rerun_resumes(tmp_path, text_file):
     is released and no line is torn.  A single-process re-run (to 8 blocks) and then a torchrun
     re-run (to 12) keep every recorded line byte for byte (so nothing recorded was recomputed)
     and end with the order and perplexities of one uninterrupted single-process search."""
-    from conftest import save_tiny
-    from test_block_cli import write_recipe
+    from helpers import save_tiny
+    from test_block_cli import block_recipe
 
 
     model_dir = save_tiny(tmp_path / "tiny", "llama", num_hidden_layers=8)  # 16 candidates
-    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
+    recipe = block_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
     project = tmp_path / "project"
     progress = project / "search" / "progress.jsonl"
 
@@ -369,11 +369,11 @@ def test_a_bad_collective_timeout_stops_before_the_group_forms(monkeypatch, valu
 def _rank_0_search(tmp_path, text_file, timeout_s: int):
     """A tiny block-search project and rank 0's environment of a 2-rank group whose collectives
     time out after ``timeout_s``; returns (project, env, run) where ``run()`` starts rank 0."""
-    from conftest import save_tiny
-    from test_block_cli import write_recipe
+    from helpers import save_tiny
+    from test_block_cli import block_recipe
 
     model_dir = save_tiny(tmp_path / "tiny", "llama", num_hidden_layers=2)
-    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
+    recipe = block_recipe(tmp_path / "recipe.yaml", model_dir, text_file)
     project = tmp_path / "project"
     env = _launch_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
                       WORLD_SIZE=str(WORLD), PRUNECTL_DIST_TIMEOUT=str(timeout_s))

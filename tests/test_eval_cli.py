@@ -6,19 +6,10 @@ import json
 
 import pytest
 import yaml
-from conftest import byte_tokenizer, save_tiny
+from helpers import byte_tokenizer, invoke, save_tiny
 from fixtures.tiny_task import TASK, TASKS_DIR, direct_accuracy
 from matplotlib.image import imread
 from transformers import AutoModelForCausalLM
-from typer.testing import CliRunner
-
-from prunectl.cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(autouse=True)

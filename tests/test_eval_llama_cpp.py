@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_model
+from helpers import tiny_model
 from gguf_models import VOCAB, bpe_tokenizer
 from typer.testing import CliRunner
 

@@ -11,7 +11,7 @@ from fixtures.eval_project import CURVE, ORDER, make_project, write
 from matplotlib.image import imread
 
 from prunectl.evaluation.report import summary_table_markdown, write_report
-from prunectl.methods.plan import plan_from_removals
+from prunectl.plan import plan_from_removals
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

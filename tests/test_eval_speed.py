@@ -6,12 +6,12 @@ import statistics
 
 import pytest
 import torch
-from conftest import byte_tokenizer, save_tiny, tiny_model
+from helpers import byte_tokenizer, save_tiny, tiny_model
 
 from prunectl.errors import UserError
 from prunectl.evaluation.results import speed_ratios
 from prunectl.evaluation.speed import measure_speed
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling.pruned_format import save_model
 from prunectl.modeling.surgery import apply_plan
 

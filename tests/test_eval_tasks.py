@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import byte_tokenizer, tiny_model
+from helpers import byte_tokenizer, tiny_model
 from fixtures.tiny_task import TASK, TASKS_DIR, direct_accuracy
 
 from prunectl.errors import UserError
 from prunectl.evaluation.tasks import PAPER_METRIC, PAPER_TASKS, average_metric, run_tasks
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling.surgery import apply_plan
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_cli_pipeline import invoke, write_recipe
+from helpers import invoke
+from test_cli_pipeline import manual_recipe
 
 from prunectl import memory_estimate
 
@@ -13,8 +14,8 @@ BLOCK = {"name": "block", "block_type": "mix"}
 
 
 def search(tmp_path, model_dir, text, name, *extra):
-    recipe = write_recipe(tmp_path / f"{name}.yaml", model_dir, text, method=BLOCK,
-                          target={"blocks": 3})
+    recipe = manual_recipe(tmp_path / f"{name}.yaml", model_dir, text, method=BLOCK,
+                           target={"blocks": 3})
     project = tmp_path / name
     result = invoke("search", "-p", project, "-r", recipe, "--quiet", *extra)
     assert result.exit_code == 0, result.output
@@ -36,8 +37,8 @@ def test_layerwise_and_device_map_give_the_whole_model_result(tmp_path, tiny_mod
 def test_a_step_that_cannot_fit_is_refused_before_it_starts(tmp_path, tiny_model_dir, text_file,
                                                             monkeypatch):
     monkeypatch.setattr(memory_estimate, "available", lambda device: (None, 1024))
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, text_file, method=BLOCK,
-                          target={"blocks": 1})
+    recipe = manual_recipe(tmp_path / "r.yaml", tiny_model_dir, text_file, method=BLOCK,
+                           target={"blocks": 1})
     project = tmp_path / "p"
     result = invoke("search", "-p", project, "-r", recipe, "--quiet")
     assert result.exit_code == 2
@@ -63,7 +64,7 @@ def test_estimate_counts_weights_exactly(tiny_model_dir):
 def test_streaming_hooks_cover_every_weight_and_fire_on_the_adapter_path(monkeypatch):
     """On a GPU each piece must reach the device before it runs, however it is called."""
     import torch
-    from conftest import tiny_model
+    from helpers import tiny_model
 
     from prunectl.modeling import placement
     from prunectl.modeling.adapters import Adapter
@@ -101,7 +102,7 @@ def test_streamed_models_compute_on_the_streaming_device():
     """Inputs, caches and activations go to the streaming device, not to where the weights
     wait; recording it needs no GPU (nothing runs here)."""
     import torch
-    from conftest import tiny_model
+    from helpers import tiny_model
 
     from prunectl.modeling.placement import execution_device, is_streamed, stream_layers
 
@@ -113,8 +114,8 @@ def test_streamed_models_compute_on_the_streaming_device():
 
 
 def test_taylor_gradients_refuse_layerwise_streaming(tmp_path, tiny_model_dir, text_file):
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, text_file,
-                          method={"name": "taylor", "layer_start": 1, "layer_end": 3},
+    recipe = manual_recipe(tmp_path / "r.yaml", tiny_model_dir, text_file,
+                           method={"name": "taylor", "layer_start": 1, "layer_end": 3},
                           target={"params_ratio": 0.2})
     project = tmp_path / "p"
     assert invoke("calibrate", "-p", project, "-r", recipe, "--quiet").exit_code == 0
@@ -148,8 +149,8 @@ def test_a_step_over_the_memory_budget_is_refused_before_it_starts(tmp_path, tin
                                                                    text_file):
     """The tiny model's weights alone are over 0.0002 GiB (its layers 0.000115 each, the
     preflight's floor): calibrate is refused."""
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, text_file, method=BLOCK,
-                          target={"blocks": 1})
+    recipe = manual_recipe(tmp_path / "r.yaml", tiny_model_dir, text_file, method=BLOCK,
+                           target={"blocks": 1})
     project = tmp_path / "p"
     result = invoke("calibrate", "-p", project, "-r", recipe, "--quiet",
                     "--set", "execution.memory_budget_gb=0.0002")

@@ -10,22 +10,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import tiny_model
+from helpers import invoke, tiny_model
 from gguf_models import VOCAB, bpe_tokenizer
 from gguf_reference import GgufFile, reference_logits
-from typer.testing import CliRunner
 
-from prunectl.cli import app
 from prunectl.modeling.gguf_writer import write_gguf
 from prunectl.modeling.loading import load_project_model
 from prunectl.steps.export_gguf import LLAMA_CPP_CHECKED
 
-runner = CliRunner()
 IDS = [5, 70, 100, 30, 261, 7]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def model_dir(tmp_path: Path, family: str = "llama") -> Path:

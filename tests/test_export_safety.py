@@ -11,19 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_model
 from gguf_models import VOCAB, bpe_tokenizer
-from typer.testing import CliRunner
+from helpers import invoke, tiny_model, write_recipe
 
-from prunectl.cli import app
 from prunectl.steps.export_target import MANIFEST
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
 
 def error_line(output: str) -> str:
     (line,) = [line for line in output.splitlines() if line.startswith("error:")]
@@ -39,21 +30,19 @@ def tree(root: Path) -> dict[str, str]:
     return found
 
 
-def write_recipe(path: Path, model: Path, text: Path, export: dict) -> Path:
-    path.write_text(yaml.safe_dump({
-        "model": {"path": str(model), "dtype": "float32", "device": "cpu"},
-        "calibration": {"dataset": str(text), "nsamples": 2, "seqlen": 16, "seed": 1},
-        "method": {"name": "manual", "remove": ["layers.0.attn", "layers.1.mlp"]},
-        "eval": {"perplexity": {"datasets": [str(text)], "seqlen": 32, "batch_size": 2, "max_windows": 2}},
-        "export": export,
-    }))
-    return path
+def manual_recipe(path: Path, model: Path, text: Path, export: dict) -> Path:
+    """The manual removal these tests export, with ``export`` as the recipe's export section."""
+    return write_recipe(
+        path, model, text, calibration={"nsamples": 2, "seqlen": 16},
+        method={"name": "manual", "remove": ["layers.0.attn", "layers.1.mlp"]},
+        eval={"perplexity": {"datasets": [str(text)], "seqlen": 32, "batch_size": 2, "max_windows": 2}},
+        export=export)
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A finished project (every step, Hugging Face export in float32), made once."""
-    from conftest import TEXT
+    from helpers import TEXT
 
     root = tmp_path_factory.mktemp("finished")
     model = root / "tiny"
@@ -61,7 +50,7 @@ def finished(tmp_path_factory) -> Path:
     bpe_tokenizer().save_pretrained(model)
     text = root / "text.txt"
     text.write_text(TEXT * 20)
-    recipe = write_recipe(root / "recipe.yaml", model, text, {"dtype": "float32"})
+    recipe = manual_recipe(root / "recipe.yaml", model, text, {"dtype": "float32"})
     result = invoke("run", "-p", root / "runs" / "a", "-r", recipe, "--quiet")
     assert result.exit_code == 0, result.output
     return root
@@ -152,8 +141,8 @@ def test_one_off_exports_leave_the_pinned_recipe_and_export_unchanged(work, monk
 
 
 def test_export_formats_writes_both_side_by_side(finished, tmp_path):
-    recipe = write_recipe(tmp_path / "both.yaml", finished / "tiny", finished / "text.txt",
-                          {"formats": ["hf", "gguf"], "dtype": "float16"})
+    recipe = manual_recipe(tmp_path / "both.yaml", finished / "tiny", finished / "text.txt",
+                           {"formats": ["hf", "gguf"], "dtype": "float16"})
     project = tmp_path / "runs" / "both"
     shutil.copytree(finished / "runs" / "a", project)
     result = invoke("export", "-p", project, "-r", recipe, "--quiet")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import byte_tokenizer, tiny_model
+from helpers import byte_tokenizer, tiny_model
 
 from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import TEXT, byte_tokenizer, tiny_model
+from helpers import TEXT, byte_tokenizer, tiny_model
 
 from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import byte_tokenizer, tiny_model
+from helpers import byte_tokenizer, tiny_model
 from prunectl.modeling import gguf_cache, loading
 from prunectl.modeling.loading import load_config, load_model
 from test_modeling_loading import write_tiny_gguf

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import tiny_model
+from helpers import tiny_model
 from gguf_models import VOCAB, bpe_tokenizer, pruned
 from typer.testing import CliRunner
 

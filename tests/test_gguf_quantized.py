@@ -12,7 +12,7 @@ import gguf
 import numpy as np
 import pytest
 import yaml
-from conftest import tiny_model
+from helpers import tiny_model
 from gguf_models import VOCAB, bpe_tokenizer
 from typer.testing import CliRunner
 

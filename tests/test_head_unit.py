@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 
 from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.magnitude import group_importance

@@ -10,18 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import TEXT, tiny_model
 from gguf_models import VOCAB, bpe_tokenizer
-from typer.testing import CliRunner
-
-from prunectl.cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from helpers import TEXT, invoke, tiny_model, write_recipe
 
 
 def tree(root: Path, skip: str = "history") -> dict[str, str]:
@@ -29,15 +19,11 @@ def tree(root: Path, skip: str = "history") -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and not p.relative_to(root).as_posix().startswith(skip)}
 
 
-def write_recipe(path: Path, root: Path, method: dict, target: dict | None) -> Path:
-    path.write_text(yaml.safe_dump({
-        "model": {"path": str(root / "tiny"), "dtype": "float32", "device": "cpu"},
-        "calibration": {"dataset": str(root / "text.txt"), "nsamples": 2, "seqlen": 16, "seed": 1},
-        "method": method, **({"target": target} if target else {}),
-        "eval": {"perplexity": {"datasets": [str(root / "text.txt")], "seqlen": 32, "batch_size": 2,
-                                "max_windows": 2}},
-    }))
-    return path
+def evaluated(root: Path) -> dict:
+    """The recipe sections these projects share: small calibration, perplexity on the text."""
+    return {"calibration": {"nsamples": 2, "seqlen": 16},
+            "eval": {"perplexity": {"datasets": [str(root / "text.txt")], "seqlen": 32,
+                                    "batch_size": 2, "max_windows": 2}}}
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +33,10 @@ def finished(tmp_path_factory) -> Path:
     tiny_model("llama", vocab_size=VOCAB).save_pretrained(root / "tiny")
     bpe_tokenizer().save_pretrained(root / "tiny")
     (root / "text.txt").write_text(TEXT * 20)
-    recipe = write_recipe(root / "shortgpt.yaml", root, {"name": "shortgpt"}, {"blocks": 2})
-    write_recipe(root / "manual.yaml", root, {"name": "manual", "remove": ["layers.1.mlp"]}, None)
+    recipe = write_recipe(root / "shortgpt.yaml", root / "tiny", root / "text.txt",
+                          method={"name": "shortgpt"}, target={"blocks": 2}, **evaluated(root))
+    write_recipe(root / "manual.yaml", root / "tiny", root / "text.txt",
+                 method={"name": "manual", "remove": ["layers.1.mlp"]}, **evaluated(root))
     result = invoke("run", "-p", root / "runs" / "sg", "-r", recipe, "--quiet")
     assert result.exit_code == 0, result.output
     return root

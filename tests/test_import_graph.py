@@ -1,8 +1,11 @@
 """The package's import graph, read from the source with ``ast``: no import cycle among prunectl
-modules at module level; ``modeling/`` (model structure and surgery) never reaching into
-``methods/`` or ``evaluation/``, ``pipelines/`` never into ``methods/``, and no method importing
-another method (what methods share lives in ``methods/width/`` and the other non-method modules
-of ``methods/``), not even inside a function.
+modules at module level; no two modules importing each other and no import running up a floor
+(``FLOORS``: foundation, model, passes, methods, recipe and project, steps, commands);
+``modeling/`` (model structure and surgery) never reaching into ``methods/`` or ``evaluation/``,
+``pipelines/`` never into ``methods/``, and no method importing another method (what methods
+share lives in ``methods/width/`` and the other non-method modules of ``methods/``), the last
+four not even inside a function.  No test module imports ``conftest`` (shared code is in
+``tests/helpers.py``).
 
 Imports under ``if TYPE_CHECKING:`` do not run and do not count.  An import of ``a.b.c`` is an
 edge to ``a.b.c`` alone: Python initialises the parent packages first, so a package
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 import prunectl
 
@@ -132,6 +137,55 @@ def method_to_method_imports(graph: dict[str, set[str]], units: set[str]) -> lis
                   if unit(target) not in (None, unit(module)))
 
 
+#: the floors of ``prunectl``, lowest first (each a tuple of top-level modules or packages): a
+#: module imports from its own floor and the floors below, never from one above, not even
+#: inside a function.  The package root ``prunectl`` (``__version__``, and the Python API loaded
+#: lazily on first use) stands outside the floors.  A new top-level module must be given one.
+FLOORS = (
+    # foundation: errors, files, progress, digests, plain data, the process group
+    ("errors", "io", "ui", "digest", "plan", "yaml_unique", "builtin_text", "distributed", "hub",
+     "context"),
+    ("modeling", "data"),  # the model's structure and surgery; calibration and eval text
+    ("evaluation", "pipelines", "recovery"),  # passes over a model: measure, calibrate, train
+    ("methods",),  # pruning methods on the pipelines
+    ("recipe", "recipe_errors", "preflight", "memory_estimate", "catalog", "project"),
+    ("steps", "history"),  # a step: recipe + project state + a method
+    ("cli", "api", "__main__"),  # the commands and the Python API
+)
+#: upward imports kept on purpose, ``(importer, imported)``, each with its reason (none today)
+UPWARD_EXCEPTIONS: set[tuple[str, str]] = set()
+
+
+def floor_of(module: str, package: str, floors: tuple[tuple[str, ...], ...]) -> int | None:
+    """The floor index of ``module`` (None for the package root); a module on no floor raises."""
+    if module == package:
+        return None
+    top = module[len(package) + 1:].split(".")[0]
+    for index, names in enumerate(floors):
+        if top in names:
+            return index
+    raise AssertionError(f"{module} is on no floor: add {top!r} to FLOORS")
+
+
+def upward_imports(graph: dict[str, set[str]], package: str,
+                   floors: tuple[tuple[str, ...], ...]) -> list[str]:
+    """``a imports b`` for each import from a floor into a higher one."""
+    found = []
+    for module, targets in graph.items():
+        low = floor_of(module, package, floors)
+        for target in targets:
+            high = floor_of(target, package, floors)
+            if low is not None and high is not None and high > low:
+                found.append(f"{module} imports {target}")
+    return sorted(found)
+
+
+def mutual_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``a <-> b`` for each pair of modules that import each other."""
+    return sorted(f"{a} <-> {b}" for a, targets in graph.items() for b in targets
+                  if a < b and a in graph.get(b, ()))
+
+
 def test_no_module_level_import_cycle():
     cycle = find_cycle(import_graph(SRC, "prunectl"))
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
@@ -160,6 +214,41 @@ def test_no_method_imports_another_method():
     graph["prunectl.methods.slimgpt.method"].add("prunectl.methods.flap.method")  # as before
     assert method_to_method_imports(graph, units) == [
         "prunectl.methods.slimgpt.method imports prunectl.methods.flap.method"]
+
+
+def conftest_imports(root: Path) -> list[str]:
+    """The files under ``root`` that import ``conftest`` anywhere (shared test code lives in
+    ``tests/helpers.py``; ``conftest.py`` holds fixtures only)."""
+    return sorted(f"{file.relative_to(root).as_posix()}:{node.lineno}"
+                  for file in root.rglob("*.py")
+                  for node in ast.walk(ast.parse(file.read_text()))
+                  if (isinstance(node, ast.ImportFrom) and node.module == "conftest")
+                  or (isinstance(node, ast.Import)
+                      and any(alias.name == "conftest" for alias in node.names)))
+
+
+def test_no_test_module_imports_conftest(tmp_path):
+    tests = Path(__file__).parent
+    assert conftest_imports(tests) == []
+    assert conftest_imports(tests.parent / "bench") == []
+    assert conftest_imports(tests.parent / "scripts") == []
+    (tmp_path / "test_x.py").write_text("def test():\n    from conftest import TEXT\n")
+    (tmp_path / "test_y.py").write_text("import helpers\n")
+    assert conftest_imports(tmp_path) == ["test_x.py:2"]
+
+
+def test_no_two_modules_import_each_other():
+    assert mutual_imports(import_graph(SRC, "prunectl", into_functions=True)) == []
+
+
+def test_no_import_runs_up_a_floor():
+    graph = import_graph(SRC, "prunectl", into_functions=True)
+    found = upward_imports(graph, "prunectl", FLOORS)
+    assert [f for f in found if tuple(f.split(" imports ")) not in UPWARD_EXCEPTIONS] == []
+    assert all(f"{a} imports {b}" in found for a, b in UPWARD_EXCEPTIONS), "a stale exception"
+    graph["prunectl.modeling.surgery"].add("prunectl.methods.registry")  # reintroduced
+    assert "prunectl.modeling.surgery imports prunectl.methods.registry" in \
+        upward_imports(graph, "prunectl", FLOORS)
 
 
 def _write(root: Path, files: dict[str, str]) -> None:
@@ -214,3 +303,23 @@ def test_a_method_importing_another_is_found(tmp_path):
     graph = import_graph(tmp_path, "pkg", into_functions=True)
     assert method_to_method_imports(graph, units) == [
         "pkg.methods.slim imports pkg.methods.flap.method"]
+
+
+def test_upward_and_mutual_imports_are_found(tmp_path):
+    """A made-up two-floor package: an import down a floor passes; one up a floor, even inside a
+    function, is reported, and so are two modules importing each other on one floor."""
+    _write(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/low.py": "def f():\n    from pkg import high\n",
+        "pkg/base.py": "from pkg import low\n",
+        "pkg/high/__init__.py": "",
+        "pkg/high/a.py": "from pkg import low\nfrom pkg.high import b\n",
+        "pkg/high/b.py": "def g():\n    from pkg.high import a\n",
+    })
+    floors = (("low", "base"), ("high",))
+    graph = import_graph(tmp_path, "pkg", into_functions=True)
+    assert upward_imports(graph, "pkg", floors) == ["pkg.low imports pkg.high"]
+    assert mutual_imports(graph) == ["pkg.high.a <-> pkg.high.b"]
+    assert upward_imports(import_graph(tmp_path, "pkg"), "pkg", floors) == []
+    with pytest.raises(AssertionError, match="add 'stray' to FLOORS"):
+        floor_of("pkg.stray", "pkg", floors)

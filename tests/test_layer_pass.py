@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MOE_CONFIGS, layer_states, tiny_model, tiny_moe
+from helpers import MOE_CONFIGS, layer_states, tiny_model, tiny_moe
 
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling.adapters import Adapter
 from prunectl.pipelines.layers import LayerPass
 from prunectl.modeling.surgery import apply_plan

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import byte_tokenizer, tiny_model
+from helpers import byte_tokenizer, tiny_model
 from transformers import AutoModelForCausalLM
 
 from prunectl.errors import UserError

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import layer_states, tiny_model
+from helpers import layer_states, tiny_model
 
 from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs, Journal, Target

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import save_tiny
+from helpers import save_tiny
 from huggingface_hub import ModelCard
 from typer.testing import CliRunner
 

@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from conftest import byte_tokenizer, tiny_model
+from helpers import byte_tokenizer, tiny_model
 from prunectl.errors import UserError
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling import modeling_prunectl
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import load_project_model

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import save_tiny, tiny_model
+from helpers import save_tiny, tiny_model
 from prunectl.errors import UserError
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import load_model, resolve_device, resolve_dtype
@@ -193,7 +193,7 @@ def write_tiny_gguf(path: Path, model, tokenizer) -> Path:
 def test_gguf_file_loads_dequantized_and_saves_as_plain_checkpoint(tmp_path, as_directory):
     from transformers import AutoModelForCausalLM
 
-    from conftest import byte_tokenizer
+    from helpers import byte_tokenizer
 
     reference, reference_tokenizer = tiny_model("llama"), byte_tokenizer()
     path = write_tiny_gguf(tmp_path / "tiny.gguf", reference, reference_tokenizer)
@@ -241,8 +241,8 @@ def test_gguf_loads_and_saves_as_plain_checkpoint(tmp_path):
 
 def test_a_pruned_directory_loads_as_a_recipe_model(tmp_path):
     """A model prunectl pruned can be the input of the next recipe, without trust_remote_code."""
-    from conftest import byte_tokenizer
-    from prunectl.methods.plan import LayerPlan, Plan
+    from helpers import byte_tokenizer
+    from prunectl.plan import LayerPlan, Plan
     from prunectl.modeling.pruned_format import save_model
     from prunectl.modeling.surgery import apply_plan
 

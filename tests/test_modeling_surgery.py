@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_model
+from helpers import tiny_model
 from prunectl.errors import UserError
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.modeling_prunectl import PrunedDecoderLayer
 from prunectl.modeling.surgery import apply_plan

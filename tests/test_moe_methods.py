@@ -13,7 +13,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from conftest import byte_tokenizer, tiny_moe
+from helpers import byte_tokenizer, tiny_moe
 from prunectl.cli import app
 from prunectl.methods.removal_order import candidate_names, parameter_counts
 from prunectl.modeling.adapters import Adapter

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from conftest import MOE_CONFIGS, byte_tokenizer, tiny_moe
+from helpers import MOE_CONFIGS, byte_tokenizer, tiny_moe
 from prunectl.errors import UserError
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling.adapters import Adapter, family_for
 from prunectl.modeling.loading import load_project_model
 from prunectl.modeling.pruned_format import save_model

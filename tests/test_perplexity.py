@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import VOCAB, tiny_model
+from helpers import VOCAB, tiny_model
 
 from prunectl.errors import UserError
 from prunectl.evaluation.perplexity import perplexity, token_nll_sum

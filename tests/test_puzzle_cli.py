@@ -7,38 +7,20 @@ import json
 
 import pytest
 import torch
-import yaml
-from conftest import save_tiny
+from helpers import invoke, save_tiny, write_recipe
 from transformers import AutoModelForCausalLM
-from typer.testing import CliRunner
 
-from prunectl.cli import app
 from prunectl.evaluation.perplexity import perplexity
 from prunectl.io import load_tensors
 from prunectl.methods.inputs import Inputs
-from prunectl.methods.plan import Plan
+from prunectl.plan import Plan
 from prunectl.methods.registry import create_method, parse_method_config
 
-runner = CliRunner()
 SECTION = {"name": "puzzle", "verify": 2, "mlp_widths": [0.25, 0.5, 0.75]}
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def recipe_file(tmp_path, model_dir, text_file, method=None, target=None, name="recipe.yaml"):
-    recipe = {
-        "model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
-        "calibration": {"dataset": str(text_file), "nsamples": 6, "seqlen": 32, "seed": 1,
-                        "batch_size": 3},
-        "method": method or SECTION,
-        "target": target or {"params_ratio": 0.2, "ratio_of": "non_embedding"},
-        "export": {"dtype": "float32"},
-    }
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+#: the recipe sections of these tests, beside the shared defaults
+SECTIONS = {"calibration": {"nsamples": 6, "batch_size": 3}, "method": SECTION,
+            "target": {"params_ratio": 0.2, "ratio_of": "non_embedding"},
+            "export": {"dtype": "float32"}}
 
 
 @pytest.fixture
@@ -52,7 +34,7 @@ def read_plan(path) -> Plan:
 
 def test_puzzle_through_the_cli(tmp_path, model_dir, text_file):
     project = tmp_path / "proj"
-    recipe = recipe_file(tmp_path, model_dir, text_file)
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file, **SECTIONS)
     for step in ("calibrate", "score", "search", "apply", "export"):
         extra = ["-r", recipe] if step == "calibrate" else []
         result = invoke(step, "-p", project, "--quiet", "--json", *extra)
@@ -83,7 +65,8 @@ def test_puzzle_through_the_cli(tmp_path, model_dir, text_file):
 
 def test_sweep_writes_plans_and_pareto_and_apply_takes_a_budget(tmp_path, model_dir, text_file):
     project = tmp_path / "proj"
-    recipe = recipe_file(tmp_path, model_dir, text_file, target={"params_ratio": 0.2})
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file,
+                          **{**SECTIONS, "target": {"params_ratio": 0.2}})
     result = invoke("search", "-p", project, "-r", recipe, "--sweep", "0.9,0.75", "--quiet")
     assert result.exit_code == 0, result.output
     dense = None
@@ -134,7 +117,8 @@ def test_bad_values_exit_2_with_one_line(case, tmp_path, model_dir, text_file):
         expected = "method flap cannot meet target.kv_cache_ratio"
     else:
         method, extra, expected = {"name": "flap"}, ["--sweep", "0.8"], "method flap has no --sweep"
-    recipe = recipe_file(tmp_path, model_dir, text_file, method, target)
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file,
+                          **{**SECTIONS, "method": method, "target": target or SECTIONS["target"]})
     project = tmp_path / "proj"
     result = invoke("search", "-p", project, "-r", recipe, "--quiet", *extra)
     assert result.exit_code == 2, result.output
@@ -148,7 +132,7 @@ def test_search_only_keys_reuse_the_library(tmp_path, model_dir, text_file):
     """``verify`` and ``diversity`` change the search, not the library: the score step stays
     up to date; ``score_windows`` changes the library and re-scores it."""
     project = tmp_path / "proj"
-    recipe = recipe_file(tmp_path, model_dir, text_file)
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file, **SECTIONS)
     assert invoke("search", "-p", project, "-r", recipe, "--quiet").exit_code == 0
 
     def statuses(*sets):
@@ -173,7 +157,7 @@ def test_a_sigkilled_search_resumes_to_the_uninterrupted_library_and_plan(tmp_pa
     first verified candidate), then the same command again: the same library bytes and plan."""
     from killpoints import kill_env, prunectl
 
-    recipe = recipe_file(tmp_path, model_dir, text_file)
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file, **SECTIONS)
 
     def search(project, env=None):
         return prunectl("search", "-p", project, "-r", recipe, "--quiet", env=env)

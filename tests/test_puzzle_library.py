@@ -8,11 +8,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_model
+from helpers import tiny_model
 
 from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs, Journal
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.methods.puzzle import library
 from prunectl.methods.puzzle.config import PuzzleConfig
 from prunectl.methods.puzzle.importance import magnitude_scores, unit_columns

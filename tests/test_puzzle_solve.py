@@ -10,7 +10,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 
 from prunectl.errors import UserError
 from prunectl.evaluation.perplexity import perplexity
@@ -214,7 +214,7 @@ def test_killed_verification_resumes_to_the_identical_plan(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
 def test_mixture_of_experts_is_refused_naming_reap(family):
-    from conftest import tiny_moe
+    from helpers import tiny_moe
 
     config = tiny_moe(family).config
     with pytest.raises(UserError, match="use method: reap") as error:

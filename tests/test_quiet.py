@@ -14,7 +14,7 @@ from pathlib import Path
 import transformers.modeling_gguf_pytorch_utils as gguf_loading
 import yaml
 from tqdm.auto import tqdm
-from conftest import byte_tokenizer, save_tiny, tiny_model
+from helpers import byte_tokenizer, save_tiny, tiny_model
 from test_modeling_loading import write_tiny_gguf
 from typer.testing import CliRunner
 

@@ -9,12 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
+from helpers import MOE_CONFIGS, byte_tokenizer, invoke, save_tiny, tiny_moe, write_recipe
 from transformers import AutoModelForCausalLM
-from typer.testing import CliRunner
 
-from conftest import MOE_CONFIGS, byte_tokenizer, save_tiny, tiny_moe
-from prunectl.cli import app
 from prunectl.errors import UserError
 from prunectl.io import load_tensors
 from prunectl.methods.inputs import Journal
@@ -28,7 +25,6 @@ from prunectl.modeling.params import count_parameters
 from prunectl.recipe import TargetConfig
 
 TOKENS = torch.randint(4, 260, (5, 12), generator=torch.Generator().manual_seed(4))
-runner = CliRunner()
 
 
 def moe_inputs(model, tokens=TOKENS) -> dict[int, torch.Tensor]:
@@ -215,24 +211,17 @@ def save_moe(directory: Path, family: str) -> Path:
     return directory
 
 
-def recipe_file(tmp_path: Path, model_dir: Path, text: Path, method: dict, target: dict) -> Path:
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump({
-        "model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
-        "calibration": {"dataset": str(text), "nsamples": 4, "seqlen": 16, "seed": 1,
-                        "batch_size": 2},
-        "method": method,
-        "target": target,
-    }))
-    return path
+#: these tests' calibration, beside the shared defaults
+CALIBRATION = {"seqlen": 16, "batch_size": 2}
 
 
 def test_reap_through_the_cli_gives_a_plain_checkpoint(tmp_path, text_file):
     model_dir = save_moe(tmp_path / "qwen2moe", "qwen2_moe")
-    recipe = recipe_file(tmp_path, model_dir, text_file, {"name": "reap"}, {"experts_ratio": 0.25})
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file, calibration=CALIBRATION,
+                          method={"name": "reap"}, target={"experts_ratio": 0.25})
     project = tmp_path / "proj"
     for step in ("calibrate", "score", "search", "apply"):
-        result = runner.invoke(app, [step, "-p", str(project), "-r", str(recipe), "--quiet"])
+        result = invoke(step, "-p", project, "-r", recipe, "--quiet")
         assert result.exit_code == 0, result.output
     assert not (project / "calibration" / "progress").exists()
     plan = json.loads((project / "search" / "plan.json").read_text())
@@ -259,16 +248,18 @@ def test_reap_through_the_cli_gives_a_plain_checkpoint(tmp_path, text_file):
 )
 def test_bad_reap_settings_exit_2_with_one_line(tmp_path, text_file, method, target, message):
     model_dir = save_moe(tmp_path / "m", "mixtral")
-    recipe = recipe_file(tmp_path, model_dir, text_file, method, target)
-    result = runner.invoke(app, ["calibrate", "-p", str(tmp_path / "p"), "-r", str(recipe)])
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file, calibration=CALIBRATION,
+                          method=method, target=target)
+    result = invoke("calibrate", "-p", tmp_path / "p", "-r", recipe)
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "p" / "calibration" / "stats.safetensors").exists()
 
 
 def test_reap_on_a_dense_model_lists_the_moe_types(tmp_path, text_file):
-    recipe = recipe_file(tmp_path, save_tiny(tmp_path / "llama"), text_file, {"name": "reap"},
-                         {"experts_ratio": 0.25})
-    result = runner.invoke(app, ["calibrate", "-p", str(tmp_path / "p"), "-r", str(recipe)])
+    recipe = write_recipe(tmp_path / "recipe.yaml", save_tiny(tmp_path / "llama"), text_file,
+                          calibration=CALIBRATION, method={"name": "reap"},
+                          target={"experts_ratio": 0.25})
+    result = invoke("calibrate", "-p", tmp_path / "p", "-r", recipe)
     assert result.exit_code == 2
     assert "'llama' has none; mixture-of-experts model types: qwen2_moe, qwen3_moe" in result.output

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import save_tiny
+from helpers import save_tiny
 from typer.testing import CliRunner
 
 from prunectl import catalog

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from conftest import save_tiny
+from helpers import save_tiny
 from typer.testing import CliRunner
 
 from prunectl.cli import app

@@ -8,11 +8,11 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 
 from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.methods.width.least_squares import augmented, solve_kept
 from prunectl.methods.width.moments import SecondMoments

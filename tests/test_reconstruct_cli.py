@@ -8,40 +8,26 @@ import json
 
 import pytest
 import torch
-import yaml
-from conftest import save_tiny
+from helpers import invoke, save_tiny, write_recipe
 from transformers import AutoModelForCausalLM
-from typer.testing import CliRunner
 
-from prunectl.cli import app
 from prunectl.io import load_tensors
 from prunectl.methods.inputs import Inputs
-from prunectl.methods.plan import Plan
+from prunectl.plan import Plan
 from prunectl.methods.registry import create_method, parse_method_config
 
-runner = CliRunner()
 STEPS = ("calibrate", "score", "search", "apply", "export")
 
 
 def recipe_file(tmp_path, model_dir, text_file, method):
-    recipe = {
-        "model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
-        "calibration": {"dataset": str(text_file), "nsamples": 8, "seqlen": 32, "seed": 1,
-                        "batch_size": 4},
-        "method": method,
-        "target": {"params_ratio": 0.25},
-        "export": {"dtype": "float32"},
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_recipe(tmp_path / "recipe.yaml", model_dir, text_file,
+                        calibration={"nsamples": 8, "batch_size": 4}, method=method,
+                        target={"params_ratio": 0.25}, export={"dtype": "float32"})
 
 
-def invoke(step, project, recipe=None):
-    args = [step, "-p", str(project), "--quiet", "--json"]
-    if recipe is not None:
-        args += ["-r", str(recipe)]
-    return runner.invoke(app, args)
+def step(name, project, recipe=None):
+    """One step, quiet and in JSON, reading ``recipe`` where given."""
+    return invoke(name, "-p", project, "--quiet", "--json", *(["-r", recipe] if recipe else []))
 
 
 def in_process(model_dir, section, project):
@@ -79,9 +65,9 @@ def test_reconstruction_keys_through_the_cli(tmp_path, text_file, case):
                           num_key_value_heads=4)
     project = tmp_path / "proj"
     recipe = recipe_file(tmp_path, model_dir, text_file, section)
-    for step in STEPS:
-        result = invoke(step, project, recipe if step == "calibrate" else None)
-        assert result.exit_code == 0, (step, result.output)
+    for name in STEPS:
+        result = step(name, project, recipe if name == "calibrate" else None)
+        assert result.exit_code == 0, (name, result.output)
     expected, plan = in_process(model_dir, section, project)
     info = json.loads((project / "pruned" / "prunectl.json").read_text())
     assert info["dense"]["total"] - info["pruned"]["total"] > 0.15 * info["dense"]["total"]
@@ -114,8 +100,8 @@ BAD = {
 def test_bad_values_exit_2_with_one_line(tmp_path, text_file, case):
     section, fragments = BAD[case]
     model_dir = save_tiny(tmp_path / "llama", "llama")
-    result = invoke("calibrate", tmp_path / "proj",
-                    recipe_file(tmp_path, model_dir, text_file, section))
+    result = step("calibrate", tmp_path / "proj",
+                  recipe_file(tmp_path, model_dir, text_file, section))
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -129,9 +115,9 @@ def test_least_squares_after_hidden_pruning_is_refused_at_apply(tmp_path, text_f
     recipe = recipe_file(tmp_path, model_dir, text_file,
                          {"name": "magnitude", "reconstruct": "least_squares",
                           "round_to": 4})  # aligned (16), the 64-wide hidden size stays whole
-    for step in STEPS[:3]:
-        assert invoke(step, project, recipe if step == "calibrate" else None).exit_code == 0
-    result = invoke("apply", project)
+    for name in STEPS[:3]:
+        assert step(name, project, recipe if name == "calibrate" else None).exit_code == 0
+    result = step("apply", project)
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "prune_hidden: false" in lines[0], result.stderr

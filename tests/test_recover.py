@@ -8,18 +8,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import byte_tokenizer, tiny_model
+from helpers import byte_tokenizer, tiny_model
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from prunectl.distributed import Distributed
 from prunectl.errors import UserError
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling.loading import load_project_model
 from prunectl.modeling.pruned_format import save_model
 from prunectl.modeling.surgery import apply_plan
 from prunectl.recipe import RecoverConfig
-from prunectl.recovery import run_recovery
+from prunectl.recovery.run import run_recovery
 from prunectl.recovery.data import IGNORE, build_examples, tokenize_alpaca
 from prunectl.ui import SILENT
 

@@ -11,41 +11,33 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
-from conftest import save_tiny
-from typer.testing import CliRunner
+from helpers import invoke, save_tiny, write_recipe
 
-from prunectl.cli import app
 from prunectl.modeling.loading import load_project_model
 
-runner = CliRunner()
 
-
-def write_recipe(path: Path, model_dir: Path, text: Path, max_steps: int | None,
-                 **recover) -> Path:
-    recipe = {
-        "model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
-        "calibration": {"dataset": str(text), "nsamples": 4, "seqlen": 32, "seed": 1},
-        "method": {"name": "taylor", "layer_start": 1, "layer_end": 3},
-        "target": {"params_ratio": 0.2},
-        "recover": {"dataset": str(text), "format": "text", "cutoff_len": 32, "batch_size": 8,
-                    "micro_batch_size": 8, "max_steps": max_steps, "save_steps": 2,
-                    "val_set_size": 4, "learning_rate": 5e-3, **recover},
-        "eval": {"perplexity": {"datasets": [str(text)], "seqlen": 32, "max_windows": 2}},
-        "export": {"dtype": "float32"},
-    }
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+def taylor_recipe(path: Path, model_dir: Path, text: Path, max_steps: int | None,
+                  **recover) -> Path:
+    """Taylor pruning then a short recovery on ``text`` (``recover`` keys override)."""
+    return write_recipe(
+        path, model_dir, text,
+        method={"name": "taylor", "layer_start": 1, "layer_end": 3},
+        target={"params_ratio": 0.2},
+        recover={"dataset": str(text), "format": "text", "cutoff_len": 32, "batch_size": 8,
+                 "micro_batch_size": 8, "max_steps": max_steps, "save_steps": 2,
+                 "val_set_size": 4, "learning_rate": 5e-3, **recover},
+        eval={"perplexity": {"datasets": [str(text)], "seqlen": 32, "max_windows": 2}},
+        export={"dtype": "float32"})
 
 
 def pruned_project(tmp_path: Path, text: Path, max_steps: int | None, **recover) -> Path:
     """A project pruned by taylor through the CLI, ready for ``recover`` (recipe keys from
     ``recover`` override the small defaults above)."""
     model_dir = save_tiny(tmp_path / "tiny", "llama")
-    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text, max_steps, **recover)
+    recipe = taylor_recipe(tmp_path / "recipe.yaml", model_dir, text, max_steps, **recover)
     project = tmp_path / "proj"
     for step in ("calibrate", "score", "search", "apply"):
-        result = runner.invoke(app, [step, "-p", str(project), "-r", str(recipe), "--quiet"])
+        result = invoke(step, "-p", project, "-r", recipe, "--quiet")
         assert result.exit_code == 0, result.output
     return project
 
@@ -60,8 +52,7 @@ def test_taylor_prune_then_recover_through_the_cli(tmp_path, text_file, monkeypa
     assert plan["method"] == "taylor" and plan["achieved"]["ratio_estimate"] > 0.1
 
     monkeypatch.chdir(tmp_path)  # a relative -p, as people type it
-    result = runner.invoke(app, ["recover", "-p", "proj", "--max-steps", "6", "--json",
-                                 "--quiet"])
+    result = invoke("recover", "-p", "proj", "--max-steps", "6", "--json", "--quiet")
     assert result.exit_code == 0, result.output
     record = recover_record(project)
     assert record["status"] == "done"
@@ -108,7 +99,7 @@ def test_recover_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path, text_
     sigkill_after_checkpoint(project, 2)
     assert recover_record(project)["status"] != "done"
 
-    result = runner.invoke(app, ["recover", "-p", str(project), "--json", "--quiet"])
+    result = invoke("recover", "-p", project, "--json", "--quiet")
     assert result.exit_code == 0, result.output
     summary = recover_record(project)["summary"]
     assert 2 <= summary["resumed_from_step"] < 12 and summary["steps"] == 12
@@ -117,10 +108,10 @@ def test_recover_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path, text_
 def test_run_refuses_an_unrunnable_recovery_setup_before_calibrating(tmp_path, text_file):
     """FSDP on the CPU cannot run; `prunectl run` says so before spending time on calibration."""
     model_dir = save_tiny(tmp_path / "tiny", "llama")
-    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file, 2,
-                          distributed={"fsdp": {"version": 2}})
+    recipe = taylor_recipe(tmp_path / "recipe.yaml", model_dir, text_file, 2,
+                           distributed={"fsdp": {"version": 2}})
     project = tmp_path / "proj"
-    result = runner.invoke(app, ["run", "-p", str(project), "-r", str(recipe)])
+    result = invoke("run", "-p", project, "-r", recipe)
 
     assert result.exit_code == 2, result.output
     assert "recover.distributed.fsdp asks for fsdp, which needs a launcher" in result.output

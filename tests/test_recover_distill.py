@@ -10,15 +10,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import VOCAB, byte_tokenizer, save_tiny, tiny_model
+from helpers import VOCAB, byte_tokenizer, save_tiny, tiny_model
 
 from prunectl.distributed import Distributed
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling.loading import load_project_model
 from prunectl.modeling.pruned_format import save_model
 from prunectl.modeling.surgery import apply_plan
 from prunectl.recipe import ModelConfig, RecoverConfig
-from prunectl.recovery import run_recovery
+from prunectl.recovery.run import run_recovery
 from prunectl.recovery.data import IGNORE, build_examples
 from prunectl.recovery.distill import DistillTrainer, distill_terms
 from prunectl.recovery.lora import make_trainer, training_arguments

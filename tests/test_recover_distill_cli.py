@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import invoke
 from test_cli_errors import snapshot
-from test_cli_pipeline import invoke
 from test_recover_cli import pruned_project, recover_record, sigkill_after_checkpoint
 
 from prunectl.modeling.loading import load_project_model

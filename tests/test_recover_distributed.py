@@ -27,11 +27,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TEXT
+from helpers import TEXT, invoke
 from safetensors.torch import load_file
-from test_recover_cli import pruned_project, recover_record, runner
+from test_recover_cli import pruned_project, recover_record
 
-from prunectl.cli import app
 from prunectl.errors import UserError
 from prunectl.modeling.loading import load_project_model
 from prunectl.recipe import RecoverConfig, load_recipe
@@ -87,7 +86,7 @@ def single(template, tmp_path_factory) -> Path:
     """The reference: the same project recovered by one process."""
     project = tmp_path_factory.mktemp("single") / "proj"
     shutil.copytree(template, project)
-    result = runner.invoke(app, ["recover", "-p", str(project), "--quiet"])
+    result = invoke("recover", "-p", project, "--quiet")
     assert result.exit_code == 0, result.output
     return project
 
@@ -185,7 +184,7 @@ def test_torchrun_kd_trains_what_one_process_trains_and_rank_0_writes_the_cache(
         pinned = yaml.safe_load((project / "recipe.yaml").read_text())
         pinned["recover"].update(objective="kd+lm", mode="full", kd={"cache_topk": 16})
         (project / "recipe.yaml").write_text(yaml.safe_dump(pinned))
-    result = runner.invoke(app, ["recover", "-p", str(one), "--quiet"])
+    result = invoke("recover", "-p", one, "--quiet")
     assert result.exit_code == 0, result.output
     done = torchrun(two, tmp_path / "audit", stderr=subprocess.PIPE)
     _, err = done.communicate(timeout=600)
@@ -371,8 +370,8 @@ def test_bad_distributed_keys_are_one_line_errors(tmp_path, distributed, recover
 def test_the_cli_refuses_fsdp_on_cpu_before_touching_the_project(tmp_path, text_file):
     project = pruned_project(tmp_path, text_file, max_steps=2)
     kept = {name: (project / name).read_text() for name in ("state.json", "recipe.yaml")}
-    result = runner.invoke(app, ["recover", "-p", str(project), "--quiet",
-                                 "--set", "recover.distributed.fsdp={version: 2}"])
+    result = invoke("recover", "-p", project, "--quiet",
+                    "--set", "recover.distributed.fsdp={version: 2}")
     assert result.exit_code == 2
     assert "recover.distributed.fsdp asks for fsdp, which needs a launcher" in result.output
     assert not (project / "recovered").exists()

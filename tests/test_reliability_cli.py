@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import save_tiny
+from helpers import invoke, save_tiny
 from test_cli_errors import snapshot
-from test_cli_pipeline import invoke, write_recipe
+from test_cli_pipeline import manual_recipe
 
 from prunectl import project as project_module
 
@@ -36,12 +36,12 @@ def one_error_line(result, *fragments: str) -> str:
 def finished(tmp_path_factory) -> tuple[Path, Path]:
     """A project through every step (manual removal, perplexity of dense and pruned, export),
     and the recipe it was made with."""
-    from conftest import TEXT
+    from helpers import TEXT
 
     root = tmp_path_factory.mktemp("finished")
     text = root / "text.txt"
     text.write_text("\n\n".join(f"Paragraph {i}. " + TEXT for i in range(30)))
-    recipe = write_recipe(root / "recipe.yaml", save_tiny(root / "tiny", "llama"), text)
+    recipe = manual_recipe(root / "recipe.yaml", save_tiny(root / "tiny", "llama"), text)
     project = root / "proj"
     result = invoke("run", "-p", project, "-r", recipe, "--quiet")
     assert result.exit_code == 0, result.output
@@ -133,7 +133,7 @@ def test_a_corrupt_model_leaves_the_project_as_it_was(project, tmp_path, finishe
     assert tree(project) == before
 
     fresh = tmp_path / "fresh"
-    recipe = write_recipe(tmp_path / "r.yaml", model, Path(recipe["calibration"]["dataset"]))
+    recipe = manual_recipe(tmp_path / "r.yaml", model, Path(recipe["calibration"]["dataset"]))
     one_error_line(invoke("calibrate", "-p", fresh, "-r", recipe, "--quiet"), fragment)
     assert tree(fresh) == {}
 
@@ -213,7 +213,7 @@ def test_an_empty_or_binary_calibration_file_is_named(project, tmp_path, content
 def test_a_truncated_gguf_is_named(tmp_path, text_file):
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF\x03\x00\x00\x00\x05\x00")  # magic and version, then cut
-    recipe = write_recipe(tmp_path / "r.yaml", gguf, text_file)
+    recipe = manual_recipe(tmp_path / "r.yaml", gguf, text_file)
     one_error_line(invoke("calibrate", "-p", tmp_path / "p", "-r", recipe, "--quiet"),
                    f"{gguf} is not a complete GGUF file", "download it again")
     assert tree(tmp_path / "p") == {}

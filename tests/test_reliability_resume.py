@@ -75,7 +75,7 @@ RECOVER = {"max_steps": 5, "save_steps": 2}
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory, ) -> Path:
     """A Taylor-pruned project (calibrate..apply done) whose recipe recovers for 5 steps."""
-    from conftest import TEXT, save_tiny
+    from helpers import TEXT, save_tiny
 
     root = tmp_path_factory.mktemp("pruned")
     text = root / "text.txt"
@@ -146,7 +146,7 @@ sweep = pytest.mark.skipif(not os.environ.get("PRUNECTL_KILL_SWEEP"),
 @pytest.fixture(scope="module")
 def straight_runs(tmp_path_factory) -> dict:
     """Per pipeline: its recipe and the outcome of one uninterrupted ``run``."""
-    from conftest import TEXT, save_tiny
+    from helpers import TEXT, save_tiny
 
     root = tmp_path_factory.mktemp("sweep")
     text = root / "text.txt"

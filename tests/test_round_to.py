@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from conftest import save_tiny, tiny_model, tiny_moe
+from helpers import save_tiny, tiny_model, tiny_moe
 from typer.testing import CliRunner
 
 from prunectl.cli import app

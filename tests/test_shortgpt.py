@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import layer_states, tiny_model
+from helpers import layer_states, tiny_model
 
 from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs, Target

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from conftest import FAMILY_CONFIGS, tiny_config, tiny_model
+from helpers import FAMILY_CONFIGS, tiny_config, tiny_model
 
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling import cost, structure
 from prunectl.modeling.params import count_parameters
 from prunectl.modeling.surgery import apply_plan
@@ -118,7 +118,7 @@ def test_kv_cache_shrinks_with_kv_heads_and_removed_attention():
 def test_moe_counts_equal_count_parameters_before_and_after_expert_removal(family):
     """8 routed experts of 32 channels, top-2: each expert holds 3 x 64 x 32 weights and a
     64-weight router row; removing 3 of layer 0 and the MLP block of layer 2 is counted exactly."""
-    from conftest import tiny_moe
+    from helpers import tiny_moe
 
     model = tiny_moe(family)
     s = structure.from_model(model)

@@ -10,11 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-import yaml
-from conftest import save_tiny, tiny_model
-from typer.testing import CliRunner
+from helpers import invoke, save_tiny, tiny_model, write_recipe
 
-from prunectl.cli import app
 from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
@@ -37,7 +34,6 @@ L7_TOTAL = 2 * 32000 * 4096 + 32 * (L7_LAYER_WEIGHTS + 2 * 4096) + 4096
 SM_LAYER_WEIGHTS = 2 * 576**2 + 2 * 192 * 576 + 3 * 576 * 1536
 SM_TOTAL = 49152 * 576 + 30 * (SM_LAYER_WEIGHTS + 2 * 576) + 576
 
-runner = CliRunner()
 
 
 def meta_llama(**config):
@@ -178,26 +174,22 @@ def test_block_removal_takes_a_params_target_and_refuses_units():
         method.search(Inputs(model, target=Target(params_ratio=0.5, ratio_of="units")), scores)
 
 
-def write_recipe(tmp_path, model_dir, text_file, target_section, method="mag-sp"):
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump({
-        "model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
-        "calibration": {"dataset": str(text_file), "nsamples": 2, "seqlen": 16},
-        "method": {"name": method},
-        "target": target_section,
-    }))
-    return path
+def mag_sp_recipe(tmp_path, model_dir, text_file, target_section):
+    """mag-sp with ``target_section``; the calibration seed is the recipe's default, 42."""
+    return write_recipe(tmp_path / "recipe.yaml", model_dir, text_file,
+                        calibration={"nsamples": 2, "seqlen": 16, "seed": 42},
+                        method={"name": "mag-sp"}, target=target_section)
 
 
 def test_cli_search_honours_ratio_of_and_ratio_flag_keeps_it(tmp_path, text_file):
     """mag-sp UL-UM on a tiny Llama (4 layers of 30,720 weights): 0.25 of the layers is 30,720
     parameters; ``--ratio 0.5`` keeps ``ratio_of: layers`` and asks for 61,440."""
     model_dir = save_tiny(tmp_path / "tiny")
-    recipe = write_recipe(tmp_path, model_dir, text_file, {"params_ratio": 0.25,
-                                                           "ratio_of": "layers"})
+    recipe = mag_sp_recipe(tmp_path, model_dir, text_file,
+                           {"params_ratio": 0.25, "ratio_of": "layers"})
     project = tmp_path / "proj"
     for args in (["-r", str(recipe)], ["--ratio", "0.5"]):
-        result = runner.invoke(app, ["search", "-p", str(project), "--quiet", *args])
+        result = invoke("search", "-p", project, "--quiet", *args)
         assert result.exit_code == 0, result.output
         plan = json.loads((project / "search" / "plan.json").read_text())
         assert plan["achieved"]["target_ratio_of"] == "layers"
@@ -214,9 +206,9 @@ def test_cli_search_honours_ratio_of_and_ratio_flag_keeps_it(tmp_path, text_file
 ])
 def test_cli_refuses_bad_targets_with_one_line(tmp_path, text_file, section, message):
     model_dir = save_tiny(tmp_path / "tiny")
-    recipe = write_recipe(tmp_path, model_dir, text_file, section)
+    recipe = mag_sp_recipe(tmp_path, model_dir, text_file, section)
     project = tmp_path / "proj"
-    result = runner.invoke(app, ["search", "-p", str(project), "-r", str(recipe)])
+    result = invoke("search", "-p", project, "-r", recipe)
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not (project / "search").exists()

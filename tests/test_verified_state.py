@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TEXT, save_tiny
-from test_cli_pipeline import invoke, write_recipe
+from helpers import TEXT, invoke, save_tiny
+from test_cli_pipeline import manual_recipe
 
 from prunectl.digest import digest
 
@@ -28,8 +28,8 @@ def finished(tmp_path_factory) -> Path:
     recover = {"dataset": str(text), "format": "text", "cutoff_len": 32, "batch_size": 4,
                "micro_batch_size": 4, "max_steps": 2, "save_steps": 2, "val_set_size": 4,
                "objective": "kd+lm", "kd": {"cache_topk": 8, "weight": 0.5}}
-    recipe = write_recipe(root / "recipe.yaml", save_tiny(root / "tiny", "llama"), text,
-                          method={"name": "taylor", "layer_start": 1, "layer_end": 3},
+    recipe = manual_recipe(root / "recipe.yaml", save_tiny(root / "tiny", "llama"), text,
+                           method={"name": "taylor", "layer_start": 1, "layer_end": 3},
                           target={"params_ratio": 0.2}, recover=recover)
     project = root / "proj"
     result = invoke("run", "-p", project, "-r", recipe, "--quiet")
@@ -171,11 +171,11 @@ def test_a_remade_model_makes_eval_and_export_stale_and_they_follow_it(project, 
     """``recover --force`` whose training comes out different (same recipe, so the same
     fingerprint: here one weight nudged after the run): eval and export are stale (status no
     longer says done), and ``run`` measures and exports the new model."""
-    import prunectl.recovery
+    import prunectl.recovery.run
     from safetensors.torch import load_file, save_file
 
     weights = project / "recovered" / "model" / "model.safetensors"
-    train = prunectl.recovery.run_recovery
+    train = prunectl.recovery.run.run_recovery
 
     def nondeterministic(run, source, out, *args):
         summary = train(run, source, out, *args)
@@ -187,7 +187,7 @@ def test_a_remade_model_makes_eval_and_export_stale_and_they_follow_it(project, 
 
     before, exported = digest(weights), digest(project / "export" / "model.safetensors")
     assert before == exported
-    monkeypatch.setattr(prunectl.recovery, "run_recovery", nondeterministic)
+    monkeypatch.setattr(prunectl.recovery.run, "run_recovery", nondeterministic)
     result = invoke("recover", "-p", project, "--quiet", "--force")
     assert result.exit_code == 0, result.output
     assert digest(weights) != before

@@ -7,41 +7,26 @@ import json
 
 import pytest
 import torch
-import yaml
-from conftest import save_tiny
+from helpers import invoke, save_tiny, write_recipe
 from transformers import AutoModelForCausalLM
-from typer.testing import CliRunner
 
-from prunectl.cli import app
 from prunectl.io import load_tensors
 from prunectl.methods.inputs import Inputs
-from prunectl.methods.plan import Plan
+from prunectl.plan import Plan
 from prunectl.methods.registry import create_method, parse_method_config
 
-runner = CliRunner()
+#: the recipe sections of these tests beside the method, over the shared defaults
+SECTIONS = {"calibration": {"nsamples": 6, "batch_size": 4}, "target": {"params_ratio": 0.25},
+            "export": {"dtype": "float32"}}
 
 
 def steps(project, recipe):
     for step in ("calibrate", "score", "search", "apply", "export"):
-        args = [step, "-p", str(project), "--quiet", "--json"]
+        args = [step, "-p", project, "--quiet", "--json"]
         if step == "calibrate":
-            args += ["-r", str(recipe)]
-        result = runner.invoke(app, args)
+            args += ["-r", recipe]
+        result = invoke(*args)
         assert result.exit_code == 0, (step, result.output)
-
-
-def recipe_file(tmp_path, model_dir, text_file, method, target=None):
-    recipe = {
-        "model": {"path": str(model_dir), "dtype": "float32", "device": "cpu"},
-        "calibration": {"dataset": str(text_file), "nsamples": 6, "seqlen": 32, "seed": 1,
-                        "batch_size": 4},
-        "method": method,
-        "target": target or {"params_ratio": 0.25},
-        "export": {"dtype": "float32"},
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
 
 
 def in_process(model_dir, method_section, plan, stats):
@@ -56,7 +41,8 @@ def test_flap_through_the_cli(tmp_path, text_file, family):
     model_dir = save_tiny(tmp_path / family, family, num_attention_heads=8, num_key_value_heads=4)
     section = {"name": "flap", "metric": "WIFV", "structure": "AL-AM"}
     project = tmp_path / "proj"
-    steps(project, recipe_file(tmp_path, model_dir, text_file, section))
+    steps(project, write_recipe(tmp_path / "recipe.yaml", model_dir, text_file, method=section,
+                                **SECTIONS))
     stats = load_tensors(project / "calibration" / "stats.safetensors")
     assert {"layers.3.o_proj.mean", "layers.3.down_proj.var", "layers.0.o_proj.sumsq"} <= set(stats)
     scores = load_tensors(project / "scores" / "scores.safetensors")
@@ -81,7 +67,8 @@ def test_magnitude_through_the_cli_exports_a_plain_model(tmp_path, text_file):
                           num_key_value_heads=4, tie_word_embeddings=True)
     section = {"name": "magnitude", "pruning_ratio": 0.3}
     project = tmp_path / "proj"
-    steps(project, recipe_file(tmp_path, model_dir, text_file, section, target={}))
+    steps(project, write_recipe(tmp_path / "recipe.yaml", model_dir, text_file, method=section,
+                                **SECTIONS))
     assert not (project / "calibration" / "tokens.safetensors").exists()  # data-free
     plan = Plan.model_validate(json.loads((project / "search" / "plan.json").read_text()))
     config = json.loads((project / "export" / "config.json").read_text())

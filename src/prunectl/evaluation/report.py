@@ -19,7 +19,7 @@ from prunectl.evaluation.llama_cpp import report_section as llama_cpp_section
 from prunectl.evaluation.results import ProjectResults, load_results
 from prunectl.evaluation.tasks import PAPER_TASKS
 from prunectl.io import write_json, write_text
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 
 CURVE_PNG = "perplexity_vs_blocks.png"
 STRUCTURE_PNG = "pruned_structure.png"

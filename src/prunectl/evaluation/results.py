@@ -13,7 +13,7 @@ from typing import Any
 
 from prunectl.errors import UserError
 from prunectl.io import CorruptFileError, read_json
-from prunectl.methods.plan import Plan
+from prunectl.plan import Plan
 
 #: the order models appear in tables: as the pipeline produces them
 MODEL_ORDER = ("dense", "pruned", "recovered")

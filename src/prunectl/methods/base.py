@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from prunectl.methods.plan import Plan
+from prunectl.plan import Plan
 from prunectl.pipelines.registry import Pipeline, pipeline
 from prunectl.schema import StrictSection
 

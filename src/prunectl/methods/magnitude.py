@@ -32,7 +32,7 @@ from pydantic import Field
 
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
-from prunectl.methods.plan import Plan
+from prunectl.plan import Plan
 from prunectl.methods.target import ParamsBudget, resolve_params_target
 from prunectl.methods.width.hooks import ReconstructHooks
 from prunectl.methods.width.reconstruct import ReconstructOptions

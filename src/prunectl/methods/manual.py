@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from prunectl.methods.base import Method, MethodConfig
-from prunectl.methods.plan import Plan, parse_block_name, plan_from_removals
+from prunectl.plan import Plan, parse_block_name, plan_from_removals
 
 
 class ManualConfig(MethodConfig):

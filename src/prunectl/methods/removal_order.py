@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prunectl.errors import UserError
-from prunectl.methods.plan import Plan, parse_block_name, plan_from_removals
+from prunectl.plan import Plan, parse_block_name, plan_from_removals
 from prunectl.methods.target import resolve_params_target
 from prunectl.modeling.cost import achieved_params
 

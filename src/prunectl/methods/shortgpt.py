@@ -19,7 +19,7 @@ from pydantic import Field
 
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
-from prunectl.methods.plan import Plan
+from prunectl.plan import Plan
 from prunectl.methods.removal_order import (
     candidate_names,
     parameter_counts,

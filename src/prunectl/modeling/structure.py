@@ -114,7 +114,7 @@ def from_config(config: Any) -> Structure:
 
 
 def with_plan(structure: Structure, plan: Any, added_biases: Iterable[str] = ()) -> Structure:
-    """The structure ``plan`` (a :class:`~prunectl.methods.plan.Plan`) leaves; ``added_biases``
+    """The structure ``plan`` (a :class:`~prunectl.plan.Plan`) leaves; ``added_biases``
     names the ``layers.N.o_proj`` / ``layers.N.down_proj`` biases compensation adds."""
     added = set(added_biases)
     layers = []

@@ -26,7 +26,7 @@ from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import rebuild_model
 
 if TYPE_CHECKING:  # modeling/ never imports methods/ at run time
-    from prunectl.methods.plan import Plan
+    from prunectl.plan import Plan
 
 O_BIAS, DOWN_BIAS = pruned.O_PROJ_BIAS, pruned.DOWN_PROJ_BIAS
 

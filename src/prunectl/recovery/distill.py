@@ -116,20 +116,6 @@ class DistillTrainer(Trainer):
         return output
 
 
-def distill_trainer(run, train_set: list[dict], val_set: list[dict], out_dir):
-    """The examples numbered (``kd_index``: train, then held-out), by which the teacher's cache
-    finds them, and the Trainer class that distils the recipe's teacher."""
-    from functools import partial
-
-    from prunectl.recovery.teacher import teacher_source
-
-    numbered = [{**example, "kd_index": i} for i, example in enumerate([*train_set, *val_set])]
-    cfg = run.recipe.recover
-    teacher = teacher_source(run, numbered, out_dir)
-    trainer_class = partial(DistillTrainer, teacher=teacher, kd=cfg.kd, objective=cfg.objective)
-    return numbered[: len(train_set)], numbered[len(train_set) :], trainer_class
-
-
 def figures(before: dict | None, log_history: list[dict], best_checkpoint: str | None) -> dict:
     """KL and held-out perplexity before training and at the checkpoint kept (the best one, or
     the last evaluation): the summary's distillation figures."""

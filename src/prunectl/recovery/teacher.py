@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from prunectl.digest import MANIFEST, check_sealed, digest, sealed_write
 from prunectl.errors import UserError
 from prunectl.io import read_json, save_tensors, write_json
-from prunectl.recovery.distill import TeacherLogProbs, scored
+from prunectl.recovery.distill import DistillTrainer, TeacherLogProbs, scored
 
 if TYPE_CHECKING:
     from prunectl.context import RunContext
@@ -185,3 +185,13 @@ def teacher_source(run: RunContext, examples: list[dict], out_dir: Path):
     del model
     dist.barrier()
     return TopKCache(directory, cfg.temperature)
+
+
+def distill_trainer(run, train_set: list[dict], val_set: list[dict], out_dir):
+    """The examples numbered (``kd_index``: train, then held-out), by which the teacher's cache
+    finds them, and the Trainer class that distils the recipe's teacher."""
+    numbered = [{**example, "kd_index": i} for i, example in enumerate([*train_set, *val_set])]
+    cfg = run.recipe.recover
+    teacher = teacher_source(run, numbered, out_dir)
+    trainer_class = partial(DistillTrainer, teacher=teacher, kd=cfg.kd, objective=cfg.objective)
+    return numbered[: len(train_set)], numbered[len(train_set) :], trainer_class

@@ -10,7 +10,7 @@ import torch
 from prunectl.context import RunContext
 from prunectl.errors import UserError
 from prunectl.io import load_tensors, read_json
-from prunectl.methods.plan import Plan
+from prunectl.plan import Plan
 
 TOKENS = ("calibration", "tokens.safetensors")
 STATS = ("calibration", "stats.safetensors")

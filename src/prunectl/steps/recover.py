@@ -26,7 +26,7 @@ def recover(run: RunContext) -> StepResult:
     source = run.dist.decide(lambda: artifacts.require(run, artifacts.PRUNED, "apply"))
 
     def body() -> StepOutcome:
-        from prunectl.recovery import run_recovery
+        from prunectl.recovery.run import run_recovery
 
         # hours of training ahead: every file of the pruned model hashed, not only the small ones
         run.dist.decide(lambda: run.project.verify_outputs("apply", full=True))

@@ -9,7 +9,7 @@ its first unit, which is what makes prefix caching work.
 
 from __future__ import annotations
 
-from prunectl.methods.plan import parse_block_name
+from prunectl.plan import parse_block_name
 
 
 def unit_span(name: str, num_layers: int) -> tuple[int, int]:

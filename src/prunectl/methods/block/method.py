@@ -17,7 +17,7 @@ from pydantic import Field
 from prunectl import distributed
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.block.search import SearchSettings, block_search
-from prunectl.methods.plan import Plan
+from prunectl.plan import Plan
 from prunectl.methods.removal_order import (
     ParameterCounts,
     StopRule,

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.methods.target import ParamsBudget, resolve_params_target
 from prunectl.methods.width.collect import collect_statistics
 from prunectl.methods.width.compensation import plan_biases

@@ -16,7 +16,7 @@ import numpy as np
 
 from prunectl.errors import UserError
 from prunectl.methods.base import Method
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.methods.puzzle import costs as variant_costs
 from prunectl.methods.puzzle.config import PuzzleConfig
 from prunectl.methods.puzzle.solve import Choice, Infeasible, candidates, check_feasible

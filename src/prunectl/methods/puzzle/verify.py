@@ -15,7 +15,7 @@ import torch
 
 from prunectl.evaluation.perplexity import perplexity
 from prunectl.methods.inputs import Inputs
-from prunectl.methods.plan import Plan
+from prunectl.plan import Plan
 from prunectl.methods.width.compensation import plan_biases
 from prunectl.methods.width.least_squares import augmented
 from prunectl.methods.width.reconstruct import least_squares_solutions, without_columns

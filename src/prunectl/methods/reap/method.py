@@ -15,7 +15,7 @@ import torch
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.inputs import Inputs
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.methods.reap.collect import collect_expert_stats, stat_prefix
 from prunectl.methods.reap.saliency import ExpertStats
 from prunectl.methods.reap.targets import experts_to_remove, moe_layers

@@ -23,7 +23,7 @@ from pydantic import Field
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.methods.inputs import Inputs
-from prunectl.methods.plan import LayerPlan, Plan
+from prunectl.plan import LayerPlan, Plan
 from prunectl.methods.slimgpt import allocation
 from prunectl.methods.target import resolve_params_target
 from prunectl.methods.width.hooks import ReconstructHooks

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
-from prunectl.methods.plan import Plan
+from prunectl.plan import Plan
 from prunectl.methods.target import resolve_params_target
 from prunectl.methods.taylor import groups, selection
 from prunectl.methods.taylor.importance import GRADIENT_KINDS, random_importance

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from prunectl.methods.plan import LayerPlan
+from prunectl.plan import LayerPlan
 from prunectl.methods.width.units import round_kept_channels, units_removed
 from prunectl.modeling.alignment import snap
 from prunectl.modeling import cost

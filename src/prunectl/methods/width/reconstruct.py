@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs
-from prunectl.methods.plan import Plan
+from prunectl.plan import Plan
 from prunectl.methods.width.least_squares import solve_kept
 from prunectl.methods.width.sequential import Solution, sequential_pass
 from prunectl.methods.width.units import removed_channels

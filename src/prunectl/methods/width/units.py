@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 
 from prunectl.errors import UserError
-from prunectl.methods.plan import LayerPlan
+from prunectl.plan import LayerPlan
 from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter, family_for
 from prunectl.modeling.structure import Structure, from_model
