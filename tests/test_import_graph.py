@@ -143,7 +143,7 @@ def method_to_method_imports(graph: dict[str, set[str]], units: set[str]) -> lis
 #: lazily on first use) stands outside the floors.  A new top-level module must be given one.
 FLOORS = (
     # foundation: errors, files, progress, digests, plain data, the process group
-    ("errors", "io", "ui", "digest", "plan", "yaml_unique", "builtin_text", "distributed", "hub",
+    ("errors", "io", "ui", "digest", "plan", "schema", "yaml_unique", "builtin_text", "distributed", "hub",
      "context"),
     ("modeling", "data"),  # the model's structure and surgery; calibration and eval text
     ("evaluation", "pipelines", "recovery"),  # passes over a model: measure, calibrate, train
