@@ -20,7 +20,7 @@ from common import default_gguf
 from prunectl.evaluation.speed import measure_speed, speed_ratios
 from prunectl.plan import plan_from_removals
 from prunectl.modeling.loading import load_model
-from prunectl.modeling.pruned_format import save_model
+from prunectl.formats.hf import save_model
 from prunectl.modeling.surgery import apply_plan
 
 

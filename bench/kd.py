@@ -121,7 +121,7 @@ def main() -> None:
     from prunectl.methods.registry import create_method, parse_method_config
     from prunectl.modeling.loading import load_model, load_project_model
     from prunectl.modeling.params import count_parameters
-    from prunectl.modeling.pruned_format import save_model
+    from prunectl.formats.hf import save_model
 
     dense, tokenizer = load_model(SimpleNamespace(path=str(gguf)), CPU, torch.float32)
     eval_tokens = evaluation_tokens(tokenizer, str(args.eval))

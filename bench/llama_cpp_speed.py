@@ -77,7 +77,7 @@ def prune(work: Path, gguf: Path, name: str, section: dict, outtype: str,
 def dense_file(work: Path, gguf: Path, outtype: str) -> Path:
     import torch
 
-    from prunectl.modeling.gguf_writer import write_gguf
+    from prunectl.formats.gguf.writer import write_gguf
     from prunectl.modeling.loading import load_model
     from prunectl.recipe import ModelConfig
 

@@ -45,7 +45,7 @@ from prunectl.methods.removal_order import plan_for_k
 from prunectl.modeling import cost
 from prunectl.modeling.loading import load_model
 from prunectl.modeling.params import count_parameters
-from prunectl.modeling.pruned_format import save_model
+from prunectl.formats.hf import save_model
 from prunectl.modeling.structure import from_model, with_plan
 
 from common import SHARED_DATA, kv_bytes, load_average, print_table, require_inputs

@@ -12,7 +12,7 @@ from prunectl.errors import UserError
 from prunectl.evaluation.results import speed_ratios
 from prunectl.evaluation.speed import measure_speed
 from prunectl.plan import LayerPlan, Plan
-from prunectl.modeling.pruned_format import save_model
+from prunectl.formats.hf import save_model
 from prunectl.modeling.surgery import apply_plan
 
 SMALL = dict(

@@ -13,7 +13,7 @@ from gguf_models import VOCAB, bpe_tokenizer, pruned
 from gguf_reference import GgufFile, reference_logits
 
 from prunectl.errors import UserError
-from prunectl.modeling.gguf_writer import write_gguf
+from prunectl.formats.gguf.writer import write_gguf
 
 IDS = [5, 70, 100, 30, 261, 7, 9, 260]
 LAYER_NAMES = {

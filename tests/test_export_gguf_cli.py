@@ -14,7 +14,7 @@ from helpers import invoke, tiny_model
 from gguf_models import VOCAB, bpe_tokenizer
 from gguf_reference import GgufFile, reference_logits
 
-from prunectl.modeling.gguf_writer import write_gguf
+from prunectl.formats.gguf.writer import write_gguf
 from prunectl.modeling.loading import load_project_model
 from prunectl.steps.export_gguf import LLAMA_CPP_CHECKED
 

@@ -13,7 +13,7 @@ from prunectl.methods.width.units import layer_shape
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import load_project_model
 from prunectl.modeling.params import count_parameters
-from prunectl.modeling.pruned_format import save_model
+from prunectl.formats.hf import save_model
 
 CASES = [
     ("flap", {}),

@@ -24,7 +24,7 @@ from gguf_models import VOCAB, bpe_tokenizer, pruned
 from typer.testing import CliRunner
 
 from prunectl.cli import app
-from prunectl.modeling.gguf_writer import write_gguf
+from prunectl.formats.gguf.writer import write_gguf
 from prunectl.modeling.loading import load_project_model, load_project_tokenizer
 
 TOOL_DIR = os.environ.get("PRUNECTL_LLAMA_CPP")

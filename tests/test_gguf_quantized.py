@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from prunectl.cli import app
 from prunectl.errors import UserError
-from prunectl.modeling.gguf_layout import gguf_layout
-from prunectl.modeling.gguf_tensors import gguf_tensors
-from prunectl.modeling.gguf_writer import write_gguf
+from prunectl.formats.gguf.layout import gguf_layout
+from prunectl.formats.gguf.tensors import gguf_tensors
+from prunectl.formats.gguf.writer import write_gguf
 
 # levels per block: the step is amax / (levels / 2) for the symmetric types, (max - min) / levels
 # for the ones with a minimum; an element is off by at most one step (the clamped extreme)

@@ -146,7 +146,7 @@ FLOORS = (
     ("errors", "io", "ui", "digest", "plan", "schema", "yaml_unique", "builtin_text", "distributed", "hub",
      "context"),
     ("modeling", "data"),  # the model's structure and surgery; calibration and eval text
-    ("evaluation", "pipelines", "recovery"),  # passes over a model: measure, calibrate, train
+    ("formats", "evaluation", "pipelines", "recovery"),  # files a model is written as; passes over a model
     ("methods",),  # pruning methods on the pipelines
     ("recipe", "recipe_errors", "preflight", "memory_estimate", "catalog", "project"),
     ("steps", "history"),  # a step: recipe + project state + a method

@@ -17,7 +17,7 @@ from prunectl.methods.magnitude import group_importance, kept_count
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.params import count_parameters
-from prunectl.modeling.pruned_format import save_model
+from prunectl.formats.hf import save_model
 
 
 def inputs_for(model, ratio=None):

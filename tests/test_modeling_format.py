@@ -17,7 +17,7 @@ from prunectl.modeling import modeling_prunectl
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import load_project_model
 from prunectl.modeling.params import count_parameters
-from prunectl.modeling.pruned_format import save_model
+from prunectl.formats.hf import save_model
 from prunectl.modeling.surgery import apply_plan
 
 IDS = torch.randint(4, 260, (2, 11), generator=torch.Generator().manual_seed(2))

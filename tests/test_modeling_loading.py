@@ -243,7 +243,7 @@ def test_a_pruned_directory_loads_as_a_recipe_model(tmp_path):
     """A model prunectl pruned can be the input of the next recipe, without trust_remote_code."""
     from helpers import byte_tokenizer
     from prunectl.plan import LayerPlan, Plan
-    from prunectl.modeling.pruned_format import save_model
+    from prunectl.formats.hf import save_model
     from prunectl.modeling.surgery import apply_plan
 
     pruned = apply_plan(tiny_model("qwen3"), Plan(method="t", layers={0: LayerPlan(attention=False)}))

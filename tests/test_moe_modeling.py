@@ -21,7 +21,7 @@ from prunectl.errors import UserError
 from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling.adapters import Adapter, family_for
 from prunectl.modeling.loading import load_project_model
-from prunectl.modeling.pruned_format import save_model
+from prunectl.formats.hf import save_model
 from prunectl.modeling.surgery import apply_plan
 
 FAMILIES = sorted(MOE_CONFIGS)

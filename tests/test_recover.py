@@ -16,7 +16,7 @@ from prunectl.distributed import Distributed
 from prunectl.errors import UserError
 from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling.loading import load_project_model
-from prunectl.modeling.pruned_format import save_model
+from prunectl.formats.hf import save_model
 from prunectl.modeling.surgery import apply_plan
 from prunectl.recipe import RecoverConfig
 from prunectl.recovery.run import run_recovery

@@ -15,7 +15,7 @@ from helpers import VOCAB, byte_tokenizer, save_tiny, tiny_model
 from prunectl.distributed import Distributed
 from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling.loading import load_project_model
-from prunectl.modeling.pruned_format import save_model
+from prunectl.formats.hf import save_model
 from prunectl.modeling.surgery import apply_plan
 from prunectl.recipe import ModelConfig, RecoverConfig
 from prunectl.recovery.run import run_recovery

@@ -22,7 +22,7 @@ def full_model(model: nn.Module) -> nn.Module:
 
 def save_trained(trainer, tokenizer, directory: Path, dtype: torch.dtype, is_main: bool) -> None:
     """Rank 0 saves the trained model (the best checkpoint when one was selected)."""
-    from prunectl.modeling.pruned_format import save_model
+    from prunectl.formats.hf import save_model
 
     if is_main:
         save_model(trainer.model, tokenizer, directory, dtype)

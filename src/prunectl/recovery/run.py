@@ -66,7 +66,7 @@ def _merge(run: RunContext, source_dir: Path, adapter_dir: Path, tokenizer, mode
     from peft import PeftModel
 
     from prunectl.modeling.loading import load_project_model
-    from prunectl.modeling.pruned_format import save_model
+    from prunectl.formats.hf import save_model
 
     base = load_project_model(source_dir, run.device, run.dtype)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()

@@ -10,7 +10,7 @@ from prunectl.methods.registry import create_method
 from prunectl.methods.removal_order import plan_for_k
 from prunectl.modeling import cost
 from prunectl.modeling.params import count_parameters
-from prunectl.modeling.pruned_format import save_model
+from prunectl.formats.hf import save_model
 from prunectl.modeling.structure import from_model, layer_rows, with_plan
 from prunectl.steps import artifacts
 from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections, upstream

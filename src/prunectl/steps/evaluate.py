@@ -155,7 +155,7 @@ def _llama_cpp(run: RunContext, role: str, fingerprint: str, model, tokenizer, e
     ``<model>-dense-<type>``) and its perplexity measured in llama.cpp on the windows
     transformers scores; a result of the same model and settings is reused."""
     from prunectl.evaluation import llama_cpp
-    from prunectl.modeling.gguf_writer import write_gguf
+    from prunectl.formats.gguf.writer import write_gguf
     from prunectl.steps.export_gguf import base_name, vocab_source
 
     cfg = run.recipe.eval

@@ -14,7 +14,7 @@ from prunectl import __version__, hub
 from prunectl.context import RunContext
 from prunectl.io import read_json, write_text
 from prunectl.modeling.loading import resolve_dtype
-from prunectl.modeling.pruned_format import write_model
+from prunectl.formats.hf import write_model
 from prunectl.steps import artifacts, export_gguf, export_target
 from prunectl.steps.base import StepOutcome, StepResult, execute, recipe_sections, upstream
 

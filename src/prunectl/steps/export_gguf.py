@@ -2,7 +2,7 @@
 
 ``steps/export.py`` calls ``prepare`` and writes the directory (the recipe has already refused
 ``outtype`` without ``gguf``; ``export.dtype`` maps to an outtype); what llama.cpp cannot run is
-refused by ``modeling.gguf_writer.check_gguf`` after the model is loaded and before any export
+refused by ``formats.gguf.writer.check_gguf`` after the model is loaded and before any export
 directory is touched.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prunectl.context import RunContext
 from prunectl.io import write_text
-from prunectl.modeling.gguf_writer import GgufResult, check_gguf, write_gguf
+from prunectl.formats.gguf.writer import GgufResult, check_gguf, write_gguf
 from prunectl.steps import artifacts
 
 #: the llama-cpp-python source distribution whose vendored llama.cpp the opt-in test and the

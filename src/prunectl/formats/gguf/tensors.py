@@ -9,7 +9,7 @@ adapter into q/k/v and gate/up; a tied ``lm_head`` is not written (llama.cpp reu
 and other 1-D tensors stay F32; a matrix whose rows do not split into the out type's blocks (q8_0
 and q4_0 ... q5_1 blocks are 32 wide, pruned widths often are not) falls back to F16, as the
 converter and llama.cpp's quantizer do.  The ``gguf`` package quantizes the block types itself;
-K-quants come from llama.cpp's own quantizer (``modeling.gguf_quantize``).
+K-quants come from llama.cpp's own quantizer (``formats.gguf.quantize``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from prunectl.modeling.adapters import Adapter
-from prunectl.modeling.gguf_layout import GgufLayout
+from prunectl.formats.gguf.layout import GgufLayout
 
 T = gguf.MODEL_TENSOR
 

@@ -17,10 +17,10 @@ from typing import Any
 import gguf
 
 from prunectl.errors import UserError
-from prunectl.modeling.gguf_layout import GgufLayout, gguf_layout
-from prunectl.modeling.gguf_quantize import K_QUANTS, fallbacks, find_quantizer, quantize
-from prunectl.modeling.gguf_tensors import FILE_TYPES, OUTTYPES, encode, gguf_tensors
-from prunectl.modeling.gguf_vocab import check_name_and_vocab, check_vocab, copy_vocab, write_vocab
+from prunectl.formats.gguf.layout import GgufLayout, gguf_layout
+from prunectl.formats.gguf.quantize import K_QUANTS, fallbacks, find_quantizer, quantize
+from prunectl.formats.gguf.tensors import FILE_TYPES, OUTTYPES, encode, gguf_tensors
+from prunectl.formats.gguf.vocab import check_name_and_vocab, check_vocab, copy_vocab, write_vocab
 
 
 @dataclass
