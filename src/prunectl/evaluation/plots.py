@@ -106,31 +106,42 @@ def structure_figure(rows: list[dict], untouched: set[int], title: str = "",
     return figure
 
 
+def _perplexity_lines(series: dict[str, list[dict]], path: Path, x, label, xlabel: str,
+                      ylabel: str, title: str, formatter=None) -> Path:
+    """Perplexity (log scale) against ``x(point)``, one marked line per series, each point
+    annotated with ``label(point)``: the shape of the Pareto and the per-byte plots."""
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    values = []
+    for (name, points), marker in zip(series.items(), "osD^v<>", strict=False):
+        points = sorted((p for p in points if p.get("perplexity") is not None), key=x)
+        if not points:
+            continue
+        values += [p["perplexity"] for p in points]
+        axes.plot([x(p) for p in points], [p["perplexity"] for p in points], marker=marker,
+                  label=name)
+        for p in points:
+            axes.annotate(label(p), (x(p), p["perplexity"]), fontsize=7,
+                          textcoords="offset points", xytext=(3, 3))
+    _log_perplexity_axis(axes, values)
+    if formatter is not None:
+        axes.xaxis.set_major_formatter(formatter)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(loc="upper right")
+    axes.set_title(title)
+    return _save(figure, path)
+
+
 def pareto(series: dict[str, list[dict]], path: Path, title: str = "") -> Path:
     """Calibration perplexity (log scale) against parameters kept, one line per series (a
     sweep's plans and its references); points are ``{"params": n, "perplexity": p,
     "budget": b}``, each labelled with its budget."""
-    figure = Figure(figsize=(7, 4.5))
-    axes = figure.add_subplot()
-    for (label, points), marker in zip(series.items(), "osD^v<>", strict=False):
-        points = sorted((p for p in points if p.get("perplexity") is not None),
-                        key=lambda p: p["params"])
-        if not points:
-            continue
-        xs, ys = [p["params"] for p in points], [p["perplexity"] for p in points]
-        axes.plot(xs, ys, marker=marker, label=label)
-        for p in points:
-            axes.annotate(f"{p['budget']:g}", (p["params"], p["perplexity"]), fontsize=7,
-                          textcoords="offset points", xytext=(3, 3))
-    _log_perplexity_axis(axes, [p["perplexity"] for points in series.values() for p in points
-                                if p.get("perplexity") is not None])
-    axes.xaxis.set_major_formatter(EngFormatter())  # 1.2M, not 1200000 or an offset
-    axes.set_xlabel("parameters kept")
-    axes.set_ylabel("calibration perplexity")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(loc="upper right")
-    axes.set_title(title or "Calibration perplexity vs parameters")
-    return _save(figure, path)
+    return _perplexity_lines(series, path, lambda p: p["params"], lambda p: f"{p['budget']:g}",
+                             "parameters kept", "calibration perplexity",
+                             title or "Calibration perplexity vs parameters",
+                             EngFormatter())  # 1.2M, not 1200000 or an offset
 
 
 def _log_perplexity_axis(axes, values: list[float]) -> None:
@@ -179,19 +190,6 @@ def perplexity_per_byte(series: dict[str, list[dict]], path: Path, title: str = 
     """Perplexity (log scale) against GGUF file size, one line per model (dense, pruned,
     recovered), each point labelled with its tensor type: where pruning beats quantizing further
     at a size budget.  Points are ``{"bytes": n, "perplexity": p, "label": type}``."""
-    figure = Figure(figsize=(7, 4.5))
-    axes = figure.add_subplot()
-    for (model, points), marker in zip(series.items(), "osD^v<>", strict=False):
-        points = sorted(points, key=lambda p: p["bytes"])
-        axes.plot([p["bytes"] / 2**20 for p in points], [p["perplexity"] for p in points],
-                  marker=marker, label=model)
-        for p in points:
-            axes.annotate(p["label"], (p["bytes"] / 2**20, p["perplexity"]), fontsize=7,
-                          textcoords="offset points", xytext=(3, 3))
-    _log_perplexity_axis(axes, [p["perplexity"] for points in series.values() for p in points])
-    axes.set_xlabel("GGUF file size (MiB)")
-    axes.set_ylabel("perplexity in llama.cpp")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(loc="upper right")
-    axes.set_title(title or "Perplexity vs file size")
-    return _save(figure, path)
+    return _perplexity_lines(series, path, lambda p: p["bytes"] / 2**20, lambda p: p["label"],
+                             "GGUF file size (MiB)", "perplexity in llama.cpp",
+                             title or "Perplexity vs file size")
