@@ -362,3 +362,57 @@ def test_dense_log_probs_are_computed_once_when_they_fit_and_recomputed_when_not
     assert len(heads) == 2 * variants * batches
     for name in cached:
         assert torch.equal(cached[name], recomputed[name]), name
+
+
+def test_the_library_shows_progress_and_one_time_estimate_and_scores_the_same(
+        model, tokens, built, tmp_path, monkeypatch):
+    """After the first layer (2 attention + 3 MLP variants), one line estimates the rest from
+    the work measured: a kl variant of unit u costs 6 - u + 1 unit forwards, so layer 0 is 32
+    of the 66 units; 64 s for it leave 64 * 34 / 32 = 68 s.  A resumed build counts what its
+    journal holds as done, not as measured."""
+    import io
+
+    from rich.console import Console
+
+    from prunectl import ui as ui_module
+
+    def captured():
+        shown = ui_module.UI(quiet=False)
+        shown.err = Console(file=io.StringIO(), force_terminal=True, width=200)
+        return shown
+
+    expected = built(score="kl")
+    ticks = iter([0.0, 64.0])
+    monkeypatch.setattr(ui_module.Meter, "clock", staticmethod(lambda: next(ticks)))
+    config = PuzzleConfig(mlp_widths=WIDTHS, score="kl")
+    shown = captured()
+    lib = build_library(Inputs(model, tokens, batch_size=4, ui=shown), config)
+    assert all(torch.equal(lib[k], expected[k]) for k in lib)
+    text = shown.err.file.getvalue()
+    assert "puzzle library" in text and "%" in text  # the bar, drawn on a terminal
+    lines = [line for line in text.splitlines() if "to go" in line]
+    assert len(lines) == 1
+    assert ("puzzle library: about 68 s to go, estimated from the first 5 variants (64 s, 48% "
+            "of the work)") in lines[0]
+
+    real, calls = library._score, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 7:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    journal = Journal(tmp_path, "k")
+    ticks = iter([0.0, 1.0])
+    monkeypatch.setattr(library, "_score", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_library(Inputs(model, tokens, batch_size=4, journal=journal), config)
+    monkeypatch.setattr(library, "_score", real)
+    # layer 0 (32) and 2 of layer 1's attention variants (10) are done: layer 1 measures 12
+    ticks = iter([0.0, 12.0])
+    shown = captured()
+    resumed = build_library(Inputs(model, tokens, batch_size=4, journal=journal, ui=shown), config)
+    assert all(torch.equal(resumed[k], lib[k]) for k in lib)
+    assert ("puzzle library: about 12 s to go, estimated from the first 3 variants (12 s, 18% "
+            "of the work)") in shown.err.file.getvalue()

@@ -18,6 +18,11 @@ For each layer and each of its two residual blocks (attention: ``o_proj``; MLP: 
    sliced model computes; ``kl`` starts from the block search's prefix cache, so only the units
    from the variant's block on run.  Dense variants score 0 without running.
 
+The block's order is computed once (from the statistics of every window) and journaled before
+its first variant; every variant of the block reuses it, and a resumed build reads it back.
+A progress bar weighs each variant by the unit forwards its score runs (:func:`_work`); after the
+first layer this run computes, one line estimates the time the rest of the library will take.
+
 Progress goes to ``inputs.journal`` (each block's order, each scored variant, all carrying the
 journal's key); a rerun skips what a journal with the same key holds, so an interrupted build
 finishes with exactly the tensors of an uninterrupted one.
@@ -218,17 +223,24 @@ def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tenso
     dense = _Dense(inputs, tokens)
     scoring = dense if config.score_windows is None else _Dense(inputs, tokens[:config.score_windows])
     tasks = [(i, block) for i in range(layers) for block in BLOCKS]
+    work = {(i, block): _work(config, dense.runner.num_units, 2 * i + (block == "mlp"))
+            for i, block in tasks}
+    total = sum(work[task] * (len(kept_counts[task[1]]) - 1) for task in tasks)
+    recorded = sum(work[task] * len(done.get(task, {"scores": {}})["scores"]) for task in tasks)
     try:
-        for i, block in inputs.ui.progress(tasks, total=len(tasks), description="puzzle library"):
-            entry = done.get((i, block), {"scores": {}})
-            counts, units = kept_counts[block], orders[block].shape[1]
-            todo = [k for k in counts if k != units and k not in entry["scores"]]
-            if "order" not in entry or todo:
-                entry = _block(inputs, config, dense.ready(), scoring.ready(), i, block, entry,
-                               todo)
-            orders[block][i] = torch.tensor(entry["order"])
-            for column, k in enumerate(counts):
-                scores[block][i, column] = 0.0 if k == units else entry["scores"][k]
+        with inputs.ui.meter("puzzle library", total, recorded, "variant") as meter:
+            for i, block in tasks:
+                entry = done.get((i, block), {"scores": {}})
+                counts, units = kept_counts[block], orders[block].shape[1]
+                todo = [k for k in counts if k != units and k not in entry["scores"]]
+                if "order" not in entry or todo:
+                    entry = _block(inputs, config, dense.ready(), scoring.ready(), i, block,
+                                   entry, todo, lambda: meter.advance(work[i, block]))
+                    if block == "mlp":  # a whole layer measured: both kinds of block
+                        meter.estimate()
+                orders[block][i] = torch.tensor(entry["order"])
+                for column, k in enumerate(counts):
+                    scores[block][i, column] = 0.0 if k == units else entry["scores"][k]
     finally:
         dense.close()
         scoring.close()
@@ -237,8 +249,15 @@ def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tenso
             "mlp.channels": torch.tensor(kept_counts["mlp"], dtype=torch.long).repeat(layers, 1)}
 
 
+def _work(config: PuzzleConfig, num_units: int, unit: int) -> int:
+    """What scoring one variant of ``unit`` costs, in unit forwards on the scoring windows:
+    ``kl`` runs the suffix from the variant's unit on (the head counted as one more unit),
+    ``local`` the unit alone; the progress bar and the time estimate weigh variants by it."""
+    return num_units - unit + 1 if config.score == "kl" else 1
+
+
 def _block(inputs: Inputs, config: PuzzleConfig, dense: _Dense, scoring: _Dense, i: int,
-           block: str, entry: dict, todo: list[int]) -> dict:
+           block: str, entry: dict, todo: list[int], scored=lambda: None) -> dict:
     """Order and score layer ``i``'s ``block`` (what ``entry`` lacks), journaling each result:
     statistics from every calibration window (``dense``), scores from ``scoring``'s."""
     adapter, journal = inputs.adapter, inputs.journal
@@ -263,5 +282,6 @@ def _block(inputs: Inputs, config: PuzzleConfig, dense: _Dense, scoring: _Dense,
         entry["scores"][k] = score
         journal.append({"key": journal.key, "layer": i, "block": block, "kept": k,
                         "score": score})
+        scored()
     del h
     return entry

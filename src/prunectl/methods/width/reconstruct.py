@@ -6,7 +6,8 @@
 sequential pass over the calibration tokens (:mod:`.sequential`, :mod:`.least_squares`).  The
 statistics of ``least_squares`` depend on the plan (inputs come through the pruned layers), so
 they are computed in ``apply``, not in ``calibrate``; the result is the saved pruned model, so a
-finished ``apply`` is never repeated, and an interrupted one starts again from the first layer.
+finished ``apply`` is never repeated, and an interrupted one resumes at its first unfinished
+layer (``apply/layers/``, the sequential pass's per-layer checkpoint).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import torch
 from pydantic import BaseModel, Field
 
 from prunectl.errors import UserError
-from prunectl.methods.inputs import Inputs
+from prunectl.methods.inputs import Inputs, Journal
 from prunectl.methods.plan import Plan
 from prunectl.methods.width.least_squares import solve_kept
-from prunectl.methods.width.sequential import Solution, sequential_pass
+from prunectl.methods.width.sequential import Solution, layer_checkpoint, sequential_pass
 from prunectl.methods.width.units import removed_channels
 from prunectl.modeling.adapters import Adapter
 from prunectl.ui import SILENT
@@ -71,9 +72,11 @@ def without_columns(weight: torch.Tensor, removed) -> torch.Tensor:
 
 
 def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, batch_size: int,
-                            reference: str, damp: float, ui=SILENT) -> dict[str, Solution]:
+                            reference: str, damp: float, ui=SILENT,
+                            journal: Journal = Journal()) -> dict[str, Solution]:
     """Every pruned projection's least-squares solution, layer by layer (sequential); the
-    projections the plan leaves alone are not recorded at all."""
+    projections the plan leaves alone are not recorded at all.  With a ``journal`` folder the
+    pass resumes per layer from ``<folder>/layers``."""
     removals = {}
     for i in range(adapter.num_layers):
         for name, block in (("o_proj", adapter.attention(i)), ("down_proj", adapter.mlp(i))):
@@ -91,7 +94,9 @@ def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, 
         solved = solve_kept(weight, moments.h, moments.g, kept, damp, f"layers.{i}.{name}")
         return Solution(removed, full_weight(solved, kept.to(solved.device), n))
 
-    return sequential_pass(adapter, tokens, batch_size, solve, reference, ui, wanted=removals)
+    checkpoint = layer_checkpoint(journal, "layers", tokens, removals, reference, damp)
+    return sequential_pass(adapter, tokens, batch_size, solve, reference, ui, wanted=removals,
+                           checkpoint=checkpoint)
 
 
 @torch.no_grad()
@@ -130,5 +135,5 @@ def reconstruction_biases(config, inputs: Inputs, plan: Plan, stats, compensatio
                 f"{TOKENS_PER_INPUT * widest} tokens or raise method.reconstruct_damp")
     solutions = least_squares_solutions(
         adapter, plan, tokens, inputs.batch_size, config.reconstruct_target,
-        config.reconstruct_damp, ui)
+        config.reconstruct_damp, ui, inputs.journal)
     return write_back(adapter, solutions)

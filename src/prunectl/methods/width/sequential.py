@@ -13,6 +13,12 @@ zero, which is exactly what the sliced model computes (removed heads and channel
 nothing).  Nothing is written to the model: the caller gets every solution and decides (``apply``
 slices them in; SlimGPT's ``search`` keeps only which units went).  Under ``torchrun`` every rank
 runs all windows (no sharding).
+
+With a :class:`~prunectl.pipelines.layers.LayerCheckpoint` the pass resumes per layer: after
+each layer its solutions go to ``solutions-<i>.safetensors`` and the streams' activations to the
+checkpoint, so a killed pass restarts at the first unfinished layer with exactly the tensors an
+uninterrupted one holds there.  A progress bar counts layers; after the first layer one line
+estimates the rest.
 """
 
 from __future__ import annotations
@@ -23,10 +29,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from prunectl import distributed
+from prunectl.digest import digest
+from prunectl.io import load_tensors, save_tensors
+from prunectl.methods.inputs import Journal
 from prunectl.methods.width.least_squares import augmented
 from prunectl.methods.width.moments import SecondMoments
 from prunectl.modeling.adapters import Adapter
-from prunectl.pipelines.layers import LayerPass
+from prunectl.pipelines.layers import LayerCheckpoint, LayerPass
 from prunectl.ui import SILENT, UI
 
 REFERENCES = ("dense", "self")
@@ -93,10 +103,43 @@ def _advance(layers: LayerPass, run_block, dense: bool) -> None:
     layers.map(lambda _b, xs: [run_block(x) for x in xs], (0, 1) if dense else (0,))
 
 
+def layer_checkpoint(journal: Journal, folder: str, *parts) -> LayerCheckpoint:
+    """A per-layer checkpoint in ``journal``'s folder's ``folder`` (which it deletes when the
+    pass completes), keyed by the journal's key and ``parts`` (the tokens, what ``solve`` does):
+    progress made for other inputs starts over."""
+    group = distributed.current()
+    directory = None if journal.directory is None else journal.directory / folder
+    key = digest(journal.key, group.world_size, *parts)
+    return LayerCheckpoint(Journal(directory, key), key, group)
+
+
+def _save_layer(checkpoint: LayerCheckpoint, i: int, solutions: dict[str, Solution]) -> None:
+    """Layer ``i``'s solutions beside the checkpoint (rank 0; before its record names them)."""
+    if checkpoint.directory is None or not checkpoint.group.is_main:
+        return
+    mine = {k: v for k, v in solutions.items() if k.startswith(f"layers.{i}.")}
+    tensors = {f"{k}.weight": v.weight for k, v in mine.items()}
+    tensors |= {f"{k}.removed": torch.tensor(v.removed, dtype=torch.long) for k, v in mine.items()}
+    save_tensors(checkpoint.directory / f"solutions-{i}.safetensors", tensors)
+
+
+def _load_layers(checkpoint: LayerCheckpoint, done: int, store) -> dict[str, Solution]:
+    """The solutions of layers ``0 .. done-1`` a resumed pass starts from (every rank)."""
+    tensors: dict = {}
+    if checkpoint.group.is_main:
+        for i in range(done):
+            tensors |= load_tensors(checkpoint.directory / f"solutions-{i}.safetensors")
+    tensors = checkpoint.group.broadcast_object(tensors)
+    return {k[:-len(".weight")]: Solution(tensors[k[:-len(".weight")] + ".removed"].tolist(),
+                                          v.to(store))
+            for k, v in tensors.items() if k.endswith(".weight")}
+
+
 @torch.inference_mode()
 def sequential_pass(
     adapter: Adapter, tokens: torch.Tensor, batch_size: int, solve: Solver,
     reference: str, ui: UI = SILENT, wanted: Collection[str] | None = None,
+    checkpoint: LayerCheckpoint | None = None, description: str = "least-squares refit",
 ) -> dict[str, Solution]:
     """``layers.N.o_proj`` / ``layers.N.down_proj`` -> :class:`Solution` for every projection
     ``solve`` changed, its weight in the model's dtype (one extra copy of the pruned projections,
@@ -104,37 +147,53 @@ def sequential_pass(
     removed at the end).  ``wanted``: the projections ``solve`` may change (None: every one);
     the others' inputs are never recorded and ``solve`` is not called for them.  ``reference``:
     what the refit reproduces, the ``dense`` model's outputs or the pruned stream's own
-    (``self``)."""
+    (``self``).  ``checkpoint``: resume per layer (its key must name ``solve``'s inputs too)."""
     if reference not in REFERENCES:
         raise ValueError(f"unknown reconstruction reference {reference!r}")
     layers = LayerPass(adapter, tokens, batch_size, streams=2 if reference == "dense" else 1)
     dense = reference == "dense"
-    solutions: dict[str, Solution] = {}
+    start, solutions = 0, {}
+    if checkpoint is not None:
+        start, _ = checkpoint.resume(layers, batch_size)
+        solutions = _load_layers(checkpoint, start, layers.store) if start else {}
     handles = []
     try:
-        for i in ui.progress(range(adapter.num_layers), total=adapter.num_layers,
-                             description="sequential reconstruction"):
-            attention = lambda h, i=i: adapter.attention_block(i, h, adapter.block_inputs(h))  # noqa: E731
-            mlp = lambda h, i=i: adapter.mlp_block(i, h)  # noqa: E731
-            for name, block, present in (("o_proj", attention, adapter.attention(i)),
-                                         ("down_proj", mlp, adapter.mlp(i))):
-                if present is None:  # a removed block is the identity: nothing to run
-                    continue
-                key = f"layers.{i}.{name}"
-                if wanted is not None and key not in wanted:
-                    _advance(layers, block, dense)
-                    continue
-                linear = getattr(adapter, name)(i)
-                moments = _capture(layers, linear, block, dense, layers.device)
-                weight = augmented(linear.weight, linear.bias)
-                solution = solve(i, name, weight, moments)
-                del moments
-                if solution is not None:  # kept in the model's dtype, beside its weights
-                    solution.weight = solution.weight.to(layers.store, linear.weight.dtype)
-                    solutions[key] = solution
-                    handles.append(linear.register_forward_hook(replace_output(solution)))
-                layers.map(lambda _b, xs, block=block: [block(xs[0])])
+        with ui.meter(description, adapter.num_layers, start, "layer") as meter:
+            for i in range(start, adapter.num_layers):
+                _layer(adapter, layers, i, solve, dense, wanted, solutions, handles)
+                if checkpoint is not None:
+                    _save_layer(checkpoint, i, solutions)
+                    checkpoint.save(i + 1, {}, layers)
+                meter.advance()
+                meter.estimate()
+        if checkpoint is not None:
+            checkpoint.clear()
     finally:
         for handle in handles:
             handle.remove()
     return solutions
+
+
+def _layer(adapter: Adapter, layers: LayerPass, i: int, solve: Solver, dense: bool,
+           wanted: Collection[str] | None, solutions: dict[str, Solution], handles: list) -> None:
+    """Layer ``i`` of :func:`sequential_pass`: its solutions added, its hooks in ``handles``."""
+    attention = lambda h, i=i: adapter.attention_block(i, h, adapter.block_inputs(h))  # noqa: E731
+    mlp = lambda h, i=i: adapter.mlp_block(i, h)  # noqa: E731
+    for name, block, present in (("o_proj", attention, adapter.attention(i)),
+                                 ("down_proj", mlp, adapter.mlp(i))):
+        if present is None:  # a removed block is the identity: nothing to run
+            continue
+        key = f"layers.{i}.{name}"
+        if wanted is not None and key not in wanted:
+            _advance(layers, block, dense)
+            continue
+        linear = getattr(adapter, name)(i)
+        moments = _capture(layers, linear, block, dense, layers.device)
+        weight = augmented(linear.weight, linear.bias)
+        solution = solve(i, name, weight, moments)
+        del moments
+        if solution is not None:  # kept in the model's dtype, beside its weights
+            solution.weight = solution.weight.to(layers.store, linear.weight.dtype)
+            solutions[key] = solution
+            handles.append(linear.register_forward_hook(replace_output(solution)))
+        layers.map(lambda _b, xs, block=block: [block(xs[0])])
