@@ -8,7 +8,7 @@ For each layer and each of its two residual blocks (attention: ``o_proj``; MLP: 
    first ``g`` of it (:mod:`.variants` lists the counts);
 3. each variant's projection (``method.reconstruct``): ``least_squares`` re-solves the kept
    columns and the bias on ``H`` (the inputs are dense, so the target is the block's own dense
-   output), ``bias`` folds the removed columns' calibration mean into the bias (FLAP), ``none``
+   output), ``bld`` distils the whole block from there (:mod:`prunectl.methods.width.bld`), ``bias`` folds the removed columns' calibration mean into the bias (FLAP), ``none``
    zeroes them; a fully removed block outputs nothing (not even a bias);
 4. its score (``method.score``): ``kl`` — mean over the predicted calibration positions (all but
    each window's last, as perplexity counts them) of ``KL(p_dense || p_variant)`` of the
@@ -43,8 +43,14 @@ from prunectl.methods.puzzle.variants import attention_kept, mlp_kept
 from prunectl.methods.width.compensation import compensation_bias
 from prunectl.methods.width.least_squares import augmented, solve_kept
 from prunectl.methods.width.moments import SecondMoments
-from prunectl.methods.width.reconstruct import TOKENS_PER_INPUT, full_weight, without_columns
-from prunectl.methods.width.sequential import Solution, replace_output
+from prunectl.methods.width.bld import distill_block
+from prunectl.methods.width.reconstruct import (
+    REFITS,
+    TOKENS_PER_INPUT,
+    full_weight,
+    without_columns,
+)
+from prunectl.methods.width.sequential import Solution, hook_solution
 from prunectl.pipelines.blocks.cache import BoundaryCache, plan_cache
 from prunectl.pipelines.blocks.runner import UnitRunner
 
@@ -59,7 +65,7 @@ def variant_weight(reconstruct: str, weight: torch.Tensor, h: torch.Tensor, kept
     the dense augmented ``weight`` keeping input channels ``kept``."""
     n = weight.shape[1] - 1
     kept = kept.to(weight.device)
-    if reconstruct == "least_squares" and kept.numel():
+    if reconstruct in REFITS and kept.numel():
         return full_weight(solve_kept(weight, h, h, kept, damp, what), kept, n)
     mask = torch.ones(n, dtype=torch.bool, device=weight.device)
     mask[kept] = False
@@ -146,12 +152,11 @@ def _moments(dense: _Dense, unit: int, linear: torch.nn.Linear) -> SecondMoments
 
 
 def _score(how: str, dense: _Dense, unit: int, linear: torch.nn.Linear,
-           weight: torch.Tensor | None) -> float:
-    """The variant's score; ``weight`` None: the block removed (its unit is skipped)."""
+           solution: Solution | None) -> float:
+    """The variant's score; ``solution`` None: the block removed (its unit is skipped)."""
     runner = dense.runner
-    skip = {unit} if weight is None else set()
-    handle = None if weight is None else linear.register_forward_hook(
-        replace_output(Solution([], weight)))
+    skip = {unit} if solution is None else set()
+    handles = [] if solution is None else hook_solution(runner.adapter.model, linear, solution)
     total, count = 0.0, 0
     try:
         for b, batch in enumerate(runner.batches):
@@ -167,7 +172,7 @@ def _score(how: str, dense: _Dense, unit: int, linear: torch.nn.Linear,
                 total += float(diff.pow(2).sum())
                 count += batch.numel()
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
     return total / count
 
@@ -208,8 +213,8 @@ def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tenso
                         "calibration.nsamples")
     adapter = inputs.adapter
     groups, channels = _check(adapter)
-    if config.reconstruct == "least_squares" and tokens.numel() < TOKENS_PER_INPUT * channels:
-        inputs.ui.warn(f"method puzzle: least_squares fits up to {channels + 1} weights per "
+    if config.reconstruct in REFITS and tokens.numel() < TOKENS_PER_INPUT * channels:
+        inputs.ui.warn(f"method puzzle: {config.reconstruct} fits up to {channels + 1} weights per "
                        f"output row on {tokens.numel()} calibration tokens and will overfit; "
                        f"calibrate on at least {TOKENS_PER_INPUT * channels} tokens or raise "
                        "method.reconstruct_damp")
@@ -256,6 +261,29 @@ def _work(config: PuzzleConfig, num_units: int, unit: int) -> int:
     return num_units - unit + 1 if config.score == "kl" else 1
 
 
+def _variant(config: PuzzleConfig, dense: _Dense, unit: int, linear: torch.nn.Linear,
+             weight: torch.Tensor, h: torch.Tensor, kept: torch.Tensor, what: str) -> Solution:
+    """The variant keeping input channels ``kept``, as the sliced model holds it (model dtype):
+    its projection healed by ``config.reconstruct``; ``bld`` then distils the whole block
+    toward the dense one on its dense inputs from every calibration window (Puzzle's BLD)."""
+    solved = variant_weight(config.reconstruct, weight, h, kept, config.reconstruct_damp, what)
+    removed = sorted(set(range(weight.shape[1] - 1)) - set(kept.tolist()))
+    solution = Solution(removed, solved)
+    if config.reconstruct == "bld":
+        runner = dense.runner
+        layer, block = divmod(unit, 2)
+        adapter = runner.adapter
+        module = adapter.mlp(layer) if block else adapter.attention(layer)
+        prefix = next(n for n, m in adapter.model.named_modules() if m is module)
+        batches = [dense.boundary(b, unit) for b in range(len(runner.batches))]
+        solution = distill_block(module, linear, solution,
+                                 lambda x: runner.run(x, unit, unit + 1, set()), batches,
+                                 config.bld_steps, config.bld_lr, config.bld_seed, prefix)
+    dtype = linear.weight.dtype
+    return Solution(solution.removed, solution.weight.to(dtype),
+                    {k: t.to(dtype) for k, t in solution.trained.items()})
+
+
 def _block(inputs: Inputs, config: PuzzleConfig, dense: _Dense, scoring: _Dense, i: int,
            block: str, entry: dict, todo: list[int], scored=lambda: None) -> dict:
     """Order and score layer ``i``'s ``block`` (what ``entry`` lacks), journaling each result:
@@ -275,9 +303,7 @@ def _block(inputs: Inputs, config: PuzzleConfig, dense: _Dense, scoring: _Dense,
     order = torch.tensor(entry["order"], dtype=torch.long)
     for k in todo:
         kept = columns[order[:k]].reshape(-1).sort().values
-        solved = None if k == 0 else variant_weight(
-            config.reconstruct, weight, h, kept, config.reconstruct_damp, what
-        ).to(linear.weight.dtype)  # what the sliced model holds
+        solved = None if k == 0 else _variant(config, dense, unit, linear, weight, h, kept, what)
         score = _score(config.score, scoring, unit, linear, solved)
         entry["scores"][k] = score
         journal.append({"key": journal.key, "layer": i, "block": block, "kept": k,

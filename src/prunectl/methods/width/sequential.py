@@ -24,7 +24,7 @@ estimates the rest.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +45,17 @@ REFERENCES = ("dense", "self")
 @dataclass
 class Solution:
     """A projection's new augmented weight ``[W', b']`` ([out, n + 1], float64; removed columns
-    zero) and the input channels it removed (dense numbering)."""
+    zero) and the input channels it removed (dense numbering); ``trained``: new weights of the
+    block's other projections by parameter name (block-local distillation, :mod:`.bld`)."""
 
     removed: list[int]
     weight: torch.Tensor
+    trained: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+#: (layer, "o_proj" | "down_proj", the residual block, its solution, the block's input batches)
+#: -> the solution to keep (block-local distillation refines the least-squares one)
+Refine = Callable[[int, str, Callable, "Solution", list[torch.Tensor]], "Solution"]
 
 
 #: (layer, "o_proj" | "down_proj", augmented dense weight, moments) -> Solution, or None to keep
@@ -63,6 +70,28 @@ def replace_output(solution: Solution):
     def hook(_module, args, output):
         x = args[0]
         return F.linear(x, w.to(x.device, x.dtype), b.to(x.device, x.dtype)).to(output.dtype)
+
+    return hook
+
+
+def hook_solution(model: torch.nn.Module, linear: torch.nn.Linear, solution: Solution) -> list:
+    """Forward hooks making ``linear`` and every projection in ``solution.trained`` compute their
+    new weights; the handles, to remove."""
+    handles = [linear.register_forward_hook(replace_output(solution))]
+    for name, weight in solution.trained.items():
+        if not name.endswith(".weight"):
+            continue
+        module = model.get_submodule(name[:-len(".weight")])
+        bias = solution.trained.get(name[:-len("weight")] + "bias")
+        handles.append(module.register_forward_hook(_linear_hook(weight, bias)))
+    return handles
+
+
+def _linear_hook(weight: torch.Tensor, bias: torch.Tensor | None):
+    def hook(_module, args, output):
+        x = args[0]
+        b = None if bias is None else bias.to(x.device, x.dtype)
+        return F.linear(x, weight.to(x.device, x.dtype), b).to(output.dtype)
 
     return hook
 
@@ -120,6 +149,7 @@ def _save_layer(checkpoint: LayerCheckpoint, i: int, solutions: dict[str, Soluti
     mine = {k: v for k, v in solutions.items() if k.startswith(f"layers.{i}.")}
     tensors = {f"{k}.weight": v.weight for k, v in mine.items()}
     tensors |= {f"{k}.removed": torch.tensor(v.removed, dtype=torch.long) for k, v in mine.items()}
+    tensors |= {f"{k}.trained.{name}": t for k, v in mine.items() for name, t in v.trained.items()}
     save_tensors(checkpoint.directory / f"solutions-{i}.safetensors", tensors)
 
 
@@ -130,9 +160,14 @@ def _load_layers(checkpoint: LayerCheckpoint, done: int, store) -> dict[str, Sol
         for i in range(done):
             tensors |= load_tensors(checkpoint.directory / f"solutions-{i}.safetensors")
     tensors = checkpoint.group.broadcast_object(tensors)
-    return {k[:-len(".weight")]: Solution(tensors[k[:-len(".weight")] + ".removed"].tolist(),
-                                          v.to(store))
-            for k, v in tensors.items() if k.endswith(".weight")}
+    solutions = {}
+    for k, v in tensors.items():
+        if k.endswith(".removed"):
+            key = k[:-len(".removed")]
+            trained = {name[len(key) + 9:]: t.to(store) for name, t in tensors.items()
+                       if name.startswith(f"{key}.trained.")}
+            solutions[key] = Solution(v.tolist(), tensors[f"{key}.weight"].to(store), trained)
+    return solutions
 
 
 @torch.inference_mode()
@@ -140,6 +175,7 @@ def sequential_pass(
     adapter: Adapter, tokens: torch.Tensor, batch_size: int, solve: Solver,
     reference: str, ui: UI = SILENT, wanted: Collection[str] | None = None,
     checkpoint: LayerCheckpoint | None = None, description: str = "least-squares refit",
+    refine: Refine | None = None,
 ) -> dict[str, Solution]:
     """``layers.N.o_proj`` / ``layers.N.down_proj`` -> :class:`Solution` for every projection
     ``solve`` changed, its weight in the model's dtype (one extra copy of the pruned projections,
@@ -147,7 +183,9 @@ def sequential_pass(
     removed at the end).  ``wanted``: the projections ``solve`` may change (None: every one);
     the others' inputs are never recorded and ``solve`` is not called for them.  ``reference``:
     what the refit reproduces, the ``dense`` model's outputs or the pruned stream's own
-    (``self``).  ``checkpoint``: resume per layer (its key must name ``solve``'s inputs too)."""
+    (``self``).  ``checkpoint``: resume per layer (its key must name ``solve``'s inputs too).
+    ``refine``: called with each solution and the block's input batches (the pruned stream)
+    before the stream advances through it."""
     if reference not in REFERENCES:
         raise ValueError(f"unknown reconstruction reference {reference!r}")
     layers = LayerPass(adapter, tokens, batch_size, streams=2 if reference == "dense" else 1)
@@ -160,7 +198,7 @@ def sequential_pass(
     try:
         with ui.meter(description, adapter.num_layers, start, "layer") as meter:
             for i in range(start, adapter.num_layers):
-                _layer(adapter, layers, i, solve, dense, wanted, solutions, handles)
+                _layer(adapter, layers, i, solve, dense, wanted, solutions, handles, refine)
                 if checkpoint is not None:
                     _save_layer(checkpoint, i, solutions)
                     checkpoint.save(i + 1, {}, layers)
@@ -175,7 +213,8 @@ def sequential_pass(
 
 
 def _layer(adapter: Adapter, layers: LayerPass, i: int, solve: Solver, dense: bool,
-           wanted: Collection[str] | None, solutions: dict[str, Solution], handles: list) -> None:
+           wanted: Collection[str] | None, solutions: dict[str, Solution], handles: list,
+           refine: Refine | None = None) -> None:
     """Layer ``i`` of :func:`sequential_pass`: its solutions added, its hooks in ``handles``."""
     attention = lambda h, i=i: adapter.attention_block(i, h, adapter.block_inputs(h))  # noqa: E731
     mlp = lambda h, i=i: adapter.mlp_block(i, h)  # noqa: E731
@@ -192,8 +231,12 @@ def _layer(adapter: Adapter, layers: LayerPass, i: int, solve: Solver, dense: bo
         weight = augmented(linear.weight, linear.bias)
         solution = solve(i, name, weight, moments)
         del moments
+        if solution is not None and refine is not None:
+            solution = refine(i, name, block, solution, layers.streams[0])
         if solution is not None:  # kept in the model's dtype, beside its weights
             solution.weight = solution.weight.to(layers.store, linear.weight.dtype)
+            solution.trained = {k: t.to(layers.store, linear.weight.dtype)
+                                for k, t in solution.trained.items()}
             solutions[key] = solution
-            handles.append(linear.register_forward_hook(replace_output(solution)))
+            handles.extend(hook_solution(adapter.model, linear, solution))
         layers.map(lambda _b, xs, block=block: [block(xs[0])])
