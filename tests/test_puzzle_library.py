@@ -24,6 +24,7 @@ from prunectl.modeling.surgery import apply_plan
 
 LAYERS, HEADS, KV, HEAD_DIM, CHANNELS = 3, 4, 2, 16, 96
 WIDTHS = [0.25, 0.5]  # MLP variants keep 0, 24, 48, 96 channels
+ALL = {"score_windows": None}  # the checks below score on every window (the default: first 4)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def built(model, tokens):
     def get(**options):
         key = tuple(sorted(options.items()))
         if key not in done:
-            config = PuzzleConfig(mlp_widths=WIDTHS, **options)
+            config = PuzzleConfig(mlp_widths=WIDTHS, **(ALL | options))
             done[key] = build_library(Inputs(model, tokens, batch_size=4), config)
         return done[key]
 
@@ -261,7 +262,7 @@ def test_mlp_widths_round_and_deduplicate():
 def test_an_interrupted_build_resumes_to_the_uninterrupted_library(model, tokens, built,
                                                                    tmp_path, monkeypatch):
     options = dict(importance="slimgpt", score="kl", reconstruct="least_squares")
-    config = PuzzleConfig(mlp_widths=WIDTHS, **options)
+    config = PuzzleConfig(mlp_widths=WIDTHS, **ALL, **options)
     straight = built(**options)
     real, calls = library._score, []
 
@@ -337,6 +338,17 @@ def test_score_windows_score_on_the_first_windows_with_statistics_from_all(model
     with pytest.raises(UserError, match="score_windows=7 exceeds the 6 calibration windows"):
         build_library(Inputs(model, tokens, batch_size=4),
                       PuzzleConfig(mlp_widths=WIDTHS, score_windows=7))
+    # the default, 4, scores on the first 4 windows, and on all of them when there are fewer
+    assert PuzzleConfig().score_windows == 4
+    config = config.model_copy(update={"score_windows": 4})
+    first4 = build_library(Inputs(model, tokens[:4], batch_size=4),
+                           config.model_copy(update={"score_windows": None}))
+    assert all(torch.equal(build_library(Inputs(model, tokens, batch_size=4), config)[name],
+                           first4[name]) for name in first4)
+    three = build_library(Inputs(model, tokens[:3], batch_size=4), config)
+    every = build_library(Inputs(model, tokens[:3], batch_size=4),
+                          config.model_copy(update={"score_windows": None}))
+    assert all(torch.equal(three[name], every[name]) for name in every)
 
 
 def test_dense_log_probs_are_computed_once_when_they_fit_and_recomputed_when_not(
@@ -352,7 +364,7 @@ def test_dense_log_probs_are_computed_once_when_they_fit_and_recomputed_when_not
         return original(adapter, hidden, chunk_tokens)
 
     monkeypatch.setattr(library, "log_probs", counted)
-    config = PuzzleConfig(mlp_widths=WIDTHS, importance="magnitude", reconstruct="none")
+    config = PuzzleConfig(mlp_widths=WIDTHS, importance="magnitude", reconstruct="none", **ALL)
     cached = build_library(Inputs(model, tokens, batch_size=4), config)
     batches, variants = 2, 2 * LAYERS + 3 * LAYERS  # attn keeps 0/1 of 2 groups; mlp 0/24/48
     assert len(heads) == variants * batches + batches
@@ -384,7 +396,7 @@ def test_the_library_shows_progress_and_one_time_estimate_and_scores_the_same(
     expected = built(score="kl")
     ticks = iter([0.0, 64.0])
     monkeypatch.setattr(ui_module.Meter, "clock", staticmethod(lambda: next(ticks)))
-    config = PuzzleConfig(mlp_widths=WIDTHS, score="kl")
+    config = PuzzleConfig(mlp_widths=WIDTHS, score="kl", **ALL)
     shown = captured()
     lib = build_library(Inputs(model, tokens, batch_size=4, ui=shown), config)
     assert all(torch.equal(lib[k], expected[k]) for k in lib)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs
-from prunectl.methods.puzzle.config import PuzzleConfig
+from prunectl.methods.puzzle.config import DEFAULT_SCORE_WINDOWS, PuzzleConfig
 from prunectl.methods.puzzle.importance import unit_columns, unit_order
 from prunectl.methods.puzzle.variants import attention_kept, mlp_kept
 from prunectl.methods.width.compensation import compensation_bias
@@ -207,7 +207,10 @@ def _recorded(inputs: Inputs) -> dict[tuple[int, str], dict]:
 def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tensor]:
     """The library tensors of :mod:`prunectl.methods.puzzle` for the dense ``inputs.model``."""
     tokens = inputs.require_tokens("method puzzle's library", min_length=2)
-    if config.score_windows is not None and config.score_windows > tokens.shape[0]:
+    windows = config.score_windows
+    if windows == DEFAULT_SCORE_WINDOWS:
+        windows = min(windows, tokens.shape[0])
+    if windows is not None and windows > tokens.shape[0]:
         raise UserError(f"method.score_windows={config.score_windows} exceeds the "
                         f"{tokens.shape[0]} calibration windows; lower it or raise "
                         "calibration.nsamples")
@@ -226,7 +229,7 @@ def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tenso
               for block in BLOCKS}
     done = _recorded(inputs)
     dense = _Dense(inputs, tokens)
-    scoring = dense if config.score_windows is None else _Dense(inputs, tokens[:config.score_windows])
+    scoring = dense if windows in (None, tokens.shape[0]) else _Dense(inputs, tokens[:windows])
     tasks = [(i, block) for i in range(layers) for block in BLOCKS]
     work = {(i, block): _work(config, dense.runner.num_units, 2 * i + (block == "mlp"))
             for i, block in tasks}
