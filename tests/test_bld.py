@@ -113,8 +113,8 @@ def test_bld_lowers_every_puzzle_variants_local_score():
 
 @pytest.mark.slow  # spawns processes
 def test_a_sigkilled_bld_apply_resumes_to_the_same_model(tmp_path, text_file):
-    """Killed after layer 1's distilled blocks are checkpointed, the same command resumes at
-    layer 2 and writes the uninterrupted run's weights byte for byte."""
+    """Killed between two distilled blocks (after layer 1's attention is checkpointed), the same
+    command resumes at layer 1's MLP and writes the uninterrupted run's weights byte for byte."""
     from killpoints import kill_env, prunectl
 
     model_dir = save_tiny(tmp_path / "llama", "llama")
@@ -137,9 +137,10 @@ def test_a_sigkilled_bld_apply_resumes_to_the_same_model(tmp_path, text_file):
     assert apply(straight).returncode == 0
     project = tmp_path / "killed"
     killed = apply(project, kill_env(tmp_path / "hook", project, "apply/layers/layers.jsonl",
-                                     "after", 2))
+                                     "after", 3))
     assert killed.returncode == -9, killed.stderr[-2000:]
-    assert (project / "apply" / "layers" / "solutions-1.safetensors").exists()
+    assert (project / "apply" / "layers" / "solutions-2.safetensors").exists()
+    assert not (project / "apply" / "layers" / "solutions-3.safetensors").exists()
     again = apply(project)
     assert again.returncode == 0, again.stderr[-2000:]
     assert not (project / "apply").exists()

@@ -238,9 +238,9 @@ def test_only_the_wanted_projections_are_recorded_and_their_solutions_are_unchan
 @pytest.mark.parametrize("target", ["dense", "self"])  # dense: two streams to checkpoint
 def test_an_interrupted_refit_resumes_per_layer_to_identical_solutions(target, tmp_path,
                                                                        monkeypatch):
-    """Stopped after layer 1's checkpoint, the pass restarts at layer 2 (layer 2's projection
-    alone is solved again) and ends with the uninterrupted solutions bit for bit; the finished
-    pass deletes its folder.  The uninterrupted pass shows a bar and, after its first layer,
+    """Stopped between two blocks (after layer 1's attention, which the plan leaves alone), the
+    pass restarts at layer 1's MLP (only the projections from there are solved) and ends with
+    the uninterrupted solutions bit for bit; the finished pass deletes its folder.  The uninterrupted pass shows a bar and, after its first layer,
     one line estimating the rest."""
     import io
 
@@ -259,13 +259,13 @@ def test_an_interrupted_refit_resumes_per_layer_to_identical_solutions(target, t
     straight = least_squares_solutions(adapter, PLAN, tokens, 4, target, 0.01, ui=shown)
     text = shown.err.file.getvalue()
     assert "least-squares refit" in text and "%" in text  # the bar
-    assert "estimated from the first 1 layer (" in text and "25% of the work" in text  # 1 of 4 layers
+    assert "estimated from the first 2 blocks (" in text and "25% of the work" in text  # 1 of 4 layers
     journal = Journal(tmp_path, "apply-key")
     real_save, real_solve, solved = LayerCheckpoint.save, reconstruct.solve_kept, []
 
     def stop_after_layer_1(self, done, stats, layer_pass):
         real_save(self, done, stats, layer_pass)
-        if done == 2:
+        if done == 3:  # blocks: layer 0's two and layer 1's attention
             raise KeyboardInterrupt
 
     def counted(weight, h, g, kept, damp, what=""):
@@ -276,11 +276,11 @@ def test_an_interrupted_refit_resumes_per_layer_to_identical_solutions(target, t
     monkeypatch.setattr(LayerCheckpoint, "save", stop_after_layer_1)
     with pytest.raises(KeyboardInterrupt):
         least_squares_solutions(adapter, PLAN, tokens, 4, target, 0.01, journal=journal)
-    assert (tmp_path / "layers" / "solutions-1.safetensors").exists()
+    assert (tmp_path / "layers" / "solutions-2.safetensors").exists()
     monkeypatch.setattr(LayerCheckpoint, "save", real_save)
     solved.clear()
     resumed = least_squares_solutions(adapter, PLAN, tokens, 4, target, 0.01, journal=journal)
-    assert solved == ["layers.2.o_proj"]
+    assert solved == ["layers.1.down_proj", "layers.2.o_proj"]
     assert sorted(resumed) == sorted(straight)
     for key, solution in straight.items():
         assert resumed[key].removed == solution.removed

@@ -85,7 +85,8 @@ class LayerPass:
 
 
 class LayerCheckpoint:
-    """A layer pass's per-layer resume point through the step's journal: after layer ``n`` the
+    """A layer pass's per-layer resume point through the step's journal (the sequential
+    reconstruction counts blocks, two a layer, instead): after layer ``n`` the
     results so far (``stats-<n>``, rank 0) and every rank's activations of every stream
     (``hidden-<n>-rank<R>``)
     are written beside the journal, then a record ``{"key", "layers_done": n}`` is appended to

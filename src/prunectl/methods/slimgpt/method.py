@@ -112,7 +112,7 @@ class SlimGPTMethod(ReconstructHooks, Method):
         return plan
 
     def _prune(self, inputs: Inputs, shapes, counts) -> dict[tuple[int, str], list[int]]:
-        """Greedy OBS over the sequential pass (resumable per layer in ``search/layers/``);
+        """Greedy OBS over the sequential pass (resumable per block in ``search/layers/``);
         which head units / channels each layer lost."""
         damp = self.config.reconstruct_damp
 

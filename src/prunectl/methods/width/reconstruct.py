@@ -99,7 +99,7 @@ def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, 
                             journal: Journal = Journal(), bld=None) -> dict[str, Solution]:
     """Every pruned projection's least-squares solution, layer by layer (sequential); the
     projections the plan leaves alone are not recorded at all.  With a ``journal`` folder the
-    pass resumes per layer from ``<folder>/layers``.  ``bld``: a config with ``bld_steps``,
+    pass resumes per block from ``<folder>/layers``.  ``bld``: a config with ``bld_steps``,
     ``bld_lr``, ``bld_seed`` — each pruned block then distilled from its solution."""
     removals = {}
     for i in range(adapter.num_layers):

@@ -14,11 +14,11 @@ nothing).  Nothing is written to the model: the caller gets every solution and d
 slices them in; SlimGPT's ``search`` keeps only which units went).  Under ``torchrun`` every rank
 runs all windows (no sharding).
 
-With a :class:`~prunectl.pipelines.layers.LayerCheckpoint` the pass resumes per layer: after
-each layer its solutions go to ``solutions-<i>.safetensors`` and the streams' activations to the
-checkpoint, so a killed pass restarts at the first unfinished layer with exactly the tensors an
-uninterrupted one holds there.  A progress bar counts layers; after the first layer one line
-estimates the rest.
+With a :class:`~prunectl.pipelines.layers.LayerCheckpoint` the pass resumes per block: after
+each residual block (unit ``u``: ``2i`` layer i's attention, ``2i + 1`` its MLP) its solution
+goes to ``solutions-<u>.safetensors`` and the streams' activations to the checkpoint, so a
+killed pass restarts at the first unfinished block with exactly the tensors an uninterrupted one
+holds there.  A progress bar counts blocks; after the first layer one line estimates the rest.
 """
 
 from __future__ import annotations
@@ -142,29 +142,34 @@ def layer_checkpoint(journal: Journal, folder: str, *parts) -> LayerCheckpoint:
     return LayerCheckpoint(Journal(directory, key), key, group)
 
 
-def _save_layer(checkpoint: LayerCheckpoint, i: int, solutions: dict[str, Solution]) -> None:
-    """Layer ``i``'s solutions beside the checkpoint (rank 0; before its record names them)."""
+NAMES = ("o_proj", "down_proj")
+
+
+def _save_block(checkpoint: LayerCheckpoint, unit: int, solutions: dict[str, Solution]) -> None:
+    """Block ``unit``'s solution (``2i``: layer i's attention, ``2i + 1``: its MLP) beside the
+    checkpoint (rank 0; before the checkpoint's record names the unit done)."""
     if checkpoint.directory is None or not checkpoint.group.is_main:
         return
-    mine = {k: v for k, v in solutions.items() if k.startswith(f"layers.{i}.")}
+    key = f"layers.{unit // 2}.{NAMES[unit % 2]}"
+    mine = {key: solutions[key]} if key in solutions else {}
     tensors = {f"{k}.weight": v.weight for k, v in mine.items()}
     tensors |= {f"{k}.removed": torch.tensor(v.removed, dtype=torch.long) for k, v in mine.items()}
     tensors |= {f"{k}.trained.{name}": t for k, v in mine.items() for name, t in v.trained.items()}
-    save_tensors(checkpoint.directory / f"solutions-{i}.safetensors", tensors)
+    save_tensors(checkpoint.directory / f"solutions-{unit}.safetensors", tensors)
 
 
-def _load_layers(checkpoint: LayerCheckpoint, done: int, store) -> dict[str, Solution]:
-    """The solutions of layers ``0 .. done-1`` a resumed pass starts from (every rank)."""
+def _load_blocks(checkpoint: LayerCheckpoint, done: int, store) -> dict[str, Solution]:
+    """The solutions of blocks ``0 .. done-1`` a resumed pass starts from (every rank)."""
     tensors: dict = {}
     if checkpoint.group.is_main:
-        for i in range(done):
-            tensors |= load_tensors(checkpoint.directory / f"solutions-{i}.safetensors")
+        for unit in range(done):
+            tensors |= load_tensors(checkpoint.directory / f"solutions-{unit}.safetensors")
     tensors = checkpoint.group.broadcast_object(tensors)
     solutions = {}
     for k, v in tensors.items():
         if k.endswith(".removed"):
             key = k[:-len(".removed")]
-            trained = {name[len(key) + 9:]: t.to(store) for name, t in tensors.items()
+            trained = {name[len(f"{key}.trained."):]: t.to(store) for name, t in tensors.items()
                        if name.startswith(f"{key}.trained.")}
             solutions[key] = Solution(v.tolist(), tensors[f"{key}.weight"].to(store), trained)
     return solutions
@@ -183,9 +188,9 @@ def sequential_pass(
     removed at the end).  ``wanted``: the projections ``solve`` may change (None: every one);
     the others' inputs are never recorded and ``solve`` is not called for them.  ``reference``:
     what the refit reproduces, the ``dense`` model's outputs or the pruned stream's own
-    (``self``).  ``checkpoint``: resume per layer (its key must name ``solve``'s inputs too).
-    ``refine``: called with each solution and the block's input batches (the pruned stream)
-    before the stream advances through it."""
+    (``self``).  ``checkpoint``: resume per block (its key must name ``solve``'s inputs too;
+    its count is of blocks, two a layer).  ``refine``: called with each solution and the
+    block's input batches (the pruned stream) before the stream advances through it."""
     if reference not in REFERENCES:
         raise ValueError(f"unknown reconstruction reference {reference!r}")
     layers = LayerPass(adapter, tokens, batch_size, streams=2 if reference == "dense" else 1)
@@ -193,17 +198,18 @@ def sequential_pass(
     start, solutions = 0, {}
     if checkpoint is not None:
         start, _ = checkpoint.resume(layers, batch_size)
-        solutions = _load_layers(checkpoint, start, layers.store) if start else {}
+        solutions = _load_blocks(checkpoint, start, layers.store) if start else {}
     handles = []
     try:
-        with ui.meter(description, adapter.num_layers, start, "layer") as meter:
-            for i in range(start, adapter.num_layers):
-                _layer(adapter, layers, i, solve, dense, wanted, solutions, handles, refine)
+        with ui.meter(description, 2 * adapter.num_layers, start, "block") as meter:
+            for unit in range(start, 2 * adapter.num_layers):
+                _block(adapter, layers, unit, solve, dense, wanted, solutions, handles, refine)
                 if checkpoint is not None:
-                    _save_layer(checkpoint, i, solutions)
-                    checkpoint.save(i + 1, {}, layers)
+                    _save_block(checkpoint, unit, solutions)
+                    checkpoint.save(unit + 1, {}, layers)
                 meter.advance()
-                meter.estimate()
+                if unit % 2:  # a whole layer measured
+                    meter.estimate()
         if checkpoint is not None:
             checkpoint.clear()
     finally:
@@ -212,31 +218,35 @@ def sequential_pass(
     return solutions
 
 
-def _layer(adapter: Adapter, layers: LayerPass, i: int, solve: Solver, dense: bool,
+def _block(adapter: Adapter, layers: LayerPass, unit: int, solve: Solver, dense: bool,
            wanted: Collection[str] | None, solutions: dict[str, Solution], handles: list,
            refine: Refine | None = None) -> None:
-    """Layer ``i`` of :func:`sequential_pass`: its solutions added, its hooks in ``handles``."""
-    attention = lambda h, i=i: adapter.attention_block(i, h, adapter.block_inputs(h))  # noqa: E731
-    mlp = lambda h, i=i: adapter.mlp_block(i, h)  # noqa: E731
-    for name, block, present in (("o_proj", attention, adapter.attention(i)),
-                                 ("down_proj", mlp, adapter.mlp(i))):
-        if present is None:  # a removed block is the identity: nothing to run
-            continue
-        key = f"layers.{i}.{name}"
-        if wanted is not None and key not in wanted:
-            _advance(layers, block, dense)
-            continue
-        linear = getattr(adapter, name)(i)
-        moments = _capture(layers, linear, block, dense, layers.device)
-        weight = augmented(linear.weight, linear.bias)
-        solution = solve(i, name, weight, moments)
-        del moments
-        if solution is not None and refine is not None:
-            solution = refine(i, name, block, solution, layers.streams[0])
-        if solution is not None:  # kept in the model's dtype, beside its weights
-            solution.weight = solution.weight.to(layers.store, linear.weight.dtype)
-            solution.trained = {k: t.to(layers.store, linear.weight.dtype)
-                                for k, t in solution.trained.items()}
-            solutions[key] = solution
-            handles.extend(hook_solution(adapter.model, linear, solution))
-        layers.map(lambda _b, xs, block=block: [block(xs[0])])
+    """Block ``unit`` of :func:`sequential_pass` (layer ``unit // 2``'s attention, then its
+    MLP): its solution added, its hooks in ``handles``."""
+    i, name = unit // 2, NAMES[unit % 2]
+    if name == "o_proj":
+        present = adapter.attention(i)
+        block = lambda h: adapter.attention_block(i, h, adapter.block_inputs(h))  # noqa: E731
+    else:
+        present = adapter.mlp(i)
+        block = lambda h: adapter.mlp_block(i, h)  # noqa: E731
+    if present is None:  # a removed block is the identity: nothing to run
+        return
+    key = f"layers.{i}.{name}"
+    if wanted is not None and key not in wanted:
+        _advance(layers, block, dense)
+        return
+    linear = getattr(adapter, name)(i)
+    moments = _capture(layers, linear, block, dense, layers.device)
+    weight = augmented(linear.weight, linear.bias)
+    solution = solve(i, name, weight, moments)
+    del moments
+    if solution is not None and refine is not None:
+        solution = refine(i, name, block, solution, layers.streams[0])
+    if solution is not None:  # kept in the model's dtype, beside its weights
+        solution.weight = solution.weight.to(layers.store, linear.weight.dtype)
+        solution.trained = {k: t.to(layers.store, linear.weight.dtype)
+                            for k, t in solution.trained.items()}
+        solutions[key] = solution
+        handles.extend(hook_solution(adapter.model, linear, solution))
+    layers.map(lambda _b, xs: [block(xs[0])])
