@@ -50,7 +50,7 @@ def apply(run: RunContext, blocks: int | None = None, budget: float | None = Non
         per_token = {name: {"kv_cache_bytes": a.kv_cache_bytes, "flops": a.flops}
                      for name, a in accounts.items()}
         empty = None if method.apply_uses_tokens else torch.empty(0, 0, dtype=torch.long)
-        # a least-squares refit resumes per layer from apply/layers/ (gone once it completes)
+        # a least-squares or bld pass resumes per block from apply/layers/ (gone when done)
         journal = Journal(run.project.path("apply"),
                           digest(key(run, blocks, budget)[0], plan.model_dump(mode="json")))
         inputs = method_inputs(run, method, model, None, tokens=empty, journal=journal)
