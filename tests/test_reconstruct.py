@@ -240,8 +240,8 @@ def test_an_interrupted_refit_resumes_per_layer_to_identical_solutions(target, t
                                                                        monkeypatch):
     """Stopped between two blocks (after layer 1's attention, which the plan leaves alone), the
     pass restarts at layer 1's MLP (only the projections from there are solved) and ends with
-    the uninterrupted solutions bit for bit; the finished pass deletes its folder.  The uninterrupted pass shows a bar and, after its first layer,
-    one line estimating the rest."""
+    the uninterrupted solutions bit for bit; the finished pass deletes its folder.  The
+    uninterrupted pass shows a bar and, after its first layer, one line estimating the rest."""
     import io
 
     from rich.console import Console
@@ -259,7 +259,8 @@ def test_an_interrupted_refit_resumes_per_layer_to_identical_solutions(target, t
     straight = least_squares_solutions(adapter, PLAN, tokens, 4, target, 0.01, ui=shown)
     text = shown.err.file.getvalue()
     assert "least-squares refit" in text and "%" in text  # the bar
-    assert "estimated from the first 2 blocks (" in text and "25% of the work" in text  # 1 of 4 layers
+    # one of the tiny model's 4 layers
+    assert "estimated from the first 2 blocks (" in text and "25% of the work" in text
     journal = Journal(tmp_path, "apply-key")
     real_save, real_solve, solved = LayerCheckpoint.save, reconstruct.solve_kept, []
 

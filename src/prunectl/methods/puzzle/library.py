@@ -8,8 +8,9 @@ For each layer and each of its two residual blocks (attention: ``o_proj``; MLP: 
    first ``g`` of it (:mod:`.variants` lists the counts);
 3. each variant's projection (``method.reconstruct``): ``least_squares`` re-solves the kept
    columns and the bias on ``H`` (the inputs are dense, so the target is the block's own dense
-   output), ``bld`` distils the whole block from there (:mod:`prunectl.methods.width.bld`), ``bias`` folds the removed columns' calibration mean into the bias (FLAP), ``none``
-   zeroes them; a fully removed block outputs nothing (not even a bias);
+   output), ``bld`` distils the whole block from there (:mod:`prunectl.methods.width.bld`),
+   ``bias`` folds the removed columns' calibration mean into the bias (FLAP), ``none`` zeroes
+   them; a fully removed block outputs nothing (not even a bias);
 4. its score (``method.score``): ``kl`` — mean over the predicted calibration positions (all but
    each window's last, as perplexity counts them) of ``KL(p_dense || p_variant)`` of the
    next-token distribution, in nats (log-softmax in float32, sums in float64); ``local`` — mean
