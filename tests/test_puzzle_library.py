@@ -378,9 +378,10 @@ def test_dense_log_probs_are_computed_once_when_they_fit_and_recomputed_when_not
 
 def test_the_library_shows_progress_and_one_time_estimate_and_scores_the_same(
         model, tokens, built, tmp_path, monkeypatch):
-    """After the first layer (2 attention + 3 MLP variants), one line estimates the rest from
-    the work measured: a kl variant of unit u costs 6 - u + 1 unit forwards, so layer 0 is 32
-    of the 66 units; 64 s for it leave 64 * 34 / 32 = 68 s.  A resumed build counts what its
+    """Each block's unit order is computed once.  After the first layer (2 attention + 3 MLP
+    variants), one line estimates the rest from the work measured: a kl variant of unit u
+    costs 6 - u + 1 unit forwards, so layer 0 is 32 of the 66 units; 64 s for it leave
+    64 * 34 / 32 = 68 s.  A resumed build counts what its
     journal holds as done, not as measured."""
     import io
 
@@ -398,8 +399,13 @@ def test_the_library_shows_progress_and_one_time_estimate_and_scores_the_same(
     monkeypatch.setattr(ui_module.Meter, "clock", staticmethod(lambda: next(ticks)))
     config = PuzzleConfig(mlp_widths=WIDTHS, score="kl", **ALL)
     shown = captured()
+    orders = []
+    real_order = library.unit_order
+    monkeypatch.setattr(library, "unit_order", lambda *a: orders.append(a[2:4]) or real_order(*a))
     lib = build_library(Inputs(model, tokens, batch_size=4, ui=shown), config)
     assert all(torch.equal(lib[k], expected[k]) for k in lib)
+    # one order per block, shared by its variants
+    assert orders == [(i, block) for i in range(LAYERS) for block in ("attn", "mlp")]
     text = shown.err.file.getvalue()
     assert "puzzle library" in text and "%" in text  # the bar, drawn on a terminal
     lines = [line for line in text.splitlines() if "to go" in line]
