@@ -26,6 +26,7 @@ LAYERS, HEADS, KV, HEAD_DIM, CHANNELS = 3, 4, 2, 16, 96
 # MLP variants keep 0, 32, 48, 96 channels: 24 snaps to 32, the default alignment of 96 channels
 # being 16 (modeling.alignment)
 WIDTHS = [0.25, 0.5]
+ALL = {"score_windows": None}  # the checks below score on every window (the default: first 4)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def built(model, tokens):
     def get(**options):
         key = tuple(sorted(options.items()))
         if key not in done:
-            config = PuzzleConfig(mlp_widths=WIDTHS, **options)
+            config = PuzzleConfig(mlp_widths=WIDTHS, **(ALL | options))
             done[key] = build_library(Inputs(model, tokens, batch_size=4), config)
         return done[key]
 
@@ -263,7 +264,7 @@ def test_mlp_widths_round_and_deduplicate():
 def test_an_interrupted_build_resumes_to_the_uninterrupted_library(model, tokens, built,
                                                                    tmp_path, monkeypatch):
     options = dict(importance="slimgpt", score="kl", reconstruct="least_squares")
-    config = PuzzleConfig(mlp_widths=WIDTHS, **options)
+    config = PuzzleConfig(mlp_widths=WIDTHS, **ALL, **options)
     straight = built(**options)
     real, calls = library._score, []
 
@@ -339,6 +340,17 @@ def test_score_windows_score_on_the_first_windows_with_statistics_from_all(model
     with pytest.raises(UserError, match="score_windows=7 exceeds the 6 calibration windows"):
         build_library(Inputs(model, tokens, batch_size=4),
                       PuzzleConfig(mlp_widths=WIDTHS, score_windows=7))
+    # the default, 4, scores on the first 4 windows, and on all of them when there are fewer
+    assert PuzzleConfig().score_windows == 4
+    config = config.model_copy(update={"score_windows": 4})
+    first4 = build_library(Inputs(model, tokens[:4], batch_size=4),
+                           config.model_copy(update={"score_windows": None}))
+    assert all(torch.equal(build_library(Inputs(model, tokens, batch_size=4), config)[name],
+                           first4[name]) for name in first4)
+    three = build_library(Inputs(model, tokens[:3], batch_size=4), config)
+    every = build_library(Inputs(model, tokens[:3], batch_size=4),
+                          config.model_copy(update={"score_windows": None}))
+    assert all(torch.equal(three[name], every[name]) for name in every)
 
 
 def test_dense_log_probs_are_computed_once_when_they_fit_and_recomputed_when_not(
@@ -354,7 +366,7 @@ def test_dense_log_probs_are_computed_once_when_they_fit_and_recomputed_when_not
         return original(adapter, hidden, chunk_tokens)
 
     monkeypatch.setattr(library, "log_probs", counted)
-    config = PuzzleConfig(mlp_widths=WIDTHS, importance="magnitude", reconstruct="none")
+    config = PuzzleConfig(mlp_widths=WIDTHS, importance="magnitude", reconstruct="none", **ALL)
     cached = build_library(Inputs(model, tokens, batch_size=4), config)
     batches, variants = 2, 2 * LAYERS + 3 * LAYERS  # attn keeps 0/1 of 2 groups; mlp 0/32/48
     assert len(heads) == variants * batches + batches
@@ -364,3 +376,63 @@ def test_dense_log_probs_are_computed_once_when_they_fit_and_recomputed_when_not
     assert len(heads) == 2 * variants * batches
     for name in cached:
         assert torch.equal(cached[name], recomputed[name]), name
+
+
+def test_the_library_shows_progress_and_one_time_estimate_and_scores_the_same(
+        model, tokens, built, tmp_path, monkeypatch):
+    """Each block's unit order is computed once.  After the first layer (2 attention + 3 MLP
+    variants), one line estimates the rest from the work measured: a kl variant of unit u
+    costs 6 - u + 1 unit forwards, so layer 0 is 32 of the 66 units; 64 s for it leave
+    64 * 34 / 32 = 68 s.  A resumed build counts what its
+    journal holds as done, not as measured."""
+    import io
+
+    from rich.console import Console
+
+    from prunectl import ui as ui_module
+
+    def captured():
+        shown = ui_module.UI(quiet=False)
+        shown.err = Console(file=io.StringIO(), force_terminal=True, width=200)
+        return shown
+
+    expected = built(score="kl")
+    ticks = iter([0.0, 64.0])
+    monkeypatch.setattr(ui_module.Meter, "clock", staticmethod(lambda: next(ticks)))
+    config = PuzzleConfig(mlp_widths=WIDTHS, score="kl", **ALL)
+    shown = captured()
+    orders = []
+    real_order = library.unit_order
+    monkeypatch.setattr(library, "unit_order", lambda *a: orders.append(a[2:4]) or real_order(*a))
+    lib = build_library(Inputs(model, tokens, batch_size=4, ui=shown), config)
+    assert all(torch.equal(lib[k], expected[k]) for k in lib)
+    # one order per block, shared by its variants
+    assert orders == [(i, block) for i in range(LAYERS) for block in ("attn", "mlp")]
+    text = shown.err.file.getvalue()
+    assert "puzzle library" in text and "%" in text  # the bar, drawn on a terminal
+    lines = [line for line in text.splitlines() if "to go" in line]
+    assert len(lines) == 1
+    assert ("puzzle library: about 68 s to go, estimated from the first 5 variants (64 s, 48% "
+            "of the work)") in lines[0]
+
+    real, calls = library._score, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 7:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    journal = Journal(tmp_path, "k")
+    ticks = iter([0.0, 1.0])
+    monkeypatch.setattr(library, "_score", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_library(Inputs(model, tokens, batch_size=4, journal=journal), config)
+    monkeypatch.setattr(library, "_score", real)
+    # layer 0 (32) and 2 of layer 1's attention variants (10) are done: layer 1 measures 12
+    ticks = iter([0.0, 12.0])
+    shown = captured()
+    resumed = build_library(Inputs(model, tokens, batch_size=4, journal=journal, ui=shown), config)
+    assert all(torch.equal(resumed[k], lib[k]) for k in lib)
+    assert ("puzzle library: about 12 s to go, estimated from the first 3 variants (12 s, 18% "
+            "of the work)") in shown.err.file.getvalue()

@@ -233,3 +233,57 @@ def test_only_the_wanted_projections_are_recorded_and_their_solutions_are_unchan
     assert sorted(solved) == sorted(pruned)
     for key in pruned:
         torch.testing.assert_close(solved[key].weight, full[key].weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("target", ["dense", "self"])  # dense: two streams to checkpoint
+def test_an_interrupted_refit_resumes_per_layer_to_identical_solutions(target, tmp_path,
+                                                                       monkeypatch):
+    """Stopped between two blocks (after layer 1's attention, which the plan leaves alone), the
+    pass restarts at layer 1's MLP (only the projections from there are solved) and ends with
+    the uninterrupted solutions bit for bit; the finished pass deletes its folder.  The
+    uninterrupted pass shows a bar and, after its first layer, one line estimating the rest."""
+    import io
+
+    from rich.console import Console
+
+    from prunectl import ui as ui_module
+    from prunectl.methods.inputs import Journal
+    from prunectl.methods.width import reconstruct
+    from prunectl.pipelines.layers import LayerCheckpoint
+
+    dense = tiny_model("llama", seed=3)
+    tokens = torch.randint(4, 260, (8, 32), generator=torch.Generator().manual_seed(1))
+    adapter = Adapter(dense)
+    shown = ui_module.UI(quiet=False)
+    shown.err = Console(file=io.StringIO(), force_terminal=True, width=200)
+    straight = least_squares_solutions(adapter, PLAN, tokens, 4, target, 0.01, ui=shown)
+    text = shown.err.file.getvalue()
+    assert "least-squares refit" in text and "%" in text  # the bar
+    # one of the tiny model's 4 layers
+    assert "estimated from the first 2 blocks (" in text and "25% of the work" in text
+    journal = Journal(tmp_path, "apply-key")
+    real_save, real_solve, solved = LayerCheckpoint.save, reconstruct.solve_kept, []
+
+    def stop_after_layer_1(self, done, stats, layer_pass):
+        real_save(self, done, stats, layer_pass)
+        if done == 3:  # blocks: layer 0's two and layer 1's attention
+            raise KeyboardInterrupt
+
+    def counted(weight, h, g, kept, damp, what=""):
+        solved.append(what)
+        return real_solve(weight, h, g, kept, damp, what)
+
+    monkeypatch.setattr(reconstruct, "solve_kept", counted)
+    monkeypatch.setattr(LayerCheckpoint, "save", stop_after_layer_1)
+    with pytest.raises(KeyboardInterrupt):
+        least_squares_solutions(adapter, PLAN, tokens, 4, target, 0.01, journal=journal)
+    assert (tmp_path / "layers" / "solutions-2.safetensors").exists()
+    monkeypatch.setattr(LayerCheckpoint, "save", real_save)
+    solved.clear()
+    resumed = least_squares_solutions(adapter, PLAN, tokens, 4, target, 0.01, journal=journal)
+    assert solved == ["layers.1.down_proj", "layers.2.o_proj"]
+    assert sorted(resumed) == sorted(straight)
+    for key, solution in straight.items():
+        assert resumed[key].removed == solution.removed
+        assert torch.equal(resumed[key].weight, solution.weight)
+    assert not (tmp_path / "layers").exists()

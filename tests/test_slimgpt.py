@@ -106,3 +106,32 @@ def test_slimgpt_prunes_to_the_target_on_a_gqa_model(allocation, family):
     if allocation == "ipr":
         ratios = plan.achieved["layer_ratios"]
         assert all(a < b for a, b in zip(ratios, ratios[1:]))
+
+
+def test_an_interrupted_search_resumes_per_layer_to_the_same_plan(tmp_path, monkeypatch):
+    from prunectl.methods.inputs import Journal
+    from prunectl.pipelines.layers import LayerCheckpoint
+
+    dense = tiny_model("llama", seed=3, num_attention_heads=8, num_key_value_heads=4)
+    tokens = torch.randint(4, 260, (12, 32), generator=torch.Generator().manual_seed(0))
+    method = create_method(parse_method_config({"name": "slimgpt"}))
+
+    def search(journal=Journal()):
+        inputs = Inputs(dense, tokens, batch_size=4, target=Target(params_ratio=0.25),
+                        journal=journal)
+        return method.search(inputs, {})
+
+    straight = search()
+    real_save = LayerCheckpoint.save
+
+    def stop_after_layer_0(self, done, stats, layer_pass):
+        real_save(self, done, stats, layer_pass)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LayerCheckpoint, "save", stop_after_layer_0)
+    with pytest.raises(KeyboardInterrupt):
+        search(Journal(tmp_path, "k"))
+    monkeypatch.setattr(LayerCheckpoint, "save", real_save)
+    assert (tmp_path / "layers" / "solutions-0.safetensors").exists()
+    assert search(Journal(tmp_path, "k")) == straight
+    assert not (tmp_path / "layers").exists()

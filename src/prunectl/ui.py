@@ -9,7 +9,9 @@ progress on stderr.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
@@ -17,6 +19,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -63,6 +66,59 @@ class UI:
         )
         with Progress(*columns, console=self.err, transient=True) as bar:
             yield from bar.track(iterable, total=total, description=description)
+
+    @contextmanager
+    def meter(self, description: str, total: float, done: float = 0.0,
+              unit: str = "item") -> Iterator[Meter]:
+        """A progress bar over ``total`` units of *work* (items may cost unequal amounts; work
+        ``done`` by an earlier, interrupted run counts as done but not as measured), with an
+        ETA, and :meth:`Meter.estimate` for the one line saying how long the rest will take."""
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=self.err, transient=True, disable=self.quiet) as bar:
+            task = bar.add_task(description, total=total, completed=done)
+            yield Meter(self, bar, task, description, total, done, unit)
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``7 min``, ``2.5 h``: an estimate's precision, not a stopwatch's."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Meter:
+    """What :meth:`UI.meter` yields: ``advance`` by the work one item took."""
+
+    clock = staticmethod(time.perf_counter)
+
+    def __init__(self, ui: UI, bar: Progress, task, description: str, total: float,
+                 done: float, unit: str):
+        self.ui, self.bar, self.task = ui, bar, task
+        self.description, self.total, self.done, self.unit = description, total, done, unit
+        self.measured, self.items, self.estimated = 0.0, 0, False
+        self.start = self.clock()
+
+    def advance(self, work: float = 1.0) -> None:
+        self.done += work
+        self.measured += work
+        self.items += 1
+        self.bar.advance(self.task, work)
+
+    def estimate(self) -> None:
+        """Print, once, the time the remaining work will take at the rate measured so far
+        (nothing when nothing was measured yet or nothing is left)."""
+        left = self.total - self.done
+        if self.estimated or self.measured <= 0 or left <= 0:
+            return
+        self.estimated = True
+        elapsed = self.clock() - self.start
+        self.ui.info(f"{self.description}: about {duration(elapsed * left / self.measured)} "
+                     f"to go, estimated from the first {self.items} {self.unit}"
+                     f"{'s' if self.items != 1 else ''} "
+                     f"({duration(elapsed)}, {self.measured / self.total:.0%} of the work)")
 
 
 SILENT = UI(quiet=True, warnings=False)

@@ -240,8 +240,9 @@ class Adapter:
         """What every block of this model needs for ``hidden`` ([batch, seq, dim]): rotary
         position embeddings and the causal masks (full and, where layers use one, sliding).
         They depend only on the batch's shape, device and dtype, so each is built once and
-        reused by every later layer and batch of that shape."""
-        key = (*hidden.shape[:2], hidden.device, hidden.dtype)
+        reused by every later layer and batch of that shape (tables made under inference mode
+        cannot take part in autograd, so training, block-local distillation, gets its own)."""
+        key = (*hidden.shape[:2], hidden.device, hidden.dtype, torch.is_inference_mode_enabled())
         if key not in self._block_inputs:
             self._block_inputs[key] = self._new_block_inputs(hidden)
         return self._block_inputs[key]

@@ -16,6 +16,7 @@ Callers run it under ``torch.inference_mode``.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -74,18 +75,20 @@ class LayerPass:
 
         self.map(step)
 
-    def state(self) -> torch.Tensor:
-        """The first stream's activations, every batch in one tensor."""
-        return torch.cat(self.streams[0]) if self.streams[0] else torch.empty(0)
+    def state(self, stream: int = 0) -> torch.Tensor:
+        """A stream's activations, every batch in one tensor."""
+        return torch.cat(self.streams[stream]) if self.streams[stream] else torch.empty(0)
 
-    def restore(self, hidden: torch.Tensor, batch_size: int) -> None:
+    def restore(self, hidden: torch.Tensor, batch_size: int, stream: int = 0) -> None:
         """Put back what :meth:`state` gave (a resumed pass)."""
-        self.streams[0] = [h.to(self.store) for h in hidden.split(max(1, batch_size))]
+        self.streams[stream] = [h.to(self.store) for h in hidden.split(max(1, batch_size))]
 
 
 class LayerCheckpoint:
-    """A layer pass's per-layer resume point through the step's journal: after layer ``n`` the
-    results so far (``stats-<n>``, rank 0) and every rank's activations (``hidden-<n>-rank<R>``)
+    """A layer pass's per-layer resume point through the step's journal (the sequential
+    reconstruction counts blocks, two a layer, instead): after layer ``n`` the
+    results so far (``stats-<n>``, rank 0) and every rank's activations of every stream
+    (``hidden-<n>-rank<R>``)
     are written beside the journal, then a record ``{"key", "layers_done": n}`` is appended to
     it; the previous layer's files go.  Only the journal's last record counts, and only when
     its ``key`` is this pass's (progress made for other inputs starts over).  Without a journal
@@ -110,14 +113,17 @@ class LayerCheckpoint:
             return 0, {}
         done = int(records[-1]["layers_done"])
         stats_file, hidden_file = self._files(done)
-        layer_pass.restore(load_tensors(hidden_file)["hidden"], batch_size)
+        hidden = load_tensors(hidden_file)
+        for s in range(len(layer_pass.streams)):
+            layer_pass.restore(hidden["hidden" if s == 0 else f"stream{s}"], batch_size, s)
         return done, load_tensors(stats_file)
 
     def save(self, done: int, stats: dict, layer_pass: LayerPass) -> None:
         if self.directory is None:
             return
         stats_file, hidden_file = self._files(done)
-        save_tensors(hidden_file, {"hidden": layer_pass.state()})
+        save_tensors(hidden_file, {"hidden" if s == 0 else f"stream{s}": layer_pass.state(s)
+                                   for s in range(len(layer_pass.streams))})
         if self.group.is_main:
             save_tensors(stats_file, stats)
         self.group.barrier()  # every rank's activations are on disk before the record names them
@@ -131,3 +137,5 @@ class LayerCheckpoint:
         self.group.barrier()
         if self.directory is not None and self.group.is_main:
             shutil.rmtree(self.directory, ignore_errors=True)
+            with contextlib.suppress(OSError):  # a folder made only to hold this one goes too
+                self.directory.parent.rmdir()

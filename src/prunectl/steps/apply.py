@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from prunectl.context import RunContext
+from prunectl.digest import digest
 from prunectl.io import write_json
+from prunectl.methods.inputs import Journal
 from prunectl.methods.registry import create_method
 from prunectl.methods.removal_order import plan_for_k
 from prunectl.modeling import cost
@@ -50,7 +52,12 @@ def apply(run: RunContext, blocks: int | None = None, budget: float | None = Non
         per_token = {name: {"kv_cache_bytes": a.kv_cache_bytes, "flops": a.flops}
                      for name, a in accounts.items()}
         empty = None if method.apply_uses_tokens else torch.empty(0, 0, dtype=torch.long)
-        inputs = method_inputs(run, method, model, None, tokens=empty)
+        # a least-squares or bld pass resumes per block from apply/layers/ (gone when done),
+        # only for this model, method and plan (the pass's own key adds tokens and settings)
+        journal = Journal(run.project.path("apply"),
+                          digest(recipe_sections(run, "model", "method"), str(run.dtype),
+                                 plan.model_dump(mode="json")))
+        inputs = method_inputs(run, method, model, None, tokens=empty, journal=journal)
         pruned = method.apply(inputs, plan, artifacts.statistics(run))
         artifacts.forget_dense(run)  # sliced in place: no longer the dense model
         directory = artifacts.path(run, artifacts.PRUNED)

@@ -22,6 +22,7 @@ from prunectl.methods.width.collect import collect_statistics
 from prunectl.methods.width.compensation import plan_biases
 from prunectl.methods.width.metrics import model_scores
 from prunectl.methods.width.reconstruct import (
+    REFITS,
     Reconstruct,
     ReconstructOptions,
     reconstruction_biases,
@@ -120,7 +121,7 @@ class _WidthMethod(Method):
 
     @property
     def apply_uses_tokens(self) -> bool:
-        return self.config.reconstruct == "least_squares"
+        return self.config.reconstruct in REFITS
 
     def check(self, config) -> None:
         check_width_model(config.model_type, self.name, attention_only_ok=True)

@@ -10,6 +10,9 @@ from prunectl.methods.base import MethodConfig
 from prunectl.methods.width.reconstruct import Reconstruct, ReconstructOptions
 
 
+DEFAULT_SCORE_WINDOWS = 4
+
+
 class PuzzleConfig(MethodConfig, ReconstructOptions):
     name: Literal["puzzle"] = "puzzle"
     #: how the units inside a variant are chosen: FLAP's fluctuation (WIFV), SlimGPT's greedy
@@ -18,16 +21,20 @@ class PuzzleConfig(MethodConfig, ReconstructOptions):
     #: a variant's score: KL of the final next-token distribution from the dense one (``kl``),
     #: or the block's own output error on its dense inputs (``local``: no suffix, coarser)
     score: Literal["kl", "local"] = "kl"
-    #: calibration windows (the first N) the scores run on; the statistics, importance and
-    #: least squares use every window (a refit needs many tokens, a ranking far fewer)
-    score_windows: int | None = Field(None, ge=1)
+    #: calibration windows (the first N; null: all) the scores run on; the statistics,
+    #: importance and least squares use every window (a refit needs many tokens, a ranking far
+    #: fewer).  The defaults here (4 windows, three MLP widths, no verification) size the
+    #: library below one block search's CPU time on SmolLM2-135M (docs/notes/puzzle.md, "Cost
+    #: of the defaults"); the default 4 scores on every window when there are fewer
+    score_windows: int | None = Field(DEFAULT_SCORE_WINDOWS, ge=1)
     #: kept MLP widths between "remove" and "keep", as fractions of the dense width
-    mlp_widths: list[float] = Field(default_factory=lambda: [k / 8 for k in range(1, 8)])
+    mlp_widths: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75])
     #: those widths snap to multiples of this; unset: modeling.alignment's default (64,
     #: smaller for small widths); 1 keeps ``round(f * channels)``
     round_to: int | None = Field(None, ge=1)
-    #: solutions of the solver re-scored with true calibration perplexity (0: trust the sum)
-    verify: int = Field(3, ge=0)
+    #: solutions of the solver re-scored with true calibration perplexity (0: trust the sum;
+    #: each costs a least-squares pass over every calibration window)
+    verify: int = Field(0, ge=0)
     #: verified candidates differ from each other in at least this many block choices (the
     #: option of one attention or MLP block)
     diversity: int = Field(2, ge=1)

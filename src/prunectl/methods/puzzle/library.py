@@ -8,8 +8,9 @@ For each layer and each of its two residual blocks (attention: ``o_proj``; MLP: 
    first ``g`` of it (:mod:`.variants` lists the counts);
 3. each variant's projection (``method.reconstruct``): ``least_squares`` re-solves the kept
    columns and the bias on ``H`` (the inputs are dense, so the target is the block's own dense
-   output), ``bias`` folds the removed columns' calibration mean into the bias (FLAP), ``none``
-   zeroes them; a fully removed block outputs nothing (not even a bias);
+   output), ``bld`` distils the whole block from there (:mod:`prunectl.methods.width.bld`),
+   ``bias`` folds the removed columns' calibration mean into the bias (FLAP), ``none`` zeroes
+   them; a fully removed block outputs nothing (not even a bias);
 4. its score (``method.score``): ``kl`` — mean over the predicted calibration positions (all but
    each window's last, as perplexity counts them) of ``KL(p_dense || p_variant)`` of the
    next-token distribution, in nats (log-softmax in float32, sums in float64); ``local`` — mean
@@ -17,6 +18,11 @@ For each layer and each of its two residual blocks (attention: ``o_proj``; MLP: 
    inputs.  A variant is emulated by a forward hook on its projection that computes what the
    sliced model computes; ``kl`` starts from the block search's prefix cache, so only the units
    from the variant's block on run.  Dense variants score 0 without running.
+
+The block's order is computed once (from the statistics of every window) and journaled before
+its first variant; every variant of the block reuses it, and a resumed build reads it back.
+A progress bar weighs each variant by the unit forwards its score runs (:func:`_work`); after the
+first layer this run computes, one line estimates the time the rest of the library will take.
 
 Progress goes to ``inputs.journal`` (each block's order, each scored variant, all carrying the
 journal's key); a rerun skips what a journal with the same key holds, so an interrupted build
@@ -32,14 +38,20 @@ import torch.nn.functional as F
 
 from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs
-from prunectl.methods.puzzle.config import PuzzleConfig
+from prunectl.methods.puzzle.config import DEFAULT_SCORE_WINDOWS, PuzzleConfig
 from prunectl.methods.puzzle.importance import unit_columns, unit_order
 from prunectl.methods.puzzle.variants import attention_kept, mlp_kept
 from prunectl.methods.width.compensation import compensation_bias
 from prunectl.methods.width.least_squares import augmented, solve_kept
 from prunectl.methods.width.moments import SecondMoments
-from prunectl.methods.width.reconstruct import TOKENS_PER_INPUT, full_weight, without_columns
-from prunectl.methods.width.sequential import Solution, replace_output
+from prunectl.methods.width.bld import distill_block
+from prunectl.methods.width.reconstruct import (
+    REFITS,
+    TOKENS_PER_INPUT,
+    full_weight,
+    without_columns,
+)
+from prunectl.methods.width.sequential import Solution, hook_solution
 from prunectl.pipelines.blocks.cache import BoundaryCache, plan_cache
 from prunectl.pipelines.blocks.runner import UnitRunner
 from prunectl.modeling.alignment import alignment
@@ -55,7 +67,7 @@ def variant_weight(reconstruct: str, weight: torch.Tensor, h: torch.Tensor, kept
     the dense augmented ``weight`` keeping input channels ``kept``."""
     n = weight.shape[1] - 1
     kept = kept.to(weight.device)
-    if reconstruct == "least_squares" and kept.numel():
+    if reconstruct in REFITS and kept.numel():
         return full_weight(solve_kept(weight, h, h, kept, damp, what), kept, n)
     mask = torch.ones(n, dtype=torch.bool, device=weight.device)
     mask[kept] = False
@@ -142,12 +154,11 @@ def _moments(dense: _Dense, unit: int, linear: torch.nn.Linear) -> SecondMoments
 
 
 def _score(how: str, dense: _Dense, unit: int, linear: torch.nn.Linear,
-           weight: torch.Tensor | None) -> float:
-    """The variant's score; ``weight`` None: the block removed (its unit is skipped)."""
+           solution: Solution | None) -> float:
+    """The variant's score; ``solution`` None: the block removed (its unit is skipped)."""
     runner = dense.runner
-    skip = {unit} if weight is None else set()
-    handle = None if weight is None else linear.register_forward_hook(
-        replace_output(Solution([], weight)))
+    skip = {unit} if solution is None else set()
+    handles = [] if solution is None else hook_solution(runner.adapter.model, linear, solution)
     total, count = 0.0, 0
     try:
         for b, batch in enumerate(runner.batches):
@@ -163,7 +174,7 @@ def _score(how: str, dense: _Dense, unit: int, linear: torch.nn.Linear,
                 total += float(diff.pow(2).sum())
                 count += batch.numel()
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
     return total / count
 
@@ -198,14 +209,17 @@ def _recorded(inputs: Inputs) -> dict[tuple[int, str], dict]:
 def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tensor]:
     """The library tensors of :mod:`prunectl.methods.puzzle` for the dense ``inputs.model``."""
     tokens = inputs.require_tokens("method puzzle's library", min_length=2)
-    if config.score_windows is not None and config.score_windows > tokens.shape[0]:
+    windows = config.score_windows
+    if windows == DEFAULT_SCORE_WINDOWS:
+        windows = min(windows, tokens.shape[0])
+    if windows is not None and windows > tokens.shape[0]:
         raise UserError(f"method.score_windows={config.score_windows} exceeds the "
                         f"{tokens.shape[0]} calibration windows; lower it or raise "
                         "calibration.nsamples")
     adapter = inputs.adapter
     groups, channels = _check(adapter)
-    if config.reconstruct == "least_squares" and tokens.numel() < TOKENS_PER_INPUT * channels:
-        inputs.ui.warn(f"method puzzle: least_squares fits up to {channels + 1} weights per "
+    if config.reconstruct in REFITS and tokens.numel() < TOKENS_PER_INPUT * channels:
+        inputs.ui.warn(f"method puzzle: {config.reconstruct} fits up to {channels + 1} weights per "
                        f"output row on {tokens.numel()} calibration tokens and will overfit; "
                        f"calibrate on at least {TOKENS_PER_INPUT * channels} tokens or raise "
                        "method.reconstruct_damp")
@@ -219,19 +233,26 @@ def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tenso
               for block in BLOCKS}
     done = _recorded(inputs)
     dense = _Dense(inputs, tokens)
-    scoring = dense if config.score_windows is None else _Dense(inputs, tokens[:config.score_windows])
+    scoring = dense if windows in (None, tokens.shape[0]) else _Dense(inputs, tokens[:windows])
     tasks = [(i, block) for i in range(layers) for block in BLOCKS]
+    work = {(i, block): _work(config, dense.runner.num_units, 2 * i + (block == "mlp"))
+            for i, block in tasks}
+    total = sum(work[task] * (len(kept_counts[task[1]]) - 1) for task in tasks)
+    recorded = sum(work[task] * len(done.get(task, {"scores": {}})["scores"]) for task in tasks)
     try:
-        for i, block in inputs.ui.progress(tasks, total=len(tasks), description="puzzle library"):
-            entry = done.get((i, block), {"scores": {}})
-            counts, units = kept_counts[block], orders[block].shape[1]
-            todo = [k for k in counts if k != units and k not in entry["scores"]]
-            if "order" not in entry or todo:
-                entry = _block(inputs, config, dense.ready(), scoring.ready(), i, block, entry,
-                               todo)
-            orders[block][i] = torch.tensor(entry["order"])
-            for column, k in enumerate(counts):
-                scores[block][i, column] = 0.0 if k == units else entry["scores"][k]
+        with inputs.ui.meter("puzzle library", total, recorded, "variant") as meter:
+            for i, block in tasks:
+                entry = done.get((i, block), {"scores": {}})
+                counts, units = kept_counts[block], orders[block].shape[1]
+                todo = [k for k in counts if k != units and k not in entry["scores"]]
+                if "order" not in entry or todo:
+                    entry = _block(inputs, config, dense.ready(), scoring.ready(), i, block,
+                                   entry, todo, lambda: meter.advance(work[i, block]))
+                    if block == "mlp":  # a whole layer measured: both kinds of block
+                        meter.estimate()
+                orders[block][i] = torch.tensor(entry["order"])
+                for column, k in enumerate(counts):
+                    scores[block][i, column] = 0.0 if k == units else entry["scores"][k]
     finally:
         dense.close()
         scoring.close()
@@ -240,8 +261,38 @@ def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tenso
             "mlp.channels": torch.tensor(kept_counts["mlp"], dtype=torch.long).repeat(layers, 1)}
 
 
+def _work(config: PuzzleConfig, num_units: int, unit: int) -> int:
+    """What scoring one variant of ``unit`` costs, in unit forwards on the scoring windows:
+    ``kl`` runs the suffix from the variant's unit on (the head counted as one more unit),
+    ``local`` the unit alone; the progress bar and the time estimate weigh variants by it."""
+    return num_units - unit + 1 if config.score == "kl" else 1
+
+
+def _variant(config: PuzzleConfig, dense: _Dense, unit: int, linear: torch.nn.Linear,
+             weight: torch.Tensor, h: torch.Tensor, kept: torch.Tensor, what: str) -> Solution:
+    """The variant keeping input channels ``kept``, as the sliced model holds it (model dtype):
+    its projection healed by ``config.reconstruct``; ``bld`` then distils the whole block
+    toward the dense one on its dense inputs from every calibration window (Puzzle's BLD)."""
+    solved = variant_weight(config.reconstruct, weight, h, kept, config.reconstruct_damp, what)
+    removed = sorted(set(range(weight.shape[1] - 1)) - set(kept.tolist()))
+    solution = Solution(removed, solved)
+    if config.reconstruct == "bld":
+        runner = dense.runner
+        layer, block = divmod(unit, 2)
+        adapter = runner.adapter
+        module = adapter.mlp(layer) if block else adapter.attention(layer)
+        prefix = next(n for n, m in adapter.model.named_modules() if m is module)
+        batches = [dense.boundary(b, unit) for b in range(len(runner.batches))]
+        solution = distill_block(module, linear, solution,
+                                 lambda x: runner.run(x, unit, unit + 1, set()), batches,
+                                 config.bld_steps, config.bld_lr, config.bld_seed, prefix)
+    dtype = linear.weight.dtype
+    return Solution(solution.removed, solution.weight.to(dtype),
+                    {k: t.to(dtype) for k, t in solution.trained.items()})
+
+
 def _block(inputs: Inputs, config: PuzzleConfig, dense: _Dense, scoring: _Dense, i: int,
-           block: str, entry: dict, todo: list[int]) -> dict:
+           block: str, entry: dict, todo: list[int], scored=lambda: None) -> dict:
     """Order and score layer ``i``'s ``block`` (what ``entry`` lacks), journaling each result:
     statistics from every calibration window (``dense``), scores from ``scoring``'s."""
     adapter, journal = inputs.adapter, inputs.journal
@@ -259,12 +310,11 @@ def _block(inputs: Inputs, config: PuzzleConfig, dense: _Dense, scoring: _Dense,
     order = torch.tensor(entry["order"], dtype=torch.long)
     for k in todo:
         kept = columns[order[:k]].reshape(-1).sort().values
-        solved = None if k == 0 else variant_weight(
-            config.reconstruct, weight, h, kept, config.reconstruct_damp, what
-        ).to(linear.weight.dtype)  # what the sliced model holds
+        solved = None if k == 0 else _variant(config, dense, unit, linear, weight, h, kept, what)
         score = _score(config.score, scoring, unit, linear, solved)
         entry["scores"][k] = score
         journal.append({"key": journal.key, "layer": i, "block": block, "kept": k,
                         "score": score})
+        scored()
     del h
     return entry

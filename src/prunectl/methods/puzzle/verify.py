@@ -1,10 +1,11 @@
 """True calibration perplexity of a candidate plan, without copying the model.
 
 The plan's pruned projections get the weights ``apply`` would give them — the least-squares
-solutions of the sequential pass (``reconstruct: least_squares``), or the dense weights with the
+solutions of the sequential pass (``reconstruct: least_squares``; ``bld`` distils each block
+from there, its other projections hooked too), or the dense weights with the
 removed input columns zero (``none``) plus FLAP's mean bias (``bias``); a removed block's
 projection outputs zero — and forward hooks make ``o_proj``/``down_proj`` compute them
-(:func:`~prunectl.methods.width.sequential.replace_output`), which is exactly what the
+(:func:`~prunectl.methods.width.sequential.hook_solution`), which is exactly what the
 sliced model computes.  Perplexity is the project's own (:mod:`prunectl.evaluation.perplexity`)
 over the calibration windows; the hooks are removed afterwards.
 """
@@ -18,8 +19,8 @@ from prunectl.methods.inputs import Inputs
 from prunectl.plan import Plan
 from prunectl.methods.width.compensation import plan_biases
 from prunectl.methods.width.least_squares import augmented
-from prunectl.methods.width.reconstruct import least_squares_solutions, without_columns
-from prunectl.methods.width.sequential import Solution, replace_output
+from prunectl.methods.width.reconstruct import REFITS, least_squares_solutions, without_columns
+from prunectl.methods.width.sequential import Solution, hook_solution
 from prunectl.methods.width.units import removed_channels
 
 
@@ -44,9 +45,10 @@ def zeroed_solutions(inputs: Inputs, plan: Plan,
 def plan_solutions(config, inputs: Inputs, plan: Plan, stats: dict | None) -> dict[str, Solution]:
     """What ``apply`` with ``config.reconstruct`` would give every pruned projection; ``stats``
     are the dense calibration statistics (``bias`` only)."""
-    if config.reconstruct == "least_squares":
+    if config.reconstruct in REFITS:
         return least_squares_solutions(inputs.adapter, plan, inputs.tokens, inputs.batch_size,
-                                       config.reconstruct_target, config.reconstruct_damp)
+                                       config.reconstruct_target, config.reconstruct_damp,
+                                       bld=config if config.reconstruct == "bld" else None)
     if config.reconstruct == "bias":
         return zeroed_solutions(inputs, plan, plan_biases(inputs.adapter, plan, stats))
     return zeroed_solutions(inputs, plan)
@@ -61,7 +63,7 @@ def calibration_perplexity(config, inputs: Inputs, plan: Plan, stats: dict | Non
         for key, solution in solutions.items():
             _, i, name = key.split(".")
             linear = getattr(adapter, name)(int(i))
-            handles.append(linear.register_forward_hook(replace_output(solution)))
+            handles.extend(hook_solution(inputs.model, linear, solution))
         return perplexity(inputs.model, tokens.reshape(-1), tokens.shape[1],
                           inputs.batch_size)["perplexity"]
     finally:

@@ -31,7 +31,7 @@ from prunectl.methods.width.metrics import model_scores
 from prunectl.methods.width.obs import greedy_prune, mlp_batches
 from prunectl.methods.width.reconstruct import Reconstruct, ReconstructOptions
 from prunectl.methods.width.selection import LayerScores, round_selection, select
-from prunectl.methods.width.sequential import Solution, sequential_pass
+from prunectl.methods.width.sequential import Solution, layer_checkpoint, sequential_pass
 from prunectl.methods.width.units import (
     check_round_to,
     check_width_model,
@@ -128,8 +128,8 @@ class SlimGPTMethod(ReconstructHooks, Method):
         return plan
 
     def _prune(self, inputs: Inputs, shapes, counts) -> dict[tuple[int, str], list[int]]:
-        """Greedy OBS over the sequential pass; which head units / channels each layer lost."""
-        removed: dict[tuple[int, str], list[int]] = {}
+        """Greedy OBS over the sequential pass (resumable per block in ``search/layers/``);
+        which head units / channels each layer lost."""
         damp = self.config.reconstruct_damp
 
         def solve(i, name, weight, moments):
@@ -146,13 +146,20 @@ class SlimGPTMethod(ReconstructHooks, Method):
                 result = greedy_prune(weight, moments.h, groups.to(weight.device), channels,
                                       mlp_batches(channels), damp=damp)
                 columns = result.removed
-            removed[(i, name)] = result.removed
             return Solution(sorted(columns), result.weight)
 
         wanted = {f"layers.{i}.{name}" for i, (heads, channels) in enumerate(counts)
                   for name, n in (("o_proj", heads), ("down_proj", channels)) if n}
-        sequential_pass(inputs.adapter, inputs.tokens, inputs.batch_size, solve, "self", inputs.ui,
-                        wanted=wanted)
+        checkpoint = layer_checkpoint(inputs.journal, "layers", inputs.tokens, counts, damp)
+        solutions = sequential_pass(inputs.adapter, inputs.tokens, inputs.batch_size, solve,
+                                    "self", inputs.ui, wanted=wanted, checkpoint=checkpoint,
+                                    description="slimgpt search")
+        removed = {}
+        for key, solution in solutions.items():  # units from columns: resumed layers have both
+            _, i, name = key.split(".")
+            s = shapes[int(i)]
+            width = s.group_size * s.head_dim if name == "o_proj" else 1
+            removed[(int(i), name)] = sorted({c // width for c in solution.removed})
         return removed
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from prunectl.methods.width.collect import collect_statistics
 from prunectl.methods.width.compensation import plan_biases
-from prunectl.methods.width.reconstruct import reconstruction_biases
+from prunectl.methods.width.reconstruct import REFITS, reconstruction_biases
 
 
 class ReconstructHooks:
@@ -19,7 +19,7 @@ class ReconstructHooks:
 
     @property
     def apply_uses_tokens(self) -> bool:
-        return self.config.reconstruct == "least_squares"
+        return self.config.reconstruct in REFITS
 
     def statistics(self, inputs):
         if not self.uses_statistics:

@@ -3,10 +3,13 @@
 ``reconstruct: none`` slices the plan's units out; ``bias`` folds their calibration mean into the
 ``o_proj``/``down_proj`` bias (FLAP's compensation, from the dense calibration statistics);
 ``least_squares`` re-solves the kept columns and the bias of every pruned projection in a
-sequential pass over the calibration tokens (:mod:`.sequential`, :mod:`.least_squares`).  The
+sequential pass over the calibration tokens (:mod:`.sequential`, :mod:`.least_squares`); ``bld``
+then trains each pruned block's kept projections from there to reproduce the dense block
+(:mod:`.bld`).  The
 statistics of ``least_squares`` depend on the plan (inputs come through the pruned layers), so
 they are computed in ``apply``, not in ``calibrate``; the result is the saved pruned model, so a
-finished ``apply`` is never repeated, and an interrupted one starts again from the first layer.
+finished ``apply`` is never repeated, and an interrupted one resumes at its first unfinished
+layer (``apply/layers/``, the sequential pass's per-layer checkpoint).
 """
 
 from __future__ import annotations
@@ -14,18 +17,22 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_serializer
 
 from prunectl.errors import UserError
-from prunectl.methods.inputs import Inputs
+from prunectl.methods.inputs import Inputs, Journal
+from prunectl.methods.width.bld import distill_block
 from prunectl.plan import Plan
 from prunectl.methods.width.least_squares import solve_kept
-from prunectl.methods.width.sequential import Solution, sequential_pass
+from prunectl.methods.width.sequential import Solution, layer_checkpoint, sequential_pass
 from prunectl.methods.width.units import removed_channels
 from prunectl.modeling.adapters import Adapter
 from prunectl.ui import SILENT
 
-Reconstruct = Literal["none", "bias", "least_squares"]
+Reconstruct = Literal["none", "bias", "least_squares", "bld"]
+#: the reconstructions that run the sequential pass over calibration tokens in ``apply``
+REFITS = ("least_squares", "bld")
+BLD_KEYS = ("bld_steps", "bld_lr", "bld_seed")
 
 #: fewer calibration tokens than this many per projection input overfit the refit (measured on
 #: SmolLM2: 2048 tokens for 1536 MLP channels made held-out perplexity worse than bias)
@@ -50,6 +57,23 @@ class ReconstructOptions(BaseModel):
     #: 1.0 on SmolLM2 (flap, 20% of non-embedding parameters, 16,384 calibration tokens:
     #: held-out perplexity 60.73 / 59.22 / 58.73, bias compensation 64.19)
     reconstruct_damp: float = Field(1.0, ge=0, le=10)
+    #: ``bld`` (block-local distillation, :mod:`.bld`): Adam steps per pruned block, one
+    #: calibration batch a step, from the least-squares solution
+    bld_steps: int = Field(32, ge=1, le=100_000)
+    #: ``bld``: Adam's learning rate on the block's projections (float32 master weights)
+    bld_lr: float = Field(1e-4, gt=0, le=1)
+    #: ``bld``: seed of the order the calibration batches are drawn in
+    bld_seed: int = 0
+
+    @model_serializer(mode="wrap")
+    def _bld_keys_only_for_bld(self, handler):
+        """The ``bld_*`` keys are dumped (pinned, fingerprinted) only with ``reconstruct: bld``:
+        projects pinned before they existed keep their fingerprints."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("reconstruct") != "bld":
+            for key in BLD_KEYS:
+                data.pop(key, None)
+        return data
 
 
 def full_weight(solved: torch.Tensor, kept: torch.Tensor, n: int) -> torch.Tensor:
@@ -71,9 +95,12 @@ def without_columns(weight: torch.Tensor, removed) -> torch.Tensor:
 
 
 def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, batch_size: int,
-                            reference: str, damp: float, ui=SILENT) -> dict[str, Solution]:
+                            reference: str, damp: float, ui=SILENT,
+                            journal: Journal = Journal(), bld=None) -> dict[str, Solution]:
     """Every pruned projection's least-squares solution, layer by layer (sequential); the
-    projections the plan leaves alone are not recorded at all."""
+    projections the plan leaves alone are not recorded at all.  With a ``journal`` folder the
+    pass resumes per block from ``<folder>/layers``.  ``bld``: a config with ``bld_steps``,
+    ``bld_lr``, ``bld_seed`` — each pruned block then distilled from its solution."""
     removals = {}
     for i in range(adapter.num_layers):
         for name, block in (("o_proj", adapter.attention(i)), ("down_proj", adapter.mlp(i))):
@@ -91,15 +118,38 @@ def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, 
         solved = solve_kept(weight, moments.h, moments.g, kept, damp, f"layers.{i}.{name}")
         return Solution(removed, full_weight(solved, kept.to(solved.device), n))
 
-    return sequential_pass(adapter, tokens, batch_size, solve, reference, ui, wanted=removals)
+    settings = None if bld is None else (bld.bld_steps, bld.bld_lr, bld.bld_seed)
+    checkpoint = layer_checkpoint(journal, "layers", tokens, removals, reference, damp, settings)
+    return sequential_pass(adapter, tokens, batch_size, solve, reference, ui, wanted=removals,
+                           checkpoint=checkpoint,
+                           description="least-squares refit" if bld is None else "bld",
+                           refine=None if bld is None else block_distiller(adapter, *settings))
+
+
+def block_distiller(adapter: Adapter, steps: int, lr: float, seed: int):
+    """The sequential pass's ``refine`` for ``bld``: a whole removed block stays removed."""
+    def refine(i, name, run_block, solution, inputs):
+        if len(solution.removed) == solution.weight.shape[1] - 1:
+            return solution
+        module = adapter.attention(i) if name == "o_proj" else adapter.mlp(i)
+        prefix = next(n for n, m in adapter.model.named_modules() if m is module)
+        return distill_block(module, getattr(adapter, name)(i), solution, run_block, inputs,
+                             steps, lr, seed, prefix)
+
+    return refine
 
 
 @torch.no_grad()
 def write_back(adapter: Adapter, solutions: dict[str, Solution]) -> dict[str, torch.Tensor]:
-    """Copy the solved weights into the dense model (surgery slices the kept columns next) and
-    return the bias *changes* in ``apply_plan``'s ``biases`` form."""
+    """Copy the solved weights (and what distillation trained) into the dense model (surgery
+    slices the kept columns next) and return the bias *changes* in ``apply_plan``'s ``biases``
+    form."""
     biases = {}
+    model = adapter.model
     for key, solution in solutions.items():
+        for name, value in solution.trained.items():
+            target = model.get_parameter(name)
+            target.copy_(value.to(target.device, target.dtype))
         _, i, name = key.split(".")
         linear = getattr(adapter, name)(int(i))
         linear.weight.copy_(solution.weight[:, :-1].to(linear.weight.device, linear.weight.dtype))
@@ -112,16 +162,16 @@ def write_back(adapter: Adapter, solutions: dict[str, Solution]) -> dict[str, to
 
 def reconstruction_biases(config, inputs: Inputs, plan: Plan, stats, compensation):
     """The ``biases`` for ``apply_plan`` that ``config.reconstruct`` asks for (``None``: none);
-    ``least_squares`` also rewrites the kept weights of ``inputs.model`` in place."""
+    ``least_squares`` and ``bld`` also rewrite the kept weights of ``inputs.model`` in place."""
     adapter = inputs.adapter
     if config.reconstruct == "none":
         return None
     if config.reconstruct == "bias":
         return compensation(adapter, plan, stats)
     if plan.hidden_channels is not None:
-        raise UserError("method.reconstruct: least_squares cannot follow a pruned hidden size "
-                        "(set method.prune_hidden: false, or reconstruct: bias / none)")
-    tokens = inputs.require_tokens("method.reconstruct: least_squares")
+        raise UserError(f"method.reconstruct: {config.reconstruct} cannot follow a pruned hidden "
+                        "size (set method.prune_hidden: false, or reconstruct: bias / none)")
+    tokens = inputs.require_tokens(f"method.reconstruct: {config.reconstruct}")
     ui = inputs.ui
     widest = max(adapter.intermediate_size(i) for i in range(adapter.num_layers))
     if tokens.numel() < TOKENS_PER_INPUT * widest:
@@ -130,5 +180,6 @@ def reconstruction_biases(config, inputs: Inputs, plan: Plan, stats, compensatio
                 f"{TOKENS_PER_INPUT * widest} tokens or raise method.reconstruct_damp")
     solutions = least_squares_solutions(
         adapter, plan, tokens, inputs.batch_size, config.reconstruct_target,
-        config.reconstruct_damp, ui)
+        config.reconstruct_damp, ui, inputs.journal,
+        config if config.reconstruct == "bld" else None)
     return write_back(adapter, solutions)

@@ -13,20 +13,30 @@ zero, which is exactly what the sliced model computes (removed heads and channel
 nothing).  Nothing is written to the model: the caller gets every solution and decides (``apply``
 slices them in; SlimGPT's ``search`` keeps only which units went).  Under ``torchrun`` every rank
 runs all windows (no sharding).
+
+With a :class:`~prunectl.pipelines.layers.LayerCheckpoint` the pass resumes per block: after
+each residual block (unit ``u``: ``2i`` layer i's attention, ``2i + 1`` its MLP) its solution
+goes to ``solutions-<u>.safetensors`` and the streams' activations to the checkpoint, so a
+killed pass restarts at the first unfinished block with exactly the tensors an uninterrupted one
+holds there.  A progress bar counts blocks; after the first layer one line estimates the rest.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from prunectl import distributed
+from prunectl.digest import digest
+from prunectl.io import load_tensors, save_tensors
+from prunectl.methods.inputs import Journal
 from prunectl.methods.width.least_squares import augmented
 from prunectl.methods.width.moments import SecondMoments
 from prunectl.modeling.adapters import Adapter
-from prunectl.pipelines.layers import LayerPass
+from prunectl.pipelines.layers import LayerCheckpoint, LayerPass
 from prunectl.ui import SILENT, UI
 
 REFERENCES = ("dense", "self")
@@ -35,10 +45,17 @@ REFERENCES = ("dense", "self")
 @dataclass
 class Solution:
     """A projection's new augmented weight ``[W', b']`` ([out, n + 1], float64; removed columns
-    zero) and the input channels it removed (dense numbering)."""
+    zero) and the input channels it removed (dense numbering); ``trained``: new weights of the
+    block's other projections by parameter name (block-local distillation, :mod:`.bld`)."""
 
     removed: list[int]
     weight: torch.Tensor
+    trained: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+#: (layer, "o_proj" | "down_proj", the residual block, its solution, the block's input batches)
+#: -> the solution to keep (block-local distillation refines the least-squares one)
+Refine = Callable[[int, str, Callable, "Solution", list[torch.Tensor]], "Solution"]
 
 
 #: (layer, "o_proj" | "down_proj", augmented dense weight, moments) -> Solution, or None to keep
@@ -53,6 +70,28 @@ def replace_output(solution: Solution):
     def hook(_module, args, output):
         x = args[0]
         return F.linear(x, w.to(x.device, x.dtype), b.to(x.device, x.dtype)).to(output.dtype)
+
+    return hook
+
+
+def hook_solution(model: torch.nn.Module, linear: torch.nn.Linear, solution: Solution) -> list:
+    """Forward hooks making ``linear`` and every projection in ``solution.trained`` compute their
+    new weights; the handles, to remove."""
+    handles = [linear.register_forward_hook(replace_output(solution))]
+    for name, weight in solution.trained.items():
+        if not name.endswith(".weight"):
+            continue
+        module = model.get_submodule(name[:-len(".weight")])
+        bias = solution.trained.get(name[:-len("weight")] + "bias")
+        handles.append(module.register_forward_hook(_linear_hook(weight, bias)))
+    return handles
+
+
+def _linear_hook(weight: torch.Tensor, bias: torch.Tensor | None):
+    def hook(_module, args, output):
+        x = args[0]
+        b = None if bias is None else bias.to(x.device, x.dtype)
+        return F.linear(x, weight.to(x.device, x.dtype), b).to(output.dtype)
 
     return hook
 
@@ -93,10 +132,55 @@ def _advance(layers: LayerPass, run_block, dense: bool) -> None:
     layers.map(lambda _b, xs: [run_block(x) for x in xs], (0, 1) if dense else (0,))
 
 
+def layer_checkpoint(journal: Journal, folder: str, *parts) -> LayerCheckpoint:
+    """A per-layer checkpoint in ``journal``'s folder's ``folder`` (which it deletes when the
+    pass completes), keyed by the journal's key and ``parts`` (the tokens, what ``solve`` does):
+    progress made for other inputs starts over."""
+    group = distributed.current()
+    directory = None if journal.directory is None else journal.directory / folder
+    key = digest(journal.key, group.world_size, *parts)
+    return LayerCheckpoint(Journal(directory, key), key, group)
+
+
+NAMES = ("o_proj", "down_proj")
+
+
+def _save_block(checkpoint: LayerCheckpoint, unit: int, solutions: dict[str, Solution]) -> None:
+    """Block ``unit``'s solution (``2i``: layer i's attention, ``2i + 1``: its MLP) beside the
+    checkpoint (rank 0; before the checkpoint's record names the unit done)."""
+    if checkpoint.directory is None or not checkpoint.group.is_main:
+        return
+    key = f"layers.{unit // 2}.{NAMES[unit % 2]}"
+    mine = {key: solutions[key]} if key in solutions else {}
+    tensors = {f"{k}.weight": v.weight for k, v in mine.items()}
+    tensors |= {f"{k}.removed": torch.tensor(v.removed, dtype=torch.long) for k, v in mine.items()}
+    tensors |= {f"{k}.trained.{name}": t for k, v in mine.items() for name, t in v.trained.items()}
+    save_tensors(checkpoint.directory / f"solutions-{unit}.safetensors", tensors)
+
+
+def _load_blocks(checkpoint: LayerCheckpoint, done: int, store) -> dict[str, Solution]:
+    """The solutions of blocks ``0 .. done-1`` a resumed pass starts from (every rank)."""
+    tensors: dict = {}
+    if checkpoint.group.is_main:
+        for unit in range(done):
+            tensors |= load_tensors(checkpoint.directory / f"solutions-{unit}.safetensors")
+    tensors = checkpoint.group.broadcast_object(tensors)
+    solutions = {}
+    for k, v in tensors.items():
+        if k.endswith(".removed"):
+            key = k[:-len(".removed")]
+            trained = {name[len(f"{key}.trained."):]: t.to(store) for name, t in tensors.items()
+                       if name.startswith(f"{key}.trained.")}
+            solutions[key] = Solution(v.tolist(), tensors[f"{key}.weight"].to(store), trained)
+    return solutions
+
+
 @torch.inference_mode()
 def sequential_pass(
     adapter: Adapter, tokens: torch.Tensor, batch_size: int, solve: Solver,
     reference: str, ui: UI = SILENT, wanted: Collection[str] | None = None,
+    checkpoint: LayerCheckpoint | None = None, description: str = "least-squares refit",
+    refine: Refine | None = None,
 ) -> dict[str, Solution]:
     """``layers.N.o_proj`` / ``layers.N.down_proj`` -> :class:`Solution` for every projection
     ``solve`` changed, its weight in the model's dtype (one extra copy of the pruned projections,
@@ -104,37 +188,65 @@ def sequential_pass(
     removed at the end).  ``wanted``: the projections ``solve`` may change (None: every one);
     the others' inputs are never recorded and ``solve`` is not called for them.  ``reference``:
     what the refit reproduces, the ``dense`` model's outputs or the pruned stream's own
-    (``self``)."""
+    (``self``).  ``checkpoint``: resume per block (its key must name ``solve``'s inputs too;
+    its count is of blocks, two a layer).  ``refine``: called with each solution and the
+    block's input batches (the pruned stream) before the stream advances through it."""
     if reference not in REFERENCES:
         raise ValueError(f"unknown reconstruction reference {reference!r}")
     layers = LayerPass(adapter, tokens, batch_size, streams=2 if reference == "dense" else 1)
     dense = reference == "dense"
-    solutions: dict[str, Solution] = {}
+    start, solutions = 0, {}
+    if checkpoint is not None:
+        start, _ = checkpoint.resume(layers, batch_size)
+        solutions = _load_blocks(checkpoint, start, layers.store) if start else {}
     handles = []
     try:
-        for i in ui.progress(range(adapter.num_layers), total=adapter.num_layers,
-                             description="sequential reconstruction"):
-            attention = lambda h, i=i: adapter.attention_block(i, h, adapter.block_inputs(h))  # noqa: E731
-            mlp = lambda h, i=i: adapter.mlp_block(i, h)  # noqa: E731
-            for name, block, present in (("o_proj", attention, adapter.attention(i)),
-                                         ("down_proj", mlp, adapter.mlp(i))):
-                if present is None:  # a removed block is the identity: nothing to run
-                    continue
-                key = f"layers.{i}.{name}"
-                if wanted is not None and key not in wanted:
-                    _advance(layers, block, dense)
-                    continue
-                linear = getattr(adapter, name)(i)
-                moments = _capture(layers, linear, block, dense, layers.device)
-                weight = augmented(linear.weight, linear.bias)
-                solution = solve(i, name, weight, moments)
-                del moments
-                if solution is not None:  # kept in the model's dtype, beside its weights
-                    solution.weight = solution.weight.to(layers.store, linear.weight.dtype)
-                    solutions[key] = solution
-                    handles.append(linear.register_forward_hook(replace_output(solution)))
-                layers.map(lambda _b, xs, block=block: [block(xs[0])])
+        with ui.meter(description, 2 * adapter.num_layers, start, "block") as meter:
+            for unit in range(start, 2 * adapter.num_layers):
+                _block(adapter, layers, unit, solve, dense, wanted, solutions, handles, refine)
+                if checkpoint is not None:
+                    _save_block(checkpoint, unit, solutions)
+                    checkpoint.save(unit + 1, {}, layers)
+                meter.advance()
+                if unit % 2:  # a whole layer measured
+                    meter.estimate()
+        if checkpoint is not None:
+            checkpoint.clear()
     finally:
         for handle in handles:
             handle.remove()
     return solutions
+
+
+def _block(adapter: Adapter, layers: LayerPass, unit: int, solve: Solver, dense: bool,
+           wanted: Collection[str] | None, solutions: dict[str, Solution], handles: list,
+           refine: Refine | None = None) -> None:
+    """Block ``unit`` of :func:`sequential_pass` (layer ``unit // 2``'s attention, then its
+    MLP): its solution added, its hooks in ``handles``."""
+    i, name = unit // 2, NAMES[unit % 2]
+    if name == "o_proj":
+        present = adapter.attention(i)
+        block = lambda h: adapter.attention_block(i, h, adapter.block_inputs(h))  # noqa: E731
+    else:
+        present = adapter.mlp(i)
+        block = lambda h: adapter.mlp_block(i, h)  # noqa: E731
+    if present is None:  # a removed block is the identity: nothing to run
+        return
+    key = f"layers.{i}.{name}"
+    if wanted is not None and key not in wanted:
+        _advance(layers, block, dense)
+        return
+    linear = getattr(adapter, name)(i)
+    moments = _capture(layers, linear, block, dense, layers.device)
+    weight = augmented(linear.weight, linear.bias)
+    solution = solve(i, name, weight, moments)
+    del moments
+    if solution is not None and refine is not None:
+        solution = refine(i, name, block, solution, layers.streams[0])
+    if solution is not None:  # kept in the model's dtype, beside its weights
+        solution.weight = solution.weight.to(layers.store, linear.weight.dtype)
+        solution.trained = {k: t.to(layers.store, linear.weight.dtype)
+                            for k, t in solution.trained.items()}
+        solutions[key] = solution
+        handles.extend(hook_solution(adapter.model, linear, solution))
+    layers.map(lambda _b, xs: [block(xs[0])])
