@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -192,7 +193,9 @@ def main() -> int:
     parser.add_argument("--retries", type=int, default=3, help="re-runs after a kill, at most")
     parser.add_argument("--jobs", type=int, default=2, help="pipelines swept at the same time")
     parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument("--keep", type=Path, help="work here and keep the projects")
+    parser.add_argument("--keep", type=Path,
+                        help="work here and keep the projects (default: a temporary folder, "
+                             "removed)")
     options = parser.parse_args()
     names = [n.strip() for n in options.pipelines.split(",") if n.strip()]
     unknown = sorted(set(names) - set(PIPELINES))
@@ -217,6 +220,8 @@ def main() -> int:
     identical = sum(f["identical"] for f in results.values())
     print(f"total: {identical} of {fired} kills resumed identical, "
           f"{round(time.monotonic() - started)} s")
+    if not options.keep:
+        shutil.rmtree(root)
     if options.json:
         options.json.write_text(json.dumps({"seed": options.seed, "points": options.points,
                                             "pipelines": results}, indent=1) + "\n")
