@@ -7,6 +7,10 @@ interpreter loads the ``sitecustomize`` below: an audit hook that watches writes
 process: ``when="before"`` at once (the write never happens: a kill while that file is being
 written), ``when="after"`` at the next write of any file (the file exists, nothing later does).
 Triggered by files, not by sleeps, so every point is hit the same way on a loaded machine.
+Writes outside ``root`` are not counted.  ``record_env(root, log)`` is the counting mode:
+nothing is killed, every write under ``root`` is appended to ``log`` (its relative path), so a
+sweep can pick its kill points from an uninterrupted run's own writes
+(``scripts/kill_sweep.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ HOOK = '''
 import fnmatch, os, signal, sys
 _root = os.environ.get("KILL_ROOT")
 if _root:
-    _pattern, _when = os.environ["KILL_PATTERN"], os.environ.get("KILL_WHEN", "after")
+    _pattern, _when = os.environ.get("KILL_PATTERN", "*"), os.environ.get("KILL_WHEN", "after")
+    # opened before the hook is installed: appending to it raises no audit event of its own
+    _record = os.environ.get("KILL_RECORD")
+    _log = open(_record, "a", buffering=1) if _record else None
     _nth, _seen, _armed = int(os.environ.get("KILL_NTH", "1")), [0], [False]
     _mask = os.O_WRONLY | os.O_RDWR | os.O_CREAT
 
@@ -40,7 +47,11 @@ if _root:
         if not isinstance(path, (str, os.PathLike)):
             return
         relative = os.path.relpath(os.path.abspath(os.fspath(path)), _root)
-        if fnmatch.fnmatch(relative, _pattern):
+        if relative.startswith(".." + os.sep):
+            return
+        if _log is not None:
+            _log.write(relative + "\\n")
+        elif fnmatch.fnmatch(relative, _pattern):
             _seen[0] += 1
             if _seen[0] == _nth:
                 if _when == "before":
@@ -60,6 +71,13 @@ def kill_env(folder: Path, root: Path, pattern: str, when: str = "after", nth: i
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1",
             "KILL_ROOT": str(Path(root).resolve()), "KILL_PATTERN": pattern, "KILL_WHEN": when,
             "KILL_NTH": str(nth)}
+
+
+def record_env(folder: Path, root: Path, log: Path) -> dict:
+    """Environment for a child that appends each write under ``root`` to ``log`` and is not
+    killed (``folder`` receives the ``sitecustomize.py``)."""
+    env = kill_env(folder, root, "*")
+    return {**env, "KILL_RECORD": str(Path(log).resolve())}
 
 
 def prunectl(*args, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
