@@ -18,7 +18,9 @@ The rule (also in README "Aligned widths"):
 - Adaptive methods (flap, wanda-sp, mag-sp, taylor, slimgpt AL-AM) round each layer's kept
   count down or up, strongest returning channels first, keeping the best-ranked channels; the
   removed parameters stay within half a step (alignment x the largest per-channel parameter
-  cost / 2) of the unrounded cut.  Ratio-driven methods (magnitude, slimgpt's ipr / uniform)
+  cost / 2) of the unrounded cut.  A cut that keeps the same width in every layer (FLAP's
+  UL-UM / UL-MM, mag-sp's default) stays uniform, so the model stays a stock model class: the
+  common width goes to the multiple below or above, within half a step of all layers together.  Ratio-driven methods (magnitude, slimgpt's ipr / uniform)
   snap each count to the nearest multiple and re-solve their ratio, so the target is met as
   closely as whole steps allow.  Puzzle's MLP variants are the listed fractions snapped to the
   nearest multiple.  REAP removes whole experts and changes no width.

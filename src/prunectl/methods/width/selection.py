@@ -21,7 +21,12 @@ from dataclasses import dataclass
 import torch
 
 from prunectl.errors import UserError
-from prunectl.methods.width.units import LayerShape, head_unit_scores, round_kept_channels
+from prunectl.methods.width.units import (
+    LayerShape,
+    check_round_to,
+    head_unit_scores,
+    round_kept_channels,
+)
 
 
 @dataclass
@@ -196,8 +201,29 @@ def round_selection(layers: dict[int, LayerScores], selection: Selection, budget
     sizes = {i: l.shape.intermediate for i, l in layers.items()}
     costs = {i: l.shape.channel_cost for i, l in layers.items()}
     kept = {i: sizes[i] - len(selection.channels.get(i, [])) for i in layers}
-    rounded = round_kept_channels(kept, sizes, {i: l.channels for i, l in layers.items()}, costs,
-                                  multiple, selection.params - budget, min_kept)
+    if len(set(kept.values())) == 1 and len(set(sizes.values())) == 1:
+        check_round_to(multiple, sizes)
+        rounded = _round_uniformly(kept, sizes, costs, multiple, selection.params - budget, min_kept)
+    else:
+        rounded = round_kept_channels(kept, sizes, {i: l.channels for i, l in layers.items()},
+                                      costs, multiple, selection.params - budget, min_kept)
     channels = {i: _weakest(layers[i].channels, sizes[i] - k) for i, k in rounded.items()}
     params = selection.params + sum((kept[i] - k) * costs[i] for i, k in rounded.items())
     return Selection(selection.heads, {i: c for i, c in channels.items() if c}, params)
+
+
+def _round_uniformly(kept: dict[int, int], sizes: dict[int, int], costs: dict[int, int],
+                     multiple: int, excess: float, min_kept: int) -> dict[int, int]:
+    """A cut that keeps the same width in every layer (UL-UM, a uniform model) keeps it uniform:
+    the common count goes to the multiple below or above, whichever lands the removed parameters
+    closer to the target (``excess``: removed minus target before rounding), so the pruned model
+    stays a stock model class rather than the per-layer format."""
+    k, size = next(iter(kept.values())), next(iter(sizes.values()))
+    if k == size or k % multiple == 0:
+        return dict(kept)
+    down, up = k - k % multiple, min(k - k % multiple + multiple, size)
+    cost = sum(costs.values())
+    keep_down = down >= max(min_kept, 1) and \
+        abs(excess + (k - down) * cost) <= abs(excess - (up - k) * cost)
+    return dict.fromkeys(kept, down if keep_down else up)
+
