@@ -5,6 +5,7 @@ live in ``conftest.py``; a test module never imports from ``conftest``."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -174,3 +175,26 @@ def invoke(*args):
     """Run ``prunectl`` in-process with ``args`` (paths and numbers as strings) and return the
     Click result (exit code, output)."""
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_error_line(result, *fragments: str) -> str:
+    """A refusal as prunectl makes it: exit 2 and one ``error:`` line on stderr naming
+    ``fragments``; returns the line."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def tree(root: Path, skip: str | None = None, folders: bool = True) -> dict[str, str]:
+    """Every file under ``root`` with its sha256 and (``folders``) every folder as "dir", those
+    whose relative path starts with ``skip`` left out: what "the project is unchanged" compares."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if (skip is None or not relative.startswith(skip)) and (folders or path.is_file()):
+            found[relative] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+

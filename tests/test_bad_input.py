@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 from test_cli_pipeline import invoke
-from test_reliability_cli import finished, one_error_line, project, tree  # noqa: F401 (fixtures)
+from helpers import one_error_line, tree
+from test_reliability_cli import finished, project  # noqa: F401 (fixtures)
 
 from prunectl.project import LOCK_NAME
 

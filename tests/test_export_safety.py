@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from gguf_models import VOCAB, bpe_tokenizer
-from helpers import invoke, tiny_model, write_recipe
+from helpers import invoke, tiny_model, tree, write_recipe
 
 from prunectl.steps.export_target import MANIFEST
 
@@ -21,13 +21,6 @@ def error_line(output: str) -> str:
     return line
 
 
-def tree(root: Path) -> dict[str, str]:
-    """Every file under ``root`` with its sha256 (and every folder, as "dir")."""
-    found = {}
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root).as_posix()
-        found[relative] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
 
 
 def manual_recipe(path: Path, model: Path, text: Path, export: dict) -> Path:

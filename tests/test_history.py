@@ -4,19 +4,15 @@ them only when asked.  Through the CLI, trees compared by hash."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 from gguf_models import VOCAB, bpe_tokenizer
-from helpers import TEXT, invoke, tiny_model, write_recipe
+from helpers import TEXT, invoke, tiny_model, tree, write_recipe
 
 
-def tree(root: Path, skip: str = "history") -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.relative_to(root).as_posix().startswith(skip)}
 
 
 def evaluated(root: Path) -> dict:
@@ -50,7 +46,7 @@ def work(finished, tmp_path) -> Path:
 
 def test_a_recipe_of_another_experiment_is_refused_and_changes_nothing(work):
     project = work / "runs" / "sg"
-    before = tree(project, skip="\0")
+    before = tree(project, folders=False)
     again = invoke("run", "-p", project, "-r", work / "shortgpt.yaml", "--quiet")  # the same recipe
     assert again.exit_code == 0, again.output
     for extra in ([], ["--set", "target.blocks=1"]):
@@ -64,25 +60,25 @@ def test_a_recipe_of_another_experiment_is_refused_and_changes_nothing(work):
     assert target.exit_code == 2
     assert "(target.blocks 2 -> 1): this recipe would redo search, apply, eval, export" \
         in " ".join(target.output.split())
-    assert tree(project, skip="\0") == before  # nothing pinned, nothing moved
+    assert tree(project, folders=False) == before  # nothing pinned, nothing moved
 
 
 def test_force_keeps_the_replaced_results_byte_for_byte_and_gc_removes_them(work):
     project = work / "runs" / "sg"
-    before = tree(project)
+    before = tree(project, skip="history", folders=False)
     state = json.loads((project / "state.json").read_text())["steps"]
     result = invoke("run", "-p", project, "-r", work / "manual.yaml", "--force", "--quiet")
     assert result.exit_code == 0, result.output
     entry = project / "history" / f"apply-{state['apply']['fingerprint'][:12]}"
     assert f"apply: its previous result (pruned) is kept in {entry}" in " ".join(result.output.split())
-    kept = tree(entry)
+    kept = tree(entry, folders=False)
     assert kept.pop("record.json")
     assert kept == {k: v for k, v in before.items() if k.startswith("pruned/")}
-    assert tree(project / "pruned") != {k.removeprefix("pruned/"): v for k, v in kept.items()}
+    assert tree(project / "pruned", folders=False) != {k.removeprefix("pruned/"): v for k, v in kept.items()}
     for step in ("calibrate", "score", "search", "eval", "export"):
         folder = project / "history" / f"{step}-{state[step]['fingerprint'][:12]}"
         assert {k: v for k, v in before.items() if k in state[step]["files"]} == \
-            {k: v for k, v in tree(folder).items() if k != "record.json"}
+            {k: v for k, v in tree(folder, folders=False).items() if k != "record.json"}
 
     rows = json.loads(invoke("status", "-p", project, "--json").stdout)
     listed = {r["entry"]: r for r in rows if r["step"] == "history"}
@@ -90,35 +86,35 @@ def test_force_keeps_the_replaced_results_byte_for_byte_and_gc_removes_them(work
     assert len(listed) == 6
     assert "kept earlier results" in invoke("status", "-p", project).stdout
 
-    current = tree(project)
+    current = tree(project, skip="history", folders=False)
     kept_one = invoke("gc", "-p", project, "--keep-last", "1", "--json")
     assert kept_one.exit_code == 0 and json.loads(kept_one.stdout)["removed"] == []
     removed = invoke("gc", "-p", project, "--json")
     assert removed.exit_code == 0, removed.output
     assert len(json.loads(removed.stdout)["removed"]) == 6
     assert not any((project / "history").iterdir())
-    assert tree(project) == current  # gc touches nothing but history/
+    assert tree(project, skip="history", folders=False) == current  # gc touches nothing but history/
 
 
 def test_a_step_flag_that_replaces_an_output_keeps_the_old_one(work):
     project = work / "runs" / "sg"
-    pruned = tree(project / "pruned")
+    pruned = tree(project / "pruned", folders=False)
     fingerprint = json.loads((project / "state.json").read_text())["steps"]["apply"]["fingerprint"]
     result = invoke("apply", "-p", project, "--blocks", "1", "--quiet")
     assert result.exit_code == 0, result.output
     entry = project / "history" / f"apply-{fingerprint[:12]}"
     assert str(entry) in " ".join(result.output.split())  # said even with --quiet
-    assert tree(entry / "pruned") == pruned != tree(project / "pruned")
+    assert tree(entry / "pruned", folders=False) == pruned != tree(project / "pruned", folders=False)
     again = invoke("apply", "-p", project, "--blocks", "2", "--quiet")
     assert again.exit_code == 0, again.output
     assert len(list((project / "history").iterdir())) == 2
     # a keep-last setting in the recipe trims the step's entries, newest kept
-    replaced = tree(project / "pruned")
+    replaced = tree(project / "pruned", folders=False)
     trim = invoke("apply", "-p", project, "--blocks", "1", "--set", "execution.keep_history=1", "--quiet")
     assert trim.exit_code == 0, trim.output
     (left,) = (project / "history").iterdir()
     assert json.loads((left / "record.json").read_text())["summary"]["options"] == {"blocks": 2}
-    assert tree(left / "pruned") == replaced
+    assert tree(left / "pruned", folders=False) == replaced
 
 
 def test_gc_refuses_a_folder_that_is_no_project(tmp_path):

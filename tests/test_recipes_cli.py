@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import save_tiny
+from helpers import one_error_line, save_tiny
 from typer.testing import CliRunner
 
 from prunectl import catalog
@@ -24,12 +24,6 @@ REPO = Path(__file__).parent.parent
 SOURCE = sorted((REPO / "recipes").glob("*.yaml"))
 
 
-def one_error_line(result, *parts):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for part in parts:
-        assert part in lines[0], lines[0]
 
 
 def test_the_package_carries_the_repository_s_recipes():

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from helpers import save_tiny
+from helpers import one_error_line, save_tiny
 from typer.testing import CliRunner
 
 from prunectl.cli import app
@@ -16,12 +16,6 @@ from prunectl.recipe import load_recipe
 runner = CliRunner()
 
 
-def one_error_line(result, *parts):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for part in parts:
-        assert part in lines[0], lines[0]
 
 
 def shared_recipe(folder: Path, text_file: Path) -> Path:

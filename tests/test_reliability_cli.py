@@ -10,26 +10,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import invoke, save_tiny
+from helpers import invoke, one_error_line, save_tiny, tree
 from test_cli_errors import snapshot
 from test_cli_pipeline import manual_recipe
 
 from prunectl import project as project_module
 
 
-def tree(directory: Path) -> dict[str, bytes]:
-    """Every file and directory of a project, with the bytes of the files."""
-    return {p.relative_to(directory).as_posix(): p.read_bytes() if p.is_file() else b"<dir>"
-            for p in sorted(directory.rglob("*"))}
 
 
-def one_error_line(result, *fragments: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

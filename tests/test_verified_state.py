@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import TEXT, invoke, save_tiny
+from helpers import TEXT, invoke, one_error_line, save_tiny
 from test_cli_pipeline import manual_recipe
 
 from prunectl.digest import digest
@@ -64,13 +64,6 @@ def status(project: Path, *flags: str) -> tuple[int, dict[str, dict]]:
     return result.exit_code, {row["step"]: row for row in rows}
 
 
-def refused(result, *fragments: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def _only(project: Path, pattern: str) -> str:
@@ -108,13 +101,13 @@ def test_a_damaged_output_is_refused_and_flagged(project, pattern, damage):
     damaged = file.read_bytes()
     code, rows = status(project)
     assert code == 0 and any(relative in entry for entry in rows[step]["damaged"]), rows[step]
-    refused(invoke(*command, "-p", project), relative, "damaged", step)
+    one_error_line(invoke(*command, "-p", project), relative, "damaged", step)
     assert file.read_bytes() == damaged  # refused before anything was rewritten
 
 
 def test_export_refuses_a_damaged_result_its_card_would_quote(project):
     flip_bit(project / "eval" / "dense" / "perplexity-text.json")
-    refused(invoke("export", "-p", project, "--force", "-q"), "eval/dense/perplexity-text.json",
+    one_error_line(invoke("export", "-p", project, "--force", "-q"), "eval/dense/perplexity-text.json",
             "damaged", "eval")
 
 
@@ -125,7 +118,7 @@ def test_a_damaged_plan_is_refused_and_flagged(project, damage):
     damage(project / "search" / "plan.json")
     _, rows = status(project)
     assert rows["search"]["damaged"][0].startswith("search/plan.json (")
-    refused(invoke("apply", "-p", project, "--force", "-q"), "search/plan.json",
+    one_error_line(invoke("apply", "-p", project, "--force", "-q"), "search/plan.json",
             "not a valid plan", "search --force")
 
 
@@ -139,7 +132,7 @@ def test_a_resumed_recovery_refuses_a_damaged_checkpoint(project, name, damage):
     shutil.rmtree(project / "recovered" / "model")  # as if killed before the merged model
     code, rows = status(project, "--verify")
     assert code == 2 and any(f"checkpoint-2/{name}" in e for e in rows["recover"]["damaged"])
-    refused(invoke("recover", "-p", project, "--quiet"), f"checkpoint-2/{name}", "damaged",
+    one_error_line(invoke("recover", "-p", project, "--quiet"), f"checkpoint-2/{name}", "damaged",
             "recover --force", "delete")
 
 
