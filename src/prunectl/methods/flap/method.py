@@ -228,7 +228,9 @@ class _WidthMethod(Method):
                 "groups (a query head cannot leave its KV head there)"
             )
         largest = max(l.shape.head_unit_cost for l in layers.values())
-        finest = max(l.shape.channel_cost for l in layers.values()) * multiple
+        # an aligned uniform cut (UL-*) moves every layer's width together (modeling.alignment)
+        steps = len(layers) if multiple > 1 and self.config.structure.startswith("UL") else 1
+        finest = max(l.shape.channel_cost for l in layers.values()) * multiple * steps
         if abs(removed - goal.remove) > finest:
             plan.notes.append(
                 f"removed {removed:,} parameters for {goal.label} ({goal.remove:,}): "
