@@ -71,18 +71,13 @@ def _model(directory: Path, family: str, overrides: dict) -> Path:
 
 
 def _recipe(path: Path, model: Path, text: Path, method: dict, target: dict) -> Path:
-    import yaml
+    from helpers import write_recipe
 
-    path.write_text(yaml.safe_dump({
-        "model": {"path": str(model), "dtype": "float32", "device": "cpu"},
-        "calibration": {"dataset": str(text), "nsamples": 6, "seqlen": 32, "seed": 1,
-                        "batch_size": 3},
-        "method": method,
-        "target": target,
-        "eval": {"perplexity": {"datasets": [str(text)], "seqlen": 64, "batch_size": 2,
-                                "max_windows": 4}, "models": ["pruned"]},
-    }))
-    return path
+    return write_recipe(path, model, text, calibration={"nsamples": 6, "batch_size": 3},
+                        method=method, target=target,
+                        eval={"perplexity": {"datasets": [str(text)], "seqlen": 64,
+                                             "batch_size": 2, "max_windows": 4},
+                              "models": ["pruned"]})
 
 
 def weight_digests(directory: Path) -> dict[str, str]:
