@@ -62,7 +62,7 @@ def recover(name: str, recover_cfg: dict, teacher: str, pruned: str, out: str, b
     """One recovery in its own process (one thread), its summary written beside its model."""
     torch.set_num_threads(1)
     from prunectl.distributed import Distributed
-    from prunectl.recipe import ModelConfig, RecoverConfig
+    from prunectl.recipe.sections import ModelConfig, RecoverConfig
     from prunectl.recovery.run import run_recovery
     from prunectl.ui import UI
 

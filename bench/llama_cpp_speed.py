@@ -79,7 +79,7 @@ def dense_file(work: Path, gguf: Path, outtype: str) -> Path:
 
     from prunectl.formats.gguf.writer import write_gguf
     from prunectl.modeling.loading import load_model
-    from prunectl.recipe import ModelConfig
+    from prunectl.recipe.sections import ModelConfig
 
     path = work / f"dense-{outtype}.gguf"  # named (general.name too) as the dense model
     if not path.exists():

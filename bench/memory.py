@@ -131,7 +131,7 @@ def _estimates(gguf: Path, args, mode: str) -> dict[str, int]:
     """Device bytes ``prunectl.memory_estimate.estimate`` predicts for the search and eval steps."""
     from prunectl import memory_estimate
     from prunectl.modeling.loading import load_config
-    from prunectl.recipe import load_recipe
+    from prunectl.recipe.load import load_recipe
 
     recipe, _ = load_recipe(None, pinned={
         "model": {"path": str(gguf)}, "method": {"name": "block"},

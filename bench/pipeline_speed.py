@@ -144,7 +144,7 @@ def plain_perplexity(model, stream: torch.Tensor, seqlen: int, batch_size: int) 
 
 # --- LoRA -------------------------------------------------------------------------------------
 def lora_settings(args):
-    from prunectl.recipe import RecoverConfig
+    from prunectl.recipe.sections import RecoverConfig
 
     return RecoverConfig(dataset=str(EVALUATION), format="text", cutoff_len=args.lora_len,
                          batch_size=args.lora_batch, micro_batch_size=args.lora_micro,

@@ -30,7 +30,7 @@ from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.modeling.loading import load_model, load_project_model
 from prunectl.modeling.params import count_parameters
 from prunectl.formats.hf import save_model
-from prunectl.recipe import RecoverConfig
+from prunectl.recipe.sections import RecoverConfig
 from prunectl.recovery.run import run_recovery
 from prunectl.ui import UI
 

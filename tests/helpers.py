@@ -171,6 +171,17 @@ def write_recipe(path: Path, model: Path, text: Path, **sections) -> Path:
     return path
 
 
+def manual_recipe(path: Path, model_dir: Path, text: Path, **sections) -> Path:
+    """The pipeline recipe of these runs (a manual removal, evaluated on ``text``); each section
+    given replaces its default (other test modules use it with their own method)."""
+    return write_recipe(path, model_dir, text, **{
+        "method": {"name": "manual", "remove": ["layers.0.attn", "layers.1.mlp", "layers.2"]},
+        "eval": {"perplexity": {"datasets": [str(text)], "seqlen": 64, "batch_size": 2,
+                                "max_windows": 4}},
+        "export": {"dtype": "float32"},
+        **sections})
+
+
 def invoke(*args):
     """Run ``prunectl`` in-process with ``args`` (paths and numbers as strings) and return the
     Click result (exit code, output)."""

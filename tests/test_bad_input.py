@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cli_pipeline import invoke
-from helpers import one_error_line, tree
-from test_reliability_cli import finished, project  # noqa: F401 (fixtures)
+from helpers import invoke, one_error_line, tree
 
-from prunectl.project import LOCK_NAME
+from prunectl.project.state import LOCK_NAME
 
 #: a recipe change: (command, --set overrides, fragments the error line names)
 REFUSED = {

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import invoke
-from test_cli_pipeline import manual_recipe
+from helpers import invoke, manual_recipe
 
 
 def snapshot(directory: Path) -> dict[str, str]:

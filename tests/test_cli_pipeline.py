@@ -8,19 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import invoke, save_tiny, write_recipe
+from helpers import invoke, manual_recipe, save_tiny
 from transformers import AutoModelForCausalLM
-
-
-def manual_recipe(path: Path, model_dir: Path, text: Path, **sections) -> Path:
-    """The pipeline recipe of these runs (a manual removal, evaluated on ``text``); each section
-    given replaces its default (other test modules use it with their own method)."""
-    return write_recipe(path, model_dir, text, **{
-        "method": {"name": "manual", "remove": ["layers.0.attn", "layers.1.mlp", "layers.2"]},
-        "eval": {"perplexity": {"datasets": [str(text)], "seqlen": 64, "batch_size": 2,
-                                "max_windows": 4}},
-        "export": {"dtype": "float32"},
-        **sections})
 
 
 def bypassed_logits(model_dir: Path, removed: dict[int, set[str]], ids: torch.Tensor):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import invoke
-from test_cli_pipeline import manual_recipe
+from helpers import invoke, manual_recipe
 
 from prunectl import memory_estimate
 
@@ -49,7 +48,7 @@ def test_a_step_that_cannot_fit_is_refused_before_it_starts(tmp_path, tiny_model
 def test_estimate_counts_weights_exactly(tiny_model_dir):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from prunectl.recipe import load_recipe
+    from prunectl.recipe.load import load_recipe
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

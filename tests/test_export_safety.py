@@ -169,7 +169,8 @@ SHIPPED = sorted((Path(__file__).parents[1] / "src" / "prunectl" / "recipes").gl
 def test_every_shipped_recipe_exports_to_gguf_with_its_dtype_mapped(recipe, tmp_path):
     """What `export --format gguf` asks of a shipped recipe (the CLI's overrides): no refusal,
     and the Hugging Face dtype picks the GGUF type."""
-    from prunectl.recipe import DTYPE_OUTTYPE, load_recipe
+    from prunectl.recipe.load import load_recipe
+    from prunectl.recipe.sections import DTYPE_OUTTYPE
 
     # the placeholder GGUF of the SmolLM2 recipes is replaced by their documented --set
     sets = [f"model.path={tmp_path}"] if "--set model.path=" in recipe.read_text() else []

@@ -5,7 +5,6 @@ group as Torch-Pruning's LLM example does, and ``taylor`` means the same units."
 from __future__ import annotations
 
 import pytest
-import torch
 from helpers import tiny_model
 
 from prunectl.methods.inputs import Inputs, Target

@@ -143,13 +143,12 @@ def method_to_method_imports(graph: dict[str, set[str]], units: set[str]) -> lis
 #: lazily on first use) stands outside the floors.  A new top-level module must be given one.
 FLOORS = (
     # foundation: errors, files, progress, digests, plain data, the process group
-    ("errors", "io", "ui", "digest", "plan", "schema", "yaml_unique", "builtin_text", "distributed", "hub",
-     "context"),
+    ("errors", "io", "ui", "digest", "plan", "schema", "distributed", "hub", "context"),
     ("modeling", "data"),  # the model's structure and surgery; calibration and eval text
     ("formats", "evaluation", "pipelines", "recovery"),  # files a model is written as; passes over a model
     ("methods",),  # pruning methods on the pipelines
-    ("recipe", "recipe_errors", "preflight", "memory_estimate", "catalog", "project"),
-    ("steps", "history"),  # a step: recipe + project state + a method
+    ("recipe", "memory_estimate", "project"),  # what a recipe says; what a project has done
+    ("steps",),  # a step: recipe + project state + a method
     ("cli", "api", "__main__"),  # the commands and the Python API
 )
 #: upward imports kept on purpose, ``(importer, imported)``, each with its reason (none today)

@@ -14,7 +14,7 @@ from prunectl.methods.inputs import Inputs, Journal, Target
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.modeling.adapters import Adapter
 from prunectl.pipelines.layers import LayerPass
-from prunectl.recipe import TargetConfig
+from prunectl.recipe.sections import TargetConfig
 
 
 def method(**section):

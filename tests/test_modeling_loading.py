@@ -13,7 +13,6 @@ import torch
 
 from helpers import save_tiny, tiny_model
 from prunectl.errors import UserError
-from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import load_model, resolve_device, resolve_dtype
 from prunectl.modeling.cost import block_parameters
 from prunectl.modeling.params import count_parameters

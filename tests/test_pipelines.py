@@ -42,7 +42,7 @@ def _kind_comparisons(source: str) -> list[int]:
 def test_no_step_tests_a_calibration_kind_by_name():
     root = Path(prunectl.__file__).parent
     found = {str(file.relative_to(root)): lines for file in [*root.glob("steps/*.py"),
-                                                             root / "preflight.py"]
+                                                             root / "recipe" / "preflight.py"]
              if (lines := _kind_comparisons(file.read_text()))}
     assert found == {}
     assert _kind_comparisons('if method.calibration != "none":\n    pass\n') == [1]

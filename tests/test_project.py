@@ -14,7 +14,7 @@ import yaml
 
 from prunectl import __version__
 from prunectl.errors import UserError
-from prunectl.project import Project
+from prunectl.project.state import Project
 
 
 @pytest.fixture

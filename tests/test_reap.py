@@ -22,7 +22,7 @@ from prunectl.methods.reap.targets import expert_parameters, experts_to_remove
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.moe import moe_forward
 from prunectl.modeling.params import count_parameters
-from prunectl.recipe import TargetConfig
+from prunectl.recipe.sections import TargetConfig
 
 TOKENS = torch.randint(4, 260, (5, 12), generator=torch.Generator().manual_seed(4))
 

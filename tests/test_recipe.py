@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from prunectl.errors import UserError
-from prunectl.recipe import Recipe, apply_override, load_recipe
+from prunectl.recipe.load import apply_override, load_recipe
+from prunectl.recipe.sections import Recipe
 
 EXAMPLE = """\
 # the canonical small example: remove two blocks of a tiny model by hand

@@ -14,10 +14,10 @@ import yaml
 from helpers import one_error_line, save_tiny
 from typer.testing import CliRunner
 
-from prunectl import catalog
+from prunectl.recipe import catalog
 from prunectl.cli import app
 from prunectl.modeling.params import count_parameters
-from prunectl.recipe import load_recipe
+from prunectl.recipe.load import load_recipe
 
 runner = CliRunner()
 REPO = Path(__file__).parent.parent

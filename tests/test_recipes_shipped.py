@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from prunectl.recipe import load_recipe
+from prunectl.recipe.load import load_recipe
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 

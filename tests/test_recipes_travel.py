@@ -11,7 +11,7 @@ from helpers import one_error_line, save_tiny
 from typer.testing import CliRunner
 
 from prunectl.cli import app
-from prunectl.recipe import load_recipe
+from prunectl.recipe.load import load_recipe
 
 runner = CliRunner()
 
@@ -36,7 +36,7 @@ def shared_recipe(folder: Path, text_file: Path) -> Path:
 
 
 def test_a_project_made_in_one_directory_runs_from_another(tmp_path, text_file, monkeypatch):
-    recipe = shared_recipe(tmp_path / "a", text_file)
+    shared_recipe(tmp_path / "a", text_file)
     for name in ("b", "c"):
         (tmp_path / name).mkdir()
     monkeypatch.chdir(tmp_path / "b")

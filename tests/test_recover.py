@@ -18,7 +18,7 @@ from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling.loading import load_project_model
 from prunectl.formats.hf import save_model
 from prunectl.modeling.surgery import apply_plan
-from prunectl.recipe import RecoverConfig
+from prunectl.recipe.sections import RecoverConfig
 from prunectl.recovery.run import run_recovery
 from prunectl.recovery.data import IGNORE, build_examples, tokenize_alpaca
 from prunectl.ui import SILENT

@@ -17,7 +17,7 @@ from prunectl.plan import LayerPlan, Plan
 from prunectl.modeling.loading import load_project_model
 from prunectl.formats.hf import save_model
 from prunectl.modeling.surgery import apply_plan
-from prunectl.recipe import ModelConfig, RecoverConfig
+from prunectl.recipe.sections import ModelConfig, RecoverConfig
 from prunectl.recovery.run import run_recovery
 from prunectl.recovery.data import IGNORE, build_examples
 from prunectl.recovery.distill import DistillTrainer, distill_terms

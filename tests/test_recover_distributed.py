@@ -33,7 +33,8 @@ from test_recover_cli import pruned_project, recover_record
 
 from prunectl.errors import UserError
 from prunectl.modeling.loading import load_project_model
-from prunectl.recipe import RecoverConfig, load_recipe
+from prunectl.recipe.load import load_recipe
+from prunectl.recipe.sections import RecoverConfig
 from prunectl.recovery.parallel import check
 
 WORLD = 2

@@ -10,38 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import invoke, one_error_line, save_tiny, tree
+from helpers import invoke, manual_recipe, one_error_line, tree
 from test_cli_errors import snapshot
-from test_cli_pipeline import manual_recipe
 
-from prunectl import project as project_module
-
+from prunectl.project import state as project_module
 
 
 
 
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> tuple[Path, Path]:
-    """A project through every step (manual removal, perplexity of dense and pruned, export),
-    and the recipe it was made with."""
-    from helpers import TEXT
-
-    root = tmp_path_factory.mktemp("finished")
-    text = root / "text.txt"
-    text.write_text("\n\n".join(f"Paragraph {i}. " + TEXT for i in range(30)))
-    recipe = manual_recipe(root / "recipe.yaml", save_tiny(root / "tiny", "llama"), text)
-    project = root / "proj"
-    result = invoke("run", "-p", project, "-r", recipe, "--quiet")
-    assert result.exit_code == 0, result.output
-    return project, recipe
-
-
-@pytest.fixture
-def project(finished, tmp_path) -> Path:
-    copy = tmp_path / "proj"
-    shutil.copytree(finished[0], copy)
-    return copy
 
 
 def _truncate(file: Path) -> None:

@@ -17,7 +17,7 @@ from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.methods.target import ratio_bases, resolve_params_target
 from prunectl.modeling.params import count_parameters
-from prunectl.recipe import load_recipe
+from prunectl.recipe.load import load_recipe
 
 LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,

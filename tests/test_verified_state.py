@@ -14,8 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import TEXT, invoke, one_error_line, save_tiny
-from test_cli_pipeline import manual_recipe
+from helpers import TEXT, invoke, manual_recipe, one_error_line, save_tiny
 
 from prunectl.digest import digest
 
@@ -148,7 +147,7 @@ def test_status_verify_hashes_what_the_quick_check_trusts(project, monkeypatch):
     flip_bit(file)
     os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     monkeypatch.setattr(digest_module, "SMALL_FILE", 0)
-    monkeypatch.setattr("prunectl.project.SMALL_FILE", 0)
+    monkeypatch.setattr("prunectl.project.state.SMALL_FILE", 0)
     code, rows = status(project)
     assert code == 0 and "damaged" not in rows["apply"]
     code, rows = status(project, "--verify")

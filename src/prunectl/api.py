@@ -65,7 +65,7 @@ class Project:
 def _model_dir(path: Path, role: Role) -> Path:
     """The directory holding the model ``role`` of the project at ``path``."""
     from prunectl.errors import UserError
-    from prunectl.project import Project as Store
+    from prunectl.project.state import Project as Store
     from prunectl.steps.artifacts import MODEL_DIRS
 
     store = Store(path)

@@ -11,8 +11,8 @@ from prunectl.distributed import Distributed
 from prunectl.ui import SILENT, UI
 
 if TYPE_CHECKING:
-    from prunectl.project import Project
-    from prunectl.recipe import Recipe
+    from prunectl.project.state import Project
+    from prunectl.recipe.sections import Recipe
 
 
 @dataclass

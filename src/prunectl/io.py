@@ -112,7 +112,7 @@ def write_directory(directory: Path | str, fill: Callable[[Path], None]) -> Path
     """Run ``fill`` on a fresh ``<dir>.tmp-*`` folder beside ``directory``, then put it in place
     of ``directory`` with one rename (the old one goes aside as ``<dir>.old-*`` meanwhile), so a
     kill never leaves half a directory where a whole one was.  Leftovers of a killed write are
-    removed by :meth:`prunectl.project.Project._remove_orphans` (or the export's own cleanup)."""
+    removed by :meth:`prunectl.project.state.Project._remove_orphans` (or the export's own cleanup)."""
     directory = Path(directory)
     target = make_temp_dir(directory.parent, f"{directory.name}.tmp-")
     try:

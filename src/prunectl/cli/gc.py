@@ -19,9 +19,9 @@ def gc(project: ProjectOpt,
 
     Example: prunectl gc -p runs/exp1 --keep-last 1
     """
-    from prunectl import history
+    from prunectl.project import history
     from prunectl.errors import UserError
-    from prunectl.project import Project
+    from prunectl.project.state import Project
 
     if not (project / "state.json").is_file():
         raise UserError(f"{project} is not a prunectl project (no state.json); check -p/--project")

@@ -19,7 +19,7 @@ NameArg = Annotated[str, typer.Argument(help="A name from `prunectl recipes ls`.
 @handles_errors
 def recipes_ls():
     """List the shipped recipes and configs, one line each (stdout); where they are (stderr)."""
-    from prunectl import catalog
+    from prunectl.recipe import catalog
 
     files = {**catalog.shipped(), **catalog.configs()}
     width = max(map(len, files))
@@ -36,7 +36,7 @@ def recipes_show(name: NameArg):
 
     Example: prunectl recipes show llama2-7b-shortgpt
     """
-    from prunectl import catalog
+    from prunectl.recipe import catalog
 
     shown = catalog.text(name)
     typer.echo(shown, nl=not shown.endswith("\n"))
@@ -50,6 +50,6 @@ def recipes_cp(name: NameArg,
 
     Example: prunectl recipes cp llama2-7b-flap my-flap.yaml
     """
-    from prunectl import catalog
+    from prunectl.recipe import catalog
 
     typer.echo(str(catalog.copy(name, dest)))

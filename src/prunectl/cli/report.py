@@ -15,7 +15,7 @@ def report(project: ProjectOpt):
     Example: prunectl report -p runs/exp1
     """
     from prunectl.evaluation.report import write_report
-    from prunectl.project import Project
+    from prunectl.project.state import Project
 
     if not (project / "state.json").exists():
         raise UserError(f"{project} is not a prunectl project (no state.json)")

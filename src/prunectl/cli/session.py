@@ -89,8 +89,8 @@ def session(opts: Common, pin: bool = True) -> Iterator[Any]:
     ``pin=False`` (a one-off export) uses the recipe with its overrides without pinning it."""
     from prunectl import distributed
     from prunectl.context import RunContext
-    from prunectl.project import Project
-    from prunectl.recipe import load_recipe
+    from prunectl.project.state import Project
+    from prunectl.recipe.load import load_recipe
 
     dist = distributed.current()
     quiet = opts.quiet or not dist.is_main  # one voice under torchrun
@@ -130,7 +130,7 @@ def session(opts: Common, pin: bool = True) -> Iterator[Any]:
 def _pin(project, opts: Common, ui: UI, pin: bool = True):
     """Resolve the recipe (file or pinned copy, plus overrides), check it, pin it; returns it
     with the bookkeeping files as they were, to put back if the command then fails."""
-    from prunectl.recipe import load_recipe
+    from prunectl.recipe.load import load_recipe
 
     pinned = project.pinned_recipe()
     if opts.recipe is None and pinned is None:
@@ -139,7 +139,7 @@ def _pin(project, opts: Common, ui: UI, pin: bool = True):
     sets = opts.sets + ([f"model.dtype={opts.dtype}"] if opts.dtype else [])
     recipe, resolved = load_recipe(opts.recipe, sets, pinned=pinned)
     if opts.recipe is not None:
-        from prunectl.history import check_recipe_change
+        from prunectl.project.history import check_recipe_change
 
         check_recipe_change(project, pinned, resolved, opts.force)
     if resolved != pinned:
@@ -166,7 +166,7 @@ def _preflight(recipe) -> None:
     """Check a new recipe against the model's config before pinning it or computing anything:
     a missing model, an unsupported architecture, a block past the last layer, a calibration
     window longer than the model's positions or a target the method cannot meet fail here."""
-    from prunectl import preflight
+    from prunectl.recipe import preflight
 
     preflight.check(recipe)
 
@@ -221,13 +221,13 @@ def _parse_first(options: dict[str, Any]) -> None:
         **flags).sets
     if recipe is None and not sets:
         return
-    from prunectl.recipe import load_recipe
+    from prunectl.recipe.load import load_recipe
 
     pinned = None
     if recipe is None:
         if options.get("project") is None:
             return
-        from prunectl.project import Project
+        from prunectl.project.state import Project
 
         pinned = Project(options["project"]).pinned_recipe()
         if pinned is None:

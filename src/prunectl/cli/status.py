@@ -27,7 +27,7 @@ def status(
 
     Example: prunectl status -p runs/exp1 --verify
     """
-    from prunectl.history import entries
+    from prunectl.project.history import entries
     from prunectl.steps.pipeline import status_rows
 
     rows = status_rows(project, verify=verify)

@@ -22,8 +22,8 @@ def validate(recipe: Annotated[Path, typer.Option("-r", "--recipe", help="Recipe
     A hub model's config comes from the cache or the hub; offline, give --config or
     model.config. Example: prunectl validate -r my-flap.yaml --set target.params_ratio=0.3
     """
-    from prunectl import preflight
-    from prunectl.recipe import load_recipe
+    from prunectl.recipe import preflight
+    from prunectl.recipe.load import load_recipe
 
     sets = list(set or [])
     # the config first (cache, --config, or an unreachable hub refused at once): a method's own

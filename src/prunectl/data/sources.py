@@ -113,7 +113,7 @@ def load_texts(dataset: str, split: str | None = None, *, kind: Kind = "calibrat
     if dataset in NAMED:
         return _named_texts(dataset, split, kind)
     if dataset == BUILTIN:
-        from prunectl.builtin_text import pydoc_topics
+        from prunectl.data.builtin import pydoc_topics
 
         return pydoc_topics(split or ("train" if kind == "calibration" else "test"))
     path = Path(dataset).expanduser()

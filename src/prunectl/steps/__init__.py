@@ -1,3 +1,2 @@
-"""The pipeline's steps, in order: each reads only its recipe sections and earlier steps' files."""
-
-STEPS: tuple[str, ...] = ("calibrate", "score", "search", "apply", "recover", "eval", "export")
+"""The pipeline's steps (their order is :data:`prunectl.project.state.STEPS`): each reads only
+its recipe sections and earlier steps' files."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunectl import history
+from prunectl.project import history
 from prunectl.context import RunContext
 from prunectl.errors import UserError, write_refused
 from prunectl.io import restore, snapshot

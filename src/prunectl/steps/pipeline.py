@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 from prunectl import __version__
 from prunectl.digest import digest
 from prunectl.errors import UserError
-from prunectl.steps import STEPS
+from prunectl.project.state import STEPS
 
 if TYPE_CHECKING:  # ``status`` of a project whose flags are remembered imports no torch
     from prunectl.context import RunContext
-    from prunectl.project import Project
+    from prunectl.project.state import Project
     from prunectl.steps.base import StepResult
 
 #: the stale flags the last command that changed the project computed, keyed by what they
@@ -51,7 +51,7 @@ def status_rows(project_dir: Path, verify: bool = False) -> list[dict]:
     """One row per step: its record, plus ``stale`` when its inputs changed since it ran and
     ``damaged`` (``file (problem)``) for outputs missing or not as written (``verify``: every
     file hashed; otherwise those small, or whose size or modification time moved)."""
-    from prunectl.project import Project
+    from prunectl.project.state import Project
 
     project = Project(project_dir)
     if project.pinned_recipe() is None:
@@ -77,7 +77,7 @@ def stale_flags(project: Project) -> dict[str, bool]:
     import torch
 
     from prunectl.context import RunContext
-    from prunectl.recipe import load_recipe
+    from prunectl.recipe.load import load_recipe
 
     recipe, _ = load_recipe(None, [], pinned=project.pinned_recipe())
     run = RunContext(project, recipe, torch.device("cpu"), torch.float32)

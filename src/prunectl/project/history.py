@@ -25,6 +25,7 @@ from typing import Any
 
 from prunectl.errors import UserError
 from prunectl.io import CorruptFileError, make_temp_dir, read_json, write_json
+from prunectl.project.state import STEPS
 
 HISTORY = "history"
 RECORD = "record.json"
@@ -55,8 +56,6 @@ def _differences(section: str, old: Any, new: Any) -> list[str]:
 def check_recipe_change(project: Any, pinned: dict[str, Any] | None, resolved: dict[str, Any],
                         force: bool) -> None:
     """Refuse a ``-r`` recipe that would redo finished work of another experiment."""
-    from prunectl.steps import STEPS
-
     if pinned is None or force:
         return
     changed = {s: (_identity(pinned, s), _identity(resolved, s)) for s in IDENTITY}

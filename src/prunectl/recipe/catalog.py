@@ -63,7 +63,8 @@ def find(name: str) -> Path:
 def text(name: str) -> str:
     """A shipped file as ``recipes cp`` writes it: as shipped, or, for a recipe that extends
     another, its opening comment and the merged keys."""
-    from prunectl.recipe import Recipe, merged
+    from prunectl.recipe.load import merged
+    from prunectl.recipe.sections import Recipe
 
     source = find(name)
     own = source.read_text(encoding="utf-8")

@@ -34,6 +34,8 @@ STATE_FORMAT = "prunectl-state"
 STATE_VERSION = 1
 LOCK_NAME = ".prunectl.lock"
 STATUSES = ("running", "done", "failed", "skipped")
+#: the pipeline's steps, in order: each reads only its recipe sections and earlier steps' files
+STEPS: tuple[str, ...] = ("calibrate", "score", "search", "apply", "recover", "eval", "export")
 #: first directory of a project file -> the step that writes it (for "run X first" hints)
 PRODUCERS = {
     "calibration": "calibrate", "scores": "score", "search": "search", "pruned": "apply",
