@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import types
 
 import torch
 from torch import nn
@@ -349,81 +350,6 @@ def _gemma_parts(module, prefix: str, **extra) -> dict:
                   **extra)
 
 
-class PrunedLlamaConfig(PrunedConfigMixin, llama.LlamaConfig):
-    pass
-
-
-class PrunedLlamaModel(PrunedDecoderMixin, llama.LlamaPreTrainedModel):
-    config_class = PrunedLlamaConfig
-    parts = _parts(llama, "Llama")
-
-
-class PrunedLlamaForCausalLM(PrunedCausalLMMixin, llama.LlamaForCausalLM):
-    config_class = PrunedLlamaConfig
-    decoder_class = PrunedLlamaModel
-    causal_lm_class = llama.LlamaForCausalLM
-
-
-class PrunedMistralConfig(PrunedConfigMixin, mistral.MistralConfig):
-    pass
-
-
-class PrunedMistralModel(PrunedDecoderMixin, mistral.MistralPreTrainedModel):
-    config_class = PrunedMistralConfig
-    parts = _parts(mistral, "Mistral")
-
-
-class PrunedMistralForCausalLM(PrunedCausalLMMixin, mistral.MistralForCausalLM):
-    config_class = PrunedMistralConfig
-    decoder_class = PrunedMistralModel
-    causal_lm_class = mistral.MistralForCausalLM
-
-
-class PrunedQwen2Config(PrunedConfigMixin, qwen2.Qwen2Config):
-    pass
-
-
-class PrunedQwen2Model(PrunedDecoderMixin, qwen2.Qwen2PreTrainedModel):
-    config_class = PrunedQwen2Config
-    parts = _parts(qwen2, "Qwen2")
-
-
-class PrunedQwen2ForCausalLM(PrunedCausalLMMixin, qwen2.Qwen2ForCausalLM):
-    config_class = PrunedQwen2Config
-    decoder_class = PrunedQwen2Model
-    causal_lm_class = qwen2.Qwen2ForCausalLM
-
-
-class PrunedQwen3Config(PrunedConfigMixin, qwen3.Qwen3Config):
-    pass
-
-
-class PrunedQwen3Model(PrunedDecoderMixin, qwen3.Qwen3PreTrainedModel):
-    config_class = PrunedQwen3Config
-    parts = _parts(qwen3, "Qwen3")
-
-
-class PrunedQwen3ForCausalLM(PrunedCausalLMMixin, qwen3.Qwen3ForCausalLM):
-    config_class = PrunedQwen3Config
-    decoder_class = PrunedQwen3Model
-    causal_lm_class = qwen3.Qwen3ForCausalLM
-
-
-class PrunedPhi3Config(PrunedConfigMixin, phi3.Phi3Config):
-    pass
-
-
-class PrunedPhi3Model(PrunedDecoderMixin, phi3.Phi3PreTrainedModel):
-    config_class = PrunedPhi3Config
-    parts = _parts(phi3, "Phi3")
-
-
-class PrunedPhi3ForCausalLM(PrunedCausalLMMixin, phi3.Phi3ForCausalLM):
-    config_class = PrunedPhi3Config
-    decoder_class = PrunedPhi3Model
-    causal_lm_class = phi3.Phi3ForCausalLM
-
-
 class MoeMlp:
     """Builds the MLP block of an MoE family's layer: its routed experts, sized by the layer
     config's expert count (which may differ per layer), or, where that count is 0 (Qwen-MoE
@@ -470,107 +396,48 @@ def _moe_parts(module, prefix: str, dense: bool) -> dict:
     }
 
 
-class PrunedQwen2MoeConfig(PrunedConfigMixin, qwen2_moe.Qwen2MoeConfig):
-    pass
+def _declare(module, prefix: str, parts: dict, moe: bool = False, text: str = "",
+             **decoder) -> type:
+    """The pruned classes of one family, ``Pruned{prefix}{text}Config``, ``...Model`` and
+    ``Pruned{prefix}ForCausalLM`` over the family's own ``{prefix}{text}Config``,
+    ``{prefix}PreTrainedModel`` and ``{prefix}ForCausalLM``, bound as names of this module (what
+    ``auto_map`` names); returns the ``*ForCausalLM``."""
+    stock = getattr(module, f"{prefix}ForCausalLM")
+    config = _named(f"Pruned{prefix}{text}Config",
+                    (PrunedConfigMixin, getattr(module, f"{prefix}{text}Config")), {})
+    model = _named(f"Pruned{prefix}{text}Model",
+                   (PrunedMoeDecoderMixin if moe else PrunedDecoderMixin,
+                    getattr(module, f"{prefix}PreTrainedModel")),
+                   {"config_class": config, "parts": parts, **decoder})
+    return _named(f"Pruned{prefix}ForCausalLM",
+                  (PrunedMoeCausalLMMixin if moe else PrunedCausalLMMixin, stock),
+                  {"config_class": config, "decoder_class": model, "causal_lm_class": stock})
 
 
-class PrunedQwen2MoeModel(PrunedMoeDecoderMixin, qwen2_moe.Qwen2MoePreTrainedModel):
-    config_class = PrunedQwen2MoeConfig
-    parts = _moe_parts(qwen2_moe, "Qwen2Moe", dense=True)
-
-
-class PrunedQwen2MoeForCausalLM(PrunedMoeCausalLMMixin, qwen2_moe.Qwen2MoeForCausalLM):
-    config_class = PrunedQwen2MoeConfig
-    decoder_class = PrunedQwen2MoeModel
-    causal_lm_class = qwen2_moe.Qwen2MoeForCausalLM
-
-
-class PrunedQwen3MoeConfig(PrunedConfigMixin, qwen3_moe.Qwen3MoeConfig):
-    pass
-
-
-class PrunedQwen3MoeModel(PrunedMoeDecoderMixin, qwen3_moe.Qwen3MoePreTrainedModel):
-    config_class = PrunedQwen3MoeConfig
-    parts = _moe_parts(qwen3_moe, "Qwen3Moe", dense=True)
-
-
-class PrunedQwen3MoeForCausalLM(PrunedMoeCausalLMMixin, qwen3_moe.Qwen3MoeForCausalLM):
-    config_class = PrunedQwen3MoeConfig
-    decoder_class = PrunedQwen3MoeModel
-    causal_lm_class = qwen3_moe.Qwen3MoeForCausalLM
-
-
-class PrunedMixtralConfig(PrunedConfigMixin, mixtral.MixtralConfig):
-    pass
-
-
-class PrunedMixtralModel(PrunedMoeDecoderMixin, mixtral.MixtralPreTrainedModel):
-    config_class = PrunedMixtralConfig
-    parts = _moe_parts(mixtral, "Mixtral", dense=False)
-
-
-class PrunedMixtralForCausalLM(PrunedMoeCausalLMMixin, mixtral.MixtralForCausalLM):
-    config_class = PrunedMixtralConfig
-    decoder_class = PrunedMixtralModel
-    causal_lm_class = mixtral.MixtralForCausalLM
-
-
-class PrunedOlmoeConfig(PrunedConfigMixin, olmoe.OlmoeConfig):
-    pass
-
-
-class PrunedOlmoeModel(PrunedMoeDecoderMixin, olmoe.OlmoePreTrainedModel):
-    config_class = PrunedOlmoeConfig
-    parts = _moe_parts(olmoe, "Olmoe", dense=False)
-
-
-class PrunedOlmoeForCausalLM(PrunedMoeCausalLMMixin, olmoe.OlmoeForCausalLM):
-    config_class = PrunedOlmoeConfig
-    decoder_class = PrunedOlmoeModel
-    causal_lm_class = olmoe.OlmoeForCausalLM
-class PrunedGemma2Config(PrunedConfigMixin, gemma2.Gemma2Config):
-    pass
-
-
-class PrunedGemma2Model(PrunedDecoderMixin, gemma2.Gemma2PreTrainedModel):
-    config_class = PrunedGemma2Config
-    parts = _gemma_parts(gemma2, "Gemma2")
-
-
-class PrunedGemma2ForCausalLM(PrunedCausalLMMixin, gemma2.Gemma2ForCausalLM):
-    config_class = PrunedGemma2Config
-    decoder_class = PrunedGemma2Model
-    causal_lm_class = gemma2.Gemma2ForCausalLM
-
-
-class PrunedGemma3TextConfig(PrunedConfigMixin, gemma3.Gemma3TextConfig):
-    pass
-
-
-class PrunedGemma3TextModel(PrunedDecoderMixin, gemma3.Gemma3PreTrainedModel):
-    config_class = PrunedGemma3TextConfig
-    input_modalities = ("text",)
-    parts = _gemma_parts(gemma3, "Gemma3", rope_per_type=True)
-
-
-class PrunedGemma3ForCausalLM(PrunedCausalLMMixin, gemma3.Gemma3ForCausalLM):
-    config_class = PrunedGemma3TextConfig
-    decoder_class = PrunedGemma3TextModel
-    causal_lm_class = gemma3.Gemma3ForCausalLM
+def _named(name: str, bases: tuple[type, ...], namespace: dict) -> type:
+    """A class declared as if written here under ``name`` (its module and qualified name are
+    this module's, so transformers and pickle find it by name)."""
+    cls = types.new_class(name, bases, exec_body=lambda body: body.update(
+        {"__module__": __name__, "__qualname__": name, **namespace}))
+    globals()[name] = cls
+    return cls
 
 
 PRUNED_CLASSES = {
-    "llama": PrunedLlamaForCausalLM,
-    "mistral": PrunedMistralForCausalLM,
-    "qwen2": PrunedQwen2ForCausalLM,
-    "qwen3": PrunedQwen3ForCausalLM,
-    "phi3": PrunedPhi3ForCausalLM,
-    "qwen2_moe": PrunedQwen2MoeForCausalLM,
-    "qwen3_moe": PrunedQwen3MoeForCausalLM,
-    "mixtral": PrunedMixtralForCausalLM,
-    "olmoe": PrunedOlmoeForCausalLM,
-    "gemma2": PrunedGemma2ForCausalLM,
-    "gemma3_text": PrunedGemma3ForCausalLM,
+    "llama": _declare(llama, "Llama", _parts(llama, "Llama")),
+    "mistral": _declare(mistral, "Mistral", _parts(mistral, "Mistral")),
+    "qwen2": _declare(qwen2, "Qwen2", _parts(qwen2, "Qwen2")),
+    "qwen3": _declare(qwen3, "Qwen3", _parts(qwen3, "Qwen3")),
+    "phi3": _declare(phi3, "Phi3", _parts(phi3, "Phi3")),
+    "qwen2_moe": _declare(qwen2_moe, "Qwen2Moe", _moe_parts(qwen2_moe, "Qwen2Moe", dense=True),
+                          moe=True),
+    "qwen3_moe": _declare(qwen3_moe, "Qwen3Moe", _moe_parts(qwen3_moe, "Qwen3Moe", dense=True),
+                          moe=True),
+    "mixtral": _declare(mixtral, "Mixtral", _moe_parts(mixtral, "Mixtral", dense=False), moe=True),
+    "olmoe": _declare(olmoe, "Olmoe", _moe_parts(olmoe, "Olmoe", dense=False), moe=True),
+    "gemma2": _declare(gemma2, "Gemma2", _gemma_parts(gemma2, "Gemma2")),
+    "gemma3_text": _declare(gemma3, "Gemma3", _gemma_parts(gemma3, "Gemma3", rope_per_type=True),
+                            text="Text", input_modalities=("text",)),
 }
 
 
