@@ -25,6 +25,9 @@ reaches both budgets.  The other methods have no separate head budget and refuse
 
     python bench/quality.py --ratios 0.1 0.2 0.3 --calib-windows 64 --calib-seqlen 256 \\
         --eval-windows 16 --json bench/results/quality.json
+
+``--block-orders FILE`` re-makes the block rows from the removal orders an earlier ``--json``
+recorded (the searches cost the most by far) and measures them anew.
 """
 
 from __future__ import annotations
@@ -173,6 +176,8 @@ class Bench:
               kv: float | None = None) -> list[dict]:
         """One search to the largest ratio; each ratio applies the shortest prefix reaching it
         (and, with ``kv``, also the shortest reaching both it and ``kv`` of the KV cache)."""
+        if self.args.block_orders:
+            return self.recorded_blocks(name, ratios, kv)
         method = create_method(parse_method_config(section))
         windows = self.args.block_windows or len(self.tokens)
         inputs = self.inputs(self.dense, max(ratios), self.tokens[:windows])
@@ -199,6 +204,30 @@ class Bench:
             rows.append({**row, "blocks": k, "order": plan.removal_order[:k]})
         return rows
 
+    def recorded_blocks(self, name: str, ratios: list[float], kv: float | None) -> list[dict]:
+        """The block rows of ``--block-orders`` re-made without searching again: each recorded
+        removal order applied as a ``manual`` removal (the same surgery), measured anew; the
+        score and search times stay the recorded search's."""
+        recorded = {(r["ratio"], r.get("kv_cache_ratio")): r
+                    for r in json.loads(self.args.block_orders.read_text())["rows"]
+                    if r["row"] == "block" and "order" in r}
+        rows = []
+        for ratio, budget in [(r, b) for r in ratios for b in [None] + ([kv] if kv else [])]:
+            if (ratio, budget) not in recorded:
+                sys.exit(f"{self.args.block_orders} has no block row at {ratio} (KV {budget})")
+            old = recorded[ratio, budget]
+            method = create_method(parse_method_config({"name": "manual",
+                                                        "remove": old["order"]}))
+            inputs = self.inputs(copy.deepcopy(self.dense), ratio)
+            start = time.perf_counter()
+            pruned = method.apply(inputs, method.search(inputs, method.score(inputs, {})), {})
+            times = {**{k: old["wall_s"][k] for k in ("score", "search")},
+                     "apply": time.perf_counter() - start}
+            row = self.row(name, {"name": "block"}, ratio, pruned, times, method, budget)
+            row["settings"] = {**old["settings"], "order_from": str(self.args.block_orders)}
+            rows.append({**row, "blocks": old["blocks"], "order": old["order"]})
+        return rows
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -210,6 +239,9 @@ def main() -> None:
     parser.add_argument("--calib-seqlen", type=int, default=256)
     parser.add_argument("--block-windows", type=int, default=None,
                         help="block searches on the first N calibration windows (default: all)")
+    parser.add_argument("--block-orders", type=Path, default=None,
+                        help="block rows re-made from the removal orders recorded in this JSON "
+                             "(a --json of an earlier run) instead of searching again")
     parser.add_argument("--taylor-windows", type=int, default=None,
                         help="taylor's gradients on the first N calibration windows (default: "
                              "all; its least squares always uses all)")
