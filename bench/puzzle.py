@@ -11,7 +11,9 @@ KV-cache budget is then a solve (plus ``--verify`` candidates) and an apply:
 
 ``--reference`` reads the rows ``bench/quality.py --json`` wrote (same calibration and test
 windows) and prints them beside the puzzle rows, with the block search's wall time against the
-scoring's.
+scoring's.  ``--block-search`` also runs BlockPruner's search (its defaults) to the largest ratio
+on the same calibration tokens in this process, and reports the library's CPU time against it
+(``library_cpu_s / block_search_cpu_s``: the cost aim of issue 26).
 """
 
 from __future__ import annotations
@@ -72,6 +74,19 @@ def run_budget(args, method, dense, tokens, eval_tokens, library, target: Target
     return row
 
 
+def block_search_cost(args, dense, tokens) -> dict:
+    """CPU and wall seconds of one block search (score + search, BlockPruner's defaults) to the
+    largest ``--ratios`` on ``tokens``, and the library's CPU time against it."""
+    block = create_method(parse_method_config({"name": "block"}))
+    inputs = Inputs(dense, tokens, args.batch_size,
+                    Target(params_ratio=max(args.ratios), ratio_of="non_embedding"))
+    wall, cpu = time.perf_counter(), time.process_time()
+    block.search(inputs, block.score(inputs, {}))
+    return {"block_search_s": round(time.perf_counter() - wall, 1),
+            "block_search_cpu_s": round(time.process_time() - cpu, 1),
+            "block_search_ratio": max(args.ratios)}
+
+
 def reference_rows(path: Path | None, ratios: list[float]) -> list[dict]:
     if path is None:
         return []
@@ -99,6 +114,8 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="method keys, e.g. importance=slimgpt verify=0 score=local")
     parser.add_argument("--reference", type=Path, help="bench/quality.py --json rows")
+    parser.add_argument("--block-search", action="store_true",
+                        help="also time one block search to the largest ratio on the same tokens")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     gguf = require_inputs([args.calib, args.eval], args.gguf)
@@ -124,6 +141,8 @@ def main() -> None:
     library_wall = {"library_s": round(scored, 1),
                     "library_cpu_s": round(time.process_time() - scoring_cpu, 1),
                     "threads": torch.get_num_threads(), "load": load_average()}
+    if args.block_search:
+        library_wall.update(block_search_cost(args, dense, tokens))
     print(json.dumps(library_wall), file=sys.stderr, flush=True)
 
     rows = [{"method": "dense", "row": "dense", "ratio": 0.0, **dense_ppl,
@@ -150,7 +169,11 @@ def main() -> None:
           f"{args.calib_seqlen} tokens, eval {args.eval_windows}x{args.eval_seqlen} test tokens, "
           f"load {loaded - start:.0f} s, library {scored:.0f} s"
           + (f", one block search {searches[0]:.0f} s (ratio {scored / searches[0]:.2f})"
-             if searches else ""))
+             if searches else "")
+          + (f"; CPU: library {library_wall['library_cpu_s']:.0f} s, block search to "
+             f"{library_wall['block_search_ratio']:.0%} {library_wall['block_search_cpu_s']:.0f} s "
+             f"(ratio {library_wall['library_cpu_s'] / library_wall['block_search_cpu_s']:.2f})"
+             if "block_search_cpu_s" in library_wall else ""))
     header = ["row", "non-emb removed", "KV removed", "held-out ppl", f"{SECOND_TEXT} ppl",
               "calib ppl",
               "search s", "apply s"]
