@@ -11,8 +11,8 @@ KV-cache budget is then a solve (plus ``--verify`` candidates) and an apply:
 
 ``--reference`` reads the rows ``bench/quality.py --json`` wrote (same calibration and test
 windows) and prints them beside the puzzle rows, with the block search's wall time against the
-scoring's.  ``--block-search`` also runs BlockPruner's search (its defaults) to the largest ratio
-on the same calibration tokens in this process, and reports the library's CPU time against it
+scoring's.  ``--block-search [RATIO]`` also runs BlockPruner's search (its defaults) to RATIO (the
+largest ratio by default) on the same calibration tokens in this process, and reports the library's CPU time against it
 (``library_cpu_s / block_search_cpu_s``: the cost aim of issue 26).
 """
 
@@ -75,16 +75,17 @@ def run_budget(args, method, dense, tokens, eval_tokens, library, target: Target
 
 
 def block_search_cost(args, dense, tokens) -> dict:
-    """CPU and wall seconds of one block search (score + search, BlockPruner's defaults) to the
-    largest ``--ratios`` on ``tokens``, and the library's CPU time against it."""
+    """CPU and wall seconds of one block search (score + search, BlockPruner's defaults) to
+    ``--block-search`` (the largest ``--ratios`` by default) on ``tokens``."""
+    ratio = args.block_search if args.block_search > 0 else max(args.ratios)
     block = create_method(parse_method_config({"name": "block"}))
     inputs = Inputs(dense, tokens, args.batch_size,
-                    Target(params_ratio=max(args.ratios), ratio_of="non_embedding"))
+                    Target(params_ratio=ratio, ratio_of="non_embedding"))
     wall, cpu = time.perf_counter(), time.process_time()
     block.search(inputs, block.score(inputs, {}))
     return {"block_search_s": round(time.perf_counter() - wall, 1),
             "block_search_cpu_s": round(time.process_time() - cpu, 1),
-            "block_search_ratio": max(args.ratios)}
+            "block_search_ratio": ratio}
 
 
 def reference_rows(path: Path | None, ratios: list[float]) -> list[dict]:
@@ -114,8 +115,9 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="method keys, e.g. importance=slimgpt verify=0 score=local")
     parser.add_argument("--reference", type=Path, help="bench/quality.py --json rows")
-    parser.add_argument("--block-search", action="store_true",
-                        help="also time one block search to the largest ratio on the same tokens")
+    parser.add_argument("--block-search", type=float, nargs="?", const=-1.0, default=None,
+                        metavar="RATIO", help="also time one block search on the same tokens, "
+                        "to RATIO (default: the largest --ratios)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     gguf = require_inputs([args.calib, args.eval], args.gguf)
@@ -141,7 +143,7 @@ def main() -> None:
     library_wall = {"library_s": round(scored, 1),
                     "library_cpu_s": round(time.process_time() - scoring_cpu, 1),
                     "threads": torch.get_num_threads(), "load": load_average()}
-    if args.block_search:
+    if args.block_search is not None:
         library_wall.update(block_search_cost(args, dense, tokens))
     print(json.dumps(library_wall), file=sys.stderr, flush=True)
 
