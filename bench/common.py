@@ -47,6 +47,28 @@ def kv_bytes(model) -> int:
     return cost.kv_cache_bytes_per_token(from_model(model))
 
 
+#: the second evaluation text: the held-out quarter of Python's pydoc topic pages (technical
+#: prose that shares no text with WikiText-2), so a gain that only fits the calibration domain shows
+SECOND_TEXT = "pydoc-topics"
+
+
+def held_out_tokens(tokenizer, wikitext: Path) -> dict:
+    """The two evaluation streams every quality row is measured on: WikiText-2 test (the
+    calibration text's domain) and :data:`SECOND_TEXT`."""
+    from prunectl.data import evaluation_tokens
+
+    return {"wikitext2": evaluation_tokens(tokenizer, str(wikitext)),
+            SECOND_TEXT: evaluation_tokens(tokenizer, SECOND_TEXT)}
+
+
+def perplexities(model, texts: dict, seqlen: int, batch_size: int, windows: int) -> dict[str, float]:
+    """Perplexity of ``model`` on each of ``texts`` (the same windows for every model)."""
+    from prunectl.evaluation.perplexity import perplexity
+
+    return {name: perplexity(model, tokens, seqlen, batch_size, max_windows=windows)["perplexity"]
+            for name, tokens in texts.items()}
+
+
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages, as figures measured on a shared machine carry."""
     with open("/proc/loadavg") as f:

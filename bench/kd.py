@@ -29,7 +29,8 @@ from types import SimpleNamespace
 
 import torch
 
-from common import SHARED_DATA, load_average, print_table, require_inputs
+from common import (SECOND_TEXT, SHARED_DATA, held_out_tokens, load_average, perplexities,
+                    print_table, require_inputs)
 
 DATA = SHARED_DATA
 CPU = torch.device("cpu")
@@ -115,8 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     gguf = require_inputs([args.calib, args.eval], args.gguf)
 
-    from prunectl.data import calibration_tokens, evaluation_tokens
-    from prunectl.evaluation.perplexity import perplexity
+    from prunectl.data import calibration_tokens
     from prunectl.methods.inputs import Inputs, Target
     from prunectl.methods.registry import create_method, parse_method_config
     from prunectl.modeling.loading import load_model, load_project_model
@@ -124,17 +124,19 @@ def main() -> None:
     from prunectl.formats.hf import save_model
 
     dense, tokenizer = load_model(SimpleNamespace(path=str(gguf)), CPU, torch.float32)
-    eval_tokens = evaluation_tokens(tokenizer, str(args.eval))
+    eval_tokens = held_out_tokens(tokenizer, args.eval)
 
-    def ppl(model) -> float:
-        return perplexity(model, eval_tokens, args.eval_seqlen, 4,
-                          max_windows=args.eval_windows)["perplexity"]
+    def ppl(model) -> dict[str, float]:
+        """WikiText-2 test and the second text."""
+        return perplexities(model, eval_tokens, args.eval_seqlen, 4, args.eval_windows)
 
-    def row(name: str, model, value: float, wall: dict, settings: dict, **extra) -> dict:
+    def row(name: str, model, value: dict, wall: dict, settings: dict, **extra) -> dict:
         counts = count_parameters(model)
         found = {"method": section["name"] if name != "dense" else "dense", "row": name,
                  "ratio": 0.0 if name == "dense" else args.ratio, "ratio_of": "non_embedding",
-                 "ppl": round(value, 3), "params_total": counts["total"],
+                 "ppl": round(value["wikitext2"], 3),
+                 "ppl_second": round(value[SECOND_TEXT], 3), "second_text": SECOND_TEXT,
+                 "params_total": counts["total"],
                  "params_non_embedding": counts["non_embedding"],
                  "wall_s": {k: round(v, 1) for k, v in wall.items()}, "settings": settings,
                  "load": load_average(), **extra}
@@ -192,7 +194,7 @@ def main() -> None:
             worker.join()
             if worker.exitcode:
                 sys.exit(f"a recovery failed (exit {worker.exitcode})")
-        gap = pruned_ppl - rows[0]["ppl"]
+        gap = pruned_ppl["wikitext2"] - rows[0]["ppl"]
         for name, cfg in runs.items():
             summary = json.loads((Path(work) / name / "bench.json").read_text())
             model = load_project_model(Path(work) / name / "model", CPU, torch.float32)
@@ -202,20 +204,23 @@ def main() -> None:
                             {"recover": summary["wall_s"],
                              "eval": time.perf_counter() - start},
                             {**cfg, "budget_s": args.budget},
-                            gap_closed=round((pruned_ppl - value) / gap, 4),
+                            gap_closed=round((pruned_ppl["wikitext2"] - value["wikitext2"]) / gap,
+                                             4),
                             steps=summary["steps"], recover_cpu_s=round(summary["cpu_s"], 1),
                             summary=summary))
 
     print(f"SmolLM2-135M, {args.row} at {args.ratio:.0%} of non-embedding parameters, "
-          f"WikiText-2 test ppl ({args.eval_windows}x{args.eval_seqlen}), recoveries of "
+          f"WikiText-2 test and {SECOND_TEXT} ppl ({args.eval_windows}x{args.eval_seqlen}), "
+          "recoveries of "
           f"{args.budget:.0f} s each, side by side, 1 thread each, {args.micro_batch}x"
           f"{args.cutoff} tokens a step, lr {args.lr}, {args.kd_objective} for kd")
-    cells = [[r["row"], f"{r['params_total']:,}", f"{r['ppl']:.2f}",
+    cells = [[r["row"], f"{r['params_total']:,}", f"{r['ppl']:.2f}", f"{r['ppl_second']:.2f}",
               "" if "gap_closed" not in r else f"{r['gap_closed']:.1%}", str(r.get("steps", "")),
               "" if "recover" not in r["wall_s"] else
               f"{r['wall_s']['recover']:.0f} / {r['recover_cpu_s']:.0f}",
               held_out(r.get("summary")), r["load"]] for r in rows]
-    print_table(["model", "parameters", "perplexity", "gap closed", "steps",
+    print_table(["model", "parameters", "perplexity", f"{SECOND_TEXT} perplexity", "gap closed",
+                 "steps",
                  "recover wall / CPU s", "held-out (validation windows)", "load"],
                 cells, rows, args)
 

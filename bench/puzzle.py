@@ -11,7 +11,9 @@ KV-cache budget is then a solve (plus ``--verify`` candidates) and an apply:
 
 ``--reference`` reads the rows ``bench/quality.py --json`` wrote (same calibration and test
 windows) and prints them beside the puzzle rows, with the block search's wall time against the
-scoring's.
+scoring's.  ``--block-search [RATIO]`` also runs BlockPruner's search (its defaults) to RATIO (the
+largest ratio by default) on the same calibration tokens in this process, and reports the library's CPU time against it
+(``library_cpu_s / block_search_cpu_s``: the cost aim of issue 26).
 """
 
 from __future__ import annotations
@@ -27,21 +29,23 @@ from types import SimpleNamespace
 
 import torch
 
-from prunectl.data import calibration_tokens, evaluation_tokens
-from prunectl.evaluation.perplexity import perplexity
+from prunectl.data import calibration_tokens
 from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.modeling.loading import load_model
 from prunectl.modeling.params import count_parameters
 
-from common import SHARED_DATA, kv_bytes, load_average, print_table, require_inputs
+from common import (SECOND_TEXT, SHARED_DATA, held_out_tokens, kv_bytes, load_average,
+                    perplexities, print_table, require_inputs)
 
 REFERENCES = ("block", "flap+ls", "slimgpt", "flap")
 
 
-def held_out(args, model, eval_tokens) -> float:
-    return perplexity(model, eval_tokens, args.eval_seqlen, args.batch_size,
-                      max_windows=args.eval_windows)["perplexity"]
+def held_out(args, model, eval_tokens) -> dict:
+    """``ppl`` on WikiText-2 test and ``ppl_second`` on the second text, rounded."""
+    found = perplexities(model, eval_tokens, args.eval_seqlen, args.batch_size, args.eval_windows)
+    return {"ppl": round(found["wikitext2"], 2), "ppl_second": round(found[SECOND_TEXT], 2),
+            "second_text": SECOND_TEXT}
 
 
 def run_budget(args, method, dense, tokens, eval_tokens, library, target: Target, label: str,
@@ -56,7 +60,7 @@ def run_budget(args, method, dense, tokens, eval_tokens, library, target: Target
     row = {
         "method": "puzzle", "row": label, "ratio": target.params_ratio,
         "ratio_of": target.ratio_of, "kv_cache_ratio": target.kv_cache_ratio,
-        "ppl": round(held_out(args, pruned, eval_tokens), 2),
+        **held_out(args, pruned, eval_tokens),
         "calibration_ppl": plan.achieved.get("calibration_ppl"),
         "library_score": plan.achieved.get("library_score"),
         "params_total": counts["total"], "params_non_embedding": counts["non_embedding"],
@@ -68,6 +72,20 @@ def run_budget(args, method, dense, tokens, eval_tokens, library, target: Target
     }
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
+
+
+def block_search_cost(args, dense, tokens) -> dict:
+    """CPU and wall seconds of one block search (score + search, BlockPruner's defaults) to
+    ``--block-search`` (the largest ``--ratios`` by default) on ``tokens``."""
+    ratio = args.block_search if args.block_search > 0 else max(args.ratios)
+    block = create_method(parse_method_config({"name": "block"}))
+    inputs = Inputs(dense, tokens, args.batch_size,
+                    Target(params_ratio=ratio, ratio_of="non_embedding"))
+    wall, cpu = time.perf_counter(), time.process_time()
+    block.search(inputs, block.score(inputs, {}))
+    return {"block_search_s": round(time.perf_counter() - wall, 1),
+            "block_search_cpu_s": round(time.process_time() - cpu, 1),
+            "block_search_ratio": ratio}
 
 
 def reference_rows(path: Path | None, ratios: list[float]) -> list[dict]:
@@ -97,6 +115,9 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="method keys, e.g. importance=slimgpt verify=0 score=local")
     parser.add_argument("--reference", type=Path, help="bench/quality.py --json rows")
+    parser.add_argument("--block-search", type=float, nargs="?", const=-1.0, default=None,
+                        metavar="RATIO", help="also time one block search on the same tokens, "
+                        "to RATIO (default: the largest --ratios)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     gguf = require_inputs([args.calib, args.eval], args.gguf)
@@ -112,7 +133,7 @@ def main() -> None:
                                   torch.float32)
     tokens = calibration_tokens(tokenizer, str(args.calib), nsamples=args.calib_windows,
                                 seqlen=args.calib_seqlen, seed=42)
-    eval_tokens = evaluation_tokens(tokenizer, str(args.eval))
+    eval_tokens = held_out_tokens(tokenizer, args.eval)
     loaded = time.perf_counter()
     dense_counts, dense_kv = count_parameters(dense), kv_bytes(dense)
     dense_ppl = held_out(args, dense, eval_tokens)
@@ -122,9 +143,11 @@ def main() -> None:
     library_wall = {"library_s": round(scored, 1),
                     "library_cpu_s": round(time.process_time() - scoring_cpu, 1),
                     "threads": torch.get_num_threads(), "load": load_average()}
+    if args.block_search is not None:
+        library_wall.update(block_search_cost(args, dense, tokens))
     print(json.dumps(library_wall), file=sys.stderr, flush=True)
 
-    rows = [{"method": "dense", "row": "dense", "ratio": 0.0, "ppl": round(dense_ppl, 2),
+    rows = [{"method": "dense", "row": "dense", "ratio": 0.0, **dense_ppl,
              "params_total": dense_counts["total"],
              "params_non_embedding": dense_counts["non_embedding"]}]
     for ratio in args.ratios:
@@ -148,8 +171,13 @@ def main() -> None:
           f"{args.calib_seqlen} tokens, eval {args.eval_windows}x{args.eval_seqlen} test tokens, "
           f"load {loaded - start:.0f} s, library {scored:.0f} s"
           + (f", one block search {searches[0]:.0f} s (ratio {scored / searches[0]:.2f})"
-             if searches else ""))
-    header = ["row", "non-emb removed", "KV removed", "held-out ppl", "calib ppl",
+             if searches else "")
+          + (f"; CPU: library {library_wall['library_cpu_s']:.0f} s, block search to "
+             f"{library_wall['block_search_ratio']:.0%} {library_wall['block_search_cpu_s']:.0f} s "
+             f"(ratio {library_wall['library_cpu_s'] / library_wall['block_search_cpu_s']:.2f})"
+             if "block_search_cpu_s" in library_wall else ""))
+    header = ["row", "non-emb removed", "KV removed", "held-out ppl", f"{SECOND_TEXT} ppl",
+              "calib ppl",
               "search s", "apply s"]
     cells = []
     for r in rows + references:
@@ -159,7 +187,8 @@ def main() -> None:
                         round(1 - r["params_non_embedding"] / rows[0]["params_non_embedding"], 4))
         cells.append([r["row"], "" if removed is None else f"{removed:.4f}",
                       "" if r.get("kv_cache_removed") is None else f"{r['kv_cache_removed']:.4f}",
-                      f"{r['ppl']:.2f}", str(r.get("calibration_ppl") or ""),
+                      f"{r['ppl']:.2f}", f"{r['ppl_second']:.2f}" if "ppl_second" in r else "",
+                      str(r.get("calibration_ppl") or ""),
                       str(wall.get("search", "")), str(wall.get("apply", ""))])
     print_table(header, cells, rows + references, args)
 

