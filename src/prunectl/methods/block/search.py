@@ -169,10 +169,7 @@ def block_search(
                     if not decisions:
                         dense_nll = current
             elif not decisions:
-                dense_nll = 0.0
-                for b in range(len(runner.batches)):
-                    hidden = runner.run(runner.embed(b), 0, runner.num_units, removed)
-                    dense_nll += float(runner.nll(hidden, b).sum())
+                dense_nll = runner.total_nll(removed)
             steps = 0
             while remaining and not target.reached(decisions) and steps != max_steps:
                 record = _search_step(runner, cache, bound, removed, remaining, candidates,

@@ -12,6 +12,7 @@ from collections import Counter
 
 import torch
 
+from prunectl import distributed
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.placement import execution_device
 
@@ -70,6 +71,18 @@ class UnitRunner:
                     self.counts["mlp"] += rows
             unit += 1
         return hidden
+
+    def total_nll(self, skip: set[int], shard: bool = False) -> float:
+        """Summed next-token NLL of every window through the units not in ``skip``, each batch
+        run from its embedding.  ``shard``: under ``torchrun`` each rank runs every
+        ``world_size``-th batch and the float64 sums are added over ranks (one process adds
+        the batches in order, as unsharded)."""
+        group = distributed.current() if shard else distributed.Distributed()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for b in group.shard(range(len(self.batches))):
+            hidden = self.run(self.embed(b), 0, self.num_units, skip)
+            total += float(self.nll(hidden, b).sum())
+        return float(group.sum(total))
 
     def nll(self, hidden: torch.Tensor, b: int, on_logits=None) -> torch.Tensor:
         """Summed next-token NLL of each window of batch ``b`` (float64, one value per row);
