@@ -162,7 +162,7 @@ def test_verified_perplexity_equals_the_applied_plan(reconstruct):
     choice = solve(*scores_of(lib), costs, {"params": int(costs.dense["params"] * 0.85)})
     plan = choice_plan(choice, lib, [2] * 4)
     inputs = Inputs(model, tokens, batch_size=4)
-    stats = collect_statistics(inputs.adapter, tokens, 4) if reconstruct == "bias" else {}
+    stats = collect_statistics(inputs.layers) if reconstruct == "bias" else {}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     got = verify.calibration_perplexity(config, inputs, plan, stats)
     for k, v in model.state_dict().items():  # the model is left as it was, hooks removed

@@ -6,8 +6,8 @@ from there, its other projections hooked too), or the dense weights with the
 removed input columns zero (``none``) plus FLAP's mean bias (``bias``) — and forward hooks make
 ``o_proj``/``down_proj`` compute them (:func:`~prunectl.methods.width.sequential.hook_solution`),
 which is exactly what the sliced model computes.  The calibration windows then run unit by unit
-through the block-unit runner (:class:`~prunectl.pipelines.blocks.runner.UnitRunner`, as the
-block search computes its NLL), a removed block's unit skipped; the hooks are removed afterwards.
+on the block-unit runner (``inputs.units``, as the block search computes its NLL), a removed
+block's unit skipped; the hooks are removed afterwards.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from prunectl.methods.width.least_squares import augmented
 from prunectl.methods.width.reconstruct import REFITS, least_squares_solutions, without_columns
 from prunectl.methods.width.sequential import Solution, hook_solution
 from prunectl.methods.width.units import removed_channels
-from prunectl.pipelines.blocks.runner import UnitRunner
 
 
 def zeroed_solutions(inputs: Inputs, plan: Plan,
@@ -48,7 +47,7 @@ def plan_solutions(config, inputs: Inputs, plan: Plan, stats: dict | None) -> di
     """What ``apply`` with ``config.reconstruct`` would give every pruned projection; ``stats``
     are the dense calibration statistics (``bias`` only)."""
     if config.reconstruct in REFITS:
-        return least_squares_solutions(inputs.adapter, plan, inputs.tokens, inputs.batch_size,
+        return least_squares_solutions(inputs.layers, plan,
                                        config.reconstruct_target, config.reconstruct_damp,
                                        bld=config if config.reconstruct == "bld" else None)
     if config.reconstruct == "bias":
@@ -69,7 +68,7 @@ def calibration_perplexity(config, inputs: Inputs, plan: Plan, stats: dict | Non
             _, i, name = key.split(".")
             linear = getattr(adapter, name)(int(i))
             handles.extend(hook_solution(inputs.model, linear, solution))
-        runner = UnitRunner(inputs.model, tokens, inputs.batch_size)
+        runner = inputs.units.runner()
         with torch.inference_mode():
             return math.exp(runner.total_nll(removed, shard=True) / runner.predicted_tokens)
     finally:
