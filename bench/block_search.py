@@ -39,6 +39,7 @@ from prunectl.methods.removal_order import StopRule, candidate_names, parameter_
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.cost import block_parameters
 from prunectl.modeling.structure import from_model
+from prunectl.pipelines.blocks.runner import Units
 
 from common import SHARED_DATA, require_inputs
 
@@ -157,7 +158,8 @@ def reference_search(model, tokens, names, removals: int, batch_size: int):
 
 def timed_search(model, tokens, names, target, params, settings) -> tuple[float, object]:
     started = time.perf_counter()
-    result = block_search(model, tokens, names, target, params, settings)
+    result = block_search(Units(model, tokens, settings.batch_size), names, target, params,
+                          settings)
     return time.perf_counter() - started, result
 
 

@@ -37,6 +37,7 @@ from block_search import load_workload
 
 from prunectl.methods.block.search import SearchSettings, block_search
 from prunectl.methods.removal_order import StopRule
+from prunectl.pipelines.blocks.runner import Units
 
 MODES = ("model", "layerwise")
 PARTS = ("search", "perplexity")
@@ -110,8 +111,8 @@ def _run_mode(mode: str, gguf: Path, args, device: torch.device) -> tuple[dict, 
     resident = ResidentWeights(model, layerwise)
 
     def search() -> dict:
-        record = block_search(model, tokens, names, StopRule(blocks=1), params,
-                              SearchSettings(batch_size=args.batch_size)).decisions[0]
+        record = block_search(Units(model, tokens, args.batch_size), names, StopRule(blocks=1),
+                              params, SearchSettings(batch_size=args.batch_size)).decisions[0]
         return {k: record[k] for k in ("removed", "perplexity", "dense_perplexity", "scores")}
 
     def eval_perplexity() -> float:

@@ -40,6 +40,7 @@ from prunectl.methods.shortgpt import block_influence
 from prunectl.methods.width.collect import collect_statistics
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import load_model
+from prunectl.pipelines.layers import Layers
 
 CALIBRATION = SHARED_DATA / "wikitext2-valid-tokens.txt"
 EVALUATION = SHARED_DATA / "wikitext2-raw-test.txt"
@@ -232,7 +233,8 @@ def main() -> int:
 
     if "bi" in args.only:
         tokens = calibration_tokens(tokenizer, CALIBRATION, args.bi_windows, args.bi_seqlen)
-        a, b, ours, plain = best_of(lambda: block_influence(model, tokens, args.bi_batch),
+        bi_layers = Layers(Adapter(model), tokens, args.bi_batch)
+        a, b, ours, plain = best_of(lambda: block_influence(bi_layers),
                                     lambda: plain_block_influence(model, tokens, args.bi_batch),
                                     args.repeats)
         row("Block Influence", a, b, f"max |dBI| {float((ours - plain).abs().max()):.1e}",
@@ -240,7 +242,7 @@ def main() -> int:
     if "flap" in args.only:
         tokens = calibration_tokens(tokenizer, CALIBRATION, args.flap_windows, args.flap_seqlen)
         a, b, ours, plain = best_of(
-            lambda: collect_statistics(Adapter(model), tokens, args.flap_batch),
+            lambda: collect_statistics(Layers(Adapter(model), tokens, args.flap_batch)),
             lambda: flap_reference_statistics(model, tokens), args.repeats)
         diff = max(float(((ours[k].float() - plain[k]).abs() / ours[k].abs().float().clamp_min(1e-6))
                          .max()) for k in plain if k.endswith(".mean"))

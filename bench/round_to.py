@@ -27,6 +27,7 @@ from prunectl.methods.width.collect import collect_statistics
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import load_model
 from prunectl.modeling.params import count_parameters
+from prunectl.pipelines.layers import Layers
 
 CALIBRATION = SHARED_DATA / "wikitext2-valid-tokens.txt"
 
@@ -67,7 +68,7 @@ def main() -> int:
                                   getattr(torch, args.dtype))
     tokens = calibration_tokens(tokenizer, CALIBRATION, args.calib_windows, 128)
     with torch.inference_mode():
-        stats = collect_statistics(Adapter(model), tokens, 8)
+        stats = collect_statistics(Layers(Adapter(model), tokens, 8))
     models = {"dense": model}
     models.update({f"round_to {m}": pruned(model, stats, args.ratio, m) for m in args.round_to})
     prompt = tokens[:1, :16].to(args.device)

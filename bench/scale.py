@@ -42,6 +42,7 @@ from memory import measure, print_report
 from prunectl import distributed
 from prunectl.methods.block.search import SearchSettings, block_search
 from prunectl.methods.removal_order import StopRule
+from prunectl.pipelines.blocks.runner import Units
 
 
 def timed_search(args: argparse.Namespace, gguf: Path) -> dict:
@@ -54,7 +55,8 @@ def timed_search(args: argparse.Namespace, gguf: Path) -> dict:
     group = distributed.current()
     group.barrier()
     started = time.perf_counter()
-    result = block_search(model, tokens, names, StopRule(blocks=args.removals), params,
+    result = block_search(Units(model, tokens, args.batch_size), names,
+                          StopRule(blocks=args.removals), params,
                           SearchSettings(batch_size=args.batch_size))
     seconds = time.perf_counter() - started
     return {"seconds": max(group.gather_objects(seconds)),

@@ -22,6 +22,7 @@ from prunectl.methods.width import reconstruct
 from prunectl.methods.width.reconstruct import ReconstructOptions, least_squares_solutions
 from prunectl.methods.width.sequential import hook_solution
 from prunectl.modeling.adapters import Adapter
+from prunectl.pipelines.layers import Layers
 
 PLAN = Plan(method="flap", layers={
     0: LayerPlan(q_heads=[0, 1], kv_heads=[0], mlp_channels=list(range(0, 96, 2))),
@@ -64,7 +65,7 @@ def test_every_distilled_block_is_closer_to_its_parent_than_its_least_squares_st
         return real(module, output, solution, run, inputs, *args)
 
     monkeypatch.setattr(reconstruct, "distill_block", recorded)
-    solutions = least_squares_solutions(adapter, PLAN, tokens, 4, "self", 1.0, bld=BLD)
+    solutions = least_squares_solutions(Layers(adapter, tokens, 4), PLAN, "self", 1.0, bld=BLD)
     assert len(starts) == 4
     # the inputs every block saw: the model with every distilled block hooked in, plain hooks
     seen, handles = {}, []

@@ -13,6 +13,7 @@ from helpers import tiny_model
 from prunectl.errors import UserError
 from prunectl.methods.block.search import SearchSettings, block_search
 from prunectl.methods.removal_order import ParameterCounts, StopRule, candidate_names
+from prunectl.pipelines.blocks.runner import Units
 
 
 def tokens(seed: int = 0, windows: int = 6, seqlen: int = 24) -> torch.Tensor:
@@ -73,7 +74,7 @@ def unit_params(candidates: list[str]) -> ParameterCounts:
 
 def search(model, ids, block_type="mix", steps=3, batch_size=2, **settings):
     names = candidate_names(len(model.model.layers), block_type)
-    return block_search(model, ids, names, StopRule(blocks=steps), unit_params(names),
+    return block_search(Units(model, ids, 4), names, StopRule(blocks=steps), unit_params(names),
                         SearchSettings(batch_size=batch_size, **settings))
 
 
@@ -153,7 +154,7 @@ def test_disk_cache_gives_the_same_search_and_leaves_no_files(tmp_path):
     def look(decision: dict) -> None:  # the boundaries are on disk while the search runs
         seen.append(sorted((p.name, p.stat().st_size) for p in tmp_path.iterdir()))
 
-    result = block_search(model, ids, names, StopRule(blocks=4), unit_params(names),
+    result = block_search(Units(model, ids, 4), names, StopRule(blocks=4), unit_params(names),
                           SearchSettings(batch_size=2, cache="disk", cache_dir=tmp_path),
                           on_decision=look)
 
@@ -173,7 +174,8 @@ def test_resume_replays_recorded_decisions_without_recomputing_them():
     model, ids = tiny_model("llama", seed=4, num_hidden_layers=4), tokens(4)
     names = candidate_names(4, "mix")
     settings = SearchSettings(batch_size=2, early_stop=False)
-    full = block_search(model, ids, names, StopRule(blocks=5), unit_params(names), settings)
+    full = block_search(Units(model, ids, 4), names, StopRule(blocks=5), unit_params(names),
+                        settings)
 
     recorded: list[dict] = []
 
@@ -183,14 +185,14 @@ def test_resume_replays_recorded_decisions_without_recomputing_them():
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        block_search(model, ids, names, StopRule(blocks=5), unit_params(names), settings,
+        block_search(Units(model, ids, 4), names, StopRule(blocks=5), unit_params(names), settings,
                      on_decision=record_then_die)
 
     head_rows = []
     hook = model.lm_head.register_forward_hook(lambda m, a, out: head_rows.append(a[0].shape[0]))
     appended: list[dict] = []
-    resumed = block_search(model, ids, names, StopRule(blocks=5), unit_params(names), settings,
-                           previous=recorded, on_decision=appended.append)
+    resumed = block_search(Units(model, ids, 4), names, StopRule(blocks=5), unit_params(names),
+                           settings, previous=recorded, on_decision=appended.append)
     hook.remove()
 
     assert [d["removed"] for d in resumed.decisions] == [d["removed"] for d in full.decisions]
@@ -205,7 +207,7 @@ def test_params_ratio_stops_at_the_first_decision_reaching_it():
     model, ids = tiny_model("llama", seed=5, num_hidden_layers=4), tokens(5)
     names = candidate_names(4, "mix")
     params = unit_params(names)
-    result = block_search(model, ids, names, StopRule(params_ratio=0.03), params,
+    result = block_search(Units(model, ids, 4), names, StopRule(params_ratio=0.03), params,
                           SearchSettings(batch_size=3))
 
     ratios = [d["params_ratio"] for d in result.decisions]
@@ -219,7 +221,7 @@ def test_recorded_decisions_that_do_not_fit_are_a_user_error():
     model, ids = tiny_model("llama", num_hidden_layers=4), tokens()
     names = candidate_names(4, "mlp")
     with pytest.raises(UserError, match="recorded decision 1 .*layers.0.attn.* move search"):
-        block_search(model, ids, names, StopRule(blocks=2), unit_params(names),
+        block_search(Units(model, ids, 4), names, StopRule(blocks=2), unit_params(names),
                      previous=[{"step": 1, "removed": "layers.0.attn"}])
 
 

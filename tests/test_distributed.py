@@ -33,6 +33,8 @@ from prunectl.methods.reap.collect import collect_expert_stats
 from prunectl.methods.taylor import TaylorConfig, TaylorMethod
 from prunectl.methods.width.collect import collect_statistics
 from prunectl.modeling.adapters import Adapter
+from prunectl.pipelines.blocks.runner import Units
+from prunectl.pipelines.layers import Layers
 
 WORLD = 2
 LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -52,9 +54,11 @@ def _compute() -> dict:
     small = tiny_model("llama", seed=2)
     stream = _ids(1, 9 * 16 + 5, 3)[0]  # 9 windows in batches of 2: 5 batches, tail dropped
     out["ppl"] = perplexity(small, stream, seqlen=16, batch_size=2)
-    out["flap"] = collect_statistics(Adapter(small), _ids(5, 16, 4), batch_size=2)
-    out["flap_one_window"] = collect_statistics(Adapter(small), _ids(1, 16, 5), batch_size=2)
-    out["reap"] = collect_expert_stats(Adapter(tiny_moe("qwen3_moe", seed=2)), _ids(5, 16, 4), 2)
+    out["flap"] = collect_statistics(Layers(Adapter(small), _ids(5, 16, 4), batch_size=2))
+    out["flap_one_window"] = collect_statistics(Layers(Adapter(small), _ids(1, 16, 5),
+                                                       batch_size=2))
+    out["reap"] = collect_expert_stats(Layers(Adapter(tiny_moe("qwen3_moe", seed=2)),
+                                              _ids(5, 16, 4), 2))
     for importance, batch in (("element1", 2), ("element2", 1)):
         method = TaylorMethod(TaylorConfig(layer_start=1, layer_end=3, importance=importance,
                                            grad_batch_size=batch))
@@ -85,7 +89,7 @@ def single_process_search(project: Path, model_dir: Path, layers: int, blocks: i
     model = load_project_model(model_dir, torch.device("cpu"), torch.float32)
     tokens = load_tensors(project / "calibration" / "tokens.safetensors")["input_ids"]
     names = candidate_names(layers, "mix")
-    return block_search(model, tokens, names, StopRule(blocks=blocks),
+    return block_search(Units(model, tokens, 2), names, StopRule(blocks=blocks),
                         parameter_counts(model, Adapter(model), names),
                         SearchSettings(batch_size=2))
 

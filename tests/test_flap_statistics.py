@@ -9,6 +9,7 @@ from helpers import tiny_model
 from prunectl.methods.width.collect import collect_statistics
 from prunectl.methods.width.statistics import RunningMoments
 from prunectl.modeling.adapters import Adapter
+from prunectl.pipelines.layers import Layers
 
 
 def test_streaming_moments_equal_one_shot_even_with_a_large_offset():
@@ -51,7 +52,7 @@ def captured_inputs(model, tokens):
 def test_layerwise_statistics_match_captured_activations(family):
     model = tiny_model(family)
     tokens = torch.randint(4, 260, (5, 16), generator=torch.Generator().manual_seed(1))
-    stats = collect_statistics(Adapter(model), tokens, batch_size=2)  # batches 2, 2, 1
+    stats = collect_statistics(Layers(Adapter(model), tokens, batch_size=2))  # batches 2, 2, 1
     direct = captured_inputs(model, tokens)
     assert len(stats) == 4 * len(direct)
     for key, x in direct.items():
@@ -66,9 +67,9 @@ def test_statistics_of_a_streamed_model_equal_the_whole_models():
     from prunectl.modeling.placement import stream_layers
 
     tokens = torch.randint(4, 260, (5, 16), generator=torch.Generator().manual_seed(2))
-    whole = collect_statistics(Adapter(tiny_model("llama", seed=3)), tokens, batch_size=2)
+    whole = collect_statistics(Layers(Adapter(tiny_model("llama", seed=3)), tokens, batch_size=2))
     streamed_model = stream_layers(tiny_model("llama", seed=3), torch.device("cpu"))
-    streamed = collect_statistics(Adapter(streamed_model), tokens, batch_size=2)
+    streamed = collect_statistics(Layers(Adapter(streamed_model), tokens, batch_size=2))
     assert streamed.keys() == whole.keys()
     for key, value in whole.items():
         assert torch.equal(streamed[key], value), key

@@ -2,9 +2,11 @@
 modules at module level; no two modules importing each other and no import running up a floor
 (``FLOORS``: foundation, model, passes, methods, recipe and project, steps, commands);
 ``modeling/`` (model structure and surgery) never reaching into ``methods/`` or ``evaluation/``,
-``pipelines/`` never into ``methods/``, and no method importing another method (what methods
-share lives in ``methods/width/`` and the other non-method modules of ``methods/``), the last
-four not even inside a function.  No test module imports ``conftest`` (shared code is in
+``pipelines/`` never into ``methods/``, no method importing another method (what methods
+share lives in ``methods/width/`` and the other non-method modules of ``methods/``), and
+``methods/`` importing no pass (``pipelines/`` but the registry the method contract reads, the
+whole-model perplexity): a method runs the passes its inputs hand it; the last five not even
+inside a function.  No test module imports ``conftest`` (shared code is in
 ``tests/helpers.py``).
 
 Imports under ``if TYPE_CHECKING:`` do not run and do not count.  An import of ``a.b.c`` is an
@@ -199,6 +201,35 @@ def test_modeling_never_imports_methods_or_evaluation():
 def test_pipelines_never_import_methods():
     graph = import_graph(SRC, "prunectl", into_functions=True)
     assert forbidden_imports(graph, "prunectl.pipelines", ("prunectl.methods",)) == []
+
+
+#: the only imports of ``pipelines/`` from ``methods/`` that run: the method contract resolves a
+#: kind to its registered pipeline (``Method.pipeline``, ``Inputs.pipeline``); every pass a
+#: method runs comes from its inputs (``inputs.layers`` / ``.units`` / ``.gradients``), and
+#: annotations of the pass types sit under ``if TYPE_CHECKING:``
+PIPELINE_IMPORTS_FROM_METHODS = {("prunectl.methods.base", "prunectl.pipelines.registry"),
+                                 ("prunectl.methods.inputs", "prunectl.pipelines.registry")}
+
+
+def pass_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``a imports b`` for each import from ``methods/`` of a pass module (anything in
+    ``pipelines/`` beyond the allowed registry uses) or of the whole-model perplexity."""
+    found = forbidden_imports(graph, "prunectl.methods",
+                              ("prunectl.pipelines", "prunectl.evaluation.perplexity"))
+    return [f for f in found if tuple(f.split(" imports ")) not in PIPELINE_IMPORTS_FROM_METHODS]
+
+
+def test_methods_get_their_passes_from_their_inputs():
+    graph = import_graph(SRC, "prunectl", into_functions=True)
+    assert pass_imports(graph) == []
+    assert all(b in graph[a] for a, b in PIPELINE_IMPORTS_FROM_METHODS), "a stale exception"
+    graph["prunectl.methods.width.collect"].add("prunectl.pipelines.layers")  # as before
+    graph["prunectl.methods.puzzle.verify"].add("prunectl.evaluation.perplexity")
+    graph["prunectl.methods.puzzle.method"].add("prunectl.pipelines.registry")
+    assert pass_imports(graph) == [
+        "prunectl.methods.puzzle.method imports prunectl.pipelines.registry",
+        "prunectl.methods.puzzle.verify imports prunectl.evaluation.perplexity",
+        "prunectl.methods.width.collect imports prunectl.pipelines.layers"]
 
 
 def test_no_method_imports_another_method():

@@ -162,7 +162,7 @@ def test_verified_perplexity_equals_the_applied_plan(reconstruct):
     choice = solve(*scores_of(lib), costs, {"params": int(costs.dense["params"] * 0.85)})
     plan = choice_plan(choice, lib, [2] * 4)
     inputs = Inputs(model, tokens, batch_size=4)
-    stats = collect_statistics(inputs.adapter, tokens, 4) if reconstruct == "bias" else {}
+    stats = collect_statistics(inputs.layers) if reconstruct == "bias" else {}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     got = verify.calibration_perplexity(config, inputs, plan, stats)
     for k, v in model.state_dict().items():  # the model is left as it was, hooks removed
@@ -174,6 +174,35 @@ def test_verified_perplexity_equals_the_applied_plan(reconstruct):
     dense = perplexity(model, tokens.reshape(-1), tokens.shape[1], 4)["perplexity"]
     assert got == pytest.approx(expected, rel=1e-5)
     assert abs(got - dense) > 1e-3 * dense  # the plan changed something
+
+
+def test_verify_two_measures_each_candidate_as_the_sliced_model_and_keeps_the_lowest():
+    """``verify: 2`` runs the candidates unit by unit on the block-unit runner: each one's
+    ``calibration_ppl`` is the whole-model perplexity of the model ``apply`` slices (a removed
+    block included), and the plan kept is the one that perplexity picks."""
+    model = tiny_model("llama")
+    tokens = calibration()
+    lib = library(model, 6)
+    config = PuzzleConfig(verify=2, reconstruct="none")
+    target = Target(params_ratio=0.45)
+    plan = PuzzleMethod(config).search(Inputs(model, tokens, 4, target), lib)
+    costs = variant_costs(from_model(model), lib["mlp.channels"].numpy(), 4, biases=False)
+    found = candidates(*scores_of(lib), costs, {"params": plan.achieved["budgets"]["params"]},
+                       2, config.diversity)
+    sliced = {}
+    for choice in found:
+        pruned = PuzzleMethod(config).apply(Inputs(copy.deepcopy(model), tokens, batch_size=4),
+                                            choice_plan(choice, lib, [2] * 4), {})
+        sliced[choice.key] = perplexity(pruned, tokens.reshape(-1), tokens.shape[1],
+                                        4)["perplexity"]
+    assert any(not lp.attention or not lp.mlp for c in found
+               for lp in choice_plan(c, lib, [2] * 4).layers.values())  # a block skipped
+    assert [p["choices"] for p in plan.curve] == [c.key for c in found]
+    for point in plan.curve:
+        assert point["calibration_ppl"] == pytest.approx(sliced[point["choices"]], rel=1e-5)
+    best = min(found, key=lambda c: sliced[c.key])
+    assert plan.layers == choice_plan(best, lib, [2] * 4).layers
+    assert plan.achieved["calibration_ppl"] == min(p["calibration_ppl"] for p in plan.curve)
 
 
 def test_killed_verification_resumes_to_the_identical_plan(tmp_path, monkeypatch):

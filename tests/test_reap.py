@@ -22,6 +22,7 @@ from prunectl.methods.reap.targets import expert_parameters, experts_to_remove
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.moe import moe_forward
 from prunectl.modeling.params import count_parameters
+from prunectl.pipelines.layers import Layers
 from prunectl.recipe.sections import TargetConfig
 
 TOKENS = torch.randint(4, 260, (5, 12), generator=torch.Generator().manual_seed(4))
@@ -76,7 +77,7 @@ def test_expert_by_expert_forward_equals_the_block(family):
 def test_statistics_equal_an_independent_computation(family):
     model = tiny_moe(family)
     inputs = moe_inputs(model)
-    stats = collect_expert_stats(Adapter(model), TOKENS, batch_size=2)  # 5 windows: uneven batches
+    stats = collect_expert_stats(Layers(Adapter(model), TOKENS, 2))  # 5 windows: uneven batches
     renormalise = getattr(model.config, "norm_topk_prob", True)
     for i, x in inputs.items():
         ref = reference_sums(model.model.layers[i].mlp, x, renormalise)
@@ -94,9 +95,9 @@ def test_statistics_equal_an_independent_computation(family):
 def test_layerwise_execution_gives_the_same_statistics():
     from prunectl.modeling.placement import stream_layers
 
-    whole = collect_expert_stats(Adapter(tiny_moe("qwen2_moe")), TOKENS, 2)
+    whole = collect_expert_stats(Layers(Adapter(tiny_moe("qwen2_moe")), TOKENS, 2))
     streamed = stream_layers(tiny_moe("qwen2_moe"), torch.device("cpu"))
-    layerwise = collect_expert_stats(Adapter(streamed), TOKENS, 2)
+    layerwise = collect_expert_stats(Layers(Adapter(streamed), TOKENS, 2))
     for name, value in whole.items():
         torch.testing.assert_close(layerwise[name], value)
 
@@ -133,7 +134,7 @@ def test_removing_the_experts_reap_ranks_last_changes_the_output_less_than_rando
     model = unequal_experts()
     x = moe_inputs(model)[0]
     block = model.model.layers[0].mlp
-    reap = ExpertStats.from_dict(collect_expert_stats(Adapter(model), TOKENS, 4),
+    reap = ExpertStats.from_dict(collect_expert_stats(Layers(Adapter(model), TOKENS, 4)),
                                  "layers.0.experts").saliency("reap")
     with torch.inference_mode():
         dense = masked_block_output(block, x, [])
@@ -164,16 +165,17 @@ class StopAfter:
 
 def test_an_interrupted_pass_resumes_at_the_next_layer(tmp_path, monkeypatch):
     model = tiny_moe("qwen3_moe")
-    full = collect_expert_stats(Adapter(model), TOKENS, 2)
+    full = collect_expert_stats(Layers(Adapter(model), TOKENS, 2))
     progress = tmp_path / "progress"
     with pytest.raises(KeyboardInterrupt):
-        collect_expert_stats(Adapter(model), TOKENS, 2, Journal(progress, "k"), StopAfter(2))
+        collect_expert_stats(Layers(Adapter(model), TOKENS, 2), Journal(progress, "k"),
+                             StopAfter(2))
     assert Journal(progress, "k").records("layers.jsonl")[-1]["layers_done"] == 2
     layers_run = []
     real = collect.moe_forward
     monkeypatch.setattr(collect, "moe_forward",
                         lambda block, x: layers_run.append(block) or real(block, x))
-    resumed = collect_expert_stats(Adapter(model), TOKENS, 2, Journal(progress, "k"))
+    resumed = collect_expert_stats(Layers(Adapter(model), TOKENS, 2), Journal(progress, "k"))
     assert set(map(id, layers_run)) == {id(model.model.layers[2].mlp)}  # layers 0, 1 not rerun
     assert resumed.keys() == full.keys()
     for name, value in full.items():
@@ -181,9 +183,10 @@ def test_an_interrupted_pass_resumes_at_the_next_layer(tmp_path, monkeypatch):
     assert not progress.exists()
     # progress made with other inputs is not used
     with pytest.raises(KeyboardInterrupt):
-        collect_expert_stats(Adapter(model), TOKENS, 2, Journal(progress, "k"), StopAfter(1))
+        collect_expert_stats(Layers(Adapter(model), TOKENS, 2), Journal(progress, "k"),
+                             StopAfter(1))
     layers_run.clear()
-    collect_expert_stats(Adapter(model), TOKENS[:4], 2, Journal(progress, "k"))
+    collect_expert_stats(Layers(Adapter(model), TOKENS[:4], 2), Journal(progress, "k"))
     assert len({id(b) for b in layers_run}) == 3
 
 

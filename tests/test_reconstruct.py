@@ -20,6 +20,7 @@ from prunectl.methods.width.reconstruct import full_weight, least_squares_soluti
 from prunectl.methods.width.sequential import Solution, sequential_pass
 from prunectl.methods.width.units import removed_channels
 from prunectl.modeling.adapters import Adapter
+from prunectl.pipelines.layers import Layers
 
 
 def _data(n=400, d=12, out=5, seed=0):
@@ -220,16 +221,16 @@ def test_only_the_wanted_projections_are_recorded_and_their_solutions_are_unchan
         return solve
 
     every, some = [], []
-    full = sequential_pass(adapter, tokens, 4, solver(every), target)
+    full = sequential_pass(Layers(adapter, tokens, 4), solver(every), target)
     pruned = ["layers.0.o_proj", "layers.0.down_proj", "layers.1.down_proj", "layers.2.o_proj"]
     assert sorted(full) == sorted(pruned)
     assert len(every) == 2 * adapter.num_layers
-    only = sequential_pass(adapter, tokens, 4, solver(some), target, wanted=set(pruned))
+    only = sequential_pass(Layers(adapter, tokens, 4), solver(some), target, wanted=set(pruned))
     assert some == pruned  # in pass order, nothing else
     for key in pruned:
         assert only[key].removed == full[key].removed
         torch.testing.assert_close(only[key].weight, full[key].weight, rtol=0, atol=0)
-    solved = least_squares_solutions(adapter, PLAN, tokens, 4, target, 0.01)
+    solved = least_squares_solutions(Layers(adapter, tokens, 4), PLAN, target, 0.01)
     assert sorted(solved) == sorted(pruned)
     for key in pruned:
         torch.testing.assert_close(solved[key].weight, full[key].weight, rtol=0, atol=0)
@@ -256,7 +257,7 @@ def test_an_interrupted_refit_resumes_per_layer_to_identical_solutions(target, t
     adapter = Adapter(dense)
     shown = ui_module.UI(quiet=False)
     shown.err = Console(file=io.StringIO(), force_terminal=True, width=200)
-    straight = least_squares_solutions(adapter, PLAN, tokens, 4, target, 0.01, ui=shown)
+    straight = least_squares_solutions(Layers(adapter, tokens, 4), PLAN, target, 0.01, ui=shown)
     text = shown.err.file.getvalue()
     assert "least-squares refit" in text and "%" in text  # the bar
     # one of the tiny model's 4 layers
@@ -276,11 +277,12 @@ def test_an_interrupted_refit_resumes_per_layer_to_identical_solutions(target, t
     monkeypatch.setattr(reconstruct, "solve_kept", counted)
     monkeypatch.setattr(LayerCheckpoint, "save", stop_after_layer_1)
     with pytest.raises(KeyboardInterrupt):
-        least_squares_solutions(adapter, PLAN, tokens, 4, target, 0.01, journal=journal)
+        least_squares_solutions(Layers(adapter, tokens, 4), PLAN, target, 0.01, journal=journal)
     assert (tmp_path / "layers" / "solutions-2.safetensors").exists()
     monkeypatch.setattr(LayerCheckpoint, "save", real_save)
     solved.clear()
-    resumed = least_squares_solutions(adapter, PLAN, tokens, 4, target, 0.01, journal=journal)
+    resumed = least_squares_solutions(Layers(adapter, tokens, 4), PLAN, target, 0.01,
+                                      journal=journal)
     assert solved == ["layers.1.down_proj", "layers.2.o_proj"]
     assert sorted(resumed) == sorted(straight)
     for key, solution in straight.items():

@@ -12,6 +12,8 @@ from prunectl.methods.inputs import Inputs, Target
 from prunectl.methods.registry import create_method, parse_method_config
 from prunectl.methods.removal_order import plan_for_k
 from prunectl.methods.shortgpt import block_influence
+from prunectl.modeling.adapters import Adapter
+from prunectl.pipelines.layers import Layers
 
 
 def direct_bi(model, ids: torch.Tensor) -> torch.Tensor:
@@ -25,7 +27,7 @@ def direct_bi(model, ids: torch.Tensor) -> torch.Tensor:
 def test_block_influence_matches_hidden_states(family):
     model = tiny_model(family, seed=7, num_hidden_layers=5)
     ids = torch.randint(4, 260, (5, 16), generator=torch.Generator().manual_seed(7))
-    bi = block_influence(model, ids, batch_size=2)
+    bi = block_influence(Layers(Adapter(model), ids, batch_size=2))
     assert bi.shape == (5,)
     torch.testing.assert_close(bi, direct_bi(model, ids), rtol=1e-5, atol=1e-6)
 

@@ -2,7 +2,9 @@
 
 A hook never sees the run context (recipe, project, CLI flags): it gets the model, the
 calibration windows, the resolved :class:`Target`, the UI, a :class:`Journal` for progress the
-step keeps on disk, and a scratch directory.  Tests and benches build the same object directly.
+step keeps on disk, a scratch directory, and the passes over the windows that its pipeline
+builds (``layers``, ``units``, ``gradients``: :mod:`prunectl.pipelines.registry`).  Tests and
+benches build the same object directly.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -18,7 +20,13 @@ from torch import nn
 from prunectl import distributed
 from prunectl.errors import UserError
 from prunectl.io import append_jsonl, read_jsonl
+from prunectl.pipelines.registry import BY_HAND, Pipeline, pipeline
 from prunectl.ui import SILENT, UI
+
+if TYPE_CHECKING:
+    from prunectl.pipelines.blocks.runner import Units
+    from prunectl.pipelines.gradients import Gradients
+    from prunectl.pipelines.layers import Layers
 
 #: what calibration a method needs, see :mod:`prunectl.pipelines`
 Calibration = Literal["none", "tokens", "layer_inputs", "gradients"]
@@ -100,7 +108,8 @@ class Inputs:
     """Everything a hook reads.  ``tokens`` are the calibration windows ([n, seqlen] int64, on
     the execution device; empty for ``calibration: none``); ``batch_size`` is the recipe's
     ``calibration.batch_size``; ``scratch`` a directory for large temporary files (None: keep
-    them in memory)."""
+    them in memory); ``calibration`` the method's kind, which decides the passes it gets (None,
+    inputs built by hand in tests and benches: every pass)."""
 
     model: nn.Module
     tokens: torch.Tensor = torch.empty(0, 0, dtype=torch.long)
@@ -109,12 +118,33 @@ class Inputs:
     ui: UI = SILENT
     journal: Journal = Journal()
     scratch: Path | None = None
+    calibration: Calibration | None = None
 
     @functools.cached_property
     def adapter(self):
         from prunectl.modeling.adapters import Adapter
 
         return Adapter(self.model)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline of ``calibration``, which builds the passes below."""
+        return BY_HAND if self.calibration is None else pipeline(self.calibration)
+
+    @property
+    def layers(self) -> Layers:
+        """The layer pass over ``tokens`` in batches of ``batch_size``."""
+        return self.pipeline.layers(self.adapter, self.tokens, self.batch_size)
+
+    @property
+    def units(self) -> Units:
+        """The block-unit runner on ``tokens`` in batches of ``batch_size``."""
+        return self.pipeline.units(self.model, self.tokens, self.batch_size)
+
+    @property
+    def gradients(self) -> Gradients:
+        """The gradient pass over ``tokens``."""
+        return self.pipeline.gradients(self.model, self.tokens)
 
     @property
     def device(self) -> torch.device:

@@ -12,7 +12,8 @@ layer compares its raw input and output.
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field
@@ -26,28 +27,29 @@ from prunectl.methods.removal_order import (
     plan_from_decisions,
     stop_rule,
 )
-from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.placement import execution_device
-from prunectl.pipelines.layers import LayerPass
+
+if TYPE_CHECKING:
+    from prunectl.pipelines.layers import Layers
 
 
-def block_influence(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
+def block_influence(layers: Layers) -> torch.Tensor:
     """BI of every decoder layer (float64 [num_layers]), averaged over all calibration tokens.
 
     The cosine sums stay on the execution device until the end: no host copy per layer."""
-    adapter = Adapter(model)
+    adapter = layers.adapter
     cos_sum = torch.zeros(adapter.num_layers, dtype=torch.float64,
-                          device=execution_device(model))
+                          device=execution_device(adapter.model))
 
     def add(i: int, x: torch.Tensor, y: torch.Tensor) -> None:
         cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)
         cos_sum[i] += cos.sum(dtype=torch.float64)
 
     with torch.inference_mode():
-        layers = LayerPass(adapter, tokens, batch_size)
+        layer_pass = layers.start()
         for i in range(adapter.num_layers):
-            layers.advance(i, lambda _b, x, y, i=i: add(i, x, y))
-    return 1.0 - cos_sum.cpu() / tokens.numel()
+            layer_pass.advance(i, lambda _b, x, y, i=i: add(i, x, y))
+    return 1.0 - cos_sum.cpu() / layers.tokens.numel()
 
 
 class ShortGPTConfig(MethodConfig):
@@ -70,8 +72,9 @@ class ShortGPTMethod(Method):
         stop_rule(inputs.target, inputs.model, names, params, "layer")
 
     def score(self, inputs, stats) -> dict[str, torch.Tensor]:
-        tokens = inputs.require_tokens("shortgpt")
-        return {"block_influence": block_influence(inputs.model, tokens, self.config.batch_size)}
+        inputs.require_tokens("shortgpt")
+        layers = dataclasses.replace(inputs.layers, batch_size=self.config.batch_size)
+        return {"block_influence": block_influence(layers)}
 
     def search(self, inputs, scores) -> Plan:
         adapter, model = inputs.adapter, inputs.model

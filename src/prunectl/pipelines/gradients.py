@@ -14,12 +14,14 @@ The Fisher term needs per-sample gradients, so it forces micro-batches of one sa
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from prunectl import distributed
 from prunectl.errors import UserError
+from prunectl.modeling.placement import execution_device, is_streamed
 from prunectl.ui import SILENT, UI
 
 
@@ -55,8 +57,6 @@ class GradientStore:
 def require_whole_model(model: nn.Module, who: str) -> None:
     """Refuse a layer-wise streamed model: each piece's weights leave the device before its
     gradient exists."""
-    from prunectl.modeling.placement import is_streamed
-
     if is_streamed(model):
         raise UserError(
             f"{who} needs gradients through the whole model, which layer-wise streaming cannot "
@@ -126,3 +126,25 @@ def accumulate_gradients(
     for acc in list(store.grad.values()) + list((store.fisher or {}).values()):
         acc.copy_(group.sum(acc))
     return float(group.sum(torch.tensor([total], dtype=torch.float64))) / n
+
+
+@dataclass(frozen=True)
+class Gradients:
+    """The gradient pass as a pipeline hands it to a method (``inputs.gradients``): the model
+    and the step's windows."""
+
+    model: nn.Module
+    tokens: torch.Tensor
+
+    def require_whole_model(self, who: str) -> None:
+        """Refuse a layer-wise streamed model (:func:`require_whole_model`)."""
+        require_whole_model(self.model, who)
+
+    def accumulate(self, weights: Iterable[torch.Tensor], fisher: bool, batch_size: int,
+                   checkpointing: bool = False, ui: UI = SILENT) -> tuple[GradientStore, float]:
+        """The fp32 gradient sums of ``weights`` over the windows (:func:`accumulate_gradients`)
+        and the mean loss."""
+        store = GradientStore(self.model, weights, fisher)
+        loss = accumulate_gradients(self.model, self.tokens.to(execution_device(self.model)),
+                                    store, batch_size, checkpointing, ui)
+        return store, loss

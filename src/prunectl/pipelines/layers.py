@@ -11,18 +11,21 @@ host memory only while layers stream from there), so nothing is copied or cast b
 
 A pass may carry several *streams* of the same windows: the reconstruction keeps a pruned one
 (earlier layers already pruned) beside the dense one, both starting from the same embeddings.
-Callers run it under ``torch.inference_mode``.
+Callers run it under ``torch.inference_mode``.  A method gets it as :class:`Layers` (the
+``layer_inputs`` pipeline's pass, ``inputs.layers``) and starts passes and checkpoints there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
+from prunectl import distributed
 from prunectl.io import load_tensors, save_tensors
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.placement import execution_device, is_streamed
@@ -139,3 +142,28 @@ class LayerCheckpoint:
             shutil.rmtree(self.directory, ignore_errors=True)
             with contextlib.suppress(OSError):  # a folder made only to hold this one goes too
                 self.directory.parent.rmdir()
+
+
+@dataclasses.dataclass(frozen=True)
+class Layers:
+    """The layer pass as a pipeline hands it to a method (``inputs.layers``): the model and the
+    step's windows in batches of ``batch_size``; each :meth:`start` is a fresh pass over them."""
+
+    adapter: Adapter
+    tokens: torch.Tensor
+    batch_size: int
+
+    def sharded(self) -> Layers:
+        """This rank's windows under ``torchrun`` (every ``world_size``-th; all of them in one
+        process), for passes whose sums are merged across ranks."""
+        group = distributed.current()
+        return dataclasses.replace(self, tokens=self.tokens[list(group.shard_range(
+            self.tokens.shape[0]))])
+
+    def start(self, streams: int = 1) -> LayerPass:
+        """The windows embedded, ready for layer 0, in ``streams`` copies."""
+        return LayerPass(self.adapter, self.tokens, self.batch_size, streams)
+
+    def checkpoint(self, journal: Journal | None, key: str) -> LayerCheckpoint:
+        """A per-layer resume point of a pass over these windows, through ``journal``."""
+        return LayerCheckpoint(journal, key, distributed.current())

@@ -15,7 +15,8 @@ def method_inputs(run: RunContext, method: Method, model, directory: str | None,
                   tokens: torch.Tensor | None = None, journal: Journal | None = None) -> Inputs:
     """``method``'s inputs on ``model``: the target checked against the method, the calibration
     windows (the saved ones unless ``tokens`` is given; none for ``calibration: none``) on the
-    run's device, and ``<directory>/cache`` (the step's own directory) as scratch."""
+    run's device, ``<directory>/cache`` (the step's own directory) as scratch, and the method's
+    ``calibration`` kind, so its hooks get the passes its pipeline builds."""
     if tokens is None:
         tokens = method.pipeline.tokens(lambda: artifacts.calibration_tokens(run))
     return Inputs(
@@ -26,6 +27,7 @@ def method_inputs(run: RunContext, method: Method, model, directory: str | None,
         ui=run.ui,
         journal=journal or Journal(),
         scratch=None if directory is None else run.project.path(directory, "cache"),
+        calibration=method.calibration,
     )
 
 

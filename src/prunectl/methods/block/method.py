@@ -77,9 +77,9 @@ class BlockMethod(Method):
 
     def score(self, inputs, stats) -> dict[str, torch.Tensor]:
         """Step 1 of the search: single-removal perplexity of every candidate, canonical order."""
-        tokens = inputs.require_tokens("block search", min_length=2)
+        inputs.require_tokens("block search", min_length=2)
         _, names, params, settings = self._setup(inputs)
-        result = block_search(inputs.model, tokens, names, StopRule(), params, settings,
+        result = block_search(inputs.units, names, StopRule(), params, settings,
                               max_steps=1, progress=inputs.ui.progress)
         first = result.decisions[0]
         return {
@@ -92,7 +92,7 @@ class BlockMethod(Method):
         }
 
     def search(self, inputs, scores) -> Plan:
-        tokens = inputs.require_tokens("block search", min_length=2)
+        inputs.require_tokens("block search", min_length=2)
         adapter, names, params, settings = self._setup(inputs)
         model = inputs.model
         target = stop_rule(inputs.target, model, names, params, "block")
@@ -105,7 +105,7 @@ class BlockMethod(Method):
                 previous = [first]
 
         result = block_search(
-            model, tokens, names, target, params, settings,
+            inputs.units, names, target, params, settings,
             previous=previous, on_decision=journal.append, progress=inputs.ui.progress,
         )
         dense = {"perplexity": result.decisions[0].get("dense_perplexity")}

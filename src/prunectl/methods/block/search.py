@@ -2,7 +2,8 @@
 MrGGLS/BlockPruner): at each step bypass every remaining candidate in turn, measure calibration
 perplexity, remove the one that hurts least.  The removal order is nested.
 
-Pure engine: a model and calibration tokens in, decision records out through ``on_decision``;
+Pure engine: the block-unit runner's model and calibration tokens in (``Units``, which the
+pipeline hands over), decision records out through ``on_decision``;
 no files.  Two ways to score a step, both exact:
 
 * ``mode="naive"`` runs the whole model for every candidate, as the reference does;
@@ -34,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -42,9 +43,11 @@ from prunectl import distributed
 from prunectl.errors import UserError
 from prunectl.methods.block.candidates import unit_span
 from prunectl.methods.removal_order import ParameterCounts, StopRule
-from prunectl.pipelines.blocks.bound import NllLowerBound, drop_margin
-from prunectl.pipelines.blocks.cache import BoundaryCache, CachePlan, plan_cache
-from prunectl.pipelines.blocks.runner import DEFAULT_CHUNK_TOKENS, UnitRunner
+
+if TYPE_CHECKING:
+    from prunectl.pipelines.blocks.bound import NllLowerBound
+    from prunectl.pipelines.blocks.cache import BoundaryCache, CachePlan
+    from prunectl.pipelines.blocks.runner import UnitRunner, Units
 
 Progress = Callable[..., Iterable]
 
@@ -58,7 +61,6 @@ class SearchSettings:
     cache_dir: Path | None = None  # for cache="disk"
     candidates_order: str = "previous"  # or "index"
     mode: str = "fast"  # or "naive"
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS
     bound_topk: int = 32
 
 
@@ -107,7 +109,7 @@ class _Step:
         if early_limit is None or self.bound is None:
             return sum(float(runner.nll(self._last_hidden(b, start, end, skip), b).sum())
                        for b in batches), False
-        limit = early_limit + abs(early_limit) * drop_margin(runner.adapter.lm_head.weight.dtype)
+        limit = early_limit + abs(early_limit) * self.bound.margin
         bounded, kept = 0.0, []
         for b in batches:
             hidden = self._last_hidden(b, start, end, skip)
@@ -120,8 +122,7 @@ class _Step:
 
 
 def block_search(
-    model: torch.nn.Module,
-    tokens: torch.Tensor,
+    units: Units,
     candidates: list[str],
     target: StopRule,
     params: ParameterCounts,
@@ -140,7 +141,7 @@ def block_search(
     settings = settings or SearchSettings()
     decisions = [dict(r) for r in previous or []]
     removed_names = _check_previous(decisions, candidates)
-    runner = UnitRunner(model, tokens, settings.batch_size, settings.chunk_tokens)
+    runner = units.runner(batch_size=settings.batch_size)
     num_layers = runner.adapter.num_layers
     result = SearchResult(decisions, runner.counts, 0)
     remaining = [c for c in candidates if c not in removed_names]
@@ -155,24 +156,21 @@ def block_search(
     try:
         with torch.inference_mode():
             if settings.mode == "fast":
-                result.cache = plan_cache(settings.cache, settings.cache_budget_gb, runner,
-                                          model.dtype, settings.cache_dir)
-                cache = BoundaryCache(runner, result.cache)
+                cache = runner.prefix_cache(settings.cache, settings.cache_budget_gb,
+                                            settings.cache_dir)
+                result.cache = cache.plan
                 cache.rebuild(removed, 0)
                 # the bound needs logits linear in the final states: soft-capped heads (Gemma 2)
                 # score every candidate exactly
                 exact_only = runner.adapter.logit_softcap is not None
-                bound = (NllLowerBound(runner, settings.bound_topk)
+                bound = (runner.lower_bound(settings.bound_topk)
                          if settings.early_stop and not exact_only else None)
                 if bound is not None or not decisions:
                     current = _current_nll(runner, cache, bound, removed)
                     if not decisions:
                         dense_nll = current
             elif not decisions:
-                dense_nll = 0.0
-                for b in range(len(runner.batches)):
-                    hidden = runner.run(runner.embed(b), 0, runner.num_units, removed)
-                    dense_nll += float(runner.nll(hidden, b).sum())
+                dense_nll = runner.total_nll(removed)
             steps = 0
             while remaining and not target.reached(decisions) and steps != max_steps:
                 record = _search_step(runner, cache, bound, removed, remaining, candidates,

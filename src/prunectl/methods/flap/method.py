@@ -140,7 +140,7 @@ class _WidthMethod(Method):
 
     # --- calibrate --------------------------------------------------------------------------
     def statistics(self, inputs: Inputs):
-        return collect_statistics(inputs.adapter, inputs.tokens, inputs.batch_size, inputs.ui)
+        return collect_statistics(inputs.layers, inputs.ui)
 
     # --- score ------------------------------------------------------------------------------
     def score(self, inputs: Inputs, stats) -> dict[str, torch.Tensor]:

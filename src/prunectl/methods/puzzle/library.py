@@ -32,6 +32,7 @@ finishes with exactly the tensors of an uninterrupted one.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -52,9 +53,10 @@ from prunectl.methods.width.reconstruct import (
     without_columns,
 )
 from prunectl.methods.width.sequential import Solution, hook_solution
-from prunectl.pipelines.blocks.cache import BoundaryCache, plan_cache
-from prunectl.pipelines.blocks.runner import UnitRunner
 from prunectl.modeling.alignment import alignment
+
+if TYPE_CHECKING:
+    from prunectl.pipelines.blocks.cache import BoundaryCache
 
 BLOCKS = ("attn", "mlp")
 #: the dense log-probabilities KL scoring compares against are kept up to this size (float32)
@@ -98,8 +100,8 @@ def kl_sum(dense: Iterable[torch.Tensor], variant: Iterable[torch.Tensor]) -> fl
 class _Dense:
     """The dense model's unit boundaries on the calibration windows (built on first use)."""
 
-    def __init__(self, inputs: Inputs, tokens: torch.Tensor):
-        self.runner = UnitRunner(inputs.model, tokens, inputs.batch_size)
+    def __init__(self, inputs: Inputs, windows: int | None = None):
+        self.runner = inputs.units.runner(windows)
         self.cache: BoundaryCache | None = None
         self.finals: list[torch.Tensor] = []
         self._log_probs: dict[int, list[torch.Tensor]] = {}
@@ -107,10 +109,9 @@ class _Dense:
     def ready(self) -> _Dense:
         if self.cache is None:
             runner = self.runner
-            plan = plan_cache("auto", None, runner, runner.adapter.model.dtype)
-            self.cache = BoundaryCache(runner, plan)
+            self.cache = runner.prefix_cache()
             self.cache.rebuild(set(), 0)
-            self.finals = [self.cache.final(b, set()).to(plan.location)
+            self.finals = [self.cache.final(b, set()).to(self.cache.plan.location)
                            for b in range(len(runner.batches))]
         return self
 
@@ -232,8 +233,8 @@ def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tenso
     scores = {block: torch.zeros(layers, len(kept_counts[block]), dtype=torch.float64)
               for block in BLOCKS}
     done = _recorded(inputs)
-    dense = _Dense(inputs, tokens)
-    scoring = dense if windows in (None, tokens.shape[0]) else _Dense(inputs, tokens[:windows])
+    dense = _Dense(inputs)
+    scoring = dense if windows in (None, tokens.shape[0]) else _Dense(inputs, windows)
     tasks = [(i, block) for i in range(layers) for block in BLOCKS]
     work = {(i, block): _work(config, dense.runner.num_units, 2 * i + (block == "mlp"))
             for i, block in tasks}

@@ -3,18 +3,19 @@
 The plan's pruned projections get the weights ``apply`` would give them — the least-squares
 solutions of the sequential pass (``reconstruct: least_squares``; ``bld`` distils each block
 from there, its other projections hooked too), or the dense weights with the
-removed input columns zero (``none``) plus FLAP's mean bias (``bias``); a removed block's
-projection outputs zero — and forward hooks make ``o_proj``/``down_proj`` compute them
-(:func:`~prunectl.methods.width.sequential.hook_solution`), which is exactly what the
-sliced model computes.  Perplexity is the project's own (:mod:`prunectl.evaluation.perplexity`)
-over the calibration windows; the hooks are removed afterwards.
+removed input columns zero (``none``) plus FLAP's mean bias (``bias``) — and forward hooks make
+``o_proj``/``down_proj`` compute them (:func:`~prunectl.methods.width.sequential.hook_solution`),
+which is exactly what the sliced model computes.  The calibration windows then run unit by unit
+on the block-unit runner (``inputs.units``, as the block search computes its NLL), a removed
+block's unit skipped; the hooks are removed afterwards.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from prunectl.evaluation.perplexity import perplexity
 from prunectl.methods.inputs import Inputs
 from prunectl.plan import Plan
 from prunectl.methods.width.compensation import plan_biases
@@ -46,7 +47,7 @@ def plan_solutions(config, inputs: Inputs, plan: Plan, stats: dict | None) -> di
     """What ``apply`` with ``config.reconstruct`` would give every pruned projection; ``stats``
     are the dense calibration statistics (``bias`` only)."""
     if config.reconstruct in REFITS:
-        return least_squares_solutions(inputs.adapter, plan, inputs.tokens, inputs.batch_size,
+        return least_squares_solutions(inputs.layers, plan,
                                        config.reconstruct_target, config.reconstruct_damp,
                                        bld=config if config.reconstruct == "bld" else None)
     if config.reconstruct == "bias":
@@ -56,16 +57,20 @@ def plan_solutions(config, inputs: Inputs, plan: Plan, stats: dict | None) -> di
 
 def calibration_perplexity(config, inputs: Inputs, plan: Plan, stats: dict | None = None) -> float:
     """Perplexity of the calibration windows through the model as ``plan`` would leave it."""
-    tokens = inputs.require_tokens("method.verify")
+    tokens = inputs.require_tokens("method.verify", min_length=2)
     solutions = plan_solutions(config, inputs, plan, stats)
     adapter, handles = inputs.adapter, []
+    removed = {2 * i + block for i in range(adapter.num_layers)
+               for block, kept in enumerate((plan.layer(i).attention, plan.layer(i).mlp))
+               if not kept}
     try:
         for key, solution in solutions.items():
             _, i, name = key.split(".")
             linear = getattr(adapter, name)(int(i))
             handles.extend(hook_solution(inputs.model, linear, solution))
-        return perplexity(inputs.model, tokens.reshape(-1), tokens.shape[1],
-                          inputs.batch_size)["perplexity"]
+        runner = inputs.units.runner()
+        with torch.inference_mode():
+            return math.exp(runner.total_nll(removed, shard=True) / runner.predicted_tokens)
     finally:
         for handle in handles:
             handle.remove()

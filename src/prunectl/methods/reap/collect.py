@@ -1,6 +1,7 @@
 """REAP's expert statistics as a callback on the layer pass, resumable.
 
-The pass (:class:`~prunectl.pipelines.layers.LayerPass`) runs each decoder layer over the stored
+The layer pass the pipeline hands over (:class:`~prunectl.pipelines.layers.Layers`, its
+:class:`~prunectl.pipelines.layers.LayerPass`) runs each decoder layer over the stored
 activations batch by batch; here its MoE block runs expert by expert (:func:`moe_forward`), so
 one pass gives every expert's routing statistics and the layer's output.  After each layer the
 statistics so far and the activations are checkpointed through the calibrate step's journal
@@ -12,6 +13,7 @@ pass completes.  Progress made for other inputs (``progress_key``) is ignored an
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -20,11 +22,12 @@ from prunectl import distributed
 from prunectl.digest import digest
 from prunectl.methods.inputs import Journal
 from prunectl.methods.reap.saliency import ExpertStats
-from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.moe import moe_forward
 from prunectl.modeling.placement import execution_device, is_streamed
-from prunectl.pipelines.layers import LayerCheckpoint, LayerPass
 from prunectl.ui import SILENT, UI
+
+if TYPE_CHECKING:
+    from prunectl.pipelines.layers import Layers
 
 
 def stat_prefix(i: int) -> str:
@@ -52,8 +55,7 @@ def progress_key(tokens: torch.Tensor, key: str, world_size: int) -> str:
 
 @torch.inference_mode()
 def collect_expert_stats(
-    adapter: Adapter, tokens: torch.Tensor, batch_size: int, journal: Journal | None = None,
-    ui: UI = SILENT,
+    layers: Layers, journal: Journal | None = None, ui: UI = SILENT,
 ) -> dict[str, torch.Tensor]:
     """``layers.N.experts.{count,gate_sum,reap_sum,ean_sum,tokens}`` for every MoE layer, on the
     layer pass with one checkpoint per layer through ``journal`` (the calibrate step's).
@@ -61,16 +63,16 @@ def collect_expert_stats(
     Under ``torchrun`` each rank runs every ``world_size``-th window; the sums are added across
     ranks after each layer.
     """
-    group = distributed.current()
-    tokens = tokens[list(group.shard_range(tokens.shape[0]))]
+    group, layers = distributed.current(), layers.sharded()
+    adapter = layers.adapter
     device = execution_device(adapter.model)
     streamed = is_streamed(adapter.model)
-    layer_pass = LayerPass(adapter, tokens, batch_size)
-    key = progress_key(tokens, "" if journal is None else journal.key, group.world_size)
-    checkpoint = LayerCheckpoint(journal, key, group)
-    start, stats = checkpoint.resume(layer_pass, batch_size)
-    layers = range(start, adapter.num_layers)
-    for i in ui.progress(layers, total=len(layers), description="expert statistics"):
+    layer_pass = layers.start()
+    key = progress_key(layers.tokens, "" if journal is None else journal.key, group.world_size)
+    checkpoint = layers.checkpoint(journal, key)
+    start, stats = checkpoint.resume(layer_pass, layers.batch_size)
+    todo = range(start, adapter.num_layers)
+    for i in ui.progress(todo, total=len(todo), description="expert statistics"):
         layer_stats = None if adapter.experts(i) is None else \
             ExpertStats.zeros(adapter.num_experts(i))
 

@@ -49,8 +49,7 @@ class ReapMethod(Method):
     def statistics(self, inputs: Inputs):
         adapter = inputs.adapter
         experts_to_remove(adapter, inputs.target)  # a bad target fails before the pass
-        return collect_expert_stats(adapter, inputs.tokens, inputs.batch_size, inputs.journal,
-                                    inputs.ui)
+        return collect_expert_stats(inputs.layers, inputs.journal, inputs.ui)
 
     def score(self, inputs: Inputs, stats) -> dict[str, torch.Tensor]:
         adapter = inputs.adapter

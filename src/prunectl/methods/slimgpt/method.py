@@ -150,10 +150,9 @@ class SlimGPTMethod(ReconstructHooks, Method):
 
         wanted = {f"layers.{i}.{name}" for i, (heads, channels) in enumerate(counts)
                   for name, n in (("o_proj", heads), ("down_proj", channels)) if n}
-        checkpoint = layer_checkpoint(inputs.journal, "layers", inputs.tokens, counts, damp)
-        solutions = sequential_pass(inputs.adapter, inputs.tokens, inputs.batch_size, solve,
-                                    "self", inputs.ui, wanted=wanted, checkpoint=checkpoint,
-                                    description="slimgpt search")
+        checkpoint = layer_checkpoint(inputs.layers, inputs.journal, "layers", counts, damp)
+        solutions = sequential_pass(inputs.layers, solve, "self", inputs.ui, wanted=wanted,
+                                    checkpoint=checkpoint, description="slimgpt search")
         removed = {}
         for key, solution in solutions.items():  # units from columns: resumed layers have both
             _, i, name = key.split(".")

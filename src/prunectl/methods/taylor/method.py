@@ -31,7 +31,6 @@ from prunectl.modeling import cost
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.alignment import alignment
 from prunectl.modeling.structure import from_model
-from prunectl.pipelines.gradients import GradientStore, accumulate_gradients, require_whole_model
 from prunectl.schema import Seed
 
 if TYPE_CHECKING:
@@ -86,20 +85,19 @@ class TaylorMethod(ReconstructHooks, Method):
 
     def score(self, inputs: Inputs, stats: dict) -> dict[str, torch.Tensor]:
         cfg = self.config
-        adapter, model = inputs.adapter, inputs.model
+        adapter = inputs.adapter
         layers = self.layers(adapter) if cfg.scope == "block" else range(0)
         if cfg.importance == "random":
             return self._random_scores(adapter, layers)
         store = None
         if cfg.importance in GRADIENT_KINDS:
             tokens = inputs.require_tokens("method taylor")
-            require_whole_model(model, f"taylor importance {cfg.importance!r}")
+            gradients = inputs.gradients
+            gradients.require_whole_model(f"taylor importance {cfg.importance!r}")
             weights = groups.scored_parameters(adapter, cfg.scope, layers)
-            store = GradientStore(model, weights, fisher=cfg.importance == "element2")
-            loss = accumulate_gradients(
-                model, tokens.to(inputs.device), store, cfg.grad_batch_size,
-                cfg.gradient_checkpointing, inputs.ui,
-            )
+            store, loss = gradients.accumulate(weights, cfg.importance == "element2",
+                                               cfg.grad_batch_size, cfg.gradient_checkpointing,
+                                               inputs.ui)
             inputs.ui.info(f"taylor: calibration loss {loss:.4f} over {tokens.shape[0]} samples")
         score = groups.scorer(cfg.importance, store, adapter.family.norm_offset)
         with torch.no_grad():

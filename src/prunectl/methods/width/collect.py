@@ -1,6 +1,7 @@
 """Layer-by-layer calibration pass that records the o_proj and down_proj input moments.
 
-Each decoder layer runs over every window (:class:`~prunectl.pipelines.layers.LayerPass`) with
+Each decoder layer runs over every window on the layer pass the pipeline hands over
+(:class:`~prunectl.pipelines.layers.Layers`, ``inputs.layers``) with
 forward pre-hooks on its ``o_proj`` and ``down_proj`` feeding :class:`RunningMoments`.  Only one
 layer's work is in flight at a time, as in the reference's ``prune_flap`` loop, so the activations
 kept are one ``[windows, seqlen, hidden]`` buffer whatever the depth.
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import torch
 
+from typing import TYPE_CHECKING
+
 from prunectl import distributed
 from prunectl.methods.width.statistics import RunningMoments
-from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.placement import execution_device
-from prunectl.pipelines.layers import LayerPass
 from prunectl.ui import SILENT, UI
+
+if TYPE_CHECKING:
+    from prunectl.pipelines.layers import Layers
 
 
 def stat_key(i: int, module: str) -> str:
@@ -24,18 +28,15 @@ def stat_key(i: int, module: str) -> str:
 
 
 @torch.inference_mode()
-def collect_statistics(
-    adapter: Adapter, tokens: torch.Tensor, batch_size: int, ui: UI = SILENT
-) -> dict[str, torch.Tensor]:
+def collect_statistics(layers: Layers, ui: UI = SILENT) -> dict[str, torch.Tensor]:
     """Moments of every layer's ``o_proj`` and ``down_proj`` inputs over all calibration tokens.
 
     Under ``torchrun`` each rank runs every ``world_size``-th window and the moments are merged
     across ranks after each layer (:meth:`RunningMoments.merge_ranks`).
     """
-    group = distributed.current()
-    tokens = tokens[list(group.shard_range(tokens.shape[0]))]
+    group, adapter = distributed.current(), layers.adapter
     device = execution_device(adapter.model)
-    layers = LayerPass(adapter, tokens, batch_size)  # a rank may hold no window; still merges
+    layer_pass = layers.sharded().start()  # a rank may hold no window; still merges
     stats: dict[str, torch.Tensor] = {}
     for i in ui.progress(range(adapter.num_layers), total=adapter.num_layers,
                          description="layer statistics"):
@@ -48,7 +49,7 @@ def collect_statistics(
             moments[name] = RunningMoments(linear.in_features, device)
             handles.append(linear.register_forward_pre_hook(_recorder(moments[name])))
         try:
-            layers.advance(i)
+            layer_pass.advance(i)
         finally:
             for handle in handles:
                 handle.remove()

@@ -24,7 +24,7 @@ class ReconstructHooks:
     def statistics(self, inputs):
         if not self.uses_statistics:
             return {}
-        return collect_statistics(inputs.adapter, inputs.tokens, inputs.batch_size, inputs.ui)
+        return collect_statistics(inputs.layers, inputs.ui)
 
     def apply(self, inputs, plan, stats):
         from prunectl.modeling.surgery import apply_plan

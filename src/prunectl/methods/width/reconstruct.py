@@ -14,7 +14,7 @@ layer (``apply/layers/``, the sequential pass's per-layer checkpoint).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import BaseModel, Field, model_serializer
@@ -28,6 +28,9 @@ from prunectl.methods.width.sequential import Solution, layer_checkpoint, sequen
 from prunectl.methods.width.units import removed_channels
 from prunectl.modeling.adapters import Adapter
 from prunectl.ui import SILENT
+
+if TYPE_CHECKING:
+    from prunectl.pipelines.layers import Layers
 
 Reconstruct = Literal["none", "bias", "least_squares", "bld"]
 #: the reconstructions that run the sequential pass over calibration tokens in ``apply``
@@ -94,14 +97,13 @@ def without_columns(weight: torch.Tensor, removed) -> torch.Tensor:
     return out
 
 
-def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, batch_size: int,
-                            reference: str, damp: float, ui=SILENT,
+def least_squares_solutions(layers: Layers, plan: Plan, reference: str, damp: float, ui=SILENT,
                             journal: Journal = Journal(), bld=None) -> dict[str, Solution]:
     """Every pruned projection's least-squares solution, layer by layer (sequential); the
     projections the plan leaves alone are not recorded at all.  With a ``journal`` folder the
     pass resumes per block from ``<folder>/layers``.  ``bld``: a config with ``bld_steps``,
     ``bld_lr``, ``bld_seed`` — each pruned block then distilled from its solution."""
-    removals = {}
+    adapter, removals = layers.adapter, {}
     for i in range(adapter.num_layers):
         for name, block in (("o_proj", adapter.attention(i)), ("down_proj", adapter.mlp(i))):
             removed = [] if block is None else removed_channels(adapter, plan, i, name)
@@ -119,8 +121,8 @@ def least_squares_solutions(adapter: Adapter, plan: Plan, tokens: torch.Tensor, 
         return Solution(removed, full_weight(solved, kept.to(solved.device), n))
 
     settings = None if bld is None else (bld.bld_steps, bld.bld_lr, bld.bld_seed)
-    checkpoint = layer_checkpoint(journal, "layers", tokens, removals, reference, damp, settings)
-    return sequential_pass(adapter, tokens, batch_size, solve, reference, ui, wanted=removals,
+    checkpoint = layer_checkpoint(layers, journal, "layers", removals, reference, damp, settings)
+    return sequential_pass(layers, solve, reference, ui, wanted=removals,
                            checkpoint=checkpoint,
                            description="least-squares refit" if bld is None else "bld",
                            refine=None if bld is None else block_distiller(adapter, *settings))
@@ -179,7 +181,7 @@ def reconstruction_biases(config, inputs: Inputs, plan: Plan, stats, compensatio
                 f"{tokens.numel()} calibration tokens and will overfit; calibrate on at least "
                 f"{TOKENS_PER_INPUT * widest} tokens or raise method.reconstruct_damp")
     solutions = least_squares_solutions(
-        adapter, plan, tokens, inputs.batch_size, config.reconstruct_target,
+        inputs.layers, plan, config.reconstruct_target,
         config.reconstruct_damp, ui, inputs.journal,
         config if config.reconstruct == "bld" else None)
     return write_back(adapter, solutions)

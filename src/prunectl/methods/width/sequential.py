@@ -2,7 +2,7 @@
 projection's statistics come from inputs that already went through the pruned and reconstructed
 layers before it.
 
-It runs on the shared layer-by-layer pipeline (:class:`~prunectl.pipelines.layers.LayerPass`)
+It runs on the layer pass the pipeline hands over (:class:`~prunectl.pipelines.layers.Layers`)
 with two streams: the *pruned* one (earlier layers pruned and reconstructed) and, for the
 ``dense`` reference (``method.reconstruct_target: dense``), the *dense* one (the untouched model
 on the same tokens).  Per layer: (1) attention on both streams, recording ``o_proj``'s inputs;
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +37,10 @@ from prunectl.methods.inputs import Journal
 from prunectl.methods.width.least_squares import augmented
 from prunectl.methods.width.moments import SecondMoments
 from prunectl.modeling.adapters import Adapter
-from prunectl.pipelines.layers import LayerCheckpoint, LayerPass
 from prunectl.ui import SILENT, UI
+
+if TYPE_CHECKING:
+    from prunectl.pipelines.layers import LayerCheckpoint, LayerPass, Layers
 
 REFERENCES = ("dense", "self")
 
@@ -132,14 +135,13 @@ def _advance(layers: LayerPass, run_block, dense: bool) -> None:
     layers.map(lambda _b, xs: [run_block(x) for x in xs], (0, 1) if dense else (0,))
 
 
-def layer_checkpoint(journal: Journal, folder: str, *parts) -> LayerCheckpoint:
-    """A per-layer checkpoint in ``journal``'s folder's ``folder`` (which it deletes when the
-    pass completes), keyed by the journal's key and ``parts`` (the tokens, what ``solve`` does):
-    progress made for other inputs starts over."""
-    group = distributed.current()
+def layer_checkpoint(layers: Layers, journal: Journal, folder: str, *parts) -> LayerCheckpoint:
+    """A per-layer checkpoint of a pass over ``layers``' windows in ``journal``'s folder's
+    ``folder`` (which it deletes when the pass completes), keyed by the journal's key, the
+    windows and ``parts`` (what ``solve`` does): progress made for other inputs starts over."""
     directory = None if journal.directory is None else journal.directory / folder
-    key = digest(journal.key, group.world_size, *parts)
-    return LayerCheckpoint(Journal(directory, key), key, group)
+    key = digest(journal.key, distributed.current().world_size, layers.tokens, *parts)
+    return layers.checkpoint(Journal(directory, key), key)
 
 
 NAMES = ("o_proj", "down_proj")
@@ -177,8 +179,8 @@ def _load_blocks(checkpoint: LayerCheckpoint, done: int, store) -> dict[str, Sol
 
 @torch.inference_mode()
 def sequential_pass(
-    adapter: Adapter, tokens: torch.Tensor, batch_size: int, solve: Solver,
-    reference: str, ui: UI = SILENT, wanted: Collection[str] | None = None,
+    layers: Layers, solve: Solver, reference: str, ui: UI = SILENT,
+    wanted: Collection[str] | None = None,
     checkpoint: LayerCheckpoint | None = None, description: str = "least-squares refit",
     refine: Refine | None = None,
 ) -> dict[str, Solution]:
@@ -193,20 +195,21 @@ def sequential_pass(
     block's input batches (the pruned stream) before the stream advances through it."""
     if reference not in REFERENCES:
         raise ValueError(f"unknown reconstruction reference {reference!r}")
-    layers = LayerPass(adapter, tokens, batch_size, streams=2 if reference == "dense" else 1)
-    dense = reference == "dense"
+    adapter, dense = layers.adapter, reference == "dense"
+    layer_pass = layers.start(streams=2 if dense else 1)
     start, solutions = 0, {}
     if checkpoint is not None:
-        start, _ = checkpoint.resume(layers, batch_size)
-        solutions = _load_blocks(checkpoint, start, layers.store) if start else {}
+        start, _ = checkpoint.resume(layer_pass, layers.batch_size)
+        solutions = _load_blocks(checkpoint, start, layer_pass.store) if start else {}
     handles = []
     try:
         with ui.meter(description, 2 * adapter.num_layers, start, "block") as meter:
             for unit in range(start, 2 * adapter.num_layers):
-                _block(adapter, layers, unit, solve, dense, wanted, solutions, handles, refine)
+                _block(adapter, layer_pass, unit, solve, dense, wanted, solutions, handles,
+                       refine)
                 if checkpoint is not None:
                     _save_block(checkpoint, unit, solutions)
-                    checkpoint.save(unit + 1, {}, layers)
+                    checkpoint.save(unit + 1, {}, layer_pass)
                 meter.advance()
                 if unit % 2:  # a whole layer measured
                     meter.estimate()

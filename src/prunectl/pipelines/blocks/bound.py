@@ -31,10 +31,12 @@ those of the exhaustive search.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from prunectl.pipelines.blocks.runner import UnitRunner
+if TYPE_CHECKING:  # the runner makes caches and bounds: it imports this module
+    from prunectl.pipelines.blocks.runner import UnitRunner
 
 #: float32 elements of gathered LM-head rows held at once while bounding (256 MB)
 GATHER_ELEMENTS = 1 << 26
@@ -70,6 +72,11 @@ class NllLowerBound:
         self.runner = runner
         self.topk = min(topk, runner.adapter.lm_head.weight.shape[0] - 1)
         self.positions: list[_Positions] = []
+
+    @property
+    def margin(self) -> float:
+        """:func:`drop_margin` for this model's LM head."""
+        return drop_margin(self.runner.adapter.lm_head.weight.dtype)
 
     def refresh(self, final_hidden: list[torch.Tensor]) -> float:
         """Take the current model's last hidden states (one tensor per batch); returns its summed

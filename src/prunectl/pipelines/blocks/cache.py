@@ -16,10 +16,12 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from prunectl.pipelines.blocks.runner import UnitRunner
+if TYPE_CHECKING:  # the runner makes caches and bounds: it imports this module
+    from prunectl.pipelines.blocks.runner import UnitRunner
 
 
 @dataclass(frozen=True)

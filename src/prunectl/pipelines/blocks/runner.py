@@ -4,16 +4,25 @@ The search never edits the model: a bypassed block is simply not run.  Every res
 (attention or MLP block, see ``methods/block/candidates``) goes through the architecture adapter, so any
 supported family works, and a model whose blocks were already removed physically is searched
 further without special cases (the adapter passes a removed block's input through).
+
+A method gets the runner from its pipeline as :class:`Units` (``inputs.units``), makes runners
+there, and each runner its prefix cache (:meth:`UnitRunner.prefix_cache`) and NLL bound
+(:meth:`UnitRunner.lower_bound`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from prunectl import distributed
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.placement import execution_device
+from prunectl.pipelines.blocks.bound import NllLowerBound
+from prunectl.pipelines.blocks.cache import BoundaryCache, plan_cache
 
 #: tokens per LM-head chunk: bounds the logits held at once (vocab x chunk floats)
 DEFAULT_CHUNK_TOKENS = 2048
@@ -71,6 +80,29 @@ class UnitRunner:
             unit += 1
         return hidden
 
+    def prefix_cache(self, mode: str = "auto", budget_gb: float | None = None,
+                     directory: Path | None = None) -> BoundaryCache:
+        """An empty prefix cache of this runner's boundaries (``rebuild`` fills it), placed by
+        :func:`~prunectl.pipelines.blocks.cache.plan_cache`."""
+        plan = plan_cache(mode, budget_gb, self, self.adapter.model.dtype, directory)
+        return BoundaryCache(self, plan)
+
+    def lower_bound(self, topk: int) -> NllLowerBound:
+        """The NLL lower bound on this runner's windows (``refresh`` fills it)."""
+        return NllLowerBound(self, topk)
+
+    def total_nll(self, skip: set[int], shard: bool = False) -> float:
+        """Summed next-token NLL of every window through the units not in ``skip``, each batch
+        run from its embedding.  ``shard``: under ``torchrun`` each rank runs every
+        ``world_size``-th batch and the float64 sums are added over ranks (one process adds
+        the batches in order, as unsharded)."""
+        group = distributed.current() if shard else distributed.Distributed()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for b in group.shard(range(len(self.batches))):
+            hidden = self.run(self.embed(b), 0, self.num_units, skip)
+            total += float(self.nll(hidden, b).sum())
+        return float(group.sum(total))
+
     def nll(self, hidden: torch.Tensor, b: int, on_logits=None) -> torch.Tensor:
         """Summed next-token NLL of each window of batch ``b`` (float64, one value per row);
         ``on_logits`` sees the logits chunks (see ``token_nll_sum``)."""
@@ -86,3 +118,19 @@ class UnitRunner:
             on_logits,
         )
         return nll.double()
+
+
+@dataclass(frozen=True)
+class Units:
+    """The block-unit runner as a pipeline hands it to a method (``inputs.units``): the model
+    and the step's windows, in batches of ``batch_size``."""
+
+    model: torch.nn.Module
+    tokens: torch.Tensor
+    batch_size: int
+
+    def runner(self, windows: int | None = None, batch_size: int | None = None) -> UnitRunner:
+        """A runner on the first ``windows`` windows (None: all) in batches of ``batch_size``
+        (None: this one's)."""
+        tokens = self.tokens if windows is None else self.tokens[:windows]
+        return UnitRunner(self.model, tokens, batch_size or self.batch_size)
