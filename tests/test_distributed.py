@@ -251,6 +251,59 @@ def test_torchrun_search_writes_once_and_equals_one_process(tmp_path, text_file)
         [d["perplexity"] for d in alone.decisions], rel=1e-6)
 
 
+@pytest.mark.slow  # spawns processes
+def test_torchrun_puzzle_library_equals_one_process_and_resumes_a_killed_one(tmp_path,
+                                                                           text_file):
+    """`torchrun --nproc_per_node 2 prunectl score` on a puzzle recipe splits the library's
+    blocks across the ranks: the library is the one-process one byte for byte and the journal
+    holds the same lines, each once (rank 0 alone writes).  A one-process build SIGKILLed after
+    its 5th journal line (layer 0's MLP block ordered, one of its 4 variants scored) resumes
+    under torchrun to the same library, keeping the lines it had."""
+    from helpers import invoke, save_tiny, write_recipe
+    from killpoints import kill_env, prunectl
+    from test_puzzle_cli import SECTIONS
+
+    from prunectl.io import load_tensors
+
+    model_dir = save_tiny(tmp_path / "tiny", "llama")  # 4 layers: 8 blocks, 24 variants
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_dir, text_file, **SECTIONS)
+    library, journal = "scores/scores.safetensors", "scores/progress/progress.jsonl"
+    alone, split, resumed = (tmp_path / name for name in ("alone", "split", "resumed"))
+    for project in (alone, split, resumed):
+        assert invoke("calibrate", "-p", project, "-r", recipe, "--quiet").exit_code == 0
+    done = prunectl("score", "-p", alone, "--quiet", env=_launch_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = load_tensors(alone / library)
+    lines = sorted((alone / journal).read_text().splitlines())
+    assert len(lines) == 8 + 24
+
+    def torchrun(project: Path) -> None:
+        done = subprocess.run(_torchrun("score", "-p", str(project), "--quiet"),
+                              check=False, capture_output=True, text=True, env=_launch_env(),
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        got = load_tensors(project / library)
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+        assert (project / library).read_bytes() == (alone / library).read_bytes()
+        assert sorted((project / journal).read_text().splitlines()) == lines
+
+    torchrun(split)
+    # heaviest block first (kl: a unit-u variant runs 9 - u units; 2 attention, 4 MLP variants),
+    # one block per rank a turn, rank 0's lines before rank 1's
+    blocks = [(r["layer"], r["block"]) for r in map(json.loads, (split / journal).read_text()
+                                                    .splitlines()) if "order" in r]
+    assert blocks == [(0, "mlp"), (1, "mlp"), (0, "attn"), (2, "mlp"),
+                      (1, "attn"), (2, "attn"), (3, "mlp"), (3, "attn")]
+    killed = prunectl("score", "-p", resumed, "--quiet",
+                      env=kill_env(tmp_path / "hook", resumed, journal, "after", 5))
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    before = (resumed / journal).read_bytes()
+    assert before.count(b"\n") == 5
+    torchrun(resumed)
+    assert (resumed / journal).read_bytes().startswith(before)
+
+
 def _worker(launcher: int, rank: int) -> int:
     """The pid of the launcher's child that runs ``rank``: its parent pid and ``RANK`` read from
     /proc, as an operator would find it."""
