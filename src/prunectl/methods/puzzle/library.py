@@ -259,7 +259,7 @@ def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tenso
         todo[i, block] = [k for k in kept_counts[block] if k != units and k not in entry["scores"]]
     pending = [task for task in tasks if "order" not in done.get(task, {}) or todo[task]]
     group = distributed.current()
-    if group.enabled:  # heaviest first: a round's tasks cost about the same on every rank
+    if group.enabled:  # heaviest first: a turn's blocks cost about the same on every rank
         pending.sort(key=lambda task: -work[task] * len(todo[task]))
     try:
         with inputs.ui.meter("puzzle library", total, recorded, "variant") as meter:
