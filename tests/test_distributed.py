@@ -279,9 +279,10 @@ def test_torchrun_puzzle_library_equals_one_process_and_resumes_a_killed_one(tmp
                                                                            text_file):
     """`torchrun --nproc_per_node 2 prunectl score` on a puzzle recipe splits the library's
     blocks across the ranks: the library is the one-process one byte for byte and the journal
-    holds the same lines, each once (rank 0 alone writes).  A one-process build SIGKILLed after
-    its 5th journal line (layer 0's MLP block ordered, one of its 4 variants scored) resumes
-    under torchrun to the same library, keeping the lines it had."""
+    holds the same lines, each once (rank 0 alone writes); rank 0's time estimate counts every
+    rank's variants.  A one-process build SIGKILLed after its 5th journal line (layer 0's MLP
+    block ordered, one of its 4 variants scored) resumes under torchrun to the same library,
+    keeping the lines it had."""
     from helpers import invoke, save_tiny, write_recipe
     from killpoints import kill_env, prunectl
     from test_puzzle_cli import SECTIONS
@@ -300,8 +301,8 @@ def test_torchrun_puzzle_library_equals_one_process_and_resumes_a_killed_one(tmp
     lines = sorted((alone / journal).read_text().splitlines())
     assert len(lines) == 8 + 24
 
-    def torchrun(project: Path) -> None:
-        done = subprocess.run(_torchrun("score", "-p", str(project), "--quiet"),
+    def torchrun(project: Path) -> str:
+        done = subprocess.run(_torchrun("score", "-p", str(project)),
                               check=False, capture_output=True, text=True, env=_launch_env(),
                               timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -310,8 +311,14 @@ def test_torchrun_puzzle_library_equals_one_process_and_resumes_a_killed_one(tmp
         assert all(torch.equal(got[k], want[k]) for k in want)
         assert (project / library).read_bytes() == (alone / library).read_bytes()
         assert sorted((project / journal).read_text().splitlines()) == lines
+        return " ".join(done.stderr.split())
 
-    torchrun(split)
+    said = torchrun(split)
+    # rank 0 alone speaks; its estimate, after the first turn, counts rank 1's variants too:
+    # 4 + 4 MLP variants of layers 0 and 1, 8 * 4 + 6 * 4 = 56 of the 128 units of work
+    assert len(re.findall("to go", said)) == 1, said
+    assert re.search(r"puzzle library: about \S+ \S+ to go, estimated from the first 8 "
+                     r"variants \([^)]*, 44% of the work\)", said), said
     # heaviest block first (kl: a unit-u variant runs 9 - u units; 2 attention, 4 MLP variants),
     # one block per rank a turn, rank 0's lines before rank 1's
     blocks = [(r["layer"], r["block"]) for r in map(json.loads, (split / journal).read_text()
