@@ -27,6 +27,14 @@ first layer this run computes, one line estimates the time the rest of the libra
 Progress goes to ``inputs.journal`` (each block's order, each scored variant, all carrying the
 journal's key); a rerun skips what a journal with the same key holds, so an interrupted build
 finishes with exactly the tensors of an uninterrupted one.
+
+Under ``torchrun`` the blocks still to do are split across ranks, each block whole on one rank
+(its order, statistics and every variant: the same computation as in one process, so the
+library is bit-identical to the one-process one).  The blocks go heaviest first (by the work
+left in them) in turns of one block per rank, so a turn's blocks cost about the same; after each
+turn the ranks' journal lines are gathered, every rank adds them to its tensors and rank 0, the
+only writer, journals the other ranks' lines (its own it journals as it goes).  A killed rank
+loses at most its current block's lines; the progress bar and the estimate are rank 0's.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from prunectl import distributed
 from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs
 from prunectl.methods.puzzle.config import DEFAULT_SCORE_WINDOWS, PuzzleConfig
@@ -192,17 +201,21 @@ def _check(adapter) -> tuple[int, int]:
     return next(iter(shapes))
 
 
-def _recorded(inputs: Inputs) -> dict[tuple[int, str], dict]:
-    """What a journal with this key holds: per (layer, block) its ``order`` and ``scores``."""
-    done: dict[tuple[int, str], dict] = {}
-    for record in inputs.journal.records():
-        if record.get("key") != inputs.journal.key:
-            continue
+def _absorb(done: dict[tuple[int, str], dict], records: Iterable[dict]) -> None:
+    """Add journal records (a block's ``order``, a variant's ``score``) to ``done``: per
+    (layer, block) its ``order`` and ``scores``."""
+    for record in records:
         entry = done.setdefault((record["layer"], record["block"]), {"scores": {}})
         if "order" in record:
             entry["order"] = record["order"]
         else:
             entry["scores"][record["kept"]] = record["score"]
+
+
+def _recorded(inputs: Inputs) -> dict[tuple[int, str], dict]:
+    """What a journal with this key holds: per (layer, block) its ``order`` and ``scores``."""
+    done: dict[tuple[int, str], dict] = {}
+    _absorb(done, (r for r in inputs.journal.records() if r.get("key") == inputs.journal.key))
     return done
 
 
@@ -240,23 +253,43 @@ def build_library(inputs: Inputs, config: PuzzleConfig) -> dict[str, torch.Tenso
             for i, block in tasks}
     total = sum(work[task] * (len(kept_counts[task[1]]) - 1) for task in tasks)
     recorded = sum(work[task] * len(done.get(task, {"scores": {}})["scores"]) for task in tasks)
+    todo = {}
+    for i, block in tasks:
+        entry = done.get((i, block), {"scores": {}})
+        units = orders[block].shape[1]
+        todo[i, block] = [k for k in kept_counts[block] if k != units and k not in entry["scores"]]
+    pending = [task for task in tasks if "order" not in done.get(task, {}) or todo[task]]
+    group = distributed.current()
+    if group.enabled:  # heaviest first: a turn's blocks cost about the same on every rank
+        pending.sort(key=lambda task: -work[task] * len(todo[task]))
     try:
         with inputs.ui.meter("puzzle library", total, recorded, "variant") as meter:
-            for i, block in tasks:
-                entry = done.get((i, block), {"scores": {}})
-                counts, units = kept_counts[block], orders[block].shape[1]
-                todo = [k for k in counts if k != units and k not in entry["scores"]]
-                if "order" not in entry or todo:
-                    entry = _block(inputs, config, dense.ready(), scoring.ready(), i, block,
-                                   entry, todo, lambda: meter.advance(work[i, block]))
-                    if block == "mlp":  # a whole layer measured: both kinds of block
-                        meter.estimate()
-                orders[block][i] = torch.tensor(entry["order"])
-                for column, k in enumerate(counts):
-                    scores[block][i, column] = 0.0 if k == units else entry["scores"][k]
+            for start in range(0, len(pending), group.world_size):
+                turn = pending[start:start + group.world_size]
+                lines: list[dict] = []
+                if group.rank < len(turn):
+                    i, block = turn[group.rank]
+                    lines = _block(inputs, config, dense.ready(), scoring.ready(), i, block,
+                                   done.get((i, block), {"scores": {}}), todo[i, block],
+                                   lambda: meter.advance(work[i, block]))
+                for rank, share in enumerate(group.gather_objects(lines)):
+                    _absorb(done, share)
+                    if rank == group.rank:
+                        continue
+                    for line in share:  # rank 0 journals the others' results
+                        inputs.journal.append(line)
+                        if "score" in line:
+                            meter.advance(work[line["layer"], line["block"]])
+                if any(block == "mlp" for _, block in turn):  # both kinds of block measured
+                    meter.estimate()
     finally:
         dense.close()
         scoring.close()
+    for i, block in tasks:
+        entry, units = done[i, block], orders[block].shape[1]
+        orders[block][i] = torch.tensor(entry["order"])
+        for column, k in enumerate(kept_counts[block]):
+            scores[block][i, column] = 0.0 if k == units else entry["scores"][k]
     return {"attn.order": orders["attn"], "attn.score": scores["attn"],
             "mlp.order": orders["mlp"], "mlp.score": scores["mlp"],
             "mlp.channels": torch.tensor(kept_counts["mlp"], dtype=torch.long).repeat(layers, 1)}
@@ -293,10 +326,17 @@ def _variant(config: PuzzleConfig, dense: _Dense, unit: int, linear: torch.nn.Li
 
 
 def _block(inputs: Inputs, config: PuzzleConfig, dense: _Dense, scoring: _Dense, i: int,
-           block: str, entry: dict, todo: list[int], scored=lambda: None) -> dict:
-    """Order and score layer ``i``'s ``block`` (what ``entry`` lacks), journaling each result:
+           block: str, entry: dict, todo: list[int], scored=lambda: None) -> list[dict]:
+    """Order and score layer ``i``'s ``block`` (what ``entry`` lacks), journaling each result
+    (on rank 0: the other ranks' lines travel back to it) and returning the journal lines:
     statistics from every calibration window (``dense``), scores from ``scoring``'s."""
     adapter, journal = inputs.adapter, inputs.journal
+    lines: list[dict] = []
+
+    def record(line: dict) -> None:
+        journal.append(line)
+        lines.append(line)
+
     unit = 2 * i + (block == "mlp")
     linear = adapter.o_proj(i) if block == "attn" else adapter.down_proj(i)
     h = _moments(dense, unit, linear).h
@@ -306,16 +346,14 @@ def _block(inputs: Inputs, config: PuzzleConfig, dense: _Dense, scoring: _Dense,
         order = unit_order(config.importance, adapter, i, block, weight, h,
                            config.reconstruct_damp)
         entry = {**entry, "order": order.tolist()}
-        journal.append({"key": journal.key, "layer": i, "block": block, "order": entry["order"]})
+        record({"key": journal.key, "layer": i, "block": block, "order": entry["order"]})
     columns = unit_columns(adapter, i, block)
     order = torch.tensor(entry["order"], dtype=torch.long)
     for k in todo:
         kept = columns[order[:k]].reshape(-1).sort().values
         solved = None if k == 0 else _variant(config, dense, unit, linear, weight, h, kept, what)
         score = _score(config.score, scoring, unit, linear, solved)
-        entry["scores"][k] = score
-        journal.append({"key": journal.key, "layer": i, "block": block, "kept": k,
-                        "score": score})
+        record({"key": journal.key, "layer": i, "block": block, "kept": k, "score": score})
         scored()
     del h
-    return entry
+    return lines

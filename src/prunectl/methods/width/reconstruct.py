@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import BaseModel, Field, model_serializer
 
+from prunectl import distributed
 from prunectl.errors import UserError
 from prunectl.methods.inputs import Inputs, Journal
 from prunectl.methods.width.bld import distill_block
@@ -129,14 +130,18 @@ def least_squares_solutions(layers: Layers, plan: Plan, reference: str, damp: fl
 
 
 def block_distiller(adapter: Adapter, steps: int, lr: float, seed: int):
-    """The sequential pass's ``refine`` for ``bld``: a whole removed block stays removed."""
+    """The sequential pass's ``refine`` for ``bld``: a whole removed block stays removed.
+    Under ``torchrun`` every rank runs the pass on every window, so the ranks train each block
+    together, data-parallel over its batches' rows (:mod:`.bld`)."""
+    group = distributed.current()
+
     def refine(i, name, run_block, solution, inputs):
         if len(solution.removed) == solution.weight.shape[1] - 1:
             return solution
         module = adapter.attention(i) if name == "o_proj" else adapter.mlp(i)
         prefix = next(n for n, m in adapter.model.named_modules() if m is module)
         return distill_block(module, getattr(adapter, name)(i), solution, run_block, inputs,
-                             steps, lr, seed, prefix)
+                             steps, lr, seed, prefix, group)
 
     return refine
 
