@@ -68,8 +68,8 @@ def _compute() -> dict:
                                            grad_batch_size=batch))
         out[f"taylor_{importance}"] = method.score(Inputs(small, _ids(5, 16, 6)), {})
     # 7 windows in batches of 3: rows split 2/1, 2/1 and 1/0 (rank 1 has none of the last)
-    solutions = least_squares_solutions(Adapter(tiny_model("llama", seed=3)), BLD_PLAN,
-                                        _ids(7, 16, 7), 3, "self", 1.0, bld=BLD)
+    solutions = least_squares_solutions(Layers(Adapter(tiny_model("llama", seed=3)),
+                                               _ids(7, 16, 7), 3), BLD_PLAN, "self", 1.0, bld=BLD)
     out["bld"] = {f"{key}.{name}": tensor for key, solution in solutions.items()
                   for name, tensor in [("weight", solution.weight), *solution.trained.items()]}
     return out

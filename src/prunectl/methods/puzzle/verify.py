@@ -57,7 +57,7 @@ def plan_solutions(config, inputs: Inputs, plan: Plan, stats: dict | None) -> di
 
 def calibration_perplexity(config, inputs: Inputs, plan: Plan, stats: dict | None = None) -> float:
     """Perplexity of the calibration windows through the model as ``plan`` would leave it."""
-    tokens = inputs.require_tokens("method.verify", min_length=2)
+    inputs.require_tokens("method.verify", min_length=2)
     solutions = plan_solutions(config, inputs, plan, stats)
     adapter, handles = inputs.adapter, []
     removed = {2 * i + block for i in range(adapter.num_layers)
