@@ -182,8 +182,9 @@ def reconstruction_biases(config, inputs: Inputs, plan: Plan, stats, compensatio
     ui = inputs.ui
     widest = max(adapter.intermediate_size(i) for i in range(adapter.num_layers))
     if tokens.numel() < TOKENS_PER_INPUT * widest:
-        ui.warn(f"reconstruct: least_squares fits up to {widest + 1} weights per output row on "
-                f"{tokens.numel()} calibration tokens and will overfit; calibrate on at least "
+        ui.warn(f"method.reconstruct: {config.reconstruct} fits up to {widest + 1} weights per "
+                f"output row on {tokens.numel()} calibration tokens and will overfit; calibrate "
+                "on at least "
                 f"{TOKENS_PER_INPUT * widest} tokens or raise method.reconstruct_damp")
     solutions = least_squares_solutions(
         inputs.layers, plan, config.reconstruct_target,
