@@ -43,7 +43,7 @@ def test_step_records_round_trip_through_state_json(project):
     assert not project.is_up_to_date("search", "fp1")
     out.unlink()  # a recorded output is gone: the step must run again
     assert not project.is_up_to_date("score", "fp1")
-    assert Project(project.root).status_rows() == [{"step": "score", **record}]
+    assert Project(project.root).state["steps"] == {"score": record}
 
 
 def test_fail_and_skip_are_recorded_and_never_up_to_date(project):
@@ -55,7 +55,7 @@ def test_fail_and_skip_are_recorded_and_never_up_to_date(project):
     project.mark_skipped("recover", "the recipe has no recover section")
     assert project.record("recover")["status"] == "skipped"
     assert project.record("recover")["summary"] == {"reason": "the recipe has no recover section"}
-    assert [row["step"] for row in project.status_rows()] == ["search", "recover"]
+    assert list(project.state["steps"]) == ["search", "recover"]  # the order steps first ran
 
 
 @pytest.mark.parametrize("content, fragment", [

@@ -1,4 +1,4 @@
-"""The explicit run context handed to every step and method: no globals."""
+"""The explicit run context handed to every step (methods get ``Inputs`` instead): no globals."""
 
 from __future__ import annotations
 

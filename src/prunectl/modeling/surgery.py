@@ -25,7 +25,7 @@ from prunectl.modeling import modeling_prunectl as pruned
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.loading import rebuild_model
 
-if TYPE_CHECKING:  # modeling/ never imports methods/ at run time
+if TYPE_CHECKING:  # annotations only: surgery needs no plan module at run time
     from prunectl.plan import Plan
 
 O_BIAS, DOWN_BIAS = pruned.O_PROJ_BIAS, pruned.DOWN_PROJ_BIAS

@@ -443,10 +443,6 @@ class Project:
             duration_s=None, outputs=[], summary={"reason": reason}, error=None,
         )
 
-    def status_rows(self) -> list[dict[str, Any]]:
-        """Each recorded step as stored, in the order steps first ran (staleness: the caller's)."""
-        return [{"step": name, **record} for name, record in self.state["steps"].items()]
-
     # --- pinned recipe ----------------------------------------------------------------------------
     def pinned_recipe(self) -> dict[str, Any] | None:
         file = self.path("recipe.yaml")

@@ -1,6 +1,6 @@
-"""Step hooks that give a method without FLAP's pipeline (``taylor``, ``magnitude``) the
-``method.reconstruct`` keys: ``bias`` collects FLAP's input means in ``calibrate``;
-``least_squares`` runs the sequential pass in ``apply``."""
+"""Step hooks that give a method without FLAP's pipeline (``slimgpt``, ``taylor``,
+``magnitude``, ``puzzle``) the ``method.reconstruct`` keys: ``bias`` collects FLAP's input
+means in ``calibrate``; ``least_squares`` and ``bld`` run the sequential pass in ``apply``."""
 
 from __future__ import annotations
 
