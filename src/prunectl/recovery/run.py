@@ -95,7 +95,8 @@ def run_recovery(
     run: RunContext, source_dir: Path, out_dir: Path, callbacks: Sequence[Any] = ()
 ) -> dict:
     """Train the model in ``source_dir`` with the recipe's ``recover`` section (LoRA, merged
-    afterwards, or every weight with ``mode: full``) and save the result to ``out_dir / "model"``; return the summary (losses, steps, seconds).
+    afterwards, or every weight with ``mode: full``) and save the result to ``out_dir / "model"``;
+    return the summary (losses, steps, seconds).
 
     Under a launcher every rank runs this: the Trainer splits each global batch over the ranks,
     rank 0 alone writes the files above (the Trainer its checkpoints), and every rank returns

@@ -3,8 +3,8 @@
 ``search`` runs the sequential pass (:mod:`prunectl.methods.width.sequential`): layer by
 layer, on inputs that went through the already pruned layers, each ``o_proj`` loses its head units
 and each ``down_proj`` its MLP channels by greedy OBS error with the kept columns updated after
-every batch (:mod:`prunectl.methods.width.obs`); how many each layer loses comes from the allocation
-(:mod:`.allocation`: ``ipr`` by default, ``uniform``, or FLAP's ``AL-AM`` counts).  The plan
+every batch (:mod:`prunectl.methods.width.obs`); how many each layer loses comes from the
+allocation (:mod:`.allocation`: ``ipr`` by default, ``uniform``, or FLAP's ``AL-AM`` counts).  The plan
 records which units went.  ``apply`` re-solves the kept weights with the shared least-squares
 reconstruction: OBS removals compose into the constrained least-squares optimum on the same
 statistics, so with ``reconstruct_target: self`` (the default, as the reference) that gives the
