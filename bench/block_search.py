@@ -35,7 +35,7 @@ from types import SimpleNamespace
 import torch
 
 from prunectl.methods.block.search import SearchSettings, block_search
-from prunectl.methods.removal_order import StopRule, candidate_names, parameter_counts
+from prunectl.methods.removal_order import StopRule, candidate_counts, candidate_names
 from prunectl.modeling.adapters import Adapter
 from prunectl.modeling.cost import block_parameters
 from prunectl.modeling.structure import from_model
@@ -81,7 +81,7 @@ def load_workload(args: argparse.Namespace, gguf: Path,
     adapter = Adapter(model)
     names = candidate_names(adapter.num_layers, args.block_type)
     return Workload(model, calibration_tokens(tokenizer, args.data, args.windows, args.seqlen),
-                    names, parameter_counts(model, adapter, names))
+                    names, candidate_counts(model, names))
 
 
 def flops(counts: dict[str, int], adapter: Adapter, seqlen: int, topk: int) -> float:

@@ -92,14 +92,14 @@ def single_process_search(project: Path, model_dir: Path, layers: int, blocks: i
     """The search one process computes on the project's calibration tokens."""
     from prunectl.io import load_tensors
     from prunectl.methods.block.search import SearchSettings, block_search
-    from prunectl.methods.removal_order import StopRule, candidate_names, parameter_counts
+    from prunectl.methods.removal_order import StopRule, candidate_counts, candidate_names
     from prunectl.modeling.loading import load_project_model
 
     model = load_project_model(model_dir, torch.device("cpu"), torch.float32)
     tokens = load_tensors(project / "calibration" / "tokens.safetensors")["input_ids"]
     names = candidate_names(layers, "mix")
     return block_search(Units(model, tokens, 2), names, StopRule(blocks=blocks),
-                        parameter_counts(model, Adapter(model), names),
+                        candidate_counts(model, names),
                         SearchSettings(batch_size=2))
 
 

@@ -82,7 +82,7 @@ def test_status_reads_the_flags_the_last_command_left_and_they_match(finished):
     """The remembered flags are what a full computation gives; a recipe changed since makes
     status compute them again (importing what it needs)."""
     from prunectl.project.state import Project
-    from prunectl.steps.pipeline import stale_flags
+    from prunectl.steps.sequence import stale_flags
 
     light = probe("status", "-p", "proj", "--json", cwd=finished)
     rows = {row["step"]: row for row in json.loads(light["stdout"].splitlines()[0])}

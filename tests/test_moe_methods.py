@@ -15,8 +15,7 @@ from typer.testing import CliRunner
 
 from helpers import byte_tokenizer, tiny_moe
 from prunectl.cli import app
-from prunectl.methods.removal_order import candidate_names, parameter_counts
-from prunectl.modeling.adapters import Adapter
+from prunectl.methods.removal_order import candidate_counts, candidate_names
 
 runner = CliRunner()
 IDS = torch.randint(4, 260, (2, 12), generator=torch.Generator().manual_seed(5))
@@ -53,8 +52,7 @@ def test_block_search_removes_moe_blocks_as_units(tmp_path, text_file):
     (removed,) = plan["removal_order"][:1]
     layer = int(removed.split(".")[1])
     dense = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    adapter = Adapter(dense)
-    counts = parameter_counts(dense, adapter, candidate_names(3, "mlp"))
+    counts = candidate_counts(dense, candidate_names(3, "mlp"))
     block = dense.model.layers[layer]
     assert counts.per_candidate[removed] == sum(
         p.numel() for p in [*block.mlp.parameters(), *block.post_attention_layernorm.parameters()])

@@ -42,18 +42,18 @@ class Project:
         is ``-q``: it also turns the libraries' progress bars and log lines off for the rest
         of the process."""
         from prunectl.cli.session import Common, session
-        from prunectl.steps.pipeline import run_pipeline
+        from prunectl.steps.sequence import run_steps
 
         opts = Common(self.path, Path(recipe) if recipe is not None else None, list(overrides),
                       device, dtype, force, False, quiet)
         with session(opts) as context:
-            results = run_pipeline(context)
+            results = run_steps(context)
         return [dataclasses.asdict(result) for result in results]
 
     def status(self) -> list[dict[str, Any]]:
         """One record per step, as ``prunectl status --json``: ``status`` (pending, done,
         skipped, failed...), ``summary``, ``stale`` when an input changed since it ran."""
-        from prunectl.steps.pipeline import status_rows
+        from prunectl.steps.sequence import status_rows
 
         return status_rows(self.path)
 

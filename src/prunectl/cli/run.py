@@ -17,9 +17,9 @@ def run_all(project: ProjectOpt, recipe: RecipeOpt = None, set: SetOpt = None,
 
     Example: prunectl run -p runs/exp1 -r recipes/smollm2-demo.yaml
     """
-    from prunectl.steps.pipeline import run_pipeline
+    from prunectl.steps.sequence import run_steps
 
     opts = Common(project, recipe, set, device, dtype, force, json, quiet)
     opts.with_step_flags(method, blocks, ratio)
     with session(opts) as run:
-        emit(opts, run_pipeline(run))
+        emit(opts, run_steps(run))

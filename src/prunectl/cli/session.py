@@ -122,7 +122,7 @@ def session(opts: Common, pin: bool = True) -> Iterator[Any]:
                 restore(rollback)  # nothing ran with the new recipe: keep the old one pinned
             raise
         if dist.is_main:  # while every step module is loaded: `status` then needs none
-            from prunectl.steps.pipeline import remember_status
+            from prunectl.steps.sequence import remember_status
 
             remember_status(project)
 

@@ -28,7 +28,7 @@ def status(
     Example: prunectl status -p runs/exp1 --verify
     """
     from prunectl.project.history import entries
-    from prunectl.steps.pipeline import status_rows
+    from prunectl.steps.sequence import status_rows
 
     rows = status_rows(project, verify=verify)
     kept = entries(project)

@@ -73,7 +73,9 @@ class ParameterCounts:
                 for key in ("params_removed", "params_ratio", "params_ratio_non_embedding")}
 
 
-def parameter_counts(model, adapter, names: list[str]) -> ParameterCounts:
+def candidate_counts(model, names: list[str]) -> ParameterCounts:
+    """The model's parameter totals and what each of ``names`` would remove (through
+    :func:`prunectl.modeling.cost.parameters`, the one accounting)."""
     from prunectl.modeling.cost import parameters
     from prunectl.modeling.structure import from_model
 

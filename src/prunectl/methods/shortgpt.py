@@ -22,8 +22,8 @@ from prunectl.errors import UserError
 from prunectl.methods.base import Method, MethodConfig
 from prunectl.plan import Plan
 from prunectl.methods.removal_order import (
+    candidate_counts,
     candidate_names,
-    parameter_counts,
     plan_from_decisions,
     stop_rule,
 )
@@ -68,7 +68,7 @@ class ShortGPTMethod(Method):
 
     def check_target(self, inputs) -> None:
         names = candidate_names(inputs.adapter.num_layers, "layer")
-        params = parameter_counts(inputs.model, inputs.adapter, names)
+        params = candidate_counts(inputs.model, names)
         stop_rule(inputs.target, inputs.model, names, params, "layer")
 
     def score(self, inputs, stats) -> dict[str, torch.Tensor]:
@@ -85,7 +85,7 @@ class ShortGPTMethod(Method):
                 "run `prunectl score --force`"
             )
         names = candidate_names(adapter.num_layers, "layer")
-        params = parameter_counts(model, adapter, names)
+        params = candidate_counts(model, names)
         target = stop_rule(inputs.target, model, names, params, "layer")
         order = sorted(range(adapter.num_layers), key=lambda i: (float(bi[i]), i))
         decisions, removed = [], 0

@@ -21,8 +21,8 @@ from prunectl.plan import Plan
 from prunectl.methods.removal_order import (
     ParameterCounts,
     StopRule,
+    candidate_counts,
     candidate_names,
-    parameter_counts,
     plan_from_decisions,
     stop_rule,
 )
@@ -69,7 +69,7 @@ class BlockMethod(Method):
             cache_dir=None if inputs.scratch is None else inputs.scratch / f"rank-{rank}",
             candidates_order=cfg.candidates_order,
         )
-        return adapter, names, parameter_counts(model, adapter, names), settings
+        return adapter, names, candidate_counts(model, names), settings
 
     def check_target(self, inputs) -> None:
         _, names, params, _ = self._setup(inputs)

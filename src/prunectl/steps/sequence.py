@@ -36,7 +36,7 @@ def _step_functions() -> dict:
     }
 
 
-def run_pipeline(run: RunContext) -> list[StepResult]:
+def run_steps(run: RunContext) -> list[StepResult]:
     """Every step in order; each one skips itself when its inputs are unchanged.  A recovery
     setup that cannot run (FSDP on CPU, DeepSpeed missing...) is refused before calibrating."""
     if run.recipe.recover is not None:
