@@ -162,3 +162,16 @@ def test_recipe_file_is_pinned_and_reused(finished_project):
     assert pinned["method"]["name"] == "manual"
     result = invoke("search", "-p", finished_project, "--json", "--quiet")
     assert result.exit_code == 0, result.output
+
+
+def test_a_reader_that_left_ends_the_command_quietly(tmp_path):
+    """`prunectl recipes ls | head -1`: the closed pipe ends the command with the shell's
+    SIGPIPE status and nothing on stderr, not an "internal error"."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written
+    try:
+        done = subprocess.run([str(Path(sys.executable).parent / "prunectl"), "recipes", "ls"],
+                              stdout=write, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")

@@ -254,6 +254,10 @@ def handles_errors(command: Callable) -> Callable:
             except KeyboardInterrupt:
                 typer.echo("interrupted; re-run the same command to resume", err=True)
                 raise typer.Exit(130) from None
+            except BrokenPipeError:  # the reader left (`prunectl recipes ls | head -1`)
+                # the interpreter's last flush must not fail again on the closed pipe
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise typer.Exit(128 + signal.SIGPIPE) from None
             except Terminated:
                 launched = os.environ.get("WORLD_SIZE", "1") != "1"
                 why = (f"rank {os.environ.get('RANK', '?')}: stopped by SIGTERM (the launcher "
